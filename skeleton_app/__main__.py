@@ -1,0 +1,5 @@
+"""`python -m skeleton_app ...` is the `skeleton` command."""
+
+from skeleton_app.cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""`skeleton`: the command line. The only module that imports Click.
+
+Every command parses its arguments, calls one library function, renders the result and
+returns an exit code. Errors are mapped to messages and exit codes here, in `main()`.
+
+Exit codes of every `skeleton cluster` command:
+
+    0  every selected node succeeded
+    1  some node ran the command and failed (non-zero exit)
+    2  usage or configuration error; nothing ran
+    3  registry/database error; nothing ran
+    4  some node was unreachable, refused the connection or its key, or timed out
+       (wins over 1)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from skeleton_app.errors import SkeletonError
+from skeleton_app.results import EXIT_USAGE
+
+SELECTION_HELP = "Nodes: ids, ranges (linux-[01-03]), globs (linux-*); repeatable, comma-separated."
+
+
+class Ctx:
+    """Lazily built shared state: the settings and the cluster (built once per process)."""
+
+    def __init__(self, config: str | None):
+        self.config = config
+        self.overrides: dict[str, Any] = {}
+        self._cluster: Any = None
+
+    def settings(self) -> Any:
+        from skeleton_app.config import load_config
+
+        return load_config(self.config, overrides=self.overrides)
+
+    def cluster(self) -> Any:
+        if self._cluster is None:
+            from skeleton_app.cluster import Cluster
+
+            self._cluster = Cluster.from_config(self.config, overrides=self.overrides)
+            for warning in self._cluster.warnings:
+                click.echo(f"skeleton: warning: {warning}", err=True)
+        return self._cluster
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [v for v in values if v.strip()]
+
+
+def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
+                      help="At most this many nodes in flight (default ssh.fanout).")(fn)
+    fn = click.option("--exclude", "exclude", multiple=True, metavar="SPEC",
+                      help="Leave these nodes out.")(fn)
+    fn = click.option("--role", "roles", multiple=True, metavar="ROLE",
+                      help="Only nodes with this role; repeatable.")(fn)
+    fn = click.option("--node", "-n", "node_specs", multiple=True, metavar="SPEC",
+                      help=SELECTION_HELP)(fn)
+    fn = click.option("--config", "-c", "config", default=None, metavar="PATH",
+                      help="Config file (default $SKELETON_CONFIG, else ./config.yaml).")(fn)
+    return fn
+
+
+def _prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:
+    state: Ctx = ctx.find_root().obj
+    if config:
+        state.config = config
+    if fanout:
+        state.overrides["ssh.fanout"] = fanout
+    return state
+
+
+def _select(state: Ctx, node_specs: Sequence[str], roles: Sequence[str],
+            exclude: Sequence[str]) -> tuple[Any, tuple[Any, ...]]:
+    cluster = state.cluster()
+    return cluster, cluster.select(_split(node_specs), roles=_split(roles),
+                                   exclude=_split(exclude))
+
+
+def _record(state: Ctx, cluster: Any, operation: str, arguments: dict[str, Any],
+            selection: Sequence[str], result: Any) -> None:
+    """Write the run to the registry when one is configured; never fail the command."""
+    if not cluster.settings.registry.dsn:
+        return
+    try:
+        from skeleton_app.journal import record
+
+        record(cluster.settings, operation, arguments, selection, result)
+    except SkeletonError as exc:
+        click.echo(f"skeleton: warning: run not recorded in the registry: {exc}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", default=None, metavar="PATH",
+              help="Config file (default $SKELETON_CONFIG, else ./config.yaml).")
+@click.version_option(package_name="skeleton-app")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """Run a small cluster of voice/ML nodes over plain SSH."""
+    ctx.obj = Ctx(config)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.group()
+def cluster() -> None:
+    """Operations on the cluster's nodes (exit codes: 0 ok, 1 failed, 2 usage, 3 registry,
+    4 unreachable)."""
+
+
+@cluster.command("exec")
+@click.argument("command")
+@selection_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Kill the command on the node after this many seconds.")
+@click.option("--stream", is_flag=True, help="Print lines live as 'node: line'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Write every node's full stdout/stderr to DIR/<node>.out and .err.")
+@click.pass_context
+def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: tuple[str, ...],
+             roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+             timeout: float | None, stream: bool, as_json: bool, out_dir: str | None) -> int:
+    """Run COMMAND on every selected node, in parallel."""
+    from skeleton_app import render
+    from skeleton_app.ops.run import exec_command
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    on_line = None
+    if stream and not as_json:
+        def on_line(node: str, s: str, line: str) -> None:
+            render.stream_line(sys.stdout, node, s, line)
+    result = exec_command(cluster_, command, nodes, timeout=timeout, fanout=fanout,
+                          out_dir=out_dir, on_line=on_line)
+    if as_json:
+        click.echo(result.to_json())
+    elif stream:
+        for nodes_, message in _errors(result):
+            click.echo(f"{nodes_}: {render.sanitize(message)}")
+    else:
+        render.exec_text(result, sys.stdout)
+    _record(state, cluster_, "exec", {"command": command, "timeout": timeout},
+            [n.id for n in nodes], result)
+    return int(result.exit_code())
+
+
+def _errors(result: Any) -> list[tuple[str, str]]:
+    from skeleton_app.results import group_errors
+
+    return group_errors(result)
+
+
+def _exit(code: int) -> None:
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: maps every error to one line on stderr and an exit code."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="skeleton",
+                      standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("skeleton: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SkeletonError as exc:
+        click.echo(f"skeleton: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("skeleton: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

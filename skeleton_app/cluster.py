@@ -1,0 +1,177 @@
+"""The cluster: settings + nodes + a pooled connector, and bounded fan-out.
+
+`Cluster` is what every operation takes. It selects nodes, fans a per-node function out
+over at most `fanout` threads, and gathers one `NodeResult` per node into a
+`ClusterResult`; an exception in one node's function becomes that node's result and never
+hides another's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from skeleton_app.config import Settings, load_config
+from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
+from skeleton_app.nodes import Node, select
+from skeleton_app.results import ClusterResult, NodeResult, failure
+
+NodeFn = Callable[[Node], NodeResult]
+
+
+def fan_out(
+    nodes: Sequence[Node],
+    fn: NodeFn,
+    *,
+    fanout: int,
+    operation: str = "",
+    on_result: Callable[[NodeResult], None] | None = None,
+    warnings: Iterable[str] = (),
+) -> ClusterResult:
+    """Run `fn(node)` for every node with at most `fanout` in flight; collect every result."""
+    started = time.monotonic()
+    results: dict[str, NodeResult] = {}
+
+    def guarded(node: Node) -> NodeResult:
+        t0 = time.monotonic()
+        try:
+            return fn(node)
+        except NodeError as exc:
+            return failure(node.id, exc.kind, exc.message, time.monotonic() - t0)
+        except Exception as exc:  # a bug in one node's handling must not lose the others
+            return failure(node.id, NodeErrorKind.ERROR, f"{type(exc).__name__}: {exc}",
+                           time.monotonic() - t0)
+
+    workers = max(1, min(fanout, len(nodes)))
+    if workers == 1:
+        for node in nodes:
+            r = guarded(node)
+            results[node.id] = r
+            if on_result:
+                on_result(r)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
+            pending: dict[Future[NodeResult], Node] = {pool.submit(guarded, n): n for n in nodes}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    node = pending.pop(fut)
+                    r = fut.result()
+                    results[node.id] = r
+                    if on_result:
+                        on_result(r)
+    ordered = [results[n.id] for n in nodes]
+    return ClusterResult(ordered, operation=operation, duration=time.monotonic() - started,
+                         warnings=warnings)
+
+
+class Cluster:
+    """Settings, the known nodes, and a pooled SSH connector. Close it (or use `with`)."""
+
+    def __init__(self, settings: Settings, nodes: Sequence[Node] | None = None, *,
+                 connector: Any = None, warnings: Iterable[str] = ()):
+        self.settings = settings
+        self.nodes: tuple[Node, ...] = tuple(settings.nodes if nodes is None else nodes)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+        self._connector = connector
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        settings: Settings | None = None,
+    ) -> Cluster:
+        """Load the settings and the nodes (from the registry when one is configured)."""
+        settings = settings or load_config(path, env=env, overrides=overrides)
+        nodes: Sequence[Node] = settings.nodes
+        warnings: list[str] = []
+        if settings.registry.dsn:
+            from skeleton_app.registry import open_registry  # psycopg only when needed
+
+            registry = open_registry(settings)
+            try:
+                nodes, warnings = registry.list_nodes(enabled_only=True)
+            finally:
+                registry.close()
+        return cls(settings, nodes, warnings=warnings)
+
+    @property
+    def connector(self) -> Any:
+        with self._lock:
+            if self._connector is None:
+                from skeleton_app.ssh import Connector  # paramiko only when needed
+
+                self._connector = Connector(self.settings.ssh)
+            return self._connector
+
+    def select(self, patterns: Sequence[str] = (), *, roles: Sequence[str] = (),
+               exclude: Sequence[str] = ()) -> tuple[Node, ...]:
+        if not self.nodes:
+            where = self.settings.source or "the configuration"
+            raise SelectionError(f"no nodes configured (in {where} or the registry)")
+        return select(self.nodes, patterns, roles=roles, exclude=exclude)
+
+    def node(self, ref: str) -> Node:
+        """Look a node up by id or host/address (the seed's API accepts both)."""
+        for n in self.nodes:
+            if n.id == ref:
+                return n
+        for n in self.nodes:
+            if n.host == ref:
+                return n
+        raise SelectionError(f"unknown node {ref!r}; known nodes: "
+                             + (",".join(n.id for n in self.nodes) or "(none)"))
+
+    def map(self, fn: NodeFn, nodes: Sequence[Node] | None = None, *,
+            fanout: int | None = None, operation: str = "",
+            on_result: Callable[[NodeResult], None] | None = None) -> ClusterResult:
+        return fan_out(
+            self.nodes if nodes is None else nodes, fn,
+            fanout=fanout or self.settings.ssh.fanout, operation=operation,
+            on_result=on_result,
+        )
+
+    def run(self, command: str, nodes: Sequence[Node] | None = None, *,
+            timeout: float | None = None, fanout: int | None = None,
+            stdin: bytes | None = None, sink: Any = None, operation: str = "exec",
+            on_result: Callable[[NodeResult], None] | None = None) -> ClusterResult:
+        """Run a shell command on the nodes in parallel (bounded by fanout)."""
+        from skeleton_app.ssh import RunOptions
+
+        options = RunOptions(timeout=timeout, stdin=stdin, sink=sink)
+        connector = self.connector
+        return self.map(lambda node: connector.run(node, command, options), nodes,
+                        fanout=fanout, operation=operation, on_result=on_result)
+
+    def connection(self, ref: str | Node) -> Any:
+        """A connected Fabric `Connection` (pooled) with our host-key policy and timeouts."""
+        node = ref if isinstance(ref, Node) else self.node(ref)
+        return self.connector.connection(node)
+
+    def group(self, spec: str | Sequence[str] = (), *, roles: Sequence[str] = ()) -> Any:
+        """A Fabric `ThreadingGroup` of our (unopened) connections for the selected nodes."""
+        from fabric import ThreadingGroup
+
+        patterns = [spec] if isinstance(spec, str) else list(spec)
+        chosen = self.select(patterns, roles=roles)
+        return ThreadingGroup.from_connections(
+            [self.connector.new_connection(n) for n in chosen]
+        )
+
+    def close(self) -> None:
+        if self._connector is not None:
+            self._connector.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

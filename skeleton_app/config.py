@@ -1,0 +1,416 @@
+"""Configuration: layered, validated once, frozen.
+
+Precedence, lowest first:
+
+1. built-in defaults (the dataclass defaults below);
+2. the config file: `--config PATH`, else `$SKELETON_CONFIG`, else `./config.yaml` if present;
+3. the environment: `SKELETON_<SECTION>_<KEY>` for scalar keys (`SKELETON_SSH_USER`,
+   `SKELETON_SSH_CONNECT_TIMEOUT`, ...) and `SKELETON_DATABASE_URL` for `registry.dsn`;
+4. command-line flags, passed as `overrides={"ssh.fanout": 8}`.
+
+Every error names the source (file or variable), the key and what was expected, and is a
+`ConfigError` (exit code 2): nothing runs on a bad configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from skeleton_app.errors import ConfigError
+from skeleton_app.nodes import (
+    Node,
+    validate_host,
+    validate_node_id,
+    validate_port,
+    validate_role,
+    validate_user,
+)
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): fall back like OpenSSH would fail later
+        return "root"
+
+
+@dataclass(frozen=True, slots=True)
+class SSHSettings:
+    user: str = field(default_factory=_default_user)
+    port: int = 22
+    identity_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    host_key_policy: Literal["strict", "accept-new"] = "strict"
+    connect_timeout: float = 10.0
+    command_timeout: float = 300.0
+    fanout: int = 64
+    # Seconds between liveness probes of a connection running a command; a node that
+    # stops answering for 3 intervals is reported lost (Paramiko's own keepalive never
+    # notices a frozen peer, it only sends).
+    keepalive: float = 3.0
+    jump_host: str | None = None
+    ssh_config: bool = True  # honour ~/.ssh/config (Host aliases, ProxyJump, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    dir: str = "/home/sysadmin/Programs/skeleton-app"
+    models_dir: str = "models"
+    logs_dir: str = "logs"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    dsn: str | None = None
+    stale_after: float = 30.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeploySettings:
+    source: str = "."
+    exclude: tuple[str, ...] = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/")
+    delete: bool = False
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    manager: Literal["process", "systemd"] = "process"
+    command: str = "python3 -m skeleton_app daemon run"
+    unit: str = "skeleton-daemon"
+    sudo: bool = False
+    user_unit: bool = False
+    stop_grace: float = 10.0
+    start_grace: float = 1.0
+    api_port: int = 8765
+
+
+@dataclass(frozen=True, slots=True)
+class LogsSettings:
+    files: tuple[str, ...] = ("logs/*.log",)
+    lines: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    ssh: SSHSettings = field(default_factory=SSHSettings)
+    app: AppSettings = field(default_factory=AppSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    logs: LogsSettings = field(default_factory=LogsSettings)
+    nodes: tuple[Node, ...] = ()
+    source: str | None = None  # the config file that was read, if any
+
+    def models_dir_for(self, node: Node) -> str:
+        return _under(node.app_dir, self.app.models_dir)
+
+    def logs_dir_for(self, node: Node) -> str:
+        return _under(node.app_dir, self.app.logs_dir)
+
+    def node(self, node_id: str) -> Node | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+
+def _under(base: str, path: str) -> str:
+    return path if path.startswith("/") else posixpath.join(base, path)
+
+
+SECTIONS: dict[str, type] = {
+    "ssh": SSHSettings,
+    "app": AppSettings,
+    "registry": RegistrySettings,
+    "deploy": DeploySettings,
+    "daemon": DaemonSettings,
+    "logs": LogsSettings,
+}
+NODE_KEYS = {
+    "id", "host", "port", "user", "roles", "app_dir", "identity_file", "api_port", "name",
+}
+_POSITIVE = {
+    ("ssh", "connect_timeout"), ("ssh", "command_timeout"), ("ssh", "fanout"),
+    ("ssh", "keepalive"), ("registry", "connect_timeout"), ("registry", "stale_after"),
+}
+_NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines")}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        return "a list of strings"
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if args:
+        return _type_name(args[0]) + " or null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, *, from_env: bool) -> Any:
+    """Convert `value` to `tp` or raise ValueError. Environment values arrive as strings."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError
+    if args:  # Optional[X]
+        inner = next(a for a in args if a is not type(None))
+        if from_env and value == "":
+            return None
+        return _coerce(value, inner, from_env=from_env)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "0",
+                                                                      "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise ValueError
+    if tp is int:
+        if from_env and isinstance(value, str):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError
+        return value
+    if tp is float:
+        if from_env and isinstance(value, str):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    raise ValueError
+
+
+def _build_section(
+    name: str, raw: Mapping[str, Any], sources: Mapping[str, str], env_keys: set[str]
+) -> Any:
+    cls = SECTIONS[name]
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        src = sources.get(key, "config")
+        if key not in hints:
+            valid = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"unknown key (valid keys: {valid})", source=src, key=f"{name}.{key}")
+        tp = hints[key]
+        try:
+            coerced = _coerce(value, tp, from_env=key in env_keys)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"expected {_type_name(tp)}, got {value!r}", source=src, key=f"{name}.{key}"
+            ) from None
+        if (name, key) in _POSITIVE and coerced is not None and coerced <= 0:
+            raise ConfigError(f"expected a positive number, got {value!r}", source=src,
+                              key=f"{name}.{key}")
+        if (name, key) in _NON_NEGATIVE and coerced is not None and coerced < 0:
+            raise ConfigError(f"expected zero or more, got {value!r}", source=src,
+                              key=f"{name}.{key}")
+        kwargs[key] = coerced
+    try:
+        section = cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - guarded above
+        raise ConfigError(str(exc), key=name) from exc
+    _check_section(name, section, sources)
+    return section
+
+
+def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(msg, source=sources.get(key, "config"), key=f"{name}.{key}")
+
+    if name == "ssh":
+        try:
+            validate_port(section.port)
+        except ValueError as exc:
+            fail("port", str(exc))
+        try:
+            validate_user(section.user)
+        except ValueError as exc:
+            fail("user", str(exc))
+        if section.jump_host is not None and section.jump_host.startswith("-"):
+            fail("jump_host", f"invalid jump host {section.jump_host!r}")
+    if name == "app" and not section.dir.startswith("/"):
+        fail("dir", f"expected an absolute path, got {section.dir!r}")
+    if name == "daemon":
+        try:
+            validate_port(section.api_port)
+        except ValueError as exc:
+            fail("api_port", str(exc))
+        if not section.command.strip():
+            fail("command", "expected a non-empty command")
+
+
+def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
+                 daemon: DaemonSettings) -> tuple[Node, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("expected a list of node entries", source=source, key="nodes")
+    nodes: list[Node] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"nodes[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError("expected a mapping with id and host", source=source, key=where)
+        unknown = set(entry) - NODE_KEYS
+        if unknown:
+            raise ConfigError(
+                f"unknown key {sorted(unknown)[0]!r} (valid keys: {', '.join(sorted(NODE_KEYS))})",
+                source=source, key=where,
+            )
+        for required in ("id", "host"):
+            if required not in entry:
+                raise ConfigError(f"missing {required!r}", source=source, key=where)
+        try:
+            node_id = validate_node_id(entry["id"])
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key=f"{where}.id") from None
+        where = f"nodes[{node_id}]"
+        if node_id in seen:
+            raise ConfigError(f"duplicate node id {node_id!r}", source=source, key=where)
+        seen.add(node_id)
+        roles = entry.get("roles") or []
+        if isinstance(roles, str):
+            roles = [roles]
+        try:
+            validate_host(entry["host"])
+            if not isinstance(roles, list):
+                raise ValueError(f"roles: expected a list of strings, got {roles!r}")
+            for role in roles:
+                validate_role(role)
+            node = Node(
+                id=node_id,
+                host=entry["host"],
+                port=entry.get("port", ssh.port),
+                user=entry.get("user", ssh.user),
+                roles=tuple(roles),
+                app_dir=entry.get("app_dir", app.dir),
+                identity_file=_expand_path(entry.get("identity_file", ssh.identity_file)),
+                api_port=entry.get("api_port", daemon.api_port),
+                name=str(entry.get("name", node_id)),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc), source=source, key=where) from None
+        nodes.append(node)
+    return tuple(nodes)
+
+
+def _expand_path(value: str | None) -> str | None:
+    return os.path.expanduser(value) if value else value
+
+
+def find_config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config file not found", source=str(p))
+        return p
+    if env.get("SKELETON_CONFIG"):
+        p = Path(env["SKELETON_CONFIG"])
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found", source="SKELETON_CONFIG")
+        return p
+    p = Path("config.yaml")
+    return p if p.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of sections at the top level", source=str(path))
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    nodes: bool = True,
+) -> Settings:
+    """Resolve defaults < file < environment < overrides into one frozen `Settings`."""
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    data = _read_yaml(file) if file else {}
+    src = str(file) if file else "defaults"
+
+    for top in data:
+        if top not in SECTIONS and top != "nodes":
+            valid = ", ".join([*SECTIONS, "nodes"])
+            raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
+
+    sections: dict[str, Any] = {}
+    for name in SECTIONS:
+        raw = data.get(name) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping", source=src, key=name)
+        merged = dict(raw)
+        sources = dict.fromkeys(raw, src)
+        env_keys: set[str] = set()
+        for f in dataclasses.fields(SECTIONS[name]):
+            var = f"SKELETON_{name.upper()}_{f.name.upper()}"
+            if var in env:
+                merged[f.name] = env[var]
+                sources[f.name] = var
+                env_keys.add(f.name)
+        if name == "registry" and env.get("SKELETON_DATABASE_URL"):
+            merged["dsn"] = env["SKELETON_DATABASE_URL"]
+            sources["dsn"] = "SKELETON_DATABASE_URL"
+            env_keys.add("dsn")
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            if section == name and value is not None:
+                merged[key] = value
+                sources[key] = "--" + key.replace("_", "-")
+        sections[name] = _build_section(name, merged, sources, env_keys)
+
+    ssh: SSHSettings = sections["ssh"]
+    ssh = dataclasses.replace(
+        ssh,
+        identity_file=_expand_path(ssh.identity_file),
+        known_hosts=os.path.expanduser(ssh.known_hosts),
+    )
+    sections["ssh"] = ssh
+    node_list = (
+        _build_nodes(data.get("nodes"), src, ssh, sections["app"], sections["daemon"])
+        if nodes else ()
+    )
+    return Settings(**sections, nodes=node_list, source=str(file) if file else None)

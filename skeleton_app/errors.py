@@ -1,0 +1,90 @@
+"""The one exception tree of skeleton_app.
+
+    SkeletonError                       root; every error we raise derives from it
+    ├── UsageError                      bad arguments or selection          -> exit 2
+    │   ├── ConfigError                 bad config file / env / flag        -> exit 2
+    │   └── SelectionError              --node/--role/--exclude matched nothing
+    ├── RegistryError                   PostgreSQL unreachable, schema, ... -> exit 3
+    ├── TestbedError                    the local test cluster could not be made
+    └── NodeError                       one node could not run a command    -> exit 4
+                                        (carries a NodeErrorKind)
+
+Third-party errors (paramiko, socket, psycopg, invoke) are translated into these at the
+module that calls the library (`ssh.py`, `registry.py`); nothing above sees them. The CLI
+maps the tree to exit codes in one place (`cli.py`); the library never calls `sys.exit`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class SkeletonError(Exception):
+    """Root of every error raised by skeleton_app."""
+
+    exit_code = 1
+
+
+class UsageError(SkeletonError):
+    """The user asked for something that cannot be done as asked. Nothing ran."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration value is wrong. `str()` names the source, the key and what was expected."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        prefix = ""
+        if source and key:
+            prefix = f"{source}: {key}: "
+        elif source:
+            prefix = f"{source}: "
+        elif key:
+            prefix = f"{key}: "
+        super().__init__(prefix + message)
+
+
+class SelectionError(UsageError):
+    """A node selection matched nothing (or named an unknown node)."""
+
+
+class RegistryError(SkeletonError):
+    """The node registry (PostgreSQL) could not be used. Nothing ran."""
+
+    exit_code = 3
+
+
+class TestbedError(SkeletonError):
+    """The local test cluster could not be started, inspected or removed."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class NodeErrorKind(enum.StrEnum):
+    """Why a node produced no exit code. Values are stable: they appear in JSON and the DB."""
+
+    UNREACHABLE = "unreachable"  # no route, connect timed out, DNS failure
+    REFUSED = "refused"  # TCP connection refused (sshd not running)
+    AUTH = "auth"  # authentication failed
+    HOSTKEY_UNKNOWN = "hostkey-unknown"
+    HOSTKEY_CHANGED = "hostkey-changed"
+    TIMEOUT = "timeout"  # command exceeded its deadline (and was killed)
+    LOST = "lost"  # connection died or stopped answering mid-command
+    PROTOCOL = "protocol"  # SSH negotiation failed in some other way
+    LOCAL = "local"  # a local step failed (rsync missing, bad path, lock held, ...)
+    ERROR = "error"  # anything else
+
+
+class NodeError(SkeletonError):
+    """A node could not run a command: never ran, or broke while running."""
+
+    exit_code = 4
+
+    def __init__(self, kind: NodeErrorKind, message: str, *, node: str | None = None):
+        self.kind = kind
+        self.node = node
+        self.message = message
+        super().__init__(f"{node}: {message}" if node else message)

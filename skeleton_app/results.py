@@ -1,0 +1,174 @@
+"""Results as values: one `NodeResult` per node, gathered into an immutable `ClusterResult`.
+
+A node's failure is data, never an exception that hides its siblings. The three views
+(`ok`, `nonzero`, `errors`) never overlap and together cover every node.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from skeleton_app.errors import NodeErrorKind
+from skeleton_app.nodes import fold
+
+# Exit codes of every `skeleton cluster` command (documented in cli.py and README).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REGISTRY = 3
+EXIT_UNREACHABLE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    """What happened on one node. `exit_code` is None when the command never completed."""
+
+    node: str
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error_kind: NodeErrorKind | None = None
+    error: str | None = None
+    duration: float = 0.0
+    # Bytes the node printed in total; stdout/stderr may hold only head and tail of it.
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    truncated: bool = False
+    data: Mapping[str, Any] = field(default_factory=dict)  # operation-specific extras
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None and self.exit_code == 0
+
+    @property
+    def ran(self) -> bool:
+        return self.error_kind is None and self.exit_code is not None
+
+    def summary(self) -> str:
+        if self.error_kind is not None:
+            return f"{self.error_kind.value}: {self.error}"
+        return f"exit {self.exit_code}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "error_kind": self.error_kind.value if self.error_kind else None,
+            "error": self.error,
+            "duration": round(self.duration, 6),
+            "stdout_bytes": self.stdout_bytes,
+            "stderr_bytes": self.stderr_bytes,
+            "truncated": self.truncated,
+            "data": dict(self.data),
+        }
+
+
+def failure(node: str, kind: NodeErrorKind, message: str, duration: float = 0.0) -> NodeResult:
+    return NodeResult(node=node, error_kind=kind, error=message, duration=duration)
+
+
+class ClusterResult(Mapping[str, NodeResult]):
+    """An immutable mapping node id -> NodeResult, in selection order."""
+
+    __slots__ = ("_results", "duration", "operation", "warnings")
+
+    def __init__(
+        self,
+        results: Iterable[NodeResult],
+        *,
+        operation: str = "",
+        duration: float = 0.0,
+        warnings: Iterable[str] = (),
+    ):
+        self._results: Mapping[str, NodeResult] = MappingProxyType(
+            {r.node: r for r in results}
+        )
+        self.operation = operation
+        self.duration = duration
+        self.warnings: tuple[str, ...] = tuple(warnings)
+
+    def __getitem__(self, node: str) -> NodeResult:
+        return self._results[node]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ClusterResult {self.operation or ''} ok={fold(self.ok)} "
+            f"nonzero={fold(self.nonzero)} errors={fold(self.errors)}>"
+        )
+
+    @property
+    def ok(self) -> Mapping[str, NodeResult]:
+        """Nodes that ran the command and exited 0."""
+        return {k: r for k, r in self._results.items() if r.ok}
+
+    @property
+    def nonzero(self) -> Mapping[str, NodeResult]:
+        """Nodes that ran the command and exited non-zero."""
+        return {k: r for k, r in self._results.items() if r.ran and r.exit_code != 0}
+
+    @property
+    def errors(self) -> Mapping[str, NodeResult]:
+        """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
+        return {k: r for k, r in self._results.items() if r.error_kind is not None}
+
+    def exit_code(self) -> int:
+        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed."""
+        if self.errors:
+            return EXIT_UNREACHABLE
+        if self.nonzero:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "duration": round(self.duration, 6),
+            "exit_code": self.exit_code(),
+            "ok": list(self.ok),
+            "nonzero": list(self.nonzero),
+            "errors": list(self.errors),
+            "warnings": list(self.warnings),
+            "nodes": {k: r.to_dict() for k, r in self._results.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+
+def gather_output(result: ClusterResult) -> list[tuple[str, str]]:
+    """Group identical stdout (+stderr) across nodes: [(folded node set, text)], clush -b style."""
+    groups: dict[str, list[str]] = {}
+    for node, r in result.items():
+        if r.error_kind is not None:
+            continue
+        text = r.stdout + (r.stderr if r.stderr else "")
+        groups.setdefault(text, []).append(node)
+    return [(fold(nodes), text) for text, nodes in groups.items()]
+
+
+def group_exit_codes(result: ClusterResult) -> list[tuple[int, str]]:
+    codes: dict[int, list[str]] = {}
+    for node, r in result.items():
+        if r.ran and r.exit_code is not None:
+            codes.setdefault(r.exit_code, []).append(node)
+    return [(code, fold(nodes)) for code, nodes in sorted(codes.items())]
+
+
+def group_errors(result: ClusterResult) -> list[tuple[str, str]]:
+    """[(folded node set, 'kind: message')] for nodes that never ran or broke."""
+    msgs: dict[str, list[str]] = {}
+    for node, r in result.errors.items():
+        msgs.setdefault(r.summary(), []).append(node)
+    return [(fold(nodes), msg) for msg, nodes in msgs.items()]

@@ -1,0 +1,276 @@
+# status.sh: the one-round-trip node probe behind `skeleton cluster status`.
+#
+# Sent on stdin, so nothing is left on the node:
+#     sh -s -- APP_DIR MANAGER PID_FILE MARKER UNIT USER_UNIT < status.sh
+#   APP_DIR    the node's app dir (need not exist: disk space is then read from its nearest
+#              existing parent); relative PID_FILE paths are relative to it
+#   MANAGER    process | systemd
+#   PID_FILE   process manager: the daemon's pid file
+#   MARKER     process manager: a string the daemon's /proc/PID/cmdline must contain
+#              (PIDs get reused: a live pid alone does not prove the daemon runs)
+#   UNIT       systemd manager: the unit name
+#   USER_UNIT  1: `systemctl --user`, 0: the system manager
+#
+# Prints one `key=value` per line (parsed by skeleton_app/status.py); a key is left out when its
+# value could not be read. Multi-line output sits between `--- begin NAME` and `--- end NAME`:
+#     probe=skeleton-status/1
+#     hostname=node-01
+#     daemon_manager=process
+#     daemon_running=1 | 0 | unknown
+#     daemon_pid=1234                     (when known)
+#     daemon_detail=why, in words         (when not plainly running)
+#     load=0.12 0.34 0.56
+#     mem_total_kb=...  mem_available_kb=...
+#     disk_path=/dir/df/looked/at  disk_total_kb=...  disk_free_kb=...  (free = usable by users)
+#     uptime_s=12345.67
+#     code_version=...                    (first line of APP_DIR/.skeleton-deploy/digest)
+#     gpu_exit=N                          (127: no nvidia-smi; 124: it did not answer in time)
+#     --- begin gpu                       (absent when gpu_exit=127)
+#     nvidia-smi's stdout and stderr
+#     --- end gpu
+#     probe_end=1
+#
+# Each probe runs in its own subshell and the script always exits 0: one unreadable file or
+# missing tool costs one key, never the whole report. No `set -u`/`set -e` for the same reason.
+# POSIX sh only (runs under dash); every expansion is quoted.
+
+app_dir=${1-}
+manager=${2-process}
+pid_file=${3-}
+marker=${4-}
+unit=${5-}
+user_unit=${6-0}
+
+# nvidia-smi with a broken driver can hang for minutes; the status table should not.
+gpu_timeout=10
+
+kv() {
+    printf '%s=%s\n' "$1" "$2"
+}
+
+# --- shared: pid checks (identical in daemon.sh; tests/test_daemon_script.py compares them) ---
+
+# read_pid: set $pid from $pid_file; false (and pid empty) when missing or not a plain pid > 1.
+# Refusing 0 and 1 matters: `kill 0` signals our own process group, pid 1 is init.
+read_pid() {
+    pid=
+    [ -f "$pid_file" ] || return 1
+    read -r pid _rest 2>/dev/null <"$pid_file" || [ -n "$pid" ] || return 1
+    case $pid in
+        '' | 0* | 1 | *[!0-9]* | ????????*) pid= ; return 1 ;;
+    esac
+    return 0
+}
+
+# proc_state PID: print the one-letter state (R, S, D, Z, ...); false when there is no such pid.
+# The command name in /proc/PID/stat may hold spaces and ')', so cut after the last ') '.
+proc_state() {
+    _stat=
+    [ -r "/proc/$1/stat" ] || return 1
+    read -r _stat 2>/dev/null <"/proc/$1/stat" || [ -n "$_stat" ] || return 1
+    _stat=${_stat##*) }
+    printf '%s\n' "${_stat%% *}"
+}
+
+# alive PID: a process exists and is not a zombie (a zombie's pid still shows in /proc).
+alive() {
+    _state=$(proc_state "$1") || return 1
+    [ "$_state" != Z ]
+}
+
+# is_ours PID: PID is a live process whose command line contains $marker. A zombie's cmdline is
+# empty, so it is never ours. Our own shell is excluded: its argv carries the marker too.
+is_ours() {
+    [ -n "$marker" ] || return 1
+    [ "$1" != "$$" ] || return 1
+    [ -r "/proc/$1/cmdline" ] || return 1
+    _cmdline=$(tr '\000' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+    case $_cmdline in
+        *"$marker"*) return 0 ;;
+    esac
+    return 1
+}
+
+# --- end shared ---
+
+probe_hostname() {
+    _host=
+    read -r _host 2>/dev/null </proc/sys/kernel/hostname || _host=$(uname -n 2>/dev/null)
+    [ -z "$_host" ] || kv hostname "$_host"
+}
+
+probe_daemon_process() {
+    # Relative pid files are relative to the app dir, as daemon.sh reads them.
+    if [ -n "$app_dir" ] && ! cd -- "$app_dir" 2>/dev/null; then
+        case $pid_file in
+            /*) ;;
+            *)
+                kv daemon_running 0
+                kv daemon_detail "no app dir $app_dir"
+                return
+                ;;
+        esac
+    fi
+    if [ -z "$marker" ]; then
+        kv daemon_running unknown
+        kv daemon_detail "no command-line marker given: cannot tell our daemon from another process"
+    elif ! read_pid; then
+        kv daemon_running 0
+        if [ -e "$pid_file" ]; then
+            kv daemon_detail "pid file $pid_file does not hold a valid pid"
+        else
+            kv daemon_detail "no pid file $pid_file"
+        fi
+    elif is_ours "$pid"; then
+        kv daemon_running 1
+        kv daemon_pid "$pid"
+    elif alive "$pid"; then
+        kv daemon_running 0
+        kv daemon_detail "pid $pid from $pid_file is another process (no \"$marker\" in its command line)"
+    else
+        kv daemon_running 0
+        kv daemon_detail "stale pid file $pid_file: pid $pid is gone"
+    fi
+}
+
+probe_daemon_systemd() {
+    if ! command -v systemctl >/dev/null 2>&1; then
+        kv daemon_running unknown
+        kv daemon_detail "systemctl not found"
+        return
+    fi
+    if [ "$user_unit" = 1 ]; then
+        set -- --user
+    else
+        set --
+    fi
+    # is-active prints the state even when it exits non-zero (inactive, failed, ...).
+    _state=$(systemctl "$@" is-active -- "$unit" 2>/dev/null)
+    case $_state in
+        active | reloading) kv daemon_running 1 ;;
+        activating | deactivating | inactive | failed | dead) kv daemon_running 0 ;;
+        *) kv daemon_running unknown ;;
+    esac
+    kv daemon_detail "systemd unit $unit: ${_state:-no answer from systemctl}"
+    _main=$(systemctl "$@" show --property=MainPID --value -- "$unit" 2>/dev/null)
+    case $_main in
+        '' | 0 | *[!0-9]*) ;;
+        *) kv daemon_pid "$_main" ;;
+    esac
+}
+
+probe_daemon() {
+    kv daemon_manager "$manager"
+    case $manager in
+        process) probe_daemon_process ;;
+        systemd) probe_daemon_systemd ;;
+        *)
+            kv daemon_running unknown
+            kv daemon_detail "unknown daemon manager \"$manager\""
+            ;;
+    esac
+}
+
+probe_load() {
+    read -r _l1 _l5 _l15 _rest </proc/loadavg && kv load "$_l1 $_l5 $_l15"
+}
+
+probe_memory() {
+    _total='' _avail='' _free='' _buffers='' _cached=''
+    while read -r _key _value _unit; do
+        case $_key in
+            MemTotal:) _total=$_value ;;
+            MemAvailable:) _avail=$_value ;;
+            MemFree:) _free=$_value ;;
+            Buffers:) _buffers=$_value ;;
+            Cached:) _cached=$_value ;;
+        esac
+    done </proc/meminfo
+    # Kernels before 3.14 have no MemAvailable: free + buffers + page cache is the usual estimate.
+    if [ -z "$_avail" ] && [ -n "$_free" ] && [ -n "$_buffers" ] && [ -n "$_cached" ]; then
+        _avail=$((_free + _buffers + _cached))
+    fi
+    [ -z "$_total" ] || kv mem_total_kb "$_total"
+    [ -z "$_avail" ] || kv mem_available_kb "$_avail"
+}
+
+probe_disk() {
+    # Before the first deploy the app dir may not exist yet; its parent's filesystem is where
+    # it will land.
+    _dir=${app_dir:-.}
+    while [ ! -e "$_dir" ]; do
+        _parent=$(dirname -- "$_dir") || return
+        [ "$_parent" != "$_dir" ] || return
+        _dir=$_parent
+    done
+    kv disk_path "$_dir"
+    # -P: one line per filesystem whatever the name lengths. The filesystem name and the mount
+    # point may contain spaces, so find the capacity column ("NN%") and read the two numbers
+    # that precede it (1024-blocks Used Available Capacity).
+    df -Pk -- "$_dir" 2>/dev/null | {
+        read -r _header || exit 0
+        read -r _line || exit 0
+        set -f
+        _p1='' _p2='' _p3=''
+        for _field in $_line; do
+            case $_field in
+                *%)
+                    case $_p3$_p1 in
+                        *[!0-9]* | '') exit 0 ;;
+                    esac
+                    kv disk_total_kb "$_p3"
+                    kv disk_free_kb "$_p1"
+                    exit 0
+                    ;;
+            esac
+            _p3=$_p2 _p2=$_p1 _p1=$_field
+        done
+    }
+}
+
+probe_uptime() {
+    read -r _up _idle </proc/uptime && kv uptime_s "$_up"
+}
+
+probe_code_version() {
+    _digest=$app_dir/.skeleton-deploy/digest
+    [ -r "$_digest" ] || return
+    _version=
+    read -r _version _rest 2>/dev/null <"$_digest" || [ -n "$_version" ] || return
+    kv code_version "$_version"
+}
+
+probe_gpu() {
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        kv gpu_exit 127
+        return
+    fi
+    set -- nvidia-smi \
+        --query-gpu=index,name,uuid,memory.total,memory.used,memory.free,utilization.gpu,temperature.gpu,power.draw,driver_version \
+        --format=csv,noheader,nounits
+    if command -v timeout >/dev/null 2>&1; then
+        set -- timeout -k 2 "$gpu_timeout" "$@"
+    fi
+    # stderr is kept: a failing driver's message is the report.
+    _out=$("$@" 2>&1)
+    _rc=$?
+    if [ "$_rc" = 124 ] && [ "$1" = timeout ]; then
+        _out="nvidia-smi did not answer within $gpu_timeout s"
+    fi
+    kv gpu_exit "$_rc"
+    printf '%s\n' '--- begin gpu'
+    [ -z "$_out" ] || printf '%s\n' "$_out"
+    printf '%s\n' '--- end gpu'
+}
+
+kv probe skeleton-status/1
+(probe_hostname)
+(probe_daemon)
+(probe_load)
+(probe_memory)
+(probe_disk)
+(probe_uptime)
+(probe_code_version)
+(probe_gpu)
+kv probe_end 1
+exit 0
