@@ -15,6 +15,7 @@ Exit codes of every `skeleton cluster` command:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -153,6 +154,49 @@ def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: t
     _record(state, cluster_, "exec", {"command": command, "timeout": timeout},
             [n.id for n in nodes], result)
     return int(result.exit_code())
+
+
+@cluster.command("status")
+@selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+               roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+               as_json: bool) -> int:
+    """Daemon, load, memory, GPU and disk of every selected node (one round trip each)."""
+    from skeleton_app import render
+    from skeleton_app.ops import status as status_op
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    result = status_op.status(cluster_, nodes, fanout=fanout)
+    registry_rows = status_op.registry_snapshot(cluster_, result)
+    if as_json:
+        data = result.to_dict()
+        for node_id, entry in data["nodes"].items():
+            st = result[node_id].data.get("status")
+            entry["data"] = {"status": st.as_dict() if st else None,
+                             "registry": (registry_rows or {}).get(node_id)}
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        columns, rows = status_op.rows(result, nodes, registry_rows,
+                                       cluster_.settings.registry.stale_after)
+        render.table(None, columns, rows)
+    _record(state, cluster_, "status", {}, [n.id for n in nodes], result)
+    return int(result.exit_code())
+
+
+# @@deploy-commands@@
+
+# @@daemon-commands@@
+
+# @@models-commands@@
+
+# @@logs-commands@@
+
+# @@registry-commands@@
+
+# @@testbed-commands@@
 
 
 def _errors(result: Any) -> list[tuple[str, str]]:

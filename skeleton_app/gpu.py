@@ -142,7 +142,7 @@ def _is_header(line: str) -> bool:
 def _parse_row(line: str, fields: tuple[str, ...], position: int) -> Gpu:
     cells = [cell.strip() for cell in line.split(",")]
     if len(cells) != len(fields):
-        raise ValueError(f"expected {len(fields)} comma-separated fields, got {len(cells)}: {line!r}")
+        raise ValueError(f"expected {len(fields)} fields, got {len(cells)}: {line!r}")
     row = dict(zip(fields, cells, strict=True))
     index = _number(row, "index", line)
     return Gpu(

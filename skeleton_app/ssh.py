@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import random
 import select
@@ -43,6 +44,10 @@ from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
+
+# Paramiko logs handshake failures at ERROR; with no handler configured Python would print
+# them to stderr. We report those failures ourselves, once, as results.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 OutputSink = Callable[[str, str, bytes], None]  # (node id, "stdout"|"stderr", chunk)
 
@@ -388,6 +393,14 @@ class Connector:
                     continue
                 err = translate(exc, host=node.host, port=node.port, timeout=timeout,
                                 known_hosts=self.settings.known_hosts)
+                if elapsed >= timeout * 0.95 and err.kind in (NodeErrorKind.PROTOCOL,
+                                                              NodeErrorKind.LOST):
+                    # Paramiko words a handshake deadline many ways ("No existing session",
+                    # "Error reading SSH protocol banner"): what the user needs is this.
+                    err = NodeError(
+                        NodeErrorKind.UNREACHABLE,
+                        f"{node.host}:{node.port} accepted TCP but sent no SSH banner or"
+                        f" handshake within {timeout:g}s (sshd frozen or overloaded?)")
                 err.node = node.id
                 raise err from exc
 
@@ -423,17 +436,22 @@ class Connector:
                 conn = self.connection(node)
             except NodeError as exc:
                 return _failed(node, exc, started)
-            fresh = conn.transport is not None and attempt == 2
             try:
                 channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
             except Exception as exc:
-                # A pooled connection whose node died: reconnect once (bounded by connect
-                # timeout) instead of reporting a stale transport's error.
                 self.discard(node)
-                if attempt == 1 and not fresh:
+                # A pooled transport that the peer closed (node rebooted, sshd restarted):
+                # reconnect once. One that merely stopped answering is not retried: that
+                # would double the wait, and the next connect would hang the same way.
+                if attempt == 1 and not conn.transport.is_active() and time.monotonic() - (
+                        started) < self.settings.connect_timeout:
                     continue
                 err = translate(exc, host=node.host, port=node.port,
                                 timeout=self.settings.connect_timeout)
+                if isinstance(exc, paramiko.SSHException) and "timeout" in str(exc).lower():
+                    err = NodeError(NodeErrorKind.LOST,
+                                    f"{node.host}:{node.port} stopped answering (no channel"
+                                    f" within {self.settings.connect_timeout:g}s)")
                 return _failed(node, err, started)
             return self._drive(conn, node, channel, line, timeout, options, started)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -103,9 +103,9 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str,
 def test_bad_env_value_names_the_variable(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="SKELETON_SSH_FANOUT: ssh.fanout: expected an integer"):
+    with pytest.raises(ConfigError, match=r"SKELETON_SSH_FANOUT: ssh\.fanout: expected an integer"):
         load_config(None, env={"SKELETON_SSH_FANOUT": "many"})
-    with pytest.raises(ConfigError, match="SKELETON_SSH_CONNECT_TIMEOUT: .*positive"):
+    with pytest.raises(ConfigError, match=r"SKELETON_SSH_CONNECT_TIMEOUT: .*positive"):
         load_config(None, env={"SKELETON_SSH_CONNECT_TIMEOUT": "-2"})
 
 

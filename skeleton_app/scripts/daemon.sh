@@ -11,7 +11,9 @@
 #   STOP_GRACE   seconds between SIGTERM and SIGKILL (decimals allowed: 0.5)
 #   START_GRACE  seconds the daemon must stay alive for `start` to report success
 #   NODE_ID      exported to the daemon as SKELETON_NODE_ID ("" leaves the environment as is)
-#   CMD ARG...   start only: the daemon's argv, already split; run with exec, never eval'd
+#   CMD ARG...   start only: the daemon's argv, already split; run with exec, never eval'd.
+#                It must stay in the foreground (not fork and exit) and keep MARKER in its
+#                command line: start checks both during START_GRACE
 #
 # Prints one line `state=STATE [pid=N] [signal=TERM|KILL]`, then maybe `message=...`, and, when
 # the daemon died at start, its output between `--- begin log_tail` and `--- end log_tail`:

@@ -32,7 +32,8 @@
 #
 # Each probe runs in its own subshell and the script always exits 0: one unreadable file or
 # missing tool costs one key, never the whole report. No `set -u`/`set -e` for the same reason.
-# POSIX sh only (runs under dash); every expansion is quoted.
+# Commands that might read stdin get /dev/null: stdin is this script, and whatever they read
+# would be cut out of it. POSIX sh only (runs under dash); every expansion is quoted.
 
 app_dir=${1-}
 manager=${2-process}
@@ -42,7 +43,11 @@ unit=${5-}
 user_unit=${6-0}
 
 # nvidia-smi with a broken driver can hang for minutes; the status table should not.
-gpu_timeout=10
+# SKELETON_STATUS_GPU_TIMEOUT (whole seconds) overrides the limit, for tests.
+gpu_timeout=${SKELETON_STATUS_GPU_TIMEOUT:-10}
+case $gpu_timeout in
+    '' | *[!0-9]*) gpu_timeout=10 ;;
+esac
 
 kv() {
     printf '%s=%s\n' "$1" "$2"
@@ -145,14 +150,15 @@ probe_daemon_systemd() {
         set --
     fi
     # is-active prints the state even when it exits non-zero (inactive, failed, ...).
-    _state=$(systemctl "$@" is-active -- "$unit" 2>/dev/null)
+    # stdin is this script (sh -s): no command may read from it.
+    _state=$(systemctl "$@" is-active -- "$unit" </dev/null 2>/dev/null)
     case $_state in
         active | reloading) kv daemon_running 1 ;;
         activating | deactivating | inactive | failed | dead) kv daemon_running 0 ;;
         *) kv daemon_running unknown ;;
     esac
     kv daemon_detail "systemd unit $unit: ${_state:-no answer from systemctl}"
-    _main=$(systemctl "$@" show --property=MainPID --value -- "$unit" 2>/dev/null)
+    _main=$(systemctl "$@" show --property=MainPID --value -- "$unit" </dev/null 2>/dev/null)
     case $_main in
         '' | 0 | *[!0-9]*) ;;
         *) kv daemon_pid "$_main" ;;
@@ -251,8 +257,8 @@ probe_gpu() {
     if command -v timeout >/dev/null 2>&1; then
         set -- timeout -k 2 "$gpu_timeout" "$@"
     fi
-    # stderr is kept: a failing driver's message is the report.
-    _out=$("$@" 2>&1)
+    # stderr is kept: a failing driver's message is the report. stdin is this script.
+    _out=$("$@" </dev/null 2>&1)
     _rc=$?
     if [ "$_rc" = 124 ] && [ "$1" = timeout ]; then
         _out="nvidia-smi did not answer within $gpu_timeout s"

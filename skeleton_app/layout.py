@@ -1,0 +1,26 @@
+"""Where skeleton_app keeps its own files on a node, relative to the node's app dir.
+
+One place, so the status probe, daemon control, deploy and log collection agree.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from skeleton_app.config import Settings
+from skeleton_app.nodes import Node
+
+PID_FILE = ".skeleton-daemon.pid"  # relative to the app dir
+DEPLOY_DIR = ".skeleton-deploy"  # deploy digest and lock
+DIGEST_FILE = ".skeleton-deploy/digest"  # first word: the deployed tree's digest
+DAEMON_LOG = "skeleton-daemon.log"  # in the node's logs dir
+# A string the daemon's /proc/PID/cmdline must contain for a pid to count as our daemon.
+MARKER = "skeleton_app"
+
+
+def pid_file(node: Node) -> str:
+    return posixpath.join(node.app_dir, PID_FILE)
+
+
+def daemon_log(settings: Settings, node: Node) -> str:
+    return posixpath.join(settings.logs_dir_for(node), DAEMON_LOG)

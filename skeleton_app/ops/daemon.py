@@ -1,0 +1,410 @@
+"""`cluster daemon start|stop|restart|status`: the node daemon under a process manager or systemd.
+
+`process` manager (the default, no systemd needed): `skeleton_app/scripts/daemon.sh` is sent on
+stdin with its arguments quoted (`sh -s -- ACTION APP_DIR PID_FILE LOG_FILE MARKER ...`); it
+starts `daemon.command` in the app dir fully detached (setsid, stdin from /dev/null, output to
+`logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set, and a pid file in the app dir. A
+pid counts as our daemon only while its /proc cmdline holds the marker (`daemon_marker`): PIDs
+get reused, and a stale or foreign pid file must never get an unrelated process killed.
+
+`systemd` manager: `[sudo -n] systemctl [--user] --no-ask-password ACTION UNIT`; a password
+prompt (sudo or polkit) is an error at once, never a hang.
+
+`restart(batch=K, wait_healthy=True)` restarts K nodes at a time, waits for each node's
+`GET /health` (queried on the node, `scripts/health.sh`) to answer from the new process, and
+stops at the first node that does not come back: the nodes after it are left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from typing import Any
+
+from skeleton_app.cluster import Cluster
+from skeleton_app.config import Settings
+from skeleton_app.errors import ConfigError, UsageError
+from skeleton_app.nodes import Node, fold, validate_node_id
+from skeleton_app.results import ClusterResult, NodeResult
+
+ACTIONS = ("start", "stop", "restart", "status")
+
+# In the app dir, hidden: `cluster deploy` protects it from --delete (a deleted pid file would
+# make a running daemon invisible, and the next start would launch a second one).
+PID_FILE = ".skeleton-daemon.pid"
+LOG_NAME = "skeleton-daemon.log"
+
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\Z")
+_ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# daemon.sh exit code for `status` of a stopped daemon (LSB "program is not running").
+_NOT_RUNNING = 3
+
+OnResult = Callable[[NodeResult], None]
+
+
+# ------------------------------------------------------------------------ the daemon's identity
+
+
+def daemon_argv(settings: Settings) -> list[str]:
+    """`daemon.command` split like a shell would (no expansion). Leading `NAME=value` words
+    become an `env` prefix, since the command is exec'd directly, not run by a shell."""
+    try:
+        argv = shlex.split(settings.daemon.command)
+    except ValueError as exc:
+        raise ConfigError(f"cannot split the command: {exc}", source=settings.source,
+                          key="daemon.command") from None
+    if not argv:
+        raise ConfigError("expected a non-empty command", source=settings.source,
+                          key="daemon.command")
+    if _ASSIGNMENT_RE.match(argv[0]):
+        argv = ["env", *argv]
+    return argv
+
+
+def daemon_marker(settings: Settings) -> str:
+    """What the daemon's /proc/PID/cmdline (NULs read as spaces) always contains: the command
+    after any `env NAME=value` prefix, since `env` execs the program and vanishes from it."""
+    argv = daemon_argv(settings)
+    if argv[0] == "env" or argv[0].endswith("/env"):
+        rest = argv[1:]
+        while rest and _ASSIGNMENT_RE.match(rest[0]):
+            rest = rest[1:]
+        if rest and not rest[0].startswith("-"):
+            argv = rest
+    return " ".join(argv)
+
+
+def pid_file(node: Node) -> str:
+    return posixpath.join(node.app_dir, PID_FILE)
+
+
+def log_file(settings: Settings, node: Node) -> str:
+    return posixpath.join(settings.logs_dir_for(node), LOG_NAME)
+
+
+def _script(name: str) -> bytes:
+    return (resources.files("skeleton_app") / "scripts" / name).read_bytes()
+
+
+# ------------------------------------------------------------------------ parsing replies
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonReply:
+    """What daemon.sh (or systemctl) said: `state` is started, already-running, died, stopped,
+    not-running, running, error (process) or active, inactive, failed, ... (systemd)."""
+
+    state: str
+    pid: int | None = None
+    signal: str | None = None
+    message: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.pid, "signal": self.signal,
+                "message": self.message, "log_tail": list(self.log_tail)}
+
+
+def parse_reply(text: str) -> DaemonReply:
+    """Parse daemon.sh's output (header in the script). Never raises: garbage -> state error."""
+    state = "error"
+    pid: int | None = None
+    sig: str | None = None
+    messages: list[str] = []
+    tail: list[str] = []
+    in_tail = False
+    for line in text.splitlines():
+        if in_tail:
+            if line == "--- end log_tail":
+                in_tail = False
+            else:
+                tail.append(line)
+        elif line == "--- begin log_tail":
+            in_tail = True
+        elif line.startswith("state="):
+            for token in line.split():
+                key, _, value = token.partition("=")
+                if key == "state":
+                    state = value
+                elif key == "pid" and value.isascii() and value.isdigit():
+                    pid = int(value)
+                elif key == "signal":
+                    sig = value
+        elif line.startswith("message="):
+            messages.append(line[len("message="):])
+    return DaemonReply(state=state, pid=pid, signal=sig,
+                       message="; ".join(messages) or None, log_tail=tuple(tail))
+
+
+def describe(action: str, reply: DaemonReply) -> str:
+    """One line for people: 'started (pid 123)', 'already running (pid 9)', 'died: ...'."""
+    words = {
+        "started": "started", "already-running": "already running", "died": "died at start",
+        "stopped": "stopped", "not-running": "not running", "running": "running",
+        "error": "error", "active": "active", "inactive": "inactive", "failed": "failed",
+    }.get(reply.state, reply.state)
+    if reply.pid is not None:
+        words += f" (pid {reply.pid})"
+    if reply.state == "stopped" and reply.signal == "KILL":
+        words += " with SIGKILL after the grace period"
+    if reply.message:
+        words += f": {reply.message}"
+    return words
+
+
+# ------------------------------------------------------------------------ one node
+
+
+def _process_args(settings: Settings, node: Node, action: str) -> list[str]:
+    validate_node_id(node.id)  # exported as SKELETON_NODE_ID and names the log
+    d = settings.daemon
+    args = [action, node.app_dir, pid_file(node), log_file(settings, node),
+            daemon_marker(settings), f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
+    if action == "start":
+        args += ["--", *daemon_argv(settings)]
+    return args
+
+
+def _systemctl(settings: Settings, action: str) -> str:
+    d = settings.daemon
+    if not _UNIT_RE.match(d.unit):
+        raise ConfigError(f"invalid unit name {d.unit!r}", source=settings.source,
+                          key="daemon.unit")
+    base = ["systemctl"] + (["--user"] if d.user_unit else []) + ["--no-ask-password"]
+    status = shlex.join([*base, "is-active", "--", d.unit])
+    if action == "status":
+        return status
+    # sudo -n: a password prompt fails at once instead of waiting on a channel with no tty.
+    change = (["sudo", "-n"] if d.sudo else []) + [*base, action, "--", d.unit]
+    if action == "stop":
+        return shlex.join(change)
+    # is-active afterwards: `start` returns before a Type=simple service has had time to die.
+    return f"{shlex.join(change)} && sleep {d.start_grace:g} && {status}"
+
+
+def _timeout(settings: Settings, action: str) -> float:
+    d = settings.daemon
+    # daemon.sh: up to stop_grace + 5 s of SIGKILL wait to stop, 5 s for the pid file plus
+    # start_grace to start; a margin for a loaded node.
+    return d.stop_grace + d.start_grace + 30.0
+
+
+def control_node(cluster: Cluster, node: Node, action: str) -> NodeResult:
+    """Run `action` (start, stop, status) for one node's daemon; never raises for the node."""
+    from skeleton_app.ssh import RunOptions
+
+    if action not in ("start", "stop", "status"):
+        raise UsageError(f"unknown daemon action {action!r} (expected start, stop or status)")
+    settings = cluster.settings
+    started = time.monotonic()
+    if settings.daemon.manager == "systemd":
+        command = _systemctl(settings, action)
+        r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings, action)))
+        return _systemd_result(r, action, settings, started)
+    command = "sh -s -- " + shlex.join(_process_args(settings, node, action))
+    r = cluster.connector.run(node, command, RunOptions(
+        timeout=_timeout(settings, action), stdin=_script("daemon.sh")))
+    if r.error_kind is not None:
+        return r
+    reply = parse_reply(r.stdout)
+    exit_code = r.exit_code
+    if reply.state == "error" and not reply.message and r.stderr.strip():
+        reply = replace(reply, message=r.stderr.strip().splitlines()[-1])
+    return replace(r, exit_code=exit_code, duration=time.monotonic() - started,
+                   data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
+
+
+def _systemd_result(r: NodeResult, action: str, settings: Settings,
+                    started: float) -> NodeResult:
+    if r.error_kind is not None:
+        return r
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    state = lines[-1].strip() if lines else ("stopped" if action == "stop" and r.exit_code == 0
+                                             else "error")
+    message = None
+    if "a password is required" in r.stderr or "a terminal is required" in r.stderr:
+        message = (f"sudo asked for a password (sudo -n refuses to prompt): allow "
+                   f"`systemctl {action} {settings.daemon.unit}` without one (NOPASSWD), or set "
+                   "daemon.sudo: false")
+    elif r.exit_code != 0 and r.stderr.strip():
+        message = r.stderr.strip().splitlines()[-1]
+    reply = DaemonReply(state=state, message=message)
+    return replace(r, duration=time.monotonic() - started,
+                   data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
+
+
+def restart_node(cluster: Cluster, node: Node) -> NodeResult:
+    """Stop then start one node's daemon (systemd: `systemctl restart`)."""
+    settings = cluster.settings
+    started = time.monotonic()
+    if settings.daemon.manager == "systemd":
+        from skeleton_app.ssh import RunOptions
+
+        r = cluster.connector.run(node, _systemctl(settings, "restart"),
+                                  RunOptions(timeout=_timeout(settings, "restart")))
+        r = _systemd_result(r, "restart", settings, started)
+        return replace(r, data={**r.data, "action": "restart"})
+    stop = control_node(cluster, node, "stop")
+    if not stop.ok:
+        return replace(stop, data={**stop.data, "action": "restart",
+                                   "summary": "stop failed: " + str(stop.data.get("summary")
+                                                                    or stop.summary())})
+    start = control_node(cluster, node, "start")
+    data = dict(start.data)
+    data.update(action="restart", stopped_pid=stop.data.get("pid"),
+                summary=f"{describe('stop', parse_reply(stop.stdout))}, then "
+                        f"{data.get('summary') or start.summary()}")
+    return replace(start, duration=time.monotonic() - started, data=data)
+
+
+# ------------------------------------------------------------------------ health
+
+
+def health_check(cluster: Cluster, node: Node, *, timeout: float,
+                 expect_pid: int | None = None) -> NodeResult:
+    """Wait (on the node, one round trip) until `GET /health` on the node's api_port answers;
+    when the body carries a `pid` and `expect_pid` is known, it must be that one (an answer
+    from another process is not the restarted daemon)."""
+    from skeleton_app.ssh import RunOptions
+
+    urls = [f"http://127.0.0.1:{node.api_port}/health"]
+    if node.host not in ("127.0.0.1", "localhost"):
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        urls.append(f"http://{host}:{node.api_port}/health")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        command = "sh -s -- " + shlex.join([f"{left:.1f}", *urls])
+        r = cluster.connector.run(node, command, RunOptions(timeout=left + 15,
+                                                            stdin=_script("health.sh")))
+        if r.error_kind is not None:
+            return r
+        body = _section(r.stdout, "body")
+        info = _json(body)
+        healthy = r.exit_code == 0
+        if healthy and expect_pid is not None and isinstance(info.get("pid"), int) \
+                and info["pid"] != expect_pid:
+            healthy = False
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            message = f"/health answers from pid {info['pid']}, not the new daemon {expect_pid}"
+        else:
+            message = _field(r.stdout, "message") or ""
+        return replace(r, exit_code=0 if healthy else 1,
+                       data={"healthy": healthy, "health": info, "message": message})
+
+
+def _section(text: str, name: str) -> str:
+    lines = text.splitlines()
+    try:
+        start = lines.index(f"--- begin {name}") + 1
+        end = lines.index(f"--- end {name}", start)
+    except ValueError:
+        return ""
+    return "\n".join(lines[start:end])
+
+
+def _field(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith(key + "="):
+            return line[len(key) + 1:]
+    return None
+
+
+def _json(body: str) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ------------------------------------------------------------------------ the operation
+
+
+def daemon_control(
+    cluster: Cluster,
+    nodes: Sequence[Node],
+    action: str,
+    *,
+    batch: int | None = None,
+    wait_healthy: bool = False,
+    health_timeout: float = 30.0,
+    fanout: int | None = None,
+    on_result: OnResult | None = None,
+) -> ClusterResult:
+    """start | stop | restart | status the daemon on `nodes`.
+
+    start, stop and status run on every node in parallel (bounded by fanout); start and stop
+    are idempotent. restart with `batch` restarts that many nodes at a time, and with
+    `wait_healthy` waits for each node's /health before the next batch; the first node that
+    does not come back stops the rollout, and the nodes after it are not touched (they are
+    named in the result's warnings and have no result).
+    """
+    if action not in ACTIONS:
+        raise UsageError(f"unknown daemon action {action!r} (expected {', '.join(ACTIONS)})")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    if (batch is not None or wait_healthy) and action != "restart" and action != "start":
+        raise UsageError("--batch and --wait-healthy go with restart (or start)")
+    if wait_healthy and health_timeout <= 0:
+        raise UsageError(f"health timeout must be positive, got {health_timeout:g}")
+    # Fail on a bad daemon.command before touching any node.
+    daemon_argv(cluster.settings)
+    if cluster.settings.daemon.manager == "systemd":
+        _systemctl(cluster.settings, "status")
+
+    def one(node: Node) -> NodeResult:
+        if action == "restart":
+            r = restart_node(cluster, node)
+        else:
+            r = control_node(cluster, node, action)
+        if wait_healthy and r.ok and action in ("restart", "start"):
+            r = _with_health(cluster, node, r, health_timeout)
+        return r
+
+    if batch is None:
+        return cluster.map(one, nodes, fanout=fanout, operation=f"daemon {action}",
+                           on_result=on_result)
+
+    started = time.monotonic()
+    results: list[NodeResult] = []
+    warnings: list[str] = []
+    for i in range(0, len(nodes), batch):
+        group = nodes[i:i + batch]
+        part = cluster.map(one, group, fanout=min(batch, fanout or batch),
+                           operation=f"daemon {action}", on_result=on_result)
+        results.extend(part.values())
+        bad = [n for n in group if not part[n.id].ok]
+        if bad:
+            rest = [n.id for n in nodes[i + batch:]]
+            what = "did not come back healthy" if wait_healthy else "failed to restart"
+            msg = f"stopped the rollout: {fold(n.id for n in bad)} {what}"
+            msg += f"; not restarted: {fold(rest)}" if rest else ""
+            warnings.append(msg)
+            break
+    return ClusterResult(results, operation=f"daemon {action}",
+                         duration=time.monotonic() - started, warnings=warnings)
+
+
+def _with_health(cluster: Cluster, node: Node, r: NodeResult, timeout: float) -> NodeResult:
+    pid = r.data.get("pid") if isinstance(r.data.get("pid"), int) else None
+    h = health_check(cluster, node, timeout=timeout, expect_pid=pid)
+    data = dict(r.data)
+    if h.error_kind is not None:
+        return replace(h, data={**data, "healthy": False})
+    data.update(healthy=h.data.get("healthy"), health=h.data.get("health"))
+    if not h.data.get("healthy"):
+        data["summary"] = f"{data.get('summary', '')}; not healthy: {h.data.get('message')}"
+        return replace(r, exit_code=1, data=data,
+                       stderr=(r.stderr + f"not healthy: {h.data.get('message')}\n"),
+                       duration=r.duration + h.duration)
+    data["summary"] = f"{data.get('summary', '')}; healthy"
+    return replace(r, data=data, duration=r.duration + h.duration)

@@ -1,0 +1,81 @@
+"""Shared fixtures: real test hosts (skeleton_app.testbed) and the settings that reach them.
+
+    testbed        session-wide, 6 hosts (node-01..node-06); every test may use it, and a
+                   test that breaks a host must restore it (the fault injectors all undo)
+    make_testbed   factory for a test's own extra testbed: make_testbed(2, db=True)
+    settings       load_config() of the session testbed's config.yaml, environment ignored
+
+Each testbed claims a free instance (its own subnet, bridge and namespace names) and a fresh
+state dir, so suites running side by side, inside or outside a containing namespace, never
+collide. Teardown always goes through `testbed.down()`, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skeleton_app import testbed as tb_mod
+from skeleton_app.config import Settings, load_config
+from skeleton_app.testbed import Testbed
+
+SESSION_HOSTS = 6
+
+
+def _fresh_state_dir() -> Path:
+    # Directly under /tmp, not pytest's tmp_path (mode 0700 under /tmp/pytest-of-root):
+    # PostgreSQL runs as `postgres` inside it and must be able to traverse it.
+    path = Path(tempfile.mkdtemp(prefix="skeleton-testbed-pytest-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def _up(count: int, **kwargs: Any) -> Testbed:
+    state_dir = _fresh_state_dir()
+    try:
+        # instance=None: claim a free one; the bridge is created atomically, so two suites
+        # starting at the same moment get different instances.
+        return tb_mod.up(count, instance=None, state_dir=state_dir, **kwargs)
+    except BaseException:
+        # `up` cleans up after itself; only our empty directory may remain.
+        if state_dir.is_dir() and not any(state_dir.iterdir()):
+            state_dir.rmdir()
+        raise
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    """Six real SSH hosts for the whole session (needs root: fails clearly without)."""
+    bed = _up(SESSION_HOSTS)
+    try:
+        yield bed
+    finally:
+        tb_mod.down(bed.state_dir, instance=bed.instance)
+
+
+@pytest.fixture
+def make_testbed() -> Iterator[Callable[..., Testbed]]:
+    """A factory for testbeds owned by one test: `make_testbed(2, rate="50mbit", db=True)`."""
+    made: list[Testbed] = []
+
+    def make(count: int = 2, **kwargs: Any) -> Testbed:
+        bed = _up(count, **kwargs)
+        made.append(bed)
+        return bed
+
+    try:
+        yield make
+    finally:
+        for bed in reversed(made):
+            tb_mod.down(bed.state_dir, instance=bed.instance)
+
+
+@pytest.fixture
+def settings(testbed: Testbed) -> Settings:
+    """The session testbed's config, exactly as `--config STATE/config.yaml` would load it,
+    with no SKELETON_* variables from the developer's environment leaking in."""
+    return load_config(testbed.config_path, env={})

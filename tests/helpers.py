@@ -1,0 +1,49 @@
+"""Small helpers shared by tests: config variants of a testbed, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from skeleton_app.testbed import Testbed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_variant(testbed: Testbed, path: Path, *, ssh: Mapping[str, Any] | None = None,
+                   nodes: Sequence[Mapping[str, Any]] | None = None,
+                   **sections: Mapping[str, Any]) -> Path:
+    """Write a copy of the testbed's config.yaml with some keys changed."""
+    data = yaml.safe_load(testbed.config_path.read_text())
+    if ssh:
+        data.setdefault("ssh", {}).update(ssh)
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    if nodes is not None:
+        data["nodes"] = list(nodes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def bed_nodes(testbed: Testbed) -> list[dict[str, Any]]:
+    data = yaml.safe_load(testbed.config_path.read_text())
+    return list(data["nodes"])
+
+
+def skeleton(*args: str, config: Path | None = None, timeout: float = 120,
+             env: Mapping[str, str] | None = None, input: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (as a user would)."""
+    argv = [sys.executable, "-m", "skeleton_app", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    full_env.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=REPO, input=input)
