@@ -43,9 +43,14 @@ def stream_line(out: IO[str], node: str, stream: str, line: str) -> None:
 
 
 def console(file: IO[str] | None = None) -> Any:
+    import sys
+
     from rich.console import Console  # Rich costs import time: only when a table is drawn
 
-    return Console(file=file, highlight=False, soft_wrap=False)
+    target = file or sys.stdout
+    # Piped output (logs, `| grep`) gets a wide fixed width: a row per node, never folded.
+    width = None if target.isatty() else 200
+    return Console(file=file, highlight=False, soft_wrap=False, width=width)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]], *,

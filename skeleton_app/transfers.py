@@ -60,6 +60,7 @@ __all__ = [
     "rsync",
     "rsync_quote",
     "run_rsync",
+    "supports",
 ]
 
 # Relative, so rsync makes one per directory (an absolute one would put every file in a
@@ -140,6 +141,11 @@ def _rsync_help(binary: str) -> str:
         raise NodeError(NodeErrorKind.LOCAL,
                         f"cannot run {binary!r} on this machine: {exc.strerror}") from exc
     return proc.stdout + proc.stderr
+
+
+def supports(option: str, binary: str = "rsync") -> bool:
+    """Does the local rsync know `option` (e.g. `--mkpath`, rsync 3.2.3+)?"""
+    return re.search(rf"(^|[\s,]){re.escape(option)}\b", _rsync_help(binary), re.M) is not None
 
 
 def protect_args_option(binary: str = "rsync") -> str:
@@ -552,7 +558,8 @@ def run_rsync(
 
     def read_stderr() -> None:
         assert proc.stderr is not None
-        for chunk in iter(lambda: proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
+        fd = proc.stderr.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
             err.extend(chunk)
             if len(err) > _STDERR_KEEP:
                 del err[: len(err) - _STDERR_KEEP]
@@ -571,7 +578,8 @@ def run_rsync(
         timer.start()
     try:
         assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        out_fd = proc.stdout.fileno()
+        for chunk in iter(lambda: os.read(out_fd, 65536), b""):
             parser.feed(chunk)
         parser.close()
         code = proc.wait()

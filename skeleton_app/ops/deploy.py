@@ -1,0 +1,641 @@
+"""`cluster deploy`: push the code tree to the nodes with rsync, in parallel, safely.
+
+Per node, in order (all under one lock, one SSH channel that `scripts/deploy.sh` holds open):
+
+1. lock: `flock` on DEST/.skeleton-deploy/lock, held by a shell on the node for as long as our
+   channel is open. A second deploy waits `lock_wait` seconds, then fails with "deploy in
+   progress by USER since TIME". A killed deploy's channel dies with it, and so does its lock.
+2. digest: the node prints the digest of the last tree deployed there. When it equals the
+   local digest (a content hash of exactly the files rsync would send, excludes honoured),
+   nothing else happens: a no-change redeploy costs one round trip (`force` skips the check).
+3. `begin`: the node checks that rsync runs, and removes its digest, so that a deploy dying
+   from here on is never mistaken for a finished one.
+4. rsync (`transfers.rsync`): compressed, perms and times kept, `--delay-updates` with a
+   partial dir: files are renamed into place at the end, so an interrupted deploy leaves old
+   or new files, never half-written ones, and running it again converges.
+5. `deploy.after` commands, in DEST, in order; the first failure is the node's failure.
+6. `commit`: the new digest is written atomically (its first line is the code version that
+   `cluster status` shows); then the channel closes and the lock goes.
+
+`restart=True` stops the daemon before step 3 and starts it after step 6, per node.
+`dry_run=True` only runs `rsync --dry-run` and lists what would change (no lock, no writes).
+
+Paths rsync must never touch on the node: the state dir and the daemon's pid file (excluded),
+and the logs and models dirs under the app dir (protected from --delete, still deployed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import os
+import posixpath
+import re
+import shlex
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from skeleton_app.cluster import Cluster
+from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
+from skeleton_app.nodes import Node
+from skeleton_app.ops.daemon import PID_FILE, control_node
+from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.transfers import (
+    DEFAULT_PARTIAL_DIR,
+    FileChange,
+    Progress,
+    RsyncFilter,
+    TransferResult,
+    classify_failure,
+    disk_full,
+    rsync,
+    supports,
+)
+
+STATE_DIR = ".skeleton-deploy"
+DIGEST_FILE = f"{STATE_DIR}/digest"
+LOCK_WAIT = 10.0
+_DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
+_MAX_CHANGES_KEPT = 10000  # per node in the result; the counters stay exact
+
+
+# ------------------------------------------------------------------------ the local tree
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDigest:
+    """Content hash of the tree rsync would send: paths, types, permissions, file contents and
+    symlink targets (not times: a touched but unchanged file is no reason to deploy)."""
+
+    hex: str
+    files: int
+    bytes: int
+
+    @property
+    def version(self) -> str:
+        """The short form shown as the code version (first line of the digest file)."""
+        return self.hex[:16]
+
+
+def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeDigest:
+    """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
+    cannot be read: rsync could not send it either."""
+    flt = RsyncFilter(exclude)
+    h = hashlib.sha256(_DIGEST_FORMAT)
+    count = 0
+    total = 0
+    base = os.fspath(root)
+    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(base).st_mode))
+    stack: list[tuple[str, str]] = [(base, "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            raise UsageError(f"cannot read {directory}: {exc.strerror}") from None
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            raw = os.fsencode(path)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from None
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                if flt.excluded(path, True):
+                    continue
+                h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
+                subdirs.append((entry.path, path))
+            elif stat.S_ISLNK(mode):
+                if flt.excluded(path, False):
+                    continue
+                h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(entry.path))))
+                count += 1
+            elif stat.S_ISREG(mode):
+                if flt.excluded(path, False):
+                    continue
+                h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
+                h.update(_file_hash(entry.path))
+                count += 1
+                total += st.st_size
+            # Sockets, fifos, devices: rsync -rlpt skips them ("skipping non-regular file").
+        # Depth first, in name order: the same tree always hashes the same way.
+        stack.extend(reversed(subdirs))
+    return TreeDigest(h.hexdigest(), count, total)
+
+
+def _file_hash(path: str) -> bytes:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class DeployedDigest:
+    """The digest file on a node (written by `commit`)."""
+
+    version: str | None = None
+    tree: str | None = None
+    delete: bool = False
+    deployed_at: str | None = None
+    deployed_by: str | None = None
+
+    @classmethod
+    def parse(cls, lines: Sequence[str]) -> DeployedDigest:
+        if not lines:
+            return cls()
+        values = dict(line.partition("=")[::2] for line in lines[1:] if "=" in line)
+        return cls(version=lines[0].strip() or None, tree=values.get("tree") or None,
+                   delete=values.get("delete") == "1", deployed_at=values.get("deployed_at"),
+                   deployed_by=values.get("deployed_by"))
+
+
+def digest_lines(digest: TreeDigest, *, delete: bool, owner: str, source: str) -> list[str]:
+    """The digest file: line 1 the code version; then key=value lines (no line is ".")."""
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    clean = source.replace("\\", "\\\\").replace("\n", "\\n")
+    return [digest.version, f"tree={digest.hex}", f"files={digest.files}",
+            f"bytes={digest.bytes}", f"delete={int(delete)}", f"deployed_at={when}",
+            f"deployed_by={owner}", f"source={clean}"]
+
+
+# ------------------------------------------------------------------------ progress events
+
+
+@dataclass(frozen=True, slots=True)
+class DeployEvent:
+    """A step of one node's deploy, for live displays. `phase` is one of lock, stop, sync,
+    after, commit, start, done, unchanged, failed."""
+
+    node: str
+    phase: str
+    percent: int | None = None
+    bytes: int | None = None
+    files: int = 0
+    message: str = ""
+
+
+OnProgress = Callable[[DeployEvent], None]
+
+
+# ------------------------------------------------------------------------ the node session
+
+
+class _Session:
+    """deploy.sh on one node over one channel held open: it holds the lock while we talk.
+
+    Connector.run is request/response (stdin is sent whole, then closed); the lock must live
+    exactly as long as this deploy, so this drives the pooled connection's transport itself.
+    """
+
+    def __init__(self, cluster: Cluster, node: Node, command: str):
+        from skeleton_app.ssh import translate
+
+        self.node = node
+        self._buf = b""
+        self._eof = False
+        connector = cluster.connector
+        timeout = cluster.settings.ssh.connect_timeout
+        for attempt in (1, 2):
+            conn = connector.connection(node)  # NodeError when unreachable
+            try:
+                self.channel = conn.transport.open_session(timeout=timeout)
+                self.channel.exec_command(command)
+                return
+            except Exception as exc:
+                connector.discard(node)
+                # A pooled transport the peer closed (sshd restarted): reconnect once.
+                if attempt == 1 and not conn.transport.is_active():
+                    continue
+                err = translate(exc, host=node.host, port=node.port, timeout=timeout)
+                err.node = node.id
+                raise err from exc
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next line, None at EOF; NodeError(TIMEOUT/LOST) when none comes in time."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if self._eof:
+                if self._buf:
+                    line, self._buf = self._buf, b""
+                    return line.decode("utf-8", "replace")
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NodeError(NodeErrorKind.TIMEOUT,
+                                f"the node's deploy helper did not answer within {timeout:g}s",
+                                node=self.node.id)
+            self.channel.settimeout(left)
+            try:
+                data = self.channel.recv(4096)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                raise NodeError(NodeErrorKind.LOST, f"connection lost: {exc}",
+                                node=self.node.id) from exc
+            if not data:
+                self._eof = True
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def send(self, lines: Sequence[str]) -> None:
+        try:
+            self.channel.sendall(("".join(f"{line}\n" for line in lines)).encode())
+        except Exception as exc:
+            raise NodeError(NodeErrorKind.LOST, f"connection lost: {exc}",
+                            node=self.node.id) from exc
+
+    def request(self, lines: Sequence[str], timeout: float) -> str:
+        self.send(lines)
+        reply = self.read_line(timeout)
+        if reply is None:
+            raise NodeError(NodeErrorKind.LOST, "the node's deploy helper exited early"
+                            + self.stderr_tail(), node=self.node.id)
+        return reply
+
+    def stderr_tail(self) -> str:
+        with contextlib.suppress(Exception):
+            if self.channel.recv_stderr_ready():
+                text = self.channel.recv_stderr(4096).decode("utf-8", "replace").strip()
+                if text:
+                    return ": " + text.splitlines()[-1]
+        return ""
+
+    def close(self) -> None:
+        """Close stdin (deploy.sh exits, the lock goes), wait briefly for that, close."""
+        with contextlib.suppress(Exception):
+            self.channel.shutdown_write()
+            deadline = time.monotonic() + 5
+            while not self.channel.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        with contextlib.suppress(Exception):
+            self.channel.close()
+
+
+def _script(name: str) -> str:
+    return (resources.files("skeleton_app") / "scripts" / name).read_text(encoding="utf-8")
+
+
+_OWNER_RE = re.compile(r"^owner=(?P<owner>.*) since=(?P<since>\S+)$")
+
+
+# ------------------------------------------------------------------------ the operation
+
+
+@dataclass(frozen=True, slots=True)
+class DeployPlan:
+    """Everything decided before the first node is touched (shared by all nodes)."""
+
+    source: str  # absolute, no trailing slash
+    dest: str | None  # None: each node's app dir
+    exclude: tuple[str, ...]
+    filters: tuple[str, ...]
+    delete: bool
+    dry_run: bool
+    checksum: bool
+    force: bool
+    restart: bool
+    after: tuple[str, ...]
+    lock_wait: float
+    owner: str
+    digest: TreeDigest | None = None
+    digest_excludes: tuple[str, ...] = field(default=())
+
+
+def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
+         dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
+         checksum: bool = False, force: bool = False, restart: bool = False,
+         lock_wait: float = LOCK_WAIT) -> DeployPlan:
+    """Resolve and check the arguments (UsageError, nothing touched) and digest the tree."""
+    settings = cluster.settings
+    src = _resolve_source(source, settings.deploy.source, settings.source)
+    if dest is not None:
+        _check_dest(dest)
+    if lock_wait < 0:
+        raise UsageError(f"lock wait must be zero or more seconds, got {lock_wait:g}")
+    exclude = (*settings.deploy.exclude, f"/{STATE_DIR}/", f"/{PID_FILE}")
+    filters = tuple(f"P /{d.strip('/')}/" for d in (settings.app.logs_dir,
+                                                    settings.app.models_dir)
+                    if d and not d.startswith("/"))
+    owner = _owner()
+    digest_excludes = (*exclude, f"{DEFAULT_PARTIAL_DIR}/")
+    digest = None if dry_run else tree_digest(src, digest_excludes)
+    return DeployPlan(
+        source=src, dest=dest, exclude=exclude, filters=filters,
+        delete=settings.deploy.delete if delete is None else delete, dry_run=dry_run,
+        checksum=checksum, force=force, restart=restart, after=tuple(settings.deploy.after),
+        lock_wait=lock_wait, owner=owner, digest=digest, digest_excludes=digest_excludes,
+    )
+
+
+def deploy(
+    cluster: Cluster,
+    nodes: Sequence[Node],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    dest: str | None = None,
+    delete: bool | None = None,
+    dry_run: bool = False,
+    checksum: bool = False,
+    force: bool = False,
+    restart: bool = False,
+    on_progress: OnProgress | None = None,
+    lock_wait: float = LOCK_WAIT,
+    fanout: int | None = None,
+    on_result: Callable[[NodeResult], None] | None = None,
+) -> ClusterResult:
+    """Push `source` (default `deploy.source`) to `dest` (default each node's app dir) on
+    every node in parallel, bounded by fanout. One node's failure never stops the others.
+
+    Per node result: exit 0 deployed or already up to date (`data["unchanged"]`); non-zero
+    when rsync, an after command or the daemon failed there (rsync's exit code, or 1);
+    `errors` when the node was unreachable, its lock was held, or it lacks rsync.
+    `data` holds `changes` (path, kind, item, size), `files_changed`, `bytes_sent`, `stats`.
+    """
+    p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
+             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait)
+    emit = _emitter(on_progress)
+    return cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
+                       fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
+                       on_result=on_result)
+
+
+def _emitter(on_progress: OnProgress | None) -> OnProgress:
+    if on_progress is None:
+        return lambda event: None
+    lock = threading.Lock()
+
+    def emit(event: DeployEvent) -> None:
+        with lock:  # nodes report from many threads; displays need not be thread-safe
+            on_progress(event)
+
+    return emit
+
+
+def _resolve_source(flag: str | os.PathLike[str] | None, configured: str,
+                    config_file: str | None) -> str:
+    if flag is not None:
+        path = Path(flag)
+        what = "--source"
+    else:
+        path = Path(configured)
+        what = "deploy.source"
+        # A relative deploy.source is relative to the config file that names it.
+        if not path.is_absolute() and config_file:
+            path = Path(config_file).resolve().parent / path
+    if not path.exists():
+        raise UsageError(f"{what}: {os.fspath(path)!r} does not exist")
+    if not path.is_dir():
+        raise UsageError(f"{what}: {os.fspath(path)!r} is not a directory")
+    return os.path.abspath(path)
+
+
+def _check_dest(dest: str) -> None:
+    if not dest or "\n" in dest or "\0" in dest:
+        raise UsageError(f"--dest: invalid path {dest!r}")
+
+
+def _dest_for(p: DeployPlan, node: Node) -> str:
+    dest = p.dest if p.dest is not None else node.app_dir
+    # A relative --dest is under the node's app dir.
+    dest = dest if dest.startswith("/") else posixpath.join(node.app_dir, dest)
+    dest = posixpath.normpath(dest)
+    if dest == "/":
+        raise UsageError("refusing to deploy to / (check --dest)")
+    return dest
+
+
+def _owner() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _change_data(changes: Sequence[FileChange]) -> list[dict[str, Any]]:
+    return [c.as_dict() for c in changes[:_MAX_CHANGES_KEPT]]
+
+
+def _sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgress,
+          *, dry_run: bool) -> TransferResult:
+    seen = 0
+
+    def on_change(change: FileChange) -> None:
+        nonlocal seen
+        seen += 1
+        emit(DeployEvent(node.id, "sync", files=seen, message=change.path))
+
+    def on_progress(progress: Progress) -> None:
+        emit(DeployEvent(node.id, "sync", percent=progress.percent, bytes=progress.bytes,
+                         files=seen))
+
+    opts: list[str] = []
+    if dry_run and supports("--mkpath"):
+        opts.append("--mkpath")  # a first dry run to a fresh node must not fail on the path
+    ssh = cluster.settings.ssh
+    return rsync(
+        node, p.source + "/", dest + "/", settings=ssh, exclude=p.exclude, filters=p.filters,
+        delete=p.delete, dry_run=dry_run, checksum=p.checksum, rsync_opts=opts,
+        io_timeout=int(ssh.command_timeout), on_change=on_change, on_progress=on_progress,
+    )
+
+
+def _transfer_data(tr: TransferResult) -> dict[str, Any]:
+    return {
+        "changes": _change_data(tr.changes),
+        "changes_total": len(tr.changes),
+        "files_changed": tr.files_changed,
+        "bytes_sent": tr.bytes_sent,
+        "stats": tr.stats.as_dict() if tr.stats else None,
+    }
+
+
+def _deploy_node(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult:
+    try:
+        return _deploy_one(cluster, node, p, emit)
+    except NodeError as exc:
+        # Unreachable, lost mid-deploy: the display must not stay on the last phase.
+        emit(DeployEvent(node.id, "failed", message=exc.message))
+        raise
+
+
+def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult:
+    started = time.monotonic()
+    dest = _dest_for(p, node)
+    base: dict[str, Any] = {"dest": dest, "dry_run": p.dry_run}
+
+    def done(**kw: Any) -> NodeResult:
+        return NodeResult(node=node.id, duration=time.monotonic() - started, **kw)
+
+    def fail(kind: NodeErrorKind, message: str, data: dict[str, Any]) -> NodeResult:
+        emit(DeployEvent(node.id, "failed", message=message))
+        return replace(failure(node.id, kind, message, time.monotonic() - started), data=data)
+
+    if p.dry_run:
+        emit(DeployEvent(node.id, "sync", message="dry run"))
+        tr = _sync(cluster, node, p, dest, emit, dry_run=True)
+        data = {**base, **_transfer_data(tr)}
+        if not tr.ok:
+            return _rsync_failed(node, tr, data, emit, started)
+        emit(DeployEvent(node.id, "done", files=tr.files_changed))
+        return done(exit_code=0, stdout=_listing(tr.changes), data=data)
+
+    assert p.digest is not None
+    emit(DeployEvent(node.id, "lock"))
+    command = shlex.join(["sh", "-c", _script("deploy.sh"), "skeleton-deploy", dest,
+                          f"{p.lock_wait:g}", p.owner, "rsync"])
+    session = _Session(cluster, node, command)
+    try:
+        helper_timeout = cluster.settings.ssh.command_timeout
+        header: list[str] = []
+        while True:
+            line = session.read_line(p.lock_wait + helper_timeout)
+            if line is None or line == "ready":
+                break
+            header.append(line)
+        state = next((ln.partition("=")[2] for ln in header if ln.startswith("state=")), "")
+        if state == "busy":
+            m = next((_OWNER_RE.match(ln) for ln in header if ln.startswith("owner=")), None)
+            who = f"{m['owner']} since {m['since']}" if m else "another deploy"
+            return fail(NodeErrorKind.LOCAL, f"deploy in progress by {who} (lock held"
+                        f" {p.lock_wait:g}s later)", base)
+        if state != "locked" or line is None:
+            message = next((ln.partition("=")[2] for ln in header if ln.startswith("message=")),
+                           "") or "the node's deploy helper failed" + session.stderr_tail()
+            emit(DeployEvent(node.id, "failed", message=message))
+            return done(exit_code=1, stderr=message + "\n", data=base)
+        last = DeployedDigest.parse([ln[len("digest="):] for ln in header
+                                     if ln.startswith("digest=")])
+        base.update(previous=last.version, version=p.digest.version)
+        unchanged = (not p.force and last.tree == p.digest.hex
+                     and (last.delete or not p.delete))
+
+        if p.restart:
+            emit(DeployEvent(node.id, "stop"))
+            stopped = control_node(cluster, node, "stop")
+            base["daemon_stop"] = dict(stopped.data)
+            if not stopped.ok:
+                return _daemon_failed(node, "stop", stopped, base, emit, started)
+
+        listing = ""
+        if unchanged:
+            data = {**base, "unchanged": True, "changes": [], "changes_total": 0,
+                    "files_changed": 0, "bytes_sent": 0, "stats": None}
+        else:
+            reply = session.request(["begin"], helper_timeout)
+            if reply == "error=rsync-missing":
+                return fail(NodeErrorKind.LOCAL, f"rsync is not installed on {node.id}"
+                            " (needed on every node: apt-get install rsync)", base)
+            if reply != "ok":
+                return fail(NodeErrorKind.ERROR, f"deploy helper: {reply}", base)
+            emit(DeployEvent(node.id, "sync"))
+            tr = _sync(cluster, node, p, dest, emit, dry_run=False)
+            data = {**base, "unchanged": False, **_transfer_data(tr)}
+            listing = _listing(tr.changes)
+            if not tr.ok:
+                if disk_full(tr):
+                    _remove_partials(cluster, node, dest)
+                return _rsync_failed(node, tr, data, emit, started)
+            for command_line in p.after:
+                emit(DeployEvent(node.id, "after", message=command_line))
+                r = _run_after(cluster, node, dest, command_line)
+                data.setdefault("after", []).append(
+                    {"command": command_line, "exit_code": r.exit_code, "error": r.error})
+                if not r.ok:
+                    message = f"after command {command_line!r} failed: {r.summary()}"
+                    emit(DeployEvent(node.id, "failed", message=message))
+                    return replace(r, stderr=r.stderr + message + "\n", data=data,
+                                   duration=time.monotonic() - started)
+            emit(DeployEvent(node.id, "commit"))
+            lines = digest_lines(p.digest, delete=p.delete, owner=p.owner, source=p.source)
+            reply = session.request(["commit", *lines, "."], helper_timeout)
+            if reply != "ok":
+                emit(DeployEvent(node.id, "failed", message=reply))
+                return done(exit_code=1, stderr=f"deployed, but {reply}\n", data=data)
+
+        if p.restart:
+            emit(DeployEvent(node.id, "start"))
+            begun = control_node(cluster, node, "start")
+            data["daemon_start"] = dict(begun.data)
+            if not begun.ok:
+                return _daemon_failed(node, "start", begun, data, emit, started)
+        emit(DeployEvent(node.id, "unchanged" if unchanged else "done",
+                         files=int(data["files_changed"]), bytes=int(data["bytes_sent"])))
+        return done(exit_code=0, stdout=listing, data=data)
+    finally:
+        session.close()
+
+
+def _listing(changes: Sequence[FileChange]) -> str:
+    return "".join(f"{c.kind} {c.path}\n" for c in changes[:_MAX_CHANGES_KEPT])
+
+
+def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: OnProgress,
+                  started: float) -> NodeResult:
+    kind, message = classify_failure(tr, node.id)
+    if disk_full(tr):
+        message = ("destination disk full: " + message + "; nothing was put in place"
+                   " (updates are applied only at the end of a transfer)")
+    emit(DeployEvent(node.id, "failed", message=message))
+    if kind is not None:
+        return replace(failure(node.id, kind, message, time.monotonic() - started),
+                       stderr=tr.stderr, data=data)
+    return NodeResult(node=node.id, exit_code=tr.exit_code or 1, stderr=tr.stderr,
+                      error=None, duration=time.monotonic() - started,
+                      data={**data, "message": message})
+
+
+def _daemon_failed(node: Node, what: str, r: NodeResult, data: dict[str, Any],
+                   emit: OnProgress, started: float) -> NodeResult:
+    summary = str(r.data.get("summary") or r.summary())
+    message = f"daemon {what} failed: {summary}"
+    emit(DeployEvent(node.id, "failed", message=message))
+    if r.error_kind is not None:
+        return replace(r, error=message, data=data, duration=time.monotonic() - started)
+    return replace(r, exit_code=r.exit_code or 1, stderr=r.stderr + message + "\n",
+                   data={**data, "message": message}, duration=time.monotonic() - started)
+
+
+def _run_after(cluster: Cluster, node: Node, dest: str, command_line: str) -> NodeResult:
+    from skeleton_app.ssh import RunOptions
+
+    # The command runs exactly as configured, in DEST; SKELETON_NODE_ID tells it where it is.
+    line = (f"export SKELETON_NODE_ID={shlex.quote(node.id)}; cd {shlex.quote(dest)} &&"
+            f" {command_line}")
+    return cluster.connector.run(node, line, RunOptions(
+        timeout=cluster.settings.ssh.command_timeout))
+
+
+def _remove_partials(cluster: Cluster, node: Node, dest: str) -> None:
+    """After a disk-full failure, free the space the holding directories took (a later deploy
+    will resend): on a full disk, keeping them for a resume would only keep it full."""
+    from skeleton_app.ssh import RunOptions
+
+    line = shlex.join(["find", dest, "-type", "d", "-name", DEFAULT_PARTIAL_DIR, "-prune",
+                       "-exec", "rm", "-rf", "--", "{}", "+"])
+    cluster.connector.run(node, line, RunOptions(timeout=60))
+
+
+def iter_changes(result: ClusterResult) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(node, change) pairs of a deploy result, for listings."""
+    for node, r in result.items():
+        for change in r.data.get("changes", ()):
+            yield node, change
