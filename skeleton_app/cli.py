@@ -188,7 +188,143 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
 
 # @@deploy-commands@@
 
+@cluster.command("deploy")
+@selection_options
+@click.option("--source", default=None, metavar="PATH",
+              help="Local tree to push (default deploy.source).")
+@click.option("--dest", default=None, metavar="PATH",
+              help="Destination on every node (default: the node's app dir).")
+@click.option("--delete/--no-delete", "delete", default=None,
+              help="Remove files the source no longer has (default deploy.delete); excluded"
+                   " paths (.venv/, logs/, ...) are never removed.")
+@click.option("--dry-run", is_flag=True, help="List per node what would change; change nothing.")
+@click.option("--checksum", is_flag=True, help="Compare file contents, not size and time.")
+@click.option("--force", is_flag=True,
+              help="Run rsync even when the node's digest says it is up to date.")
+@click.option("--restart", is_flag=True, help="Per node: stop the daemon, deploy, start it.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="SECONDS", help="How long to wait for another deploy's lock on a node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.pass_context
+def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+               roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+               source: str | None, dest: str | None, delete: bool | None, dry_run: bool,
+               checksum: bool, force: bool, restart: bool, lock_wait: float,
+               as_json: bool) -> int:
+    """Push the code tree to every selected node with rsync, in parallel."""
+    import contextlib
+    import time
+
+    from skeleton_app.deploy_view import DeployProgress, deploy_text
+    from skeleton_app.ops.deploy import deploy
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    started = time.monotonic()
+    progress = DeployProgress(nodes)
+    live = progress.enabled and not as_json
+    with progress if live else contextlib.nullcontext():
+        result = deploy(cluster_, nodes, source=source, dest=dest, delete=delete,
+                        dry_run=dry_run, checksum=checksum, force=force, restart=restart,
+                        lock_wait=lock_wait, fanout=fanout,
+                        on_progress=progress.update if live else None)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+    _record(state, cluster_, "deploy-dry-run" if dry_run else "deploy",
+            {"source": source, "dest": dest, "delete": delete, "checksum": checksum,
+             "force": force, "restart": restart}, [n.id for n in nodes], result)
+    return int(result.exit_code())
+
+
 # @@daemon-commands@@
+
+@cluster.group("daemon")
+def daemon_group() -> None:
+    """Start, stop, restart or check the node daemon (daemon.manager: process or systemd)."""
+
+
+def _daemon(ctx: click.Context, action: str, config: str | None, node_specs: tuple[str, ...],
+            roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+            as_json: bool, batch: int | None = None, wait_healthy: bool = False,
+            health_timeout: float = 30.0) -> int:
+    from skeleton_app.deploy_view import daemon_text
+    from skeleton_app.ops.daemon import daemon_control
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    result = daemon_control(cluster_, nodes, action, batch=batch, wait_healthy=wait_healthy,
+                            health_timeout=health_timeout, fanout=fanout)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        daemon_text(result, nodes, sys.stdout)
+    _record(state, cluster_, f"daemon {action}",
+            {"batch": batch, "wait_healthy": wait_healthy}, [n.id for n in nodes], result)
+    return int(result.exit_code())
+
+
+_JSON_OPTION = click.option("--json", "as_json", is_flag=True,
+                            help="Print the whole result as JSON.")
+_HEALTH_TIMEOUT = click.option("--health-timeout", type=click.FloatRange(min=0, min_open=True),
+                               default=30.0, show_default=True, metavar="SECONDS",
+                               help="How long each node may take to answer /health.")
+
+
+@daemon_group.command("start")
+@selection_options
+@click.option("--wait-healthy", is_flag=True, help="Also wait for each node's /health.")
+@_HEALTH_TIMEOUT
+@_JSON_OPTION
+@click.pass_context
+def daemon_start(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                 roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                 wait_healthy: bool, health_timeout: float, as_json: bool) -> int:
+    """Start the daemon where it is not running (running ones are left alone)."""
+    return _daemon(ctx, "start", config, node_specs, roles, exclude, fanout, as_json,
+                   wait_healthy=wait_healthy, health_timeout=health_timeout)
+
+
+@daemon_group.command("stop")
+@selection_options
+@_JSON_OPTION
+@click.pass_context
+def daemon_stop(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                as_json: bool) -> int:
+    """Stop the daemon: SIGTERM, then SIGKILL after daemon.stop_grace seconds."""
+    return _daemon(ctx, "stop", config, node_specs, roles, exclude, fanout, as_json)
+
+
+@daemon_group.command("restart")
+@selection_options
+@click.option("--batch", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Restart K nodes at a time; stop at the first that fails.")
+@click.option("--wait-healthy", is_flag=True,
+              help="Wait for each node's /health to answer from the new daemon before going on.")
+@_HEALTH_TIMEOUT
+@_JSON_OPTION
+@click.pass_context
+def daemon_restart(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                   roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                   batch: int | None, wait_healthy: bool, health_timeout: float,
+                   as_json: bool) -> int:
+    """Stop then start the daemon (rolling with --batch)."""
+    return _daemon(ctx, "restart", config, node_specs, roles, exclude, fanout, as_json,
+                   batch=batch, wait_healthy=wait_healthy, health_timeout=health_timeout)
+
+
+@daemon_group.command("status")
+@selection_options
+@_JSON_OPTION
+@click.pass_context
+def daemon_status(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                  roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                  as_json: bool) -> int:
+    """Is the daemon running? (exit 1 when it is not running on some node)"""
+    return _daemon(ctx, "status", config, node_specs, roles, exclude, fanout, as_json)
+
 
 # @@models-commands@@
 

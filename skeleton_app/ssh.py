@@ -337,7 +337,8 @@ class Connector:
         if self.settings.jump_host:
             gateway = SkeletonConnection(
                 self.settings.jump_host, connector=self, config=self._config,
-                connect_kwargs=self.connect_kwargs(None), connect_timeout=1,
+                connect_kwargs=self.connect_kwargs(None),
+                connect_timeout=max(1, int(self.settings.connect_timeout)),
             )
         return SkeletonConnection(
             node.host, connector=self, node=node, user=node.user, port=node.port,

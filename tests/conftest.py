@@ -34,7 +34,7 @@ def _fresh_state_dir() -> Path:
     return path
 
 
-def _up(count: int, **kwargs: Any) -> Testbed:
+def _up(count: int | None, **kwargs: Any) -> Testbed:
     state_dir = _fresh_state_dir()
     try:
         # instance=None: claim a free one; the bridge is created atomically, so two suites
@@ -62,7 +62,9 @@ def make_testbed() -> Iterator[Callable[..., Testbed]]:
     """A factory for testbeds owned by one test: `make_testbed(2, rate="50mbit", db=True)`."""
     made: list[Testbed] = []
 
-    def make(count: int = 2, **kwargs: Any) -> Testbed:
+    def make(count: int | None = None, **kwargs: Any) -> Testbed:
+        if count is None and not kwargs.get("names"):
+            count = 2  # small: a test's own testbed is about up/down, not about scale
         bed = _up(count, **kwargs)
         made.append(bed)
         return bed
@@ -70,8 +72,14 @@ def make_testbed() -> Iterator[Callable[..., Testbed]]:
     try:
         yield make
     finally:
+        errors: list[Exception] = []
         for bed in reversed(made):
-            tb_mod.down(bed.state_dir, instance=bed.instance)
+            try:
+                tb_mod.down(bed.state_dir, instance=bed.instance)
+            except Exception as exc:  # tear the others down too, then report the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

@@ -437,3 +437,23 @@ def test_yaml_of_testbed_is_strict(testbed: Testbed) -> None:
     data = yaml.safe_load(testbed.config_path.read_text())
     assert data["ssh"]["host_key_policy"] == "strict"
     assert all(not n["host"].startswith("192.168.32.") for n in data["nodes"])
+
+
+def test_jump_host_carries_the_same_policy(testbed: Testbed, tmp_path: Path) -> None:
+    jump = testbed.host("node-01")
+    path = config_variant(testbed, tmp_path / "c.yaml",
+                          ssh={"jump_host": f"skeleton@{jump.ip}"})
+    with cluster_for(path) as cluster:
+        result = cluster.run("echo $SSH_CONNECTION", cluster.select(["node-02"]))
+    # node-02 sees the connection coming from the jump host, not from the controller
+    assert result["node-02"].stdout.split()[0] == jump.ip
+    # a jump host whose key is unknown is refused like any host
+    kh = tmp_path / "known_hosts"
+    kh.write_text("".join(ln + "\n" for ln in testbed.known_hosts.read_text().splitlines()
+                          if not ln.startswith(jump.ip + " ")))
+    path = config_variant(testbed, tmp_path / "d.yaml",
+                          ssh={"jump_host": f"skeleton@{jump.ip}", "known_hosts": str(kh)})
+    with cluster_for(path) as cluster:
+        result = cluster.run("true", cluster.select(["node-02"]))
+    assert result["node-02"].error_kind is NodeErrorKind.HOSTKEY_UNKNOWN
+    assert jump.ip in (result["node-02"].error or "")

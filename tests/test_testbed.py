@@ -498,6 +498,6 @@ def test_named_hosts_with_roles_and_a_database(make_testbed: MakeTestbed) -> Non
     assert proc.stdout.strip() == "skeleton"
     text = tb.config_path.read_text()
     assert tb.db.host_dsn in text and tb.gateway in tb.db.host_dsn
-    db_dir = tb.db.dir
     tb_mod.down(tb.state_dir)
-    assert not db_dir.exists()
+    assert not running(tb.db.pid)
+    assert not tb.db.dir.exists()

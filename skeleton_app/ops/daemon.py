@@ -3,9 +3,10 @@
 `process` manager (the default, no systemd needed): `skeleton_app/scripts/daemon.sh` is sent on
 stdin with its arguments quoted (`sh -s -- ACTION APP_DIR PID_FILE LOG_FILE MARKER ...`); it
 starts `daemon.command` in the app dir fully detached (setsid, stdin from /dev/null, output to
-`logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set, and a pid file in the app dir. A
-pid counts as our daemon only while its /proc cmdline holds the marker (`daemon_marker`): PIDs
-get reused, and a stale or foreign pid file must never get an unrelated process killed.
+`logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set, and a pid file in the app dir
+(paths and marker from `skeleton_app.layout`, shared with the status probe). A pid counts as
+our daemon only while its /proc cmdline holds the marker: PIDs get reused, and a stale or
+foreign pid file must never get an unrelated process killed.
 
 `systemd` manager: `[sudo -n] systemctl [--user] --no-ask-password ACTION UNIT`; a password
 prompt (sudo or polkit) is an error at once, never a hang.
@@ -18,7 +19,6 @@ stops at the first node that does not come back: the nodes after it are left unt
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 import shlex
 import time
@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+from skeleton_app import layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, UsageError
@@ -34,11 +35,6 @@ from skeleton_app.nodes import Node, fold, validate_node_id
 from skeleton_app.results import ClusterResult, NodeResult
 
 ACTIONS = ("start", "stop", "restart", "status")
-
-# In the app dir, hidden: `cluster deploy` protects it from --delete (a deleted pid file would
-# make a running daemon invisible, and the next start would launch a second one).
-PID_FILE = ".skeleton-daemon.pid"
-LOG_NAME = "skeleton-daemon.log"
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\Z")
 _ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -67,25 +63,25 @@ def daemon_argv(settings: Settings) -> list[str]:
     return argv
 
 
-def daemon_marker(settings: Settings) -> str:
-    """What the daemon's /proc/PID/cmdline (NULs read as spaces) always contains: the command
-    after any `env NAME=value` prefix, since `env` execs the program and vanishes from it."""
+def check_command(settings: Settings) -> list[str]:
+    """The daemon's argv, refused when the process manager could never find it again: a pid
+    counts as our daemon only while its /proc cmdline holds `layout.MARKER` (status, stop and
+    start all check it; PIDs get reused)."""
     argv = daemon_argv(settings)
-    if argv[0] == "env" or argv[0].endswith("/env"):
-        rest = argv[1:]
-        while rest and _ASSIGNMENT_RE.match(rest[0]):
-            rest = rest[1:]
-        if rest and not rest[0].startswith("-"):
-            argv = rest
-    return " ".join(argv)
+    if settings.daemon.manager == "process" and layout.MARKER not in " ".join(argv):
+        raise ConfigError(
+            f"expected a command containing {layout.MARKER!r} (how daemon control and status"
+            f" recognise the daemon's process), got {settings.daemon.command!r}",
+            source=settings.source, key="daemon.command")
+    return argv
 
 
 def pid_file(node: Node) -> str:
-    return posixpath.join(node.app_dir, PID_FILE)
+    return layout.pid_file(node)
 
 
 def log_file(settings: Settings, node: Node) -> str:
-    return posixpath.join(settings.logs_dir_for(node), LOG_NAME)
+    return layout.daemon_log(settings, node)
 
 
 def _script(name: str) -> bytes:
@@ -165,9 +161,9 @@ def _process_args(settings: Settings, node: Node, action: str) -> list[str]:
     validate_node_id(node.id)  # exported as SKELETON_NODE_ID and names the log
     d = settings.daemon
     args = [action, node.app_dir, pid_file(node), log_file(settings, node),
-            daemon_marker(settings), f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
+            layout.MARKER, f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
     if action == "start":
-        args += ["--", *daemon_argv(settings)]
+        args += ["--", *check_command(settings)]
     return args
 
 
@@ -357,7 +353,7 @@ def daemon_control(
     if wait_healthy and health_timeout <= 0:
         raise UsageError(f"health timeout must be positive, got {health_timeout:g}")
     # Fail on a bad daemon.command before touching any node.
-    daemon_argv(cluster.settings)
+    check_command(cluster.settings)
     if cluster.settings.daemon.manager == "systemd":
         _systemctl(cluster.settings, "status")
 

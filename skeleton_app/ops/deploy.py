@@ -44,10 +44,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from skeleton_app import layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 from skeleton_app.nodes import Node
-from skeleton_app.ops.daemon import PID_FILE, control_node
+from skeleton_app.ops.daemon import control_node
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.transfers import (
     DEFAULT_PARTIAL_DIR,
@@ -61,8 +62,8 @@ from skeleton_app.transfers import (
     supports,
 )
 
-STATE_DIR = ".skeleton-deploy"
-DIGEST_FILE = f"{STATE_DIR}/digest"
+STATE_DIR = layout.DEPLOY_DIR
+DIGEST_FILE = layout.DIGEST_FILE
 LOCK_WAIT = 10.0
 _DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
 _MAX_CHANGES_KEPT = 10000  # per node in the result; the counters stay exact
@@ -330,7 +331,7 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
         _check_dest(dest)
     if lock_wait < 0:
         raise UsageError(f"lock wait must be zero or more seconds, got {lock_wait:g}")
-    exclude = (*settings.deploy.exclude, f"/{STATE_DIR}/", f"/{PID_FILE}")
+    exclude = (*settings.deploy.exclude, f"/{STATE_DIR}/", f"/{layout.PID_FILE}")
     filters = tuple(f"P /{d.strip('/')}/" for d in (settings.app.logs_dir,
                                                     settings.app.models_dir)
                     if d and not d.startswith("/"))
