@@ -22,7 +22,7 @@ from skeleton_app.config import Settings, load_config
 from skeleton_app.errors import NodeErrorKind
 from skeleton_app.ssh import Connector, RunOptions
 from skeleton_app.testbed import Testbed
-from tests.helpers import config_variant, skeleton, bed_nodes
+from tests.helpers import bed_nodes, config_variant, skeleton
 
 
 def cluster_for(path: Path) -> Cluster:
