@@ -299,6 +299,7 @@ class Connector:
         self._key_lock = threading.Lock()
         self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
         self._pool: dict[tuple[str, str, int], SkeletonConnection] = {}
+        self._keys: dict[str, paramiko.PKey | None] = {}
         self._config = fabric_config or _fabric_config(settings)
         self._system_keys = HostKeys()
         for path in ("/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")):
@@ -322,11 +323,27 @@ class Connector:
             self._key_lock,
         ))
 
+    def _pkey(self, path: str) -> paramiko.PKey | None:
+        """The private key at `path`, parsed once per Connector (it costs per host at fan-out).
+        None when it cannot be parsed here (encrypted, unknown type): Paramiko then loads it
+        by file name and reports the problem itself."""
+        with self._lock:
+            if path not in self._keys:
+                try:
+                    self._keys[path] = paramiko.PKey.from_path(path)
+                except (OSError, paramiko.SSHException, ValueError, TypeError):
+                    self._keys[path] = None
+            return self._keys[path]
+
     def connect_kwargs(self, node: Node | None) -> dict[str, Any]:
         identity = (node.identity_file if node else None) or self.settings.identity_file
         kwargs: dict[str, Any] = {}
         if identity:
-            kwargs["key_filename"] = [identity]
+            pkey = self._pkey(identity)
+            if pkey is not None:
+                kwargs["pkey"] = pkey
+            else:
+                kwargs["key_filename"] = [identity]
             # An explicit identity means "this key": don't wander through ~/.ssh or an agent.
             kwargs["look_for_keys"] = False
             kwargs["allow_agent"] = False
@@ -477,7 +494,13 @@ class Connector:
                 wait = keepalive
                 if hard_deadline is not None:
                     wait = min(wait, max(0.0, hard_deadline - now))
-                ready, _, _ = select.select([fd], [], [], wait)
+                if channel.eof_received and not (channel.recv_ready()
+                                                 or channel.recv_stderr_ready()):
+                    # After EOF Paramiko's pipe stays readable forever: selecting on it would
+                    # spin. Only the exit status (or the close) is still to come.
+                    ready = channel.status_event.wait(wait)
+                else:
+                    ready = bool(select.select([fd], [], [], wait)[0])
                 got = False
                 while channel.recv_ready():
                     data = channel.recv(65536)
