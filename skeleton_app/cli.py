@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from skeleton_app.errors import SkeletonError
+from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.results import EXIT_USAGE
 
 SELECTION_HELP = "Nodes: ids, ranges (linux-[01-03]), globs (linux-*); repeatable, comma-separated."
@@ -95,9 +95,9 @@ def _record(state: Ctx, cluster: Any, operation: str, arguments: dict[str, Any],
     if not cluster.settings.registry.dsn:
         return
     try:
-        from skeleton_app.journal import record
+        from skeleton_app.registry import record_result
 
-        record(cluster.settings, operation, arguments, selection, result)
+        record_result(cluster.settings, operation, arguments, selection, result)
     except SkeletonError as exc:
         click.echo(f"skeleton: warning: run not recorded in the registry: {exc}", err=True)
 
@@ -330,7 +330,240 @@ def daemon_status(ctx: click.Context, config: str | None, node_specs: tuple[str,
 
 # @@logs-commands@@
 
-# @@registry-commands@@
+@cli.group()
+def db() -> None:
+    """The PostgreSQL node registry."""
+
+
+@db.command("init")
+@click.option("--config", "-c", "config", default=None, metavar="PATH", help="Config file.")
+@click.pass_context
+def db_init(ctx: click.Context, config: str | None) -> int:
+    """Create or upgrade the schema (idempotent; safe to run concurrently)."""
+    from skeleton_app.registry import init_schema
+
+    settings = _prepare(ctx, config, None).settings()
+    if not settings.registry.dsn:
+        raise UsageError("no database configured: set registry.dsn or SKELETON_DATABASE_URL")
+    st = init_schema(settings.registry.dsn, connect_timeout=settings.registry.connect_timeout)
+    if st.applied:
+        click.echo(f"schema upgraded from version {st.before or 0} to {st.after}")
+    else:
+        click.echo(f"schema is up to date (version {st.after})")
+    return 0
+
+
+def _registry(ctx: click.Context, config: str | None) -> Any:
+    from skeleton_app.registry import open_registry
+
+    return open_registry(_prepare(ctx, config, None).settings())
+
+
+_config_option = click.option("--config", "-c", "config", default=None, metavar="PATH",
+                              help="Config file.")
+
+
+@cli.group()
+def nodes() -> None:
+    """The node table: list, add, remove, enable, disable, import, export."""
+
+
+@nodes.command("list")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
+    """Every registered node, enabled or not, with its heartbeat."""
+    from skeleton_app import render
+
+    settings = _prepare(ctx, config, None).settings()
+    with _registry(ctx, config) as registry:
+        entries, warnings = registry.list_entries(enabled_only=False)
+    for warning in warnings:
+        click.echo(f"skeleton: warning: {warning}", err=True)
+    stale_after = settings.registry.stale_after
+    if as_json:
+        click.echo(json.dumps([{
+            "id": e.node.id, "host": e.node.host, "port": e.node.port, "user": e.node.user,
+            "roles": list(e.node.roles), "app_dir": e.node.app_dir, "enabled": e.enabled,
+            "daemon_state": e.daemon_state, "code_version": e.code_version,
+            "seen_ago": e.seen_ago, "stale": e.is_stale(stale_after)} for e in entries],
+            indent=2))
+        return 0
+    rows = [[e.node.id, e.node.host, ",".join(e.node.roles), "yes" if e.enabled else "no",
+             e.daemon_state or "-",
+             "-" if e.seen_ago is None else f"{e.seen_ago:.0f}s ago"
+             + (" (stale)" if e.is_stale(stale_after) else ""),
+             (e.code_version or "-")[:12]] for e in entries]
+    render.table(None, ["node", "host", "roles", "enabled", "daemon", "heartbeat", "version"],
+                 rows)
+    return 0
+
+
+@nodes.command("add")
+@click.argument("node_id")
+@click.argument("host")
+@click.option("--port", type=click.IntRange(1, 65535), default=None)
+@click.option("--user", default=None)
+@click.option("--role", "roles", multiple=True, help="Repeatable.")
+@click.option("--app-dir", default=None)
+@_config_option
+@click.pass_context
+def nodes_add(ctx: click.Context, node_id: str, host: str, port: int | None, user: str | None,
+              roles: tuple[str, ...], app_dir: str | None, config: str | None) -> int:
+    """Add (or update) a node."""
+    from skeleton_app.registry import parse_node
+
+    info: dict[str, Any] = {"id": node_id, "host": host, "roles": list(roles)}
+    for key, value in (("port", port), ("user", user), ("app_dir", app_dir)):
+        if value is not None:
+            info[key] = value
+    spec = parse_node(info)
+    with _registry(ctx, config) as registry:
+        created = registry.upsert_node(spec)
+    click.echo(f"{'added' if created else 'updated'} {node_id}")
+    return 0
+
+
+def _toggle(ctx: click.Context, config: str | None, node_id: str, action: str) -> int:
+    with _registry(ctx, config) as registry:
+        if action == "remove":
+            found = registry.remove_node(node_id)
+        else:
+            found = registry.set_enabled(node_id, action == "enable")
+    if not found:
+        raise UsageError(f"unknown node {node_id!r}")
+    click.echo(f"{action}d {node_id}" if action != "remove" else f"removed {node_id}")
+    return 0
+
+
+@nodes.command("remove")
+@click.argument("node_id")
+@_config_option
+@click.pass_context
+def nodes_remove(ctx: click.Context, node_id: str, config: str | None) -> int:
+    """Remove a node from the table."""
+    return _toggle(ctx, config, node_id, "remove")
+
+
+@nodes.command("enable")
+@click.argument("node_id")
+@_config_option
+@click.pass_context
+def nodes_enable(ctx: click.Context, node_id: str, config: str | None) -> int:
+    """Target this node again."""
+    return _toggle(ctx, config, node_id, "enable")
+
+
+@nodes.command("disable")
+@click.argument("node_id")
+@_config_option
+@click.pass_context
+def nodes_disable(ctx: click.Context, node_id: str, config: str | None) -> int:
+    """Stop targeting this node (it stays registered)."""
+    return _toggle(ctx, config, node_id, "disable")
+
+
+@nodes.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_config_option
+@click.pass_context
+def nodes_import(ctx: click.Context, path: str, config: str | None) -> int:
+    """Read a config.yaml-style `nodes:` list (a YAML file) into the table."""
+    import yaml
+
+    from skeleton_app.registry import import_nodes
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read nodes: {exc}") from None
+    items = data.get("nodes") if isinstance(data, dict) else data
+    with _registry(ctx, config) as registry:
+        done = import_nodes(registry, items, source=path)
+    click.echo(f"imported {done.added} new, {done.updated} updated")
+    return 0
+
+
+@nodes.command("export")
+@_config_option
+@click.pass_context
+def nodes_export(ctx: click.Context, config: str | None) -> int:
+    """Print the table as a config.yaml `nodes:` list."""
+    import yaml
+
+    from skeleton_app.registry import export_nodes
+
+    with _registry(ctx, config) as registry:
+        items, warnings = export_nodes(registry)
+    for warning in warnings:
+        click.echo(f"skeleton: warning: {warning}", err=True)
+    click.echo(yaml.safe_dump({"nodes": items}, sort_keys=False), nl=False)
+    return 0
+
+
+@cli.group()
+def runs() -> None:
+    """Recorded cluster operations (with a registry)."""
+
+
+@runs.command("list")
+@_config_option
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.pass_context
+def runs_list(ctx: click.Context, config: str | None, limit: int) -> int:
+    """The latest runs."""
+    from skeleton_app import render
+
+    with _registry(ctx, config) as registry:
+        records = registry.list_runs(limit=limit)
+    rows = [[str(r.id), r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.who, r.operation,
+             ",".join(r.selection)[:40], "-" if r.exit_code is None else str(r.exit_code),
+             f"{r.ok_count}/{r.node_count}", "-" if r.duration is None else f"{r.duration:.2f}s"]
+            for r in records]
+    render.table(None, ["run", "started", "who", "operation", "selection", "exit", "ok",
+                        "took"], rows)
+    return 0
+
+
+@runs.command("show")
+@click.argument("run_id", type=int)
+@_config_option
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: int, config: str | None) -> int:
+    """One run with its per-node outcomes."""
+    from skeleton_app import render
+
+    with _registry(ctx, config) as registry:
+        record = registry.get_run(run_id)
+    if record is None:
+        raise UsageError(f"unknown run {run_id}")
+    click.echo(f"run {record.id}: {record.operation} by {record.who} at "
+               f"{record.started_at:%Y-%m-%d %H:%M:%S}, exit {record.exit_code}")
+    click.echo(f"arguments: {json.dumps(record.arguments)}")
+    rows = [[n.node_id, "-" if n.exit_code is None else str(n.exit_code),
+             f"{n.error_kind}: {n.error}" if n.error_kind else "",
+             "-" if n.duration is None else f"{n.duration:.2f}s",
+             (n.stdout_tail or n.stderr_tail).strip()[-60:]] for n in record.nodes]
+    render.table(None, ["node", "exit", "error", "took", "output (tail)"], rows)
+    return 0
+
+
+@cli.group("daemon")
+def node_daemon() -> None:
+    """The node daemon itself (what `cluster daemon start` runs on each node)."""
+
+
+@node_daemon.command("run")
+@_config_option
+@click.pass_context
+def daemon_run(ctx: click.Context, config: str | None) -> int:
+    """Register this node, heartbeat, answer GET /health; SIGTERM stops it."""
+    from skeleton_app.agent import run_daemon
+
+    return run_daemon(_prepare(ctx, config, None).settings())
+
 
 @cli.group()
 def testbed() -> None:
@@ -362,7 +595,7 @@ def testbed_up(names: tuple[str, ...], count: int | None, rate: str | None, db: 
     for host in bed.hosts:
         click.echo(f"{host.id}\t{host.ip}\t{','.join(host.roles)}")
     if bed.db:
-        click.echo(f"registry: {bed.db.dsn}")
+        click.echo(f"registry: PostgreSQL on 127.0.0.1:{bed.db.port} (DSN in the config)")
     click.echo(f"config: {bed.config_path}")
     click.echo(f"try: skeleton cluster status --config {bed.config_path}")
     return 0

@@ -27,13 +27,14 @@ class DeployProgress:
     terminal (stderr by default), so pipes and `--json` stay clean.
     """
 
-    def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None):
+    def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
+                 force: bool = False):
         import sys
 
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._console = console(file or sys.stderr)
-        self.enabled = self._console.is_terminal
+        self.enabled = force or self._console.is_terminal
         self._progress = Progress(
             TextColumn("{task.fields[node]:<16}"),
             BarColumn(bar_width=24),

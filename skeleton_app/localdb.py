@@ -33,7 +33,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,8 +60,8 @@ class LocalPostgres:
     port: int
     pid: int  # the postmaster's pid, as seen from this (the host's) pid namespace
     listen: tuple[str, ...]
-    password: str  # of APP_ROLE
-    admin_password: str  # of the superuser `postgres`
+    password: str = field(repr=False)  # of APP_ROLE
+    admin_password: str = field(repr=False)  # of the superuser `postgres`
     database: str = APP_DATABASE
     user: str = APP_ROLE
 
@@ -506,7 +506,7 @@ def _wait_ready(pg: LocalPostgres) -> None:
     raise TestbedError(f"PostgreSQL in {pg.base_dir} does not accept connections: {last}")
 
 
-def _admin_sql(pg: LocalPostgres, statement: sql.Composable) -> None:
+def _admin_sql(pg: LocalPostgres, statement: sql.Composed) -> None:
     try:
         with _connect_admin(pg) as conn:
             conn.execute(statement)

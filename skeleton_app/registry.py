@@ -35,6 +35,7 @@ import posixpath
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -666,6 +667,12 @@ class Registry(Protocol):
     def mark_stopped(self, node_id: str) -> bool:
         ...
 
+    def heartbeats(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        ...
+
+    def record_status(self, node_id: str, status: Mapping[str, Any]) -> bool:
+        ...
+
     def record_run(
         self,
         operation: str,
@@ -687,6 +694,12 @@ class Registry(Protocol):
     def close(self) -> None:
         ...
 
+    def __enter__(self) -> Registry:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        ...
+
 
 def default_who() -> str:
     try:
@@ -694,6 +707,11 @@ def default_who() -> str:
     except Exception:  # no passwd entry (containers)
         user = "?"
     return f"{user}@{socket.gethostname()}"
+
+
+def _jsonable(value: Mapping[str, Any]) -> Any:
+    """Arguments as JSON: paths, enums and the like become their str()."""
+    return json.loads(json.dumps(dict(value), default=str))
 
 
 def _tail(text: str) -> str:
@@ -939,6 +957,47 @@ class PostgresRegistry:
             )
             return cur.rowcount > 0
 
+    def heartbeats(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What the daemons last reported, for `cluster status`: per node id, `last_seen`
+        (epoch seconds), `seen_ago`, `daemon_state`, `code_version`, `daemon_pid`.
+
+        `last_seen` is derived from the age measured by the database's clock, so a
+        controller whose clock is off from the database's still computes the right age.
+        Rows failing validation are left out (their fields are untrusted).
+        """
+        with self._session("cannot read heartbeats") as conn, conn.cursor(
+            row_factory=class_row(NodeRow)
+        ) as cur:
+            rows = cur.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ANY(%s::text[])",
+                (list(node_ids),),
+            ).fetchall()
+        entries, _ = validate_rows(rows, self._defaults)
+        now = time.time()
+        return {
+            e.node.id: {
+                "last_seen": None if e.seen_ago is None else now - e.seen_ago,
+                "seen_ago": e.seen_ago,
+                "daemon_state": e.daemon_state,
+                "daemon_pid": e.daemon_pid,
+                "code_version": e.code_version,
+            }
+            for e in entries
+        }
+
+    def record_status(self, node_id: str, status: Mapping[str, Any]) -> bool:
+        """Keep the controller's latest status probe of a node (not a heartbeat)."""
+        try:
+            checked = _check_json_object("status", status)
+        except FieldError as exc:
+            raise UsageError(f"invalid status of {_shown(node_id)}: {exc}") from None
+        with self._session(f"cannot record the status of {node_id}") as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET last_status = %s, status_at = now() WHERE id = %s",
+                (Jsonb(checked), node_id),
+            )
+            return cur.rowcount > 0
+
     # -- runs
 
     def record_run(
@@ -953,7 +1012,8 @@ class PostgresRegistry:
             row = conn.execute(
                 "INSERT INTO runs (who, operation, arguments, selection)"
                 " VALUES (%s, %s, %s, %s::text[]) RETURNING id",
-                (who or default_who(), operation, Jsonb(dict(arguments)), list(selection)),
+                (who or default_who(), operation, Jsonb(_jsonable(arguments)),
+                 list(selection)),
             ).fetchone()
         assert row is not None  # INSERT ... RETURNING always returns the row
         return int(row[0])
@@ -1090,6 +1150,12 @@ class StaticRegistry:
     def mark_stopped(self, node_id: str) -> bool:
         raise self._read_only("marking a node stopped")
 
+    def heartbeats(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {}  # no daemon reports anywhere without a database
+
+    def record_status(self, node_id: str, status: Mapping[str, Any]) -> bool:
+        return False
+
     def record_run(
         self,
         operation: str,
@@ -1121,6 +1187,31 @@ def open_registry(settings: Settings, *, application_name: str = "skeleton") -> 
             application_name=application_name,
         )
     return StaticRegistry(settings.nodes, source=settings.source)
+
+
+def record_result(
+    settings: Settings,
+    operation: str,
+    arguments: Mapping[str, Any],
+    selection: Sequence[str],
+    result: ClusterResult,
+    *,
+    who: str | None = None,
+) -> int | None:
+    """Journal one finished cluster operation (run + per-node rows) in one go.
+
+    None when no database is configured. RegistryError when the database cannot be
+    written: the caller (the CLI) warns once and keeps the operation's own exit code.
+    """
+    if not settings.registry.dsn:
+        return None
+    registry = open_registry(settings)
+    try:
+        run_id = registry.record_run(operation, arguments, selection, who)
+        registry.record_node_results(run_id, result)
+    finally:
+        registry.close()
+    return run_id
 
 
 # ------------------------------------------------------------------- import / export
@@ -1194,13 +1285,13 @@ def export_nodes(registry: Registry) -> tuple[list[dict[str, Any]], tuple[str, .
 
 # ---------------------------------------------------------------- the seed's Python API
 
-def _spec_from_info(info: Mapping[str, Any]) -> NodeSpec:
+def parse_node(info: Mapping[str, Any], *, what: str = "invalid node info") -> NodeSpec:
+    """`NodeSpec.from_dict` for callers that want our error tree: UsageError naming the key
+    (`skeleton nodes add`, the seed API)."""
     try:
         return NodeSpec.from_dict(info)
-    except FieldError as exc:
-        raise UsageError(f"invalid node info: {exc}") from None
-    except TypeError as exc:
-        raise UsageError(f"invalid node info: {exc}") from None
+    except (FieldError, TypeError) as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def _conn_target(db: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
@@ -1233,7 +1324,7 @@ async def register_node_in_db(
     Runs in its own transaction (a savepoint if the caller has one open). Returns the node as
     commands will see it.
     """
-    spec = _spec_from_info(info)
+    spec = parse_node(info)
     try:
         async with db.transaction():
             await db.execute(_UPSERT_SQL, _upsert_params(spec))
@@ -1267,7 +1358,7 @@ def register_node_in_db_sync(
     defaults: NodeDefaults | None = None,
 ) -> Node:
     """The sync twin of `register_node_in_db`."""
-    spec = _spec_from_info(info)
+    spec = parse_node(info)
     try:
         with db.transaction():
             db.execute(_UPSERT_SQL, _upsert_params(spec))

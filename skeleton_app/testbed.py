@@ -1032,7 +1032,24 @@ def _build(
                                             dsn=pg.dsn, host_dsn=pg.dsn_for(gateway)))
         _write_state(tb)
     _write_config(tb)
+    if tb.db is not None:
+        _seed_registry(tb)
     return tb
+
+
+def _seed_registry(tb: Testbed) -> None:
+    """With a DSN configured, commands take their nodes from the database only: create the
+    schema and register the hosts, so the testbed is usable before any daemon runs."""
+    from skeleton_app.config import load_config
+    from skeleton_app.registry import import_nodes, init_schema, open_registry
+
+    assert tb.db is not None
+    init_schema(tb.db.dsn)
+    settings = load_config(tb.config_path, env={})
+    with open_registry(settings) as registry:
+        import_nodes(registry, [
+            {"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts
+        ], source=str(tb.config_path))
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -1210,6 +1227,10 @@ def _write_config(tb: Testbed) -> None:
         "manager": "process",
         "command": f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run",
     }
+    # Deploy this very project: a relative `deploy.source` would mean the state dir.
+    project = Path(__file__).resolve().parents[1]
+    if (project / "pyproject.toml").is_file():
+        config["deploy"] = {"source": str(project)}
     config["nodes"] = [{"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts]
     header = (f"# written by `skeleton testbed up` (instance {tb.instance});"
               " removed by `skeleton testbed down`\n")

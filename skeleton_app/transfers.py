@@ -184,6 +184,10 @@ def build_rsync_argv(
     argv = [
         binary,
         "--recursive", "--links", "--perms", "--times",
+        # Compare times to the nanosecond (receiver rsync >= 3.1.3): by default rsync's
+        # quick check sees a file rewritten within the same second, at the same size, as
+        # unchanged, and a deploy would then skip new content.
+        "--modify-window=-1",
         "--stats", f"--out-format={OUT_FORMAT}",
     ]
     if compress:
@@ -480,11 +484,11 @@ class TransferResult:
         return head + (": " + " | ".join(tail) if tail else "")
 
 
+# Most specific first: OpenSSH prints "Host key verification failed." after either reason.
 _SSH_FAILURES: tuple[tuple[str, NodeErrorKind], ...] = (
-    ("Host key verification failed", NodeErrorKind.HOSTKEY_CHANGED),
     ("REMOTE HOST IDENTIFICATION HAS CHANGED", NodeErrorKind.HOSTKEY_CHANGED),
-    ("No ED25519 host key is known", NodeErrorKind.HOSTKEY_UNKNOWN),
     ("host key is known for", NodeErrorKind.HOSTKEY_UNKNOWN),
+    ("Host key verification failed", NodeErrorKind.HOSTKEY_UNKNOWN),
     ("Permission denied (", NodeErrorKind.AUTH),
     ("Connection refused", NodeErrorKind.REFUSED),
     ("Connection timed out", NodeErrorKind.UNREACHABLE),
@@ -570,7 +574,7 @@ def run_rsync(
 
     def kill() -> None:
         killed.set()
-        proc.kill()
+        _stop(proc)
 
     timer = threading.Timer(timeout, kill) if timeout else None
     if timer:
@@ -587,8 +591,7 @@ def run_rsync(
         if timer:
             timer.cancel()
         if proc.poll() is None:  # an exception in a callback: do not leave rsync behind
-            proc.kill()
-            proc.wait()
+            _stop(proc)
         reader.join(timeout=5)
         for stream in (proc.stdout, proc.stderr):
             if stream:
@@ -603,6 +606,16 @@ def run_rsync(
         timed_out=killed.is_set(),
         output=tuple(parser.other),
     )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first: rsync then stops its ssh child itself (SIGKILL would orphan it)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _endpoint(target: Any, settings: SSHSettings | None) -> tuple[Node, SSHSettings]:
@@ -734,8 +747,13 @@ def _compile(pattern: str) -> _Rule:
     body = body.rstrip("/") if dir_only else body
     anchored = body.startswith("/")
     body = body.lstrip("/") if anchored else body
+    prefix = ""
+    if body.startswith("**/"):
+        # A leading "**/" also matches no directory at all ("**/x" matches "x").
+        prefix, body = "(?:.*/)?", body[3:]
     # "dir/***" matches the directory and everything inside it.
     regex = (_glob_regex(body[:-4]) + "(?:/.*)?") if body.endswith("/***") else _glob_regex(body)
+    regex = prefix + regex
     return _Rule(pattern, re.compile(regex, re.DOTALL), anchored, dir_only)
 
 

@@ -23,6 +23,8 @@ from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings, load_config
 from skeleton_app.testbed import Testbed
 
+pytest_plugins = ["tests.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
+
 SESSION_HOSTS = 6
 
 

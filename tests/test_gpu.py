@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from shared_fixtures import nvidia_smi_fixture
+from tests.shared_fixtures import nvidia_smi_fixture
 
 from skeleton_app.gpu import (
     QUERY_ARGS,

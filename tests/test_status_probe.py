@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shared_fixtures import nvidia_smi_fixture
+from tests.shared_fixtures import nvidia_smi_fixture
 
 from skeleton_app.gpu import QUERY_ARGS, GpuReport, GpuState
 from skeleton_app.status import (

@@ -26,7 +26,9 @@ CREATE TABLE nodes (
     daemon_pid    integer,
     started_at    timestamptz,
     code_version  text,
-    metrics       jsonb       NOT NULL DEFAULT '{}'
+    metrics       jsonb       NOT NULL DEFAULT '{}',   -- the daemon's last heartbeat
+    last_status   jsonb,                             -- the controller's last status probe
+    status_at     timestamptz
 );
 
 CREATE TABLE runs (

@@ -167,7 +167,8 @@ def _process_args(settings: Settings, node: Node, action: str) -> list[str]:
     return args
 
 
-def _systemctl(settings: Settings, action: str) -> str:
+def systemctl_command(settings: Settings, action: str) -> str:
+    """The remote command line for the systemd manager (every word quoted)."""
     d = settings.daemon
     if not _UNIT_RE.match(d.unit):
         raise ConfigError(f"invalid unit name {d.unit!r}", source=settings.source,
@@ -200,7 +201,7 @@ def control_node(cluster: Cluster, node: Node, action: str) -> NodeResult:
     settings = cluster.settings
     started = time.monotonic()
     if settings.daemon.manager == "systemd":
-        command = _systemctl(settings, action)
+        command = systemctl_command(settings, action)
         r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings, action)))
         return _systemd_result(r, action, settings, started)
     command = "sh -s -- " + shlex.join(_process_args(settings, node, action))
@@ -242,7 +243,7 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult:
     if settings.daemon.manager == "systemd":
         from skeleton_app.ssh import RunOptions
 
-        r = cluster.connector.run(node, _systemctl(settings, "restart"),
+        r = cluster.connector.run(node, systemctl_command(settings, "restart"),
                                   RunOptions(timeout=_timeout(settings, "restart")))
         r = _systemd_result(r, "restart", settings, started)
         return replace(r, data={**r.data, "action": "restart"})
@@ -355,7 +356,7 @@ def daemon_control(
     # Fail on a bad daemon.command before touching any node.
     check_command(cluster.settings)
     if cluster.settings.daemon.manager == "systemd":
-        _systemctl(cluster.settings, "status")
+        systemctl_command(cluster.settings, "status")
 
     def one(node: Node) -> NodeResult:
         if action == "restart":

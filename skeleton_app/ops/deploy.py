@@ -87,16 +87,13 @@ class TreeDigest:
         return self.hex[:16]
 
 
-def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeDigest:
-    """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
-    cannot be read: rsync could not send it either."""
+def walk_tree(root: str | os.PathLike[str], exclude: Iterable[str] = ()
+              ) -> Iterator[tuple[str, os.stat_result, str]]:
+    """(relative path, lstat, absolute path) of every entry rsync -rlpt would send with these
+    excludes, depth first in byte order of names; excluded directories are not entered.
+    Sockets, fifos and devices are left out, as rsync without -D skips them."""
     flt = RsyncFilter(exclude)
-    h = hashlib.sha256(_DIGEST_FORMAT)
-    count = 0
-    total = 0
-    base = os.fspath(root)
-    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(base).st_mode))
-    stack: list[tuple[str, str]] = [(base, "")]
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
         directory, rel = stack.pop()
         try:
@@ -107,32 +104,42 @@ def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> Tr
         subdirs: list[tuple[str, str]] = []
         for entry in entries:
             path = f"{rel}/{entry.name}" if rel else entry.name
-            raw = os.fsencode(path)
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from None
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                if flt.excluded(path, True):
-                    continue
-                h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                continue
+            if flt.excluded(path, is_dir):
+                continue
+            yield path, st, entry.path
+            if is_dir:
                 subdirs.append((entry.path, path))
-            elif stat.S_ISLNK(mode):
-                if flt.excluded(path, False):
-                    continue
-                h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(entry.path))))
-                count += 1
-            elif stat.S_ISREG(mode):
-                if flt.excluded(path, False):
-                    continue
-                h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
-                h.update(_file_hash(entry.path))
-                count += 1
-                total += st.st_size
-            # Sockets, fifos, devices: rsync -rlpt skips them ("skipping non-regular file").
-        # Depth first, in name order: the same tree always hashes the same way.
+        # Children before the next sibling directory: the same tree always walks the same way.
         stack.extend(reversed(subdirs))
+
+
+def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeDigest:
+    """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
+    cannot be read: rsync could not send it either."""
+    h = hashlib.sha256(_DIGEST_FORMAT)
+    count = 0
+    total = 0
+    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(root).st_mode))
+    for path, st, full in walk_tree(root, exclude):
+        raw = os.fsencode(path)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
+        elif stat.S_ISLNK(mode):
+            h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(full))))
+            count += 1
+        else:
+            h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
+            h.update(_file_hash(full))
+            count += 1
+            total += st.st_size
     return TreeDigest(h.hexdigest(), count, total)
 
 
@@ -505,7 +512,9 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                           f"{p.lock_wait:g}", p.owner, "rsync"])
     session = _Session(cluster, node, command)
     try:
-        helper_timeout = cluster.settings.ssh.command_timeout
+        # The helper answers each request in milliseconds; a node silent for this long is
+        # frozen or gone (a finite wait: the lock must not pin a deploy forever).
+        helper_timeout = max(30.0, 3 * cluster.settings.ssh.connect_timeout)
         header: list[str] = []
         while True:
             line = session.read_line(p.lock_wait + helper_timeout)
@@ -529,6 +538,15 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
         unchanged = (not p.force and last.tree == p.digest.hex
                      and (last.delete or not p.delete))
 
+        if not unchanged:
+            # Before the daemon is stopped: a node that cannot take the deploy keeps running.
+            reply = session.request(["begin"], helper_timeout)
+            if reply == "error=rsync-missing":
+                return fail(NodeErrorKind.LOCAL, f"rsync is not installed on {node.id}"
+                            " (needed on every node: apt-get install rsync)", base)
+            if reply != "ok":
+                return fail(NodeErrorKind.ERROR, f"deploy helper: {reply}", base)
+
         if p.restart:
             emit(DeployEvent(node.id, "stop"))
             stopped = control_node(cluster, node, "stop")
@@ -541,30 +559,25 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             data = {**base, "unchanged": True, "changes": [], "changes_total": 0,
                     "files_changed": 0, "bytes_sent": 0, "stats": None}
         else:
-            reply = session.request(["begin"], helper_timeout)
-            if reply == "error=rsync-missing":
-                return fail(NodeErrorKind.LOCAL, f"rsync is not installed on {node.id}"
-                            " (needed on every node: apt-get install rsync)", base)
-            if reply != "ok":
-                return fail(NodeErrorKind.ERROR, f"deploy helper: {reply}", base)
             emit(DeployEvent(node.id, "sync"))
             tr = _sync(cluster, node, p, dest, emit, dry_run=False)
             data = {**base, "unchanged": False, **_transfer_data(tr)}
             listing = _listing(tr.changes)
+            failed: NodeResult | None = None
             if not tr.ok:
                 if disk_full(tr):
                     _remove_partials(cluster, node, dest)
-                return _rsync_failed(node, tr, data, emit, started)
-            for command_line in p.after:
-                emit(DeployEvent(node.id, "after", message=command_line))
-                r = _run_after(cluster, node, dest, command_line)
-                data.setdefault("after", []).append(
-                    {"command": command_line, "exit_code": r.exit_code, "error": r.error})
-                if not r.ok:
-                    message = f"after command {command_line!r} failed: {r.summary()}"
-                    emit(DeployEvent(node.id, "failed", message=message))
-                    return replace(r, stderr=r.stderr + message + "\n", data=data,
-                                   duration=time.monotonic() - started)
+                failed = _rsync_failed(node, tr, data, emit, started)
+            else:
+                failed = _run_afters(cluster, node, p, dest, data, emit, started)
+            if failed is not None:
+                if p.restart:
+                    # The daemon was stopped for this deploy: bring it back on what is there
+                    # (after a failed transfer, the old files) rather than leave it down.
+                    again = control_node(cluster, node, "start")
+                    failed = replace(failed, data={**failed.data,
+                                                   "daemon_start": dict(again.data)})
+                return failed
             emit(DeployEvent(node.id, "commit"))
             lines = digest_lines(p.digest, delete=p.delete, owner=p.owner, source=p.source)
             reply = session.request(["commit", *lines, "."], helper_timeout)
@@ -583,6 +596,22 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
         return done(exit_code=0, stdout=listing, data=data)
     finally:
         session.close()
+
+
+def _run_afters(cluster: Cluster, node: Node, p: DeployPlan, dest: str,
+                data: dict[str, Any], emit: OnProgress, started: float) -> NodeResult | None:
+    """Run `deploy.after` in order; the first failure is returned as the node's result."""
+    for command_line in p.after:
+        emit(DeployEvent(node.id, "after", message=command_line))
+        r = _run_after(cluster, node, dest, command_line)
+        data.setdefault("after", []).append(
+            {"command": command_line, "exit_code": r.exit_code, "error": r.error})
+        if not r.ok:
+            message = f"after command {command_line!r} failed: {r.summary()}"
+            emit(DeployEvent(node.id, "failed", message=message))
+            return replace(r, stderr=r.stderr + message + "\n", data={**data, "message": message},
+                           duration=time.monotonic() - started)
+    return None
 
 
 def _listing(changes: Sequence[FileChange]) -> str:

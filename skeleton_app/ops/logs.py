@@ -1,0 +1,523 @@
+"""`cluster logs`: gather the tail of every node's logs, or follow them live.
+
+    result = collect_logs(cluster, nodes, lines=200, since="15m", grep="ERROR|WARN")
+    follow_logs(cluster, nodes, lines=10, on_line=lambda node, line: print(node, line))
+
+Per node the sources are the daemon log (`<logs_dir>/skeleton-daemon.log`), every file the
+`logs.files` globs match (relative to the node's app dir) and, when `daemon.manager` is
+systemd, the unit's journal. Filtering happens on the node (`skeleton_app/scripts/logs.sh`,
+sent on stdin; every value is an argument, nothing is evaluated): `since`, then `grep`, then
+the last `lines` lines of each source. Only the result crosses the network.
+
+`collect_logs` writes `OUT/<node>.log` (a header naming each source and its state, then each
+source's lines byte for byte) and `OUT/merged.log` (every line prefixed with its node, in time
+stamp order where lines carry ISO-8601 stamps; a line without one stays with the stamped line
+before it, and sources without any stamp follow, in order). Files are written next to their
+final name with O_NOFOLLOW|O_EXCL and renamed over it, relative to a directory descriptor of
+OUT: a symlink planted at `OUT/<node>.log` is replaced, never followed, and node ids (validated
+again here) cannot name anything outside OUT. A node that fails gets a header-only file that
+says why; the others are written as usual.
+
+`follow_logs` keeps one OpenSSH session per node (`ssh_argv`, same identity and strict host
+keys) whose stdin stays open: closing it, or the controller dying, makes the node script stop
+everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from skeleton_app import layout
+from skeleton_app.cluster import Cluster
+from skeleton_app.errors import NodeErrorKind, UsageError
+from skeleton_app.nodes import Node, validate_node_id
+from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.ssh import RunOptions, ssh_argv
+
+__all__ = [
+    "DEFAULT_OUT_DIR",
+    "LogSource",
+    "collect_logs",
+    "follow_logs",
+    "merge_logs",
+    "parse_lines",
+    "parse_since",
+]
+
+DEFAULT_OUT_DIR = "collected_logs"
+MERGED = "merged.log"
+SCRIPT = "logs.sh"
+
+LineFn = Callable[[str, bytes], None]  # (node id, one line without its newline)
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# An ISO-8601 stamp at the start of a line: 2024-05-01 12:00:00, 2024-05-01T12:00:00.123+02:00
+_STAMP = re.compile(
+    rb"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
+    rb"\s?(Z|[+-]\d{2}:?\d{2})?")
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def parse_lines(value: object, *, what: str = "--lines") -> int:
+    """A positive whole number of lines, from an int or the text a user typed."""
+    text = str(value).strip() if not isinstance(value, bool) else ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: int | None = value
+    elif re.fullmatch(r"[+-]?\d+", text):
+        number = int(text)
+    else:
+        number = None
+    if number is None or number < 1:
+        raise UsageError(f"{what}: expected a whole number of lines, at least 1, got {value!r}")
+    return number
+
+
+def parse_since(value: str, *, now: float | None = None) -> float:
+    """Epoch seconds from "90s", "15m", "2h", "1d", "1w", "1h30m", or an ISO-8601 date or
+    date and time (local time unless it carries an offset)."""
+    text = value.strip()
+    now = time.time() if now is None else now
+    if text and _DURATION.sub("", text).strip() == "":
+        seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+        return now - seconds
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since: expected a duration (30s, 15m, 2h, 1d, 1w, 1h30m) or an ISO date/time"
+            f" (2024-05-01, 2024-05-01T12:00), got {value!r}") from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # the controller's local time
+    return when.timestamp()
+
+
+def _check_pattern(pattern: str) -> None:
+    """Refuse a pattern grep -E would refuse on every node, before contacting any."""
+    if "\0" in pattern or "\n" in pattern:
+        raise UsageError("--grep: the pattern cannot hold NUL or newline characters")
+    grep = shutil.which("grep")
+    if grep is None:
+        return  # the nodes will say it
+    proc = subprocess.run([grep, "-E", "-e", pattern], input=b"", capture_output=True,
+                          env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")},
+                          timeout=10, check=False)
+    if proc.returncode == 2:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UsageError(f"--grep: invalid pattern {pattern!r}"
+                         + (f": {detail[-1]}" if detail else ""))
+
+
+# ---------------------------------------------------------------------------- the node side
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    """One source on one node: `kind` daemon, file or journal; `status` ok, missing, ..."""
+
+    kind: str
+    name: str
+    status: str
+    data: bytes
+
+    @property
+    def lines(self) -> int:
+        if not self.data:
+            return 0
+        return self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "status": self.status,
+                "lines": self.lines, "bytes": len(self.data)}
+
+
+def _script() -> bytes:
+    return (resources.files("skeleton_app") / "scripts" / SCRIPT).read_bytes()
+
+
+def _node_args(cluster: Cluster, node: Node, mode: str, lines: int, since: float | None,
+               pattern: str | None) -> list[str]:
+    settings = cluster.settings
+    globs = [g if g.startswith("/") else "./" + g for g in settings.logs.files]
+    return [
+        mode, node.app_dir, str(lines), "" if since is None else str(int(since)),
+        pattern or "", settings.daemon.manager, settings.daemon.unit,
+        "1" if settings.daemon.user_unit else "0", layout.daemon_log(settings, node),
+        *globs,
+    ]
+
+
+def parse_sources(data: bytes) -> list[LogSource]:
+    """The framed records of logs.sh collect (see its header)."""
+    sources: list[LogSource] = []
+    pos = 0
+    while pos < len(data):
+        fields = []
+        for _ in range(5):
+            end = data.find(b"\0", pos)
+            if end < 0:
+                raise ValueError("truncated answer from logs.sh")
+            fields.append(data[pos:end])
+            pos = end + 1
+        tag, kind, name, status, length = fields
+        if tag != b"S":
+            raise ValueError(f"unexpected record {tag[:20]!r} from logs.sh")
+        size = int(length)
+        sources.append(LogSource(kind.decode(), name.decode("utf-8", "replace"),
+                                 status.decode("utf-8", "replace"), data[pos:pos + size]))
+        pos += size
+    return sources
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class _OutDir:
+    """OUT, opened once; every file is created inside it through its descriptor."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def write(self, name: str, chunks: Iterable[bytes]) -> Path:
+        # `name` is a validated node id + ".log" or merged.log: one component, never "..".
+        if "/" in name or name in (".", ".."):
+            raise UsageError(f"refusing to write {name!r}: not a plain file name")
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                     dir_fd=self.fd)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+            # rename() replaces whatever sits at the name (a planted symlink included)
+            # without following it.
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+        return self.path / name
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _header(node: Node, sources: Sequence[LogSource], filters: str, error: str | None,
+            manager: str) -> bytes:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = [f"# skeleton cluster logs: node {node.id} ({node.host}), collected {now}",
+           f"# filters: {filters}"]
+    if error is not None:
+        out.append(f"# error: {_one_line(error)}")
+    for src in sources:
+        what = {"daemon": "daemon log", "file": "file", "journal": "journal of unit"}.get(
+            src.kind, src.kind)
+        state = f"{src.lines} lines" if src.status == "ok" else src.status
+        out.append(f"# source: {what} {_one_line(src.name)}: {_one_line(state)}")
+    if error is None and manager != "systemd":
+        out.append(f"# source: journal: not collected (daemon.manager is {manager})")
+    return ("\n".join(out) + "\n").encode("utf-8", "replace")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _body(sources: Sequence[LogSource]) -> Iterable[bytes]:
+    for src in sources:
+        if not src.data:
+            continue
+        yield f"==> {_one_line(src.name)} <==\n".encode("utf-8", "replace")
+        yield src.data
+        if not src.data.endswith(b"\n"):
+            yield b"\n"
+
+
+# ---------------------------------------------------------------------------- merging
+
+
+def _stamp(line: bytes) -> float | None:
+    m = _STAMP.match(line)
+    if not m:
+        return None
+    year, month, day, hour, minute, sec = (int(g) for g in m.groups()[:6])
+    frac = m.group(7)
+    tz = m.group(8)
+    try:
+        when = dt.datetime(year, month, day, hour, minute, sec, tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    seconds = when.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+    if tz and tz != b"Z":
+        sign = -1 if tz[:1] == b"-" else 1
+        digits = tz[1:].replace(b":", b"")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    # Stamps without an offset are taken as UTC: nodes of one cluster share a time zone,
+    # and the order between them is what matters here.
+    return seconds
+
+
+def merge_logs(streams: Sequence[tuple[str, bytes]]) -> bytes:
+    """One log from many: `streams` is [(node, log bytes)] in node order. Every line gets
+    "node: "; stamped lines are ordered by their stamp (stable), unstamped lines stay with
+    the stamped line before them, and streams without any stamp come last, in order."""
+    stamped: list[tuple[float, int, bytes]] = []
+    plain: list[bytes] = []
+    seq = 0
+    for node, data in streams:
+        prefix = node.encode() + b": "
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        stamps = [_stamp(line) for line in lines]
+        first = next((s for s in stamps if s is not None), None)
+        if first is None:
+            plain += [prefix + line + b"\n" for line in lines]
+            continue
+        current = first
+        for line, stamp in zip(lines, stamps, strict=True):
+            if stamp is not None:
+                current = stamp
+            stamped.append((current, seq, prefix + line + b"\n"))
+            seq += 1
+    stamped.sort(key=lambda item: (item[0], item[1]))
+    return b"".join(line for _, _, line in stamped) + b"".join(plain)
+
+
+# ---------------------------------------------------------------------------- collect
+
+
+def _describe_filters(lines: int, since: str | float | None, since_at: float | None,
+                      grep: str | None) -> str:
+    parts = [f"lines={lines}"]
+    if since is not None and since_at is not None:
+        stamp = dt.datetime.fromtimestamp(since_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parts.append(f"since={since} ({stamp})" if isinstance(since, str) else f"since={stamp}")
+    if grep:
+        parts.append(f"grep={grep!r}")
+    return ", ".join(parts)
+
+
+def _since_epoch(since: str | float) -> float:
+    return parse_since(since) if isinstance(since, str) else float(since)
+
+
+def _lines_default(cluster: Cluster, lines: int | None) -> int:
+    if lines is None:
+        return parse_lines(cluster.settings.logs.lines, what="logs.lines")
+    return parse_lines(lines)
+
+
+def collect_logs(
+    cluster: Cluster,
+    nodes: Sequence[Node],
+    *,
+    lines: int | None = None,
+    since: str | float | None = None,
+    grep: str | None = None,
+    out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
+    timeout: float | None = None,
+) -> ClusterResult:
+    """Gather every node's filtered logs into OUT/<node>.log and OUT/merged.log.
+
+    `lines` defaults to `logs.lines`; `since` is epoch seconds or what `parse_since` takes.
+    Each NodeResult carries `data["sources"]` (kind, name, status, lines, bytes) and
+    `data["file"]`. A node that fails is an error result; the others are still written."""
+    count = _lines_default(cluster, lines)
+    since_at = None if since is None else _since_epoch(since)
+    if grep:
+        _check_pattern(grep)
+    for node in nodes:
+        validate_node_id(node.id)  # ids become file names
+    filters = _describe_filters(count, since, since_at, grep)
+    manager = cluster.settings.daemon.manager
+    out = _OutDir(out_dir)
+    script = _script()
+    gathered: dict[str, list[LogSource]] = {}
+    lock = threading.Lock()
+
+    def one(node: Node) -> NodeResult:
+        if node.id == MERGED.removesuffix(".log"):
+            return failure(node.id, NodeErrorKind.LOCAL,
+                           f"node id {node.id!r} would overwrite {MERGED}; not collected")
+        raw = bytearray()
+
+        def sink(_node: str, stream: str, data: bytes) -> None:
+            if stream == "stdout":
+                raw.extend(data)
+
+        command = shlex.join(["sh", "-s", "--",
+                              *_node_args(cluster, node, "collect", count, since_at, grep)])
+        result = cluster.connector.run(node, command,
+                                       RunOptions(timeout=timeout, stdin=script, sink=sink))
+        error = None
+        sources: list[LogSource] = []
+        if result.error_kind is not None:
+            error = result.summary()
+        elif result.exit_code != 0:
+            error = f"logs.sh exited {result.exit_code}: {result.stderr.strip()[-300:]}"
+        else:
+            try:
+                sources = parse_sources(bytes(raw))
+            except ValueError as exc:
+                error = str(exc)
+        header = _header(node, sources, filters, error, manager)
+        path = out.write(f"{node.id}.log", [header, *_body(sources)])
+        data = {"file": str(path), "sources": [s.as_dict() for s in sources],
+                "lines": sum(s.lines for s in sources)}
+        if error is None:
+            with lock:
+                gathered[node.id] = sources
+            return NodeResult(node=node.id, exit_code=0, duration=result.duration, data=data,
+                              stdout=f"{data['lines']} lines from {len(sources)} sources\n")
+        if result.error_kind is not None:
+            return NodeResult(node=node.id, error_kind=result.error_kind, error=result.error,
+                              duration=result.duration, data=data)
+        return NodeResult(node=node.id, exit_code=result.exit_code or 1, stderr=error + "\n",
+                          duration=result.duration, data=data)
+
+    try:
+        result = cluster.map(one, nodes, operation="logs")
+        streams = [(node.id, b"".join(s.data if s.data.endswith(b"\n") or not s.data
+                                      else s.data + b"\n" for s in gathered[node.id]))
+                   for node in nodes if node.id in gathered]
+        out.write(MERGED, [merge_logs(streams)])
+    finally:
+        out.close()
+    return result
+
+
+# ---------------------------------------------------------------------------- follow
+
+
+def follow_logs(
+    cluster: Cluster,
+    nodes: Sequence[Node],
+    *,
+    on_line: LineFn,
+    lines: int | None = None,
+    since: str | float | None = None,
+    grep: str | None = None,
+    stop: threading.Event | None = None,
+    on_error: Callable[[str, str], None] | None = None,
+) -> ClusterResult:
+    """Stream new log lines of every node to `on_line(node, line)` until `stop` is set or
+    KeyboardInterrupt; then stop every remote process. One NodeResult per node: exit 0 when
+    it streamed until stopped, an error when it could not be reached or dropped out."""
+    count = _lines_default(cluster, lines)
+    since_at = None if since is None else _since_epoch(since)
+    if grep:
+        _check_pattern(grep)
+    stop = stop or threading.Event()
+    script = _script().decode()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    threads: list[threading.Thread] = []
+    errors: dict[str, bytearray] = {}
+    started = time.monotonic()
+
+    def pump(node: Node, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        rest = b""
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            *complete, rest = (rest + chunk).split(b"\n")
+            for line in complete:
+                on_line(node.id, line)
+            if len(rest) > 65536:  # a line without end: pass it on in pieces
+                on_line(node.id, rest)
+                rest = b""
+        if rest:
+            on_line(node.id, rest)
+
+    def drain(node: Node, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        fd = proc.stderr.fileno()
+        buf = errors.setdefault(node.id, bytearray())
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            buf.extend(chunk)
+            del buf[:-4096]
+
+    for node in nodes:
+        remote = shlex.join(["sh", "-c", script, "skeleton-logs",
+                             *_node_args(cluster, node, "follow", count, since_at, grep)])
+        argv = [*ssh_argv(node, cluster.settings.ssh, extra=["-T"]), "--", node.host, remote]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        procs[node.id] = proc
+        for fn in (pump, drain):
+            th = threading.Thread(target=fn, args=(node, proc), daemon=True,
+                                  name=f"logs-{fn.__name__}")
+            th.start()
+            threads.append(th)
+    try:
+        while not stop.is_set() and any(p.poll() is None for p in procs.values()):
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ended = {nid for nid, p in procs.items() if p.poll() is not None}
+        for proc in procs.values():
+            # Closing stdin is the node script's signal to stop everything it started.
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        deadline = time.monotonic() + 10
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for th in threads:
+            th.join(timeout=5)
+        for proc in procs.values():
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+    results = []
+    for node in nodes:
+        proc = procs[node.id]
+        message = bytes(errors.get(node.id, b"")).decode("utf-8", "replace").strip()
+        if node.id in ended:
+            kind = NodeErrorKind.UNREACHABLE if proc.returncode == 255 else NodeErrorKind.LOST
+            detail = message.splitlines()[-1] if message else f"ssh exited {proc.returncode}"
+            if on_error is not None:
+                on_error(node.id, detail)
+            results.append(failure(node.id, kind, detail, time.monotonic() - started))
+        else:
+            results.append(NodeResult(node=node.id, exit_code=0,
+                                      duration=time.monotonic() - started))
+    return ClusterResult(results, operation="logs-follow",
+                         duration=time.monotonic() - started)
+
+
+def summary_rows(result: ClusterResult) -> list[list[str]]:
+    """Rows for the CLI table: node, lines, sources, state."""
+    rows = []
+    for node, r in result.items():
+        sources: Sequence[Mapping[str, Any]] = r.data.get("sources", [])
+        missing = [s["name"] for s in sources if s["status"] != "ok"]
+        state = "ok" if r.ok else r.summary() if r.error_kind else (r.stderr.strip() or "failed")
+        if missing and r.ok:
+            state = "ok; " + "; ".join(
+                f"{s['name']}: {s['status']}" for s in sources if s["status"] != "ok")
+        rows.append([node, str(r.data.get("lines", 0)), str(len(sources)), state])
+    return rows
