@@ -328,7 +328,169 @@ def daemon_status(ctx: click.Context, config: str | None, node_specs: tuple[str,
 
 # @@models-commands@@
 
+@cluster.command("sync-models")
+@selection_options
+@click.option("--source-node", required=True, metavar="NODE",
+              help="The node that holds the model (id or address).")
+@click.option("--target-node", "target_specs", multiple=True, metavar="SPEC",
+              help="Targets: ids, ranges, globs; repeatable (like --node; default: every other"
+                   " selected node).")
+@click.option("--models-path", default=None, metavar="PATH",
+              help="Models directory on every node (default app.models_dir). Relative: under"
+                   " each node's app dir; a directory elsewhere only as an absolute path.")
+@click.option("--model", default=None, metavar="NAME",
+              help="One model, an entry of the models directory (default: all of them).")
+@click.option("--verify", is_flag=True,
+              help="Re-hash every file on the targets: finds and repairs corrupted copies.")
+@click.option("--relay", is_flag=True,
+              help="Stream through this machine, for nodes that cannot reach each other"
+                   " (nothing is stored here).")
+@click.option("--streams-per-sender", type=click.IntRange(min=1), default=4,
+              show_default=True, help="At most this many streams from one sending node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.pass_context
+def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                    roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                    source_node: str, target_specs: tuple[str, ...], models_path: str | None,
+                    model: str | None, verify: bool, relay: bool, streams_per_sender: int,
+                    as_json: bool) -> int:
+    """Copy a model from the node that has it to the others, node to node (a pipelined chain:
+    about one link's time whatever the number of targets)."""
+    from skeleton_app import render
+    from skeleton_app.ops import models as models_op
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, (*node_specs, *target_specs), roles, exclude)
+    source = cluster_.node(source_node)
+    targets = [n for n in nodes if n.id != source.id]
+    with _SyncDisplay(enabled=not as_json) as display:
+        result = models_op.sync_models(
+            cluster_, source_node=source, targets=targets, models_path=models_path,
+            model=model, verify=verify, relay=relay, on_progress=display.update,
+            streams_per_sender=streams_per_sender)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        render.table(f"sync-models from {source.id}",
+                     ["node", "status", "moved", "time", "rate", "how / why"],
+                     models_op.summary_rows(result))
+        for warning in result.warnings:
+            click.echo(f"skeleton: warning: {render.sanitize(warning)}", err=True)
+    _record(state, cluster_, "sync-models",
+            {"source": source.id, "model": model, "models_path": models_path,
+             "verify": verify, "relay": relay}, [n.id for n in targets], result)
+    return int(result.exit_code())
+
+
+class _SyncDisplay:
+    """Per-target progress on stderr: Rich bars on a terminal, one line per event otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _SyncDisplay:
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[state]}"),
+                console=Console(stderr=True))
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        from skeleton_app.render import sanitize
+
+        if self._progress is None:
+            if event.phase not in ("transfer", "preflight", "verify"):
+                text = event.message or event.phase
+                click.echo(f"{event.node}: {sanitize(text)}", err=True)
+            return
+        task = self._tasks.get(event.node)
+        if task is None:
+            task = self._progress.add_task(event.node, total=event.total or None, state="")
+            self._tasks[event.node] = task
+        state = sanitize(event.message or event.phase)
+        self._progress.update(task, completed=event.done, total=event.total or None,
+                              state=state)
+
+
 # @@logs-commands@@
+
+@cluster.command("logs")
+@selection_options
+@click.option("--lines", "lines_text", default=None, metavar="N",
+              help="The last N lines of each source (default logs.lines).")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only lines since WHEN: 30s, 15m, 2h, 1d, 1h30m or an ISO date/time.")
+@click.option("--grep", "pattern", default=None, metavar="PATTERN",
+              help="Only lines matching PATTERN (grep -E), filtered on the node.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Stream new lines from every node as 'node: line' until Ctrl-C.")
+@click.option("--out", "out_dir", default="collected_logs", show_default=True, metavar="DIR",
+              help="Write DIR/<node>.log and DIR/merged.log.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.pass_context
+def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+             roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+             lines_text: str | None, since: str | None, pattern: str | None, follow: bool,
+             out_dir: str, as_json: bool) -> int:
+    """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
+    import threading
+
+    from skeleton_app import render
+    from skeleton_app.ops import logs as logs_op
+
+    # Bad values fail here, before any node is contacted.
+    lines = logs_op.parse_lines(lines_text) if lines_text is not None else None
+    since_at = logs_op.parse_since(since) if since is not None else None
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    arguments = {"lines": lines, "since": since, "grep": pattern, "follow": follow}
+    if follow:
+        lock = threading.Lock()
+
+        def on_line(node: str, line: bytes) -> None:
+            with lock:
+                render.stream_line(sys.stdout, node, "stdout", line.decode("utf-8", "replace"))
+
+        def on_error(node: str, message: str) -> None:
+            with lock:
+                click.echo(f"{node}: {render.sanitize(message)}", err=True)
+
+        result = logs_op.follow_logs(cluster_, nodes, on_line=on_line, lines=lines,
+                                     since=since_at, grep=pattern, on_error=on_error)
+        if as_json:
+            click.echo(result.to_json())
+    else:
+        result = logs_op.collect_logs(cluster_, nodes, lines=lines, since=since,
+                                      grep=pattern, out_dir=out_dir)
+        if as_json:
+            click.echo(result.to_json())
+        else:
+            render.table(None, ["node", "lines", "sources", "state"],
+                         logs_op.summary_rows(result))
+            click.echo(f"written to {out_dir}/ (merged: {out_dir}/{logs_op.MERGED})")
+    _record(state, cluster_, "logs", arguments, [n.id for n in nodes], result)
+    return int(result.exit_code())
+
 
 @cli.group()
 def db() -> None:

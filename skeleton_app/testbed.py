@@ -1225,7 +1225,10 @@ def _write_config(tb: Testbed) -> None:
         config["registry"] = {"dsn": tb.db.host_dsn}
     config["daemon"] = {
         "manager": "process",
-        "command": f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run",
+        # The hosts share /tmp with the controller, so the daemon reads this very file
+        # (a real node reads the config.yaml deployed with the code).
+        "command": (f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run"
+                    f" --config {shlex.quote(str(tb.config_path))}"),
     }
     # Deploy this very project: a relative `deploy.source` would mean the state dir.
     project = Path(__file__).resolve().parents[1]

@@ -11,12 +11,15 @@ import dataclasses
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -567,3 +570,97 @@ def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Test
         status = daemon_control(cluster, [nodes[1]], "status")
         assert status["node-02"].data["pid"] == first["node-02"].data["pid"]
         assert health_check(cluster, nodes[1], timeout=10).data["health"]["version"] == "A"
+
+
+def _project_tree(dest: Path, config: Path) -> Path:
+    """The real code tree the seed deploys: the package and the config.yaml beside it."""
+    shutil.copytree(REPO / "skeleton_app", dest / "skeleton_app",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(config, dest / "config.yaml")
+    return dest
+
+
+def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path) -> None:
+    # The controller's interpreter runs `python -m skeleton_app daemon run` from the deployed
+    # app dir (PYTHONPATH=.), reading the config.yaml deployed with the code, as in the seed.
+    app_dir = unique_app_dir("real")
+    command = (f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run"
+               " --config config.yaml")
+    config = variant(testbed, tmp_path, app_dir=app_dir, port=8775,
+                     daemon={"command": command})
+    src = _project_tree(tmp_path / "tree", config)
+    settings = settings_of(config)
+    with daemons_stopped_after(settings) as cluster:
+        nodes = cluster.select([])
+        proc = skeleton("cluster", "deploy", "--source", str(src), config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = skeleton("cluster", "daemon", "start", "--wait-healthy", "--health-timeout", "20",
+                        "--json", config=config)
+        log = host_path(testbed, "node-01", f"{app_dir}/logs/skeleton-daemon.log")
+        assert proc.returncode == 0, proc.stdout[-2000:] + log.read_text()[-3000:]
+        started = json.loads(proc.stdout)["nodes"]
+        version_a = _version(src)
+        status = status_op.status(cluster, nodes)
+        for node in nodes:
+            health = started[node.id]["data"]["health"]
+            assert health["node"] == node.id and health["code_version"] == version_a
+            assert health["pid"] == started[node.id]["data"]["pid"]
+            st = status[node.id].data["status"]
+            assert st.daemon_running is True and st.daemon_pid == health["pid"]
+            assert st.code_version == version_a
+
+        (src / "skeleton_app" / "RELEASE").write_text("B\n")
+        proc = skeleton("cluster", "deploy", "--source", str(src), "--restart", config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        version_b = _version(src)
+        assert version_b != version_a
+        for node in nodes:
+            health = health_check(cluster, node, timeout=20)
+            assert health.ok, health.data
+            assert health.data["health"]["code_version"] == version_b
+            assert health.data["health"]["pid"] != started[node.id]["data"]["pid"]
+        status = status_op.status(cluster, nodes)
+        assert {r.data["status"].code_version for r in status.values()} == {version_b}
+
+
+
+def test_end_to_end_versions_from_the_registry_heartbeats(make_testbed: Any,
+                                                          tmp_path: Path) -> None:
+    """The issue's end to end, with a registry: deploy A, start the daemons, `cluster status`
+    shows A from their heartbeats; change a file, deploy with --restart: B on every node."""
+    from skeleton_app.registry import init_schema
+
+    bed = make_testbed(2, db=True)
+    init_schema(bed.db.dsn)
+    app_dir = unique_app_dir("registry")
+    command = (f"env SKELETON_HEARTBEAT_INTERVAL=0.5 PYTHONPATH=. {shlex.quote(sys.executable)}"
+               " -m skeleton_app daemon run --config config.yaml")
+    config = variant(bed, tmp_path, app_dir=app_dir, port=8776, daemon={"command": command})
+    src = _project_tree(tmp_path / "tree", config)
+
+    def heartbeat_versions() -> dict[str, str | None]:
+        proc = skeleton("cluster", "status", "--json", config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        nodes = json.loads(proc.stdout)["nodes"]
+        return {n: (e["data"]["registry"] or {}).get("code_version") for n, e in nodes.items()}
+
+    def wait_for_versions(version: str) -> None:
+        deadline = time.monotonic() + 20
+        while (seen := heartbeat_versions()) != {"node-01": version, "node-02": version}:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.5)
+
+    proc = skeleton("nodes", "import", str(config), config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with daemons_stopped_after(settings_of(config)):
+        proc = skeleton("cluster", "deploy", "--source", str(src), config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = skeleton("cluster", "daemon", "start", "--wait-healthy", "--health-timeout", "20",
+                        config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        wait_for_versions(_version(src))
+
+        (src / "skeleton_app" / "RELEASE").write_text("B\n")
+        proc = skeleton("cluster", "deploy", "--source", str(src), "--restart", config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        wait_for_versions(_version(src))

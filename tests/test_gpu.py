@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.shared_fixtures import nvidia_smi_fixture
 
 from skeleton_app.gpu import (
     QUERY_ARGS,
@@ -14,6 +13,7 @@ from skeleton_app.gpu import (
     parse_gpu_query,
     report_from_command,
 )
+from tests.shared_fixtures import nvidia_smi_fixture
 
 H200 = Gpu(
     index=0,

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.shared_fixtures import nvidia_smi_fixture
 
 from skeleton_app.gpu import QUERY_ARGS, GpuReport, GpuState
 from skeleton_app.status import (
@@ -33,6 +32,7 @@ from skeleton_app.status import (
     probe_args,
     probe_script,
 )
+from tests.shared_fixtures import nvidia_smi_fixture
 
 SCRIPT = Path(__file__).resolve().parents[1] / "skeleton_app" / "scripts" / "status.sh"
 DASH = shutil.which("dash") or "/bin/sh"

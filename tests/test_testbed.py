@@ -199,7 +199,8 @@ def test_config_yaml_describes_the_hosts(testbed: Testbed, settings: Settings) -
     assert settings.ssh.known_hosts == str(testbed.known_hosts)
     assert settings.app.dir == tb_mod.APP_DIR
     assert sys.executable in settings.daemon.command
-    assert settings.daemon.command.endswith("-m skeleton_app daemon run")
+    assert settings.daemon.command.endswith(
+        f"-m skeleton_app daemon run --config {testbed.config_path}")
     assert settings.registry.dsn is None
     for i, node in enumerate(settings.nodes, start=1):
         assert "testbed" in node.roles

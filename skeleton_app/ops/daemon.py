@@ -38,9 +38,6 @@ ACTIONS = ("start", "stop", "restart", "status")
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\Z")
 _ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-# daemon.sh exit code for `status` of a stopped daemon (LSB "program is not running").
-_NOT_RUNNING = 3
-
 OnResult = Callable[[NodeResult], None]
 
 
@@ -185,7 +182,7 @@ def systemctl_command(settings: Settings, action: str) -> str:
     return f"{shlex.join(change)} && sleep {d.start_grace:g} && {status}"
 
 
-def _timeout(settings: Settings, action: str) -> float:
+def _timeout(settings: Settings) -> float:
     d = settings.daemon
     # daemon.sh: up to stop_grace + 5 s of SIGKILL wait to stop, 5 s for the pid file plus
     # start_grace to start; a margin for a loaded node.
@@ -202,18 +199,18 @@ def control_node(cluster: Cluster, node: Node, action: str) -> NodeResult:
     started = time.monotonic()
     if settings.daemon.manager == "systemd":
         command = systemctl_command(settings, action)
-        r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings, action)))
+        r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings)))
         return _systemd_result(r, action, settings, started)
     command = "sh -s -- " + shlex.join(_process_args(settings, node, action))
     r = cluster.connector.run(node, command, RunOptions(
-        timeout=_timeout(settings, action), stdin=_script("daemon.sh")))
+        timeout=_timeout(settings), stdin=_script("daemon.sh")))
     if r.error_kind is not None:
         return r
     reply = parse_reply(r.stdout)
-    exit_code = r.exit_code
     if reply.state == "error" and not reply.message and r.stderr.strip():
         reply = replace(reply, message=r.stderr.strip().splitlines()[-1])
-    return replace(r, exit_code=exit_code, duration=time.monotonic() - started,
+    # The exit code stays daemon.sh's: 0 done, 1 failed, 3 status of a stopped daemon (LSB).
+    return replace(r, duration=time.monotonic() - started,
                    data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
 
 
@@ -244,7 +241,7 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult:
         from skeleton_app.ssh import RunOptions
 
         r = cluster.connector.run(node, systemctl_command(settings, "restart"),
-                                  RunOptions(timeout=_timeout(settings, "restart")))
+                                  RunOptions(timeout=_timeout(settings)))
         r = _systemd_result(r, "restart", settings, started)
         return replace(r, data={**r.data, "action": "restart"})
     stop = control_node(cluster, node, "stop")

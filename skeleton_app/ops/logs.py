@@ -459,8 +459,10 @@ def follow_logs(
         remote = shlex.join(["sh", "-c", script, "skeleton-logs",
                              *_node_args(cluster, node, "follow", count, since_at, grep)])
         argv = [*ssh_argv(node, cluster.settings.ssh, extra=["-T"]), "--", node.host, remote]
+        # A session of its own: Ctrl-C stops us, and we stop the nodes in order (closing
+        # stdin), instead of ssh dying on the same SIGINT and looking like a failed node.
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, start_new_session=True)
         procs[node.id] = proc
         for fn in (pump, drain):
             th = threading.Thread(target=fn, args=(node, proc), daemon=True,

@@ -95,6 +95,7 @@ __all__ = [
     "Manifest",
     "SyncProgress",
     "models_dir",
+    "summary_rows",
     "sync_models",
 ]
 
@@ -1062,10 +1063,6 @@ class _Sync:
             self._check_holder(holder)
         finally:
             self.holders.release(holder)
-        if job.mode in ("chain", "relay") and note:
-            # Whatever still runs of this job (nodes after a dead one) must stop before the
-            # next round writes into the same staging directories.
-            self.parallel(lambda t: self._abort(t.node, job.id), job.members)
         elapsed = time.monotonic() - started
         how = {"pull": "rsync from", "relay": "relayed from", "chain": "chain from"}[job.mode]
         for t in job.members:
@@ -1303,6 +1300,10 @@ class _Sync:
             shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more"
                                                if len(problems) > 3 else "")
             t.message = (note + "; " if note else "") + f"incomplete after transfer: {shown}"
+            if job.mode in ("chain", "relay"):
+                # A receiver behind a dead node may still wait for the rest of its stream:
+                # stop it before the next round writes into the same staging directory.
+                self._abort(t.node, job.id)
             return
         try:
             pub = {"pub.lst": _nul_list(names), "rmx.lst": _nul_list(strays)}
@@ -1451,6 +1452,29 @@ def _summary(data: Mapping[str, Any]) -> str:
     if data["via"]:
         text += f" ({data['via'][-1]})"
     return text
+
+
+def summary_rows(result: ClusterResult) -> list[list[str]]:
+    """Rows for a summary table: node, status, bytes moved, time, rate, how (or why not)."""
+    rows = []
+    for node, r in result.items():
+        d = r.data
+        status = "failed" if r.error_kind is not None else str(d.get("status", "failed"))
+        if r.error_kind is not None:
+            how = r.summary()
+        elif r.exit_code != 0:
+            how = r.stderr.strip()
+        else:
+            how = "; ".join(d.get("via", [])) or "-"
+        if d.get("repaired"):
+            how += f"; repaired: {', '.join(d['repaired'][:3])}"
+            how += f" and {len(d['repaired']) - 3} more" if len(d["repaired"]) > 3 else ""
+        rows.append([
+            node, status, _size(d["bytes"]) if d.get("bytes") else "-",
+            f"{d['seconds']:.1f}s" if d.get("seconds") else "-",
+            f"{_size(d['rate'])}/s" if d.get("rate") else "-", how,
+        ])
+    return rows
 
 
 # ---------------------------------------------------------------------------- entry point
