@@ -6,6 +6,7 @@ Testbeds are brought up and torn down by `bench.__main__`; here they are only us
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import shutil
@@ -41,7 +42,7 @@ def hosts_of(tb: Testbed, count: int, workdir: Path) -> peers.Hosts:
 
 
 def _timed(commands: dict[str, Command]) -> dict[str, Callable[[], Sample]]:
-    return {label: (lambda c=cmd, lb=label: run_process(c, lb)) for label, cmd in
+    return {label: functools.partial(run_process, cmd, label) for label, cmd in
             commands.items()}
 
 
@@ -75,10 +76,12 @@ def fanout(tb: Testbed, sizes: Sequence[int], plan: Plan) -> tuple[Case, Case]:
         scenario = f"{n} host{'s' if n > 1 else ''}"
         for tool, got in samples.items():
             case.rows.append(Row(scenario, tool, _seconds(got), "s", tool == peers.OURS))
-            if n == max(sizes):
+        if n == max(sizes):
+            for tool, got in samples.items():
                 mem.rows.append(Row(f"{n} hosts: peak RSS", tool,
                                     tuple(s.max_rss_kib / 1024 for s in got), "MiB",
                                     tool == peers.OURS))
+            for tool, got in samples.items():
                 mem.rows.append(Row(f"{n} hosts: CPU (user+sys)", tool,
                                     tuple(s.cpu_seconds for s in got), "s",
                                     tool == peers.OURS))

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
+
 
 class BenchError(Exception):
     """A measurement failed (a tool exited non-zero, a testbed did not come up, ...)."""
@@ -25,7 +27,7 @@ class BenchError(Exception):
 @dataclass(frozen=True, slots=True)
 class Sample:
     seconds: float
-    max_rss_kib: int = 0  # ru_maxrss of the process (its largest waited-for descendant included)
+    max_rss_kib: int = 0  # peak RSS of the process (or its largest waited-for descendant)
     cpu_seconds: float = 0.0  # user + system of the process and its waited-for descendants
 
 
@@ -44,28 +46,35 @@ class Command:
 
 
 def run_process(command: Command, label: str) -> Sample:
-    """Run `command` to completion; BenchError unless it exits 0."""
-    with tempfile.TemporaryFile() as output:
+    """Run `command` to completion; BenchError unless it exits 0.
+
+    Peak RSS and CPU come from GNU time (`/usr/bin/time`), not from our own wait4(): Linux
+    charges a child with the RSS its parent had when it forked (exec records the old
+    address space's high-water mark), so a child of this Python process would never show
+    less than ours. GNU time is a small C program; what it reports is the tool's own.
+    """
+    with tempfile.NamedTemporaryFile("w+") as usage, tempfile.TemporaryFile() as output:
+        argv = [TIME, "-f", "%M %U %S", "-o", usage.name, *command.argv]
         started = time.perf_counter()
-        proc = subprocess.Popen(command.argv, stdin=subprocess.DEVNULL, stdout=output,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
                                 stderr=subprocess.STDOUT, env=dict(command.env),
                                 cwd=command.cwd, start_new_session=True)
         timer = threading.Timer(command.timeout, _kill_group, (proc.pid,))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         finally:
             timer.cancel()
             _kill_group(proc.pid)
         elapsed = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        if code != 0:
             output.seek(0)
             tail = output.read()[-800:].decode("utf-8", "replace").strip()
-            why = "timed out" if elapsed >= command.timeout else f"exit {proc.returncode}"
+            why = "timed out" if elapsed >= command.timeout else f"exit {code}"
             raise BenchError(f"{label}: {why}: {tail}")
-    return Sample(seconds=elapsed, max_rss_kib=usage.ru_maxrss,
-                  cpu_seconds=usage.ru_utime + usage.ru_stime)
+        rss_kib, user, system = usage.read().split()[-3:]
+    return Sample(seconds=elapsed, max_rss_kib=int(rss_kib),
+                  cpu_seconds=float(user) + float(system))
 
 
 def _kill_group(pid: int) -> None:

@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / ".peers"
 ANSIBLE_VENV = PEERS_DIR / "venv"
 APT_PACKAGES = {"pdsh": "pdsh", "parallel-ssh": "pssh", "parallel-rsync": "pssh",
-                "clush": "clustershell"}
+                "clush": "clustershell", "/usr/bin/time": "time"}
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Names as they appear in the tables.

@@ -89,7 +89,8 @@ def render_case(case: Case) -> str:
         lines.append(f"| {row.scenario} | {tool} | {fmt(row.median, row.unit)} | {spread}"
                      f" | {len(row.values)} | {rel} |")
     lines.append("")
-    lines.append(f"Load average (1 min) before / after: {case.load[0]:.2f} / {case.load[1]:.2f}")
+    lines.append(f"Load average (1 min) at the start / end of the case: {case.load[0]:.2f} /"
+                 f" {case.load[1]:.2f} (the case's own fan-outs and transfers raise it).")
     lines += [f"- {note}" for note in case.notes]
     return "\n".join(lines) + "\n"
 
@@ -113,13 +114,11 @@ def _first_line(argv: Sequence[str]) -> str:
 
 
 def machine(tools: Mapping[str, str]) -> str:
-    mem_kib = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:")), 0)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
+               "?")
     repo = Path(__file__).resolve().parent.parent
     commit = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
     dirty = _first_line(["git", "-C", str(repo), "status", "--porcelain", "--", "skeleton_app"])

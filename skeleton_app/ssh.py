@@ -596,7 +596,10 @@ def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
     policy = "accept-new" if settings.host_key_policy == "accept-new" else "yes"
     argv = [
         "ssh", "-p", str(node.port), "-l", node.user,
-        "-o", f"UserKnownHostsFile={settings.known_hosts}",
+        # OpenSSH splits this value on whitespace (it takes a list): quote a path with spaces.
+        "-o", "UserKnownHostsFile=" + (f'"{settings.known_hosts}"'
+                                       if any(c.isspace() for c in settings.known_hosts)
+                                       else settings.known_hosts),
         "-o", f"StrictHostKeyChecking={policy}",
         "-o", f"ConnectTimeout={max(1, int(settings.connect_timeout))}",
         "-o", "ServerAliveInterval=" + str(max(1, int(settings.keepalive))),

@@ -422,7 +422,7 @@ def test_target_dies_mid_transfer_others_finish_rerun_resumes(make_testbed: obje
         assert first["node-03"].error_kind in (  # type: ignore[index]
             NodeErrorKind.UNREACHABLE, NodeErrorKind.LOST, NodeErrorKind.TIMEOUT)
         for host in ("node-02", "node-04"):
-            assert first[host].data["status"] == "synced"  # type: ignore[index]
+            assert first[host].data["status"] == "synced", first.to_json()  # type: ignore[index,attr-defined]
             assert tree(models_root(bed, host, "models") / "big") == expected_tree(model)
         kept = staged.stat().st_size
         assert kept > 2 * MIB

@@ -236,7 +236,8 @@ job_env() {
 connect_retry() {
     n=0
     while :; do
-        hop_connect "$1" </dev/null >/dev/null 2>"$RUN_DIR/connect-$1.err"
+        # 9>&-: the master lives on in the background and must not hold the staging lock.
+        hop_connect "$1" </dev/null >/dev/null 2>"$RUN_DIR/connect-$1.err" 9>&-
         rc=$?
         [ "$rc" -eq 0 ] && return 0
         n=$((n + 1))
