@@ -1233,7 +1233,11 @@ def _write_config(tb: Testbed) -> None:
     # Deploy this very project: a relative `deploy.source` would mean the state dir.
     project = Path(__file__).resolve().parents[1]
     if (project / "pyproject.toml").is_file():
-        config["deploy"] = {"source": str(project)}
+        from skeleton_app.config import DeploySettings
+
+        config["deploy"] = {"source": str(project), "exclude": [
+            *DeploySettings().exclude, ".pytest_cache/", ".ruff_cache/", ".mypy_cache/",
+            "*.egg-info/", "bench/", "collected_logs/"]}
     config["nodes"] = [{"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts]
     header = (f"# written by `skeleton testbed up` (instance {tb.instance});"
               " removed by `skeleton testbed down`\n")

@@ -137,6 +137,10 @@ def test_blackholed_node_within_connect_timeout(testbed: Testbed, tmp_path: Path
         assert "node-05: unreachable: " in proc.stdout
         assert "timed out after 2s" in proc.stdout
         assert "node-06\n" in proc.stdout
+        with cluster_for(path) as cluster:
+            r = cluster.run("true", cluster.select(["node-05"]))["node-05"]
+        assert r.error_kind is NodeErrorKind.UNREACHABLE
+        assert r.duration <= 2 + 1  # the connect timeout, plus at most a second
     finally:
         tb.clear_blackhole(testbed, "node-05")
 

@@ -91,7 +91,8 @@ kill_group() {
     [ -r "/proc/$1/cmdline" ] || return 0
     tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$2" || return 0
     pg=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d ' ')
-    [ -n "$pg" ] && [ "$pg" -gt 1 ] && kill -TERM -- "-$pg" 2>/dev/null
+    # dash's kill takes no "--"; a negative number is the process group.
+    [ -n "$pg" ] && [ "$pg" -gt 1 ] && kill -TERM "-$pg" 2>/dev/null
     return 0
 }
 
@@ -389,6 +390,8 @@ publish_one() {
 }
 
 finish() {
+    # Whatever of this run still runs here (a receiver cut off from its stream) goes first.
+    abort >/dev/null
     for pidfile in "$RUN_DIR"/connect-*.pid; do
         [ -f "$pidfile" ] && kill_group_member "$(cat -- "$pidfile")"
     done
