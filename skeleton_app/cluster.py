@@ -92,7 +92,7 @@ class Cluster:
         """Load the settings and the nodes (from the registry when one is configured)."""
         settings = settings or load_config(path, env=env, overrides=overrides)
         nodes: Sequence[Node] = settings.nodes
-        warnings: list[str] = []
+        warnings: Sequence[str] = ()
         if settings.registry.dsn:
             from skeleton_app.registry import open_registry  # psycopg only when needed
 

@@ -139,7 +139,9 @@ def expand(spec: str) -> list[str]:
 
 def _split_top_level(spec: str) -> list[str]:
     """Split on commas that are not inside [...] (ClusterShell ranges use commas inside)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in spec:
         if ch == "[":
             depth += 1

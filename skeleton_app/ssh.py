@@ -124,9 +124,9 @@ class SkeletonConnection(Connection):
         connector._secure(self.client)
         # ProxyJump from ~/.ssh/config makes plain Connections (AutoAddPolicy); jump hosts
         # get exactly the same policy as the target.
-        if isinstance(self.gateway, Connection) and not isinstance(self.gateway,
-                                                                   SkeletonConnection):
-            self.gateway = connector.wrap(self.gateway)
+        gateway: Any = getattr(self, "gateway", None)
+        if isinstance(gateway, Connection) and not isinstance(gateway, SkeletonConnection):
+            self.gateway = connector.wrap(gateway)
         self.liveness_lock = threading.Lock()
 
     def open(self) -> Any:
