@@ -501,23 +501,9 @@ class Connector:
                     ready = channel.status_event.wait(wait)
                 else:
                     ready = bool(select.select([fd], [], [], wait)[0])
-                got = False
-                while channel.recv_ready():
-                    data = channel.recv(65536)
-                    if not data:
-                        break
-                    got = True
-                    out.feed(data)
-                    if sink:
-                        sink(node.id, "stdout", data)
-                while channel.recv_stderr_ready():
-                    data = channel.recv_stderr(65536)
-                    if not data:
-                        break
-                    got = True
-                    err.feed(data)
-                    if sink:
-                        sink(node.id, "stderr", data)
+                got = _drain(channel.recv_ready, channel.recv, out, sink, node.id, "stdout")
+                got |= _drain(channel.recv_stderr_ready, channel.recv_stderr, err, sink,
+                              node.id, "stderr")
                 if channel.exit_status_ready() and channel.eof_received and not (
                     channel.recv_ready() or channel.recv_stderr_ready()
                 ):
@@ -570,6 +556,21 @@ class Connector:
             duration=duration, stdout_bytes=out.total, stderr_bytes=err.total,
             truncated=out.truncated or err.truncated,
         )
+
+
+def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes], buffer: _Buffer,
+           sink: OutputSink | None, node_id: str, stream: str) -> bool:
+    """Move whatever one stream has buffered into `buffer` (and the sink); True if any."""
+    got = False
+    while ready():
+        data = recv(65536)
+        if not data:
+            break
+        got = True
+        buffer.feed(data)
+        if sink:
+            sink(node_id, stream, data)
+    return got
 
 
 def _failed(node: Node, exc: NodeError, started: float, out: _Buffer | None = None,
