@@ -11,9 +11,9 @@ hands out Fabric objects), and `Connector.run` drives its transport directly.
 Deadlines, all finite:
 - connect: TCP connect, banner, key exchange, auth and channel open each bounded by
   `ssh.connect_timeout` (Paramiko's channel-open default is one hour);
-- command: the remote side runs the command under coreutils `timeout`, which signals the
-  command's whole process group at the deadline, so nothing is left running on the node;
-  a local deadline a little later catches a node that stopped answering altogether;
+- command: at the deadline the session's process group gets SIGTERM, then SIGKILL, through
+  SSH "signal" requests, so nothing is left running on the node; if the node does not
+  confirm, it is reported as timed out anyway;
 - liveness: while a command is silent, the connection is probed every `ssh.keepalive`
   seconds with a global request that needs a reply. Paramiko's own keepalive only sends,
   so it never notices a frozen peer whose kernel still ACKs TCP.
@@ -38,7 +38,9 @@ from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from paramiko.hostkeys import HostKeys
+from paramiko.message import Message
 
 from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind
@@ -51,9 +53,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 OutputSink = Callable[[str, str, bytes], None]  # (node id, "stdout"|"stderr", chunk)
 
-# Exit status of coreutils `timeout` when it had to signal the command.
-_TIMEOUT_EXIT = 124
-_KILL_AFTER = 5  # seconds between TERM and KILL on the node
+_KILL_AFTER = 3.0  # seconds between TERM and KILL when a command overruns its timeout
+_CONFIRM_KILL = 3.0  # seconds to wait for the node to report the kill before giving up
 _BUFFER_HEAD = 64 * 1024
 _BUFFER_TAIL = 64 * 1024
 _PREAUTH_RETRIES = 6
@@ -152,6 +153,7 @@ class SkeletonConnection(Connection):
             sock.close()
             raise
         self.transport = self.client.get_transport()
+        _patch_transport(self.transport)
         return result
 
     def alive(self, timeout: float) -> bool:
@@ -267,24 +269,11 @@ class _Buffer:
         return (bytes(self.head) + bytes(self.tail)).decode("utf-8", "replace")
 
 
-def wrap_command(command: str, timeout: float | None) -> str:
-    """The remote command line: the user's command, exactly as typed, under their login shell
-    and coreutils `timeout` (which kills the command's process group at the deadline)."""
-    if timeout is None:
-        return command
-    secs = max(1, int(timeout + 0.999))
-    return (
-        f"if command -v timeout >/dev/null 2>&1; then set -- timeout -s TERM -k {_KILL_AFTER}"
-        f" {secs}; else set --; fi; exec \"$@\" \"${{SHELL:-/bin/sh}}\" -c {shlex.quote(command)}"
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     timeout: float | None = None  # None: settings.command_timeout
     stdin: bytes | None = None
     sink: OutputSink | None = None
-    wrap: bool = True  # False: send the command line as is (no timeout wrapper)
 
 
 class Connector:
@@ -448,7 +437,6 @@ class Connector:
         """Run `command` on `node`; always returns a NodeResult, never raises for node faults."""
         started = time.monotonic()
         timeout = self.settings.command_timeout if options.timeout is None else options.timeout
-        line = wrap_command(command, timeout) if options.wrap else command
         for attempt in (1, 2):
             try:
                 conn = self.connection(node)
@@ -471,19 +459,26 @@ class Connector:
                                     f"{node.host}:{node.port} stopped answering (no channel"
                                     f" within {self.settings.connect_timeout:g}s)")
                 return _failed(node, err, started)
-            return self._drive(conn, node, channel, line, timeout, options, started)
+            return self._drive(conn, node, channel, command, timeout, options, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _drive(self, conn: SkeletonConnection, node: Node, channel: paramiko.Channel, line: str,
-               timeout: float | None, options: RunOptions, started: float) -> NodeResult:
+    def _drive(self, conn: SkeletonConnection, node: Node, channel: paramiko.Channel,
+               command: str, timeout: float | None, options: RunOptions,
+               started: float) -> NodeResult:
         out, err = _Buffer(), _Buffer()
         sink = options.sink
         keepalive = self.settings.keepalive
-        # The remote `timeout` fires at `timeout`; locally we wait for its exit status a bit
-        # longer (it needs up to _KILL_AFTER more), then give up on the node.
-        hard_deadline = None if timeout is None else started + timeout + _KILL_AFTER + 2
+        # At the deadline the command's process group gets SIGTERM, then SIGKILL, through
+        # SSH "signal" requests (sshd signals the session's process group), so nothing is
+        # left running on the node; the command line itself stays exactly as typed.
+        deadlines = [] if timeout is None else [
+            (started + timeout, "TERM"),
+            (started + timeout + _KILL_AFTER, "KILL"),
+            (started + timeout + _KILL_AFTER + _CONFIRM_KILL, ""),
+        ]
+        signalled = False
         try:
-            channel.exec_command(line)
+            channel.exec_command(command)
             if options.stdin is not None:
                 channel.sendall(options.stdin)
             channel.shutdown_write()
@@ -492,8 +487,8 @@ class Connector:
             while True:
                 now = time.monotonic()
                 wait = keepalive
-                if hard_deadline is not None:
-                    wait = min(wait, max(0.0, hard_deadline - now))
+                if deadlines:
+                    wait = min(wait, max(0.0, deadlines[0][0] - now))
                 if channel.eof_received and not (channel.recv_ready()
                                                  or channel.recv_stderr_ready()):
                     # After EOF Paramiko's pipe stays readable forever: selecting on it would
@@ -504,21 +499,24 @@ class Connector:
                 got = _drain(channel.recv_ready, channel.recv, out, sink, node.id, "stdout")
                 got |= _drain(channel.recv_stderr_ready, channel.recv_stderr, err, sink,
                               node.id, "stderr")
-                if channel.exit_status_ready() and channel.eof_received and not (
-                    channel.recv_ready() or channel.recv_stderr_ready()
-                ):
-                    break
-                if channel.closed and not (channel.recv_ready() or channel.recv_stderr_ready()):
+                pending = channel.recv_ready() or channel.recv_stderr_ready()
+                if not pending and (channel.closed or (channel.exit_status_ready()
+                                                       and channel.eof_received)):
                     break
                 now = time.monotonic()
                 if got or ready:
                     last_heard = now
-                if hard_deadline is not None and now >= hard_deadline:
-                    self.discard(node)
-                    return _failed(node, NodeError(
-                        NodeErrorKind.TIMEOUT,
-                        f"command exceeded its {timeout:g}s timeout and the node did not"
-                        " confirm the kill"), started, out, err)
+                if deadlines and now >= deadlines[0][0]:
+                    _, signal_name = deadlines.pop(0)
+                    if not signal_name:
+                        self.discard(node)
+                        return _failed(node, NodeError(
+                            NodeErrorKind.TIMEOUT,
+                            f"command exceeded its {timeout:g}s timeout and the node did not"
+                            " confirm the kill"), started, out, err)
+                    _send_signal(channel, signal_name)
+                    signalled = True
+                    continue
                 if now - last_heard >= keepalive:
                     if not conn.alive(keepalive):
                         self.discard(node)
@@ -539,23 +537,59 @@ class Connector:
             return _failed(node, nerr, started, out, err)
         finally:
             channel.close()
-        duration = time.monotonic() - started
+        if signalled:
+            return _failed(node, NodeError(
+                NodeErrorKind.TIMEOUT,
+                f"command exceeded its {timeout:g}s timeout; killed on the node"),
+                started, out, err)
         if status == -1:
             self.discard(node)
             return _failed(node, NodeError(NodeErrorKind.LOST,
                                            "connection closed before the command exited"),
                            started, out, err)
-        if (options.wrap and timeout is not None and status in (_TIMEOUT_EXIT, 128 + 9)
-                and duration >= timeout):
-            return _failed(node, NodeError(
-                NodeErrorKind.TIMEOUT,
-                f"command exceeded its {timeout:g}s timeout; killed on the node"),
-                started, out, err)
         return NodeResult(
             node=node.id, exit_code=status, stdout=out.text(), stderr=err.text(),
-            duration=duration, stdout_bytes=out.total, stderr_bytes=err.total,
-            truncated=out.truncated or err.truncated,
+            duration=time.monotonic() - started, stdout_bytes=out.total,
+            stderr_bytes=err.total, truncated=out.truncated or err.truncated,
         )
+
+
+_SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "ABRT": 6, "FPE": 8, "KILL": 9,
+            "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15}
+
+
+def _send_signal(channel: paramiko.Channel, name: str) -> None:
+    """RFC 4254 6.9 "signal" request; OpenSSH >= 7.9 delivers it to the session's process
+    group. Paramiko has no API for it."""
+    m = Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(channel.remote_chanid)
+    m.add_string("signal")
+    m.add_boolean(False)
+    m.add_string(name)
+    with contextlib.suppress(Exception):  # a dead transport: the deadline reports it
+        channel.transport._send_user_message(m)
+
+
+def _handle_channel_request(channel: paramiko.Channel, m: Message) -> None:
+    """Paramiko ignores "exit-signal": a command killed by a signal (OOM killer, SIGSEGV)
+    would look like a lost connection. Record it as a shell does: 128 + signal number."""
+    mark = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()  # want_reply: never set for exit-signal
+        channel.exit_status = 128 + _SIGNALS.get(m.get_text(), 0)
+        channel.status_event.set()
+        return
+    m.packet.seek(mark)
+    paramiko.Channel._handle_request(channel, m)
+
+
+def _patch_transport(transport: paramiko.Transport) -> None:
+    # Paramiko dispatches channel messages through a class-level table; an instance copy
+    # changes only our transports.
+    table = dict(paramiko.Transport._channel_handler_table)
+    table[MSG_CHANNEL_REQUEST] = _handle_channel_request
+    transport._channel_handler_table = table
 
 
 def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes], buffer: _Buffer,

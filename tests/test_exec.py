@@ -461,3 +461,11 @@ def test_jump_host_carries_the_same_policy(testbed: Testbed, tmp_path: Path) -> 
         result = cluster.run("true", cluster.select(["node-02"]))
     assert result["node-02"].error_kind is NodeErrorKind.HOSTKEY_UNKNOWN
     assert jump.ip in (result["node-02"].error or "")
+
+
+def test_command_killed_by_a_signal_reports_128_plus_signal(settings: Settings) -> None:
+    with Cluster(settings) as cluster:
+        result = cluster.run("echo before; kill -TERM $$", cluster.select(["node-01"]))
+    r = result["node-01"]
+    assert r.error_kind is None and r.exit_code == 128 + 15 and r.stdout == "before\n"
+    assert result.exit_code() == 1  # it ran and failed: not a lost connection
