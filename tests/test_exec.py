@@ -469,3 +469,38 @@ def test_command_killed_by_a_signal_reports_128_plus_signal(settings: Settings) 
     r = result["node-01"]
     assert r.error_kind is None and r.exit_code == 128 + 15 and r.stdout == "before\n"
     assert result.exit_code() == 1  # it ran and failed: not a lost connection
+
+
+def test_ssh_config_alias_and_proxyjump_are_honoured(testbed: Testbed, tmp_path: Path) -> None:
+    """~/.ssh/config stays honoured (Fabric reads it): a Host alias with HostName and a
+    ProxyJump; the jump connection gets our strict host-key policy too."""
+    jump, target = testbed.host("node-01"), testbed.host("node-03")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host far-node\n  HostName {target.ip}\n  ProxyJump skeleton@{jump.ip}\n")
+    path = config_variant(testbed, tmp_path / "c.yaml",
+                          nodes=[{"id": "far", "host": "far-node"}])
+    code = ("from skeleton_app.cluster import Cluster\n"
+            "from skeleton_app.config import load_config\n"
+            f"c = Cluster.from_config(settings=load_config({str(path)!r}, env={{}}))\n"
+            "r = c.run('echo $SSH_CONNECTION; hostname')['far']\n"
+            "print(r.error_kind, r.error, r.stdout.replace(chr(10), ' '))\n")
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kind, _, rest = proc.stdout.partition(" ")
+    assert kind == "None", proc.stdout
+    assert rest.split()[-1] == "node-03" and jump.ip in rest  # came through the jump host
+    # the same alias, with the jump host missing from known_hosts: refused, not auto-added
+    kh = tmp_path / "known_hosts"
+    kh.write_text("".join(ln + "\n" for ln in testbed.known_hosts.read_text().splitlines()
+                          if not ln.startswith(jump.ip + " ")))
+    config_variant(testbed, path, ssh={"known_hosts": str(kh)},
+                   nodes=[{"id": "far", "host": "far-node"}])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.stdout.startswith("hostkey-unknown"), proc.stdout + proc.stderr
+    assert jump.ip in proc.stdout
+    assert jump.ip not in kh.read_text()
