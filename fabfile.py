@@ -1,33 +1,159 @@
-"""Fabric tasks for people who use `fab`: `fab -H host1,host2 uptime`.
+"""Fabric tasks for people who use `fab`: per-host operations on the hosts given with -H.
 
-`fab` builds plain Fabric connections (which would auto-add unknown host keys); every task
-here first re-wraps the connection with skeleton's host-key policy, identity and timeouts
-from the configuration, then calls the library.
+    fab -H linux-01,linux-02 deploy              fab -H linux-01 uptime
+    fab -H linux-03 run --command "df -h /"      fab -H linux-02 daemon --action restart
+    fab -H 10.0.0.5 status
+
+-H takes node ids from the configuration (user, port and identity from the node's entry) or
+addresses (the `ssh` section's settings); `user@host` picks another user than your login
+name. On its own, `fab` builds plain Fabric connections, which would add unknown host keys
+without asking: these tasks never use that connection. Each looks its host up in skeleton's
+configuration and runs through skeleton's connector (our host-key policy, identity and
+timeouts), calling the same library operation as `skeleton cluster ... --node HOST`, with the
+same renderer and exit codes (0 ok, 1 failed, 2 usage, 3 registry, 4 unreachable or refused).
+Like any Fabric task, a host that fails stops the run. The configuration: `--config PATH` on
+a task, else $SKELETON_CONFIG, else ./config.yaml.
 """
 
 from __future__ import annotations
 
-from fabric import task
+import dataclasses
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from fabric import Connection, task
+from invoke import Exit
+
+from skeleton_app import render
 from skeleton_app.cluster import Cluster
+from skeleton_app.deploy_view import daemon_text, deploy_text
+from skeleton_app.errors import SkeletonError, UsageError
+from skeleton_app.nodes import Node
+from skeleton_app.ops import status as status_op
+from skeleton_app.ops.daemon import daemon_control
+from skeleton_app.ops.deploy import deploy as deploy_op
+from skeleton_app.ops.run import exec_command
+from skeleton_app.remote import SSHExecutor
+from skeleton_app.results import ClusterResult
+
+_CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
+_JSON = "Print the whole result as JSON."
 
 
-def _secure(c):
-    """The same host/user/port as `c`, with our host-key policy and timeouts."""
-    return Cluster.from_config().connector.wrap(c)
+@contextmanager
+def _target(c: Connection, config: str | None) -> Iterator[tuple[Cluster, Node]]:
+    """The cluster and the node that -H named, with skeleton's settings (not fab's
+    connection). A SkeletonError becomes one line and its exit code."""
+    try:
+        if not isinstance(c, Connection):
+            raise UsageError("no host: name one or more with fab -H HOST[,HOST...]")
+        with Cluster.from_config(config) as cluster:
+            node = SSHExecutor(cluster=cluster).node(c.host)  # a node id or an address
+            if c.user != c.ssh_config.get("user", c.config.user):  # fab -H user@host
+                node = dataclasses.replace(node, user=c.user)
+            yield cluster, node
+    except SkeletonError as exc:
+        raise Exit(f"skeleton: error: {exc}", code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit("skeleton: interrupted", code=130) from None
 
 
-@task
-def uptime(c):
-    """Print the node's uptime."""
-    conn = _secure(c)
-    conn.run("uptime", in_stream=False)
-    conn.close()
+def _seconds(value: str, flag: str) -> float:
+    """Seconds typed on the command line (Invoke's float conversion would print a traceback
+    for `2s`); 0 means the configured default."""
+    if not value.replace(".", "", 1).isdigit():
+        raise UsageError(f"{flag}: expected a number of seconds, got {value!r}")
+    return float(value)
 
 
-@task(help={"command": "The shell command to run."})
-def run(c, command):
-    """Run a command on the host(s) given with -H."""
-    conn = _secure(c)
-    conn.run(command, in_stream=False)
-    conn.close()
+def _exit(result: ClusterResult) -> None:
+    if result.exit_code():
+        raise Exit(code=result.exit_code())
+
+
+def _command(c: Connection, command: str | None, timeout: str, config: str | None) -> None:
+    with _target(c, config) as (cluster, node):
+        if not command:
+            raise UsageError("--command is required")
+        result = exec_command(cluster, command, [node],
+                              timeout=_seconds(timeout, "--timeout") or None)
+        render.exec_text(result, sys.stdout)
+    _exit(result)
+
+
+@task(help={"config": _CONFIG})
+def uptime(c: Connection, config: str | None = None) -> None:
+    """Print the host's uptime and load."""
+    _command(c, "uptime", "0", config)
+
+
+@task(help={"command": "The shell command to run, exactly as typed (required).",
+            "timeout": "(SECONDS) Kill the command on the host after this long (default 0:"
+                       " ssh.command_timeout).", "config": _CONFIG})
+def run(c: Connection, command: str | None = None, timeout: str = "0",
+        config: str | None = None) -> None:
+    """Run a shell command on the host."""
+    _command(c, command, timeout, config)
+
+
+@task(help={"json": _JSON, "config": _CONFIG})
+def status(c: Connection, json: bool = False, config: str | None = None) -> None:
+    """Daemon, load, memory, GPU and disk of the host (one round trip)."""
+    with _target(c, config) as (cluster, node):
+        result = status_op.status(cluster, [node])
+        registry_rows = status_op.registry_snapshot(cluster, result)
+        if json:
+            print(render.status_json(result, registry_rows))
+        else:
+            render.table(None, *status_op.rows(result, [node], registry_rows,
+                                               cluster.settings.registry.stale_after))
+    _exit(result)
+
+
+@task(help={"source": "Local tree to push (default deploy.source).",
+            "dest": "Destination on the host (default: its app dir).",
+            "delete": "Remove files the source no longer has (default deploy.delete).",
+            "no_delete": "Never remove files on the host, whatever deploy.delete says.",
+            "dry_run": "List what would change; change nothing.",
+            "checksum": "Compare file contents, not size and time.",
+            "force": "Run rsync even when the host's digest says it is up to date.",
+            "restart": "Stop the daemon, deploy, start it.", "json": _JSON,
+            "config": _CONFIG})
+def deploy(c: Connection, source: str | None = None, dest: str | None = None,
+           delete: bool = False, no_delete: bool = False, dry_run: bool = False,
+           checksum: bool = False, force: bool = False, restart: bool = False,
+           json: bool = False, config: str | None = None) -> None:
+    """Push the code tree to the host with rsync."""
+    with _target(c, config) as (cluster, node):
+        started = time.monotonic()
+        result = deploy_op(cluster, [node], source=source, dest=dest,
+                           delete=True if delete else False if no_delete else None,
+                           dry_run=dry_run, checksum=checksum, force=force, restart=restart)
+        if json:
+            print(result.to_json())
+        else:
+            deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+    _exit(result)
+
+
+@task(help={"action": "start, stop, restart or status (required).",
+            "wait_healthy": "start/restart: wait for the host's /health to answer from the"
+                            " new daemon.",
+            "health_timeout": "(SECONDS) How long the host may take to answer /health"
+                              " (default 30).", "json": _JSON, "config": _CONFIG})
+def daemon(c: Connection, action: str | None = None, wait_healthy: bool = False,
+           health_timeout: str = "30", json: bool = False,
+           config: str | None = None) -> None:
+    """Start, stop, restart or check the node daemon on the host."""
+    with _target(c, config) as (cluster, node):
+        if not action:
+            raise UsageError("--action is required")
+        result = daemon_control(cluster, [node], action, wait_healthy=wait_healthy,
+                                health_timeout=_seconds(health_timeout, "--health-timeout"))
+        if json:
+            print(result.to_json())
+        else:
+            daemon_text(result, [node], sys.stdout)
+    _exit(result)

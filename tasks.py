@@ -1,55 +1,310 @@
-"""Invoke tasks: `inv status`, `inv exec --command "uptime" --node linux-01`, ...
+"""Invoke tasks: the `skeleton cluster` operations for people who use `inv`.
 
-Thin: each task selects nodes, calls the same library operation as `skeleton cluster ...`,
-renders it with the same renderer and exits with the same code (see cli.py's contract).
+    inv status                                    inv deploy --node linux-05
+    inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
+    inv sync-models --source-node linux-01        inv logs --lines 500
+
+Thin: every task selects nodes, calls the same library operation as `skeleton cluster ...`
+(`skeleton_app.ops`), renders with the same renderer (`skeleton_app.render`, `deploy_view`)
+and exits with the same code (the contract in cli.py: 0 ok, 1 some node failed, 2 usage,
+3 registry, 4 unreachable). A `SkeletonError` becomes one line on stderr and its exit code,
+as in `cli.main`. `--node`, `--role` and `--exclude` are repeatable and comma-separated.
+Invoke's own parser rejects unknown flags with its exit code 1.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, NoReturn
 
-from invoke import Exit, task
+from invoke import Context, Exit, task
 
 from skeleton_app import render
 from skeleton_app.cluster import Cluster
+from skeleton_app.deploy_view import (
+    DeployProgress,
+    SyncModelsProgress,
+    daemon_text,
+    deploy_text,
+)
+from skeleton_app.errors import SkeletonError, UsageError
+from skeleton_app.nodes import Node
+from skeleton_app.ops import logs as logs_op
+from skeleton_app.ops import models as models_op
 from skeleton_app.ops import status as status_op
+from skeleton_app.ops.daemon import daemon_control
+from skeleton_app.ops.deploy import deploy as deploy_op
 from skeleton_app.ops.run import exec_command
+from skeleton_app.registry import record_result
+from skeleton_app.results import ClusterResult
 
-_NODE_HELP = {
-    "node": "Nodes: ids, ranges (linux-[01-03]), globs; comma-separated.",
-    "role": "Only nodes with this role.",
-    "exclude": "Leave these nodes out.",
+_SELECTION = ["node", "role", "exclude"]
+_HELP = {
     "config": "Config file (default $SKELETON_CONFIG, else ./config.yaml).",
+    "node": "(SPEC, repeatable) Nodes: ids, ranges (linux-[01-03]), globs (linux-*) or"
+            " addresses, comma-separated (default: every node).",
+    "role": "(ROLE, repeatable) Only nodes with this role.",
+    "exclude": "(SPEC, repeatable) Leave these nodes out.",
+    "fanout": "(N) At most this many nodes in flight (default ssh.fanout).",
+    "json": "Print the whole result as JSON.",
 }
 
 
-def _cluster(config: str | None) -> Cluster:
-    return Cluster.from_config(config)
+# ---------------------------------------------------------------- the front end's plumbing
 
 
-def _split(value: str | None) -> list[str]:
-    # Selection specs are split (ranges keep their inner commas) by the library itself.
-    return [value] if value else []
+@contextmanager
+def _session(config: str | None, fanout: str | None) -> Iterator[Cluster]:
+    """The cluster for one task (`--fanout` overrides ssh.fanout). A SkeletonError becomes
+    one line and its exit code, Ctrl-C exit 130 (as in cli.main)."""
+    try:
+        nodes_in_flight = _count(fanout, "--fanout")
+        with Cluster.from_config(config, overrides={"ssh.fanout": nodes_in_flight}
+                                 if nodes_in_flight else None) as cluster:
+            for warning in cluster.warnings:
+                print(f"skeleton: warning: {warning}", file=sys.stderr)
+            yield cluster
+    except SkeletonError as exc:
+        raise Exit(f"skeleton: error: {exc}", code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit("skeleton: interrupted", code=130) from None
 
 
-@task(help={**_NODE_HELP, "command": "The shell command to run, exactly as typed.",
-            "timeout": "Kill the command on the node after this many seconds."})
-def exec(c, command, node=None, role=None, exclude=None, timeout=None, config=None):
-    """Run a command on every selected node, in parallel."""
-    with _cluster(config) as cluster:
-        nodes = cluster.select(_split(node), roles=_split(role), exclude=_split(exclude))
-        result = exec_command(cluster, command, nodes,
-                              timeout=float(timeout) if timeout else None)
-        render.exec_text(result, sys.stdout)
+def _select(cluster: Cluster, node: Sequence[str], role: Sequence[str],
+            exclude: Sequence[str]) -> tuple[Node, ...]:
+    def specs(values: Sequence[str]) -> list[str]:
+        return [v for v in values if v.strip()]
+
+    return cluster.select(specs(node), roles=specs(role), exclude=specs(exclude))
+
+
+def _required(value: str | None, flag: str) -> str:
+    if not value:
+        raise UsageError(f"{flag} is required")
+    return value
+
+
+def _seconds(value: str | None, flag: str, *, zero: bool = False) -> float | None:
+    """Seconds typed on the command line (None when not given). Invoke's own int/float
+    conversion would print a traceback for `2s`: we parse, and say what was wrong."""
+    if value is None:
+        return None
+    number = float(value) if value.replace(".", "", 1).isdigit() else -1.0  # no inf, nan
+    if number < 0 or (number == 0 and not zero):
+        raise UsageError(f"{flag}: expected a number of seconds{'' if zero else ' > 0'},"
+                         f" got {value!r}")
+    return number
+
+
+def _count(value: str | None, flag: str) -> int | None:
+    """A whole number >= 1 typed on the command line (None when not given)."""
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UsageError(f"{flag}: expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any],
+            nodes: Sequence[Node], result: ClusterResult) -> NoReturn:
+    """Journal the run when a registry is configured (never failing the task), then exit
+    with the contract's code."""
+    try:
+        record_result(cluster.settings, operation, arguments, [n.id for n in nodes], result)
+    except SkeletonError as exc:
+        print(f"skeleton: warning: run not recorded in the registry: {exc}", file=sys.stderr)
     raise Exit(code=result.exit_code())
 
 
-@task(help=_NODE_HELP)
-def status(c, node=None, role=None, exclude=None, config=None):
-    """Daemon, load, memory, GPU and disk of every selected node."""
-    with _cluster(config) as cluster:
-        nodes = cluster.select(_split(node), roles=_split(role), exclude=_split(exclude))
+# ---------------------------------------------------------------- tasks
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "command": "The shell command to run, exactly as typed (required).",
+    "timeout": "(SECONDS) Kill the command on the node after this long (default"
+               " ssh.command_timeout).",
+    "stream": "Print lines live as 'node: line'.",
+    "out_dir": "Write every node's full stdout/stderr to DIR/<node>.out and .err."})
+def exec(c: Context, command: str | None = None, node: list[str] | None = None,
+         role: list[str] | None = None, exclude: list[str] | None = None,
+         timeout: str | None = None, stream: bool = False, json: bool = False,
+         out_dir: str | None = None, fanout: str | None = None,
+         config: str | None = None) -> None:
+    """Run a shell command on every selected node, in parallel."""
+    with _session(config, fanout) as cluster:
+        command = _required(command, "--command")
+        nodes = _select(cluster, node or [], role or [], exclude or [])
+        result = exec_command(
+            cluster, command, nodes, timeout=_seconds(timeout, "--timeout"), out_dir=out_dir,
+            on_line=(lambda n, s, line: render.stream_line(sys.stdout, n, s, line))
+            if stream and not json else None)
+        if json:
+            print(result.to_json())
+        elif stream:
+            render.error_lines(result, sys.stdout)
+        else:
+            render.exec_text(result, sys.stdout)
+        _finish(cluster, "exec", {"command": command, "timeout": timeout}, nodes, result)
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def status(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+           exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
+           config: str | None = None) -> None:
+    """Daemon, load, memory, GPU and disk of every selected node (one round trip each)."""
+    with _session(config, fanout) as cluster:
+        nodes = _select(cluster, node or [], role or [], exclude or [])
         result = status_op.status(cluster, nodes)
-        columns, rows = status_op.rows(result, nodes)
-        render.table(None, columns, rows)
-    raise Exit(code=result.exit_code())
+        registry_rows = status_op.registry_snapshot(cluster, result)
+        if json:
+            print(render.status_json(result, registry_rows))
+        else:
+            render.table(None, *status_op.rows(result, nodes, registry_rows,
+                                               cluster.settings.registry.stale_after))
+        _finish(cluster, "status", {}, nodes, result)
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "source": "Local tree to push (default deploy.source).",
+    "dest": "Destination on every node (default: the node's app dir).",
+    "delete": "Remove files the source no longer has (default deploy.delete); excluded paths"
+              " (.venv/, logs/, ...) are never removed.",
+    "no_delete": "Never remove files on the nodes, whatever deploy.delete says.",
+    "dry_run": "List per node what would change; change nothing.",
+    "checksum": "Compare file contents, not size and time.",
+    "force": "Run rsync even when the node's digest says it is up to date.",
+    "restart": "Per node: stop the daemon, deploy, start it.",
+    "lock_wait": "(SECONDS) How long to wait for another deploy's lock on a node"
+                 " (default 10)."})
+def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+           exclude: list[str] | None = None, source: str | None = None,
+           dest: str | None = None, delete: bool = False, no_delete: bool = False,
+           dry_run: bool = False, checksum: bool = False, force: bool = False,
+           restart: bool = False, lock_wait: str = "10", json: bool = False,
+           fanout: str | None = None, config: str | None = None) -> None:
+    """Push the code tree to every selected node with rsync, in parallel."""
+    with _session(config, fanout) as cluster:
+        nodes = _select(cluster, node or [], role or [], exclude or [])
+        started = time.monotonic()
+        progress = DeployProgress(nodes)
+        live = progress.enabled and not json
+        remove = True if delete else False if no_delete else None  # None: deploy.delete
+        with progress if live else nullcontext():
+            result = deploy_op(
+                cluster, nodes, source=source, dest=dest, delete=remove, dry_run=dry_run,
+                checksum=checksum, force=force, restart=restart,
+                lock_wait=_seconds(lock_wait, "--lock-wait", zero=True) or 0.0,
+                on_progress=progress.update if live else None)
+        if json:
+            print(result.to_json())
+        else:
+            deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+        _finish(cluster, "deploy-dry-run" if dry_run else "deploy",
+                {"source": source, "dest": dest, "delete": remove,
+                 "checksum": checksum, "force": force, "restart": restart}, nodes, result)
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "action": "start, stop, restart or status (required).",
+    "batch": "(K) restart: K nodes at a time; stop at the first that fails (default: all at"
+             " once).",
+    "wait_healthy": "start/restart: wait for each node's /health to answer from the new"
+                    " daemon.",
+    "health_timeout": "(SECONDS) How long each node may take to answer /health"
+                      " (default 30)."})
+def daemon(c: Context, action: str | None = None, node: list[str] | None = None,
+           role: list[str] | None = None, exclude: list[str] | None = None,
+           batch: str | None = None, wait_healthy: bool = False,
+           health_timeout: str = "30", json: bool = False, fanout: str | None = None,
+           config: str | None = None) -> None:
+    """Start, stop, restart or check the node daemon (daemon.manager: process or systemd)."""
+    with _session(config, fanout) as cluster:
+        action = _required(action, "--action")
+        nodes = _select(cluster, node or [], role or [], exclude or [])
+        result = daemon_control(
+            cluster, nodes, action, batch=_count(batch, "--batch"), wait_healthy=wait_healthy,
+            health_timeout=_seconds(health_timeout, "--health-timeout") or 30.0)
+        if json:
+            print(result.to_json())
+        else:
+            daemon_text(result, nodes, sys.stdout)
+        _finish(cluster, f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy},
+                nodes, result)
+
+
+@task(iterable=[*_SELECTION, "target_node"], help={
+    **_HELP, "source_node": "The node that holds the model: id or address (required).",
+    "target_node": "(SPEC, repeatable) Targets: ids, ranges, globs, like --node (default:"
+                   " every other selected node).",
+    "models_path": "Models directory on every node (default app.models_dir); relative:"
+                   " under each node's app dir.",
+    "model": "One model, an entry of the models directory (default: all of them).",
+    "verify": "Re-hash every file on the targets: finds and repairs corrupted copies.",
+    "relay": "Stream through this machine, for nodes that cannot reach each other.",
+    "streams_per_sender": "(N) At most this many streams from one sending node (default"
+                          " 4)."})
+def sync_models(c: Context, source_node: str | None = None,
+                target_node: list[str] | None = None, node: list[str] | None = None,
+                role: list[str] | None = None, exclude: list[str] | None = None,
+                models_path: str | None = None, model: str | None = None,
+                verify: bool = False, relay: bool = False, streams_per_sender: str = "4",
+                json: bool = False, fanout: str | None = None,
+                config: str | None = None) -> None:
+    """Copy a model from the node that has it to the others, node to node."""
+    with _session(config, fanout) as cluster:
+        source = cluster.node(_required(source_node, "--source-node"))
+        chosen = _select(cluster, [*(node or []), *(target_node or [])], role or [],
+                         exclude or [])
+        targets = [n for n in chosen if n.id != source.id]
+        with SyncModelsProgress(enabled=not json) as display:
+            result = models_op.sync_models(
+                cluster, source_node=source, targets=targets, models_path=models_path,
+                model=model, verify=verify, relay=relay, on_progress=display.update,
+                streams_per_sender=_count(streams_per_sender, "--streams-per-sender") or 4)
+        if json:
+            print(result.to_json())
+        else:
+            render.table(f"sync-models from {source.id}",
+                         ["node", "status", "moved", "time", "rate", "how / why"],
+                         models_op.summary_rows(result))
+            for warning in result.warnings:
+                print(f"skeleton: warning: {render.sanitize(warning)}", file=sys.stderr)
+        _finish(cluster, "sync-models",
+                {"source": source.id, "model": model, "models_path": models_path,
+                 "verify": verify, "relay": relay}, targets, result)
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "lines": "The last N lines of each source (default logs.lines).",
+    "since": "Only lines since WHEN: 30s, 15m, 2h, 1d, 1h30m or an ISO date/time.",
+    "grep": "Only lines matching PATTERN (grep -E), filtered on the node.",
+    "follow": "Stream new lines from every node as 'node: line' until Ctrl-C.",
+    "out": "Write DIR/<node>.log and DIR/merged.log (default collected_logs)."})
+def logs(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+         exclude: list[str] | None = None, lines: str | None = None,
+         since: str | None = None, grep: str | None = None, follow: bool = False,
+         out: str = logs_op.DEFAULT_OUT_DIR, json: bool = False, fanout: str | None = None,
+         config: str | None = None) -> None:
+    """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
+    with _session(config, fanout) as cluster:
+        count = logs_op.parse_lines(lines) if lines is not None else None
+        since_at = logs_op.parse_since(since) if since is not None else None
+        nodes = _select(cluster, node or [], role or [], exclude or [])
+        if follow:
+            printer = render.NodeLines()
+            result = logs_op.follow_logs(cluster, nodes, on_line=printer.line, lines=count,
+                                         since=since_at, grep=grep, on_error=printer.error)
+        else:
+            result = logs_op.collect_logs(cluster, nodes, lines=count, since=since,
+                                          grep=grep, out_dir=out)
+        if json:
+            print(result.to_json())
+        elif not follow:
+            render.table(None, ["node", "lines", "sources", "state"],
+                         logs_op.summary_rows(result))
+            print(f"written to {out}/ (merged: {out}/{logs_op.MERGED})")
+        _finish(cluster, "logs", {"lines": count, "since": since, "grep": grep,
+                                  "follow": follow}, nodes, result)

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a subset in under 3 minutes (32 hosts, 64 MiB, fewer runs)")
     parser.add_argument("--cases", default="1,2,3,4,5", help="which cases (default all)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
+    parser.add_argument("--rsync-1g", action="store_true",
+                        help="also time plain parallel rsync with 1 GiB (about 6 minutes)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
@@ -84,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(quick=args.quick, runs=args.runs or (3 if args.quick else 7), warmup=1,
                 workdir=workdir, say=say)
     results: list[Case] = []
-    notes = ["Load average (1/5/15 min) at start: "
-             + " / ".join(f"{x:.2f}" for x in os.getloadavg())
-             + f" on {os.cpu_count()} cores; other work on the machine adds noise."]
+    notes = [f"The test hosts share this machine's {os.cpu_count()} cores with the tools, so"
+             " other work on it slows everything down: each case says how much CPU other"
+             " work took while it ran. Load average (1/5/15 min) at the start: "
+             + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + "."]
     try:
         say("installing peers if missing (apt: pdsh pssh clustershell; pip: ansible-core)")
         peers.install(ansible="1" in wanted, log=workdir / "install.log")
@@ -126,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 p4 = dataclasses.replace(plan, runs=args.runs or (2 if args.quick else 3))
                 with running_testbed(9, say, rate=cases.LINK_RATE) as tb:
                     _attempt(results, "4", "Model distribution", say, lambda: results.append(
-                        cases.model_sync(tb, sizes4, p4, rsync_max=64 * MiB)))
+                        cases.model_sync(tb, sizes4, p4,
+                                         rsync_max=(1024 if args.rsync_1g else 64) * MiB,
+                                         rsync_runs=1 if args.quick else 2)))
     except KeyboardInterrupt:
         say("interrupted: testbeds torn down, no report written")
         return 130

@@ -7,6 +7,7 @@ row marked `ours` is the reference: every row's "ours ÷ tool" is the ratio of m
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.measure import median
+from bench.measure import CpuShare, median
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -48,7 +49,7 @@ class Case:
     rows: list[Row] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    load: tuple[float, float] = (math.nan, math.nan)  # 1-min load average before, after
+    cpu: CpuShare | None = None  # who used the machine while the case ran
 
     def reference(self, scenario: str) -> Row | None:
         return next((r for r in self.rows if r.scenario == scenario and r.ours), None)
@@ -77,9 +78,10 @@ def verdict(met: bool | None) -> str:
 
 
 def render_case(case: Case) -> str:
-    lines = [f"### {case.key}. {case.title}", "",
-             "| scenario | tool | median | min – max | runs | ours ÷ tool |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [f"### {case.key}. {case.title}", ""]
+    if case.rows:
+        lines += ["| scenario | tool | median | min – max | runs | ours ÷ tool |",
+                  "|---|---|---:|---:|---:|---:|"]
     for row in case.rows:
         ref = case.reference(row.scenario)
         tool = f"**{row.tool}**" if row.ours else row.tool
@@ -88,9 +90,10 @@ def render_case(case: Case) -> str:
         rel = "—" if ref is None or row is ref else ratio(ref.median, row.median)
         lines.append(f"| {row.scenario} | {tool} | {fmt(row.median, row.unit)} | {spread}"
                      f" | {len(row.values)} | {rel} |")
-    lines.append("")
-    lines.append(f"Load average (1 min) at the start / end of the case: {case.load[0]:.2f} /"
-                 f" {case.load[1]:.2f} (the case's own fan-outs and transfers raise it).")
+    if case.rows:
+        lines.append("")
+    if case.cpu is not None:
+        lines.append(f"While it ran: {case.cpu.describe()}")
     lines += [f"- {note}" for note in case.notes]
     return "\n".join(lines) + "\n"
 
@@ -121,15 +124,17 @@ def machine(tools: Mapping[str, str]) -> str:
                "?")
     repo = Path(__file__).resolve().parent.parent
     commit = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(repo), "status", "--porcelain", "--", "skeleton_app"])
+    diff = subprocess.run(["git", "-C", str(repo), "diff", "HEAD", "--", "skeleton_app"],
+                          capture_output=True).stdout
     facts = {
         "CPU": f"{os.cpu_count()} × {cpu} (nproc {_first_line(['nproc'])})",
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(),
         "OS": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "Python": platform.python_version(),
-        "skeleton_app": f"commit {commit}"
-                        + (" + uncommitted changes" if dirty not in ("", "?") else ""),
+        "skeleton_app": f"commit {commit}" + (
+            f" + uncommitted changes (diff sha1 {hashlib.sha1(diff).hexdigest()[:12]})"
+            if diff else ""),
         **tools,
     }
     return "\n".join(f"- {k}: {v}" for k, v in facts.items()) + "\n"

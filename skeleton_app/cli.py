@@ -147,8 +147,7 @@ def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: t
     if as_json:
         click.echo(result.to_json())
     elif stream:
-        for nodes_, message in _errors(result):
-            click.echo(f"{nodes_}: {render.sanitize(message)}")
+        render.error_lines(result, sys.stdout)
     else:
         render.exec_text(result, sys.stdout)
     _record(state, cluster_, "exec", {"command": command, "timeout": timeout},
@@ -172,12 +171,7 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     result = status_op.status(cluster_, nodes, fanout=fanout)
     registry_rows = status_op.registry_snapshot(cluster_, result)
     if as_json:
-        data = result.to_dict()
-        for node_id, entry in data["nodes"].items():
-            st = result[node_id].data.get("status")
-            entry["data"] = {"status": st.as_dict() if st else None,
-                             "registry": (registry_rows or {}).get(node_id)}
-        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        click.echo(render.status_json(result, registry_rows))
     else:
         columns, rows = status_op.rows(result, nodes, registry_rows,
                                        cluster_.settings.registry.stale_after)
@@ -357,13 +351,14 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
     """Copy a model from the node that has it to the others, node to node (a pipelined chain:
     about one link's time whatever the number of targets)."""
     from skeleton_app import render
+    from skeleton_app.deploy_view import SyncModelsProgress
     from skeleton_app.ops import models as models_op
 
     state = _prepare(ctx, config, fanout)
     cluster_, nodes = _select(state, (*node_specs, *target_specs), roles, exclude)
     source = cluster_.node(source_node)
     targets = [n for n in nodes if n.id != source.id]
-    with _SyncDisplay(enabled=not as_json) as display:
+    with SyncModelsProgress(enabled=not as_json) as display:
         result = models_op.sync_models(
             cluster_, source_node=source, targets=targets, models_path=models_path,
             model=model, verify=verify, relay=relay, on_progress=display.update,
@@ -380,56 +375,6 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
             {"source": source.id, "model": model, "models_path": models_path,
              "verify": verify, "relay": relay}, [n.id for n in targets], result)
     return int(result.exit_code())
-
-
-class _SyncDisplay:
-    """Per-target progress on stderr: Rich bars on a terminal, one line per event otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _SyncDisplay:
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[state]}"),
-                console=Console(stderr=True))
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, event: Any) -> None:
-        if not self.enabled:
-            return
-        from skeleton_app.render import sanitize
-
-        if self._progress is None:
-            if event.phase not in ("transfer", "preflight", "verify"):
-                text = event.message or event.phase
-                click.echo(f"{event.node}: {sanitize(text)}", err=True)
-            return
-        task = self._tasks.get(event.node)
-        if task is None:
-            task = self._progress.add_task(event.node, total=event.total or None, state="")
-            self._tasks[event.node] = task
-        state = sanitize(event.message or event.phase)
-        self._progress.update(task, completed=event.done, total=event.total or None,
-                              state=state)
 
 
 # @@logs-commands@@
@@ -453,8 +398,6 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
              lines_text: str | None, since: str | None, pattern: str | None, follow: bool,
              out_dir: str, as_json: bool) -> int:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
-    import threading
-
     from skeleton_app import render
     from skeleton_app.ops import logs as logs_op
 
@@ -465,18 +408,9 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
     cluster_, nodes = _select(state, node_specs, roles, exclude)
     arguments = {"lines": lines, "since": since, "grep": pattern, "follow": follow}
     if follow:
-        lock = threading.Lock()
-
-        def on_line(node: str, line: bytes) -> None:
-            with lock:
-                render.stream_line(sys.stdout, node, "stdout", line.decode("utf-8", "replace"))
-
-        def on_error(node: str, message: str) -> None:
-            with lock:
-                click.echo(f"{node}: {render.sanitize(message)}", err=True)
-
-        result = logs_op.follow_logs(cluster_, nodes, on_line=on_line, lines=lines,
-                                     since=since_at, grep=pattern, on_error=on_error)
+        printer = render.NodeLines()
+        result = logs_op.follow_logs(cluster_, nodes, on_line=printer.line, lines=lines,
+                                     since=since_at, grep=pattern, on_error=printer.error)
         if as_json:
             click.echo(result.to_json())
     else:
@@ -785,12 +719,6 @@ def testbed_status(instance: int, state_dir: str | None) -> int:
         click.echo(f"{h.id}\t{h.ip}\t{'up' if h.reachable else 'DOWN'}")
     return 0 if hosts and all(h.reachable for h in hosts) else 1
 
-
-
-def _errors(result: Any) -> list[tuple[str, str]]:
-    from skeleton_app.results import group_errors
-
-    return group_errors(result)
 
 
 def _exit(code: int) -> None:

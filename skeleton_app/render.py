@@ -6,7 +6,11 @@ visible (`\\x1b`) instead of being replayed to the user's terminal.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import threading
+from collections.abc import Mapping
 from typing import IO, Any
 
 from skeleton_app.results import ClusterResult, gather_output, group_errors, group_exit_codes
@@ -32,6 +36,11 @@ def exec_text(result: ClusterResult, out: IO[str]) -> None:
     if len(codes) > 1 or (codes and codes[0][0] != 0) or result.errors:
         for code, nodes in codes:
             out.write(f"{nodes}: exit {code}\n")
+    error_lines(result, out)
+
+
+def error_lines(result: ClusterResult, out: IO[str]) -> None:
+    """One line per group of nodes that never ran or broke: `linux-[01-02]: kind: reason`."""
     for nodes, message in group_errors(result):
         out.write(f"{nodes}: {sanitize(message)}\n")
 
@@ -42,9 +51,27 @@ def stream_line(out: IO[str], node: str, stream: str, line: str) -> None:
     out.flush()
 
 
-def console(file: IO[str] | None = None) -> Any:
-    import sys
+class NodeLines:
+    """Lines streamed from many nodes at once (`logs --follow`): each whole line as
+    `node: line` on `out`, a node's failure as `node: message` on `err`. Thread-safe: pass
+    `line` and `error` as the callbacks."""
 
+    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._lock = threading.Lock()
+
+    def line(self, node: str, data: bytes) -> None:
+        with self._lock:
+            stream_line(self.out, node, "stdout", data.decode("utf-8", "replace"))
+
+    def error(self, node: str, message: str) -> None:
+        with self._lock:
+            self.err.write(f"{node}: {sanitize(message)}\n")
+            self.err.flush()
+
+
+def console(file: IO[str] | None = None) -> Any:
     from rich.console import Console  # Rich costs import time: only when a table is drawn
 
     target = file or sys.stdout
@@ -64,3 +91,15 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
     for row in rows:
         t.add_row(*[Text(sanitize(c)) for c in row])
     console(file).print(t)
+
+
+def status_json(result: ClusterResult,
+                registry: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """`cluster status --json`: the result, each node's `data` holding its probed status and,
+    with a registry, what the registry knows of it (heartbeat, code version)."""
+    data = result.to_dict()
+    for node_id, entry in data["nodes"].items():
+        st = result[node_id].data.get("status")
+        entry["data"] = {"status": st.as_dict() if st else None,
+                         "registry": (registry or {}).get(node_id)}
+    return json.dumps(data, indent=2, default=str, ensure_ascii=False)

@@ -179,6 +179,8 @@ def parse_sources(data: bytes) -> list[LogSource]:
         if tag != b"S":
             raise ValueError(f"unexpected record {tag[:20]!r} from logs.sh")
         size = int(length)
+        # "./" was only added so that a pattern can never read as an option: not shown.
+        name = name.removeprefix(b"./")
         sources.append(LogSource(kind.decode(), name.decode("utf-8", "replace"),
                                  status.decode("utf-8", "replace"), data[pos:pos + size]))
         pos += size

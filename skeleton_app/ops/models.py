@@ -49,8 +49,12 @@ Integrity
   links to the published copy (no bytes, no disk), missing ones are streamed. A file there at
   its full size is complete: tar and rsync `--append-verify` only ever append. Before it is
   published the staged copy must match the manifest exactly (types, sizes, symlink targets;
-  `verify=True`: hashes of what was transferred too); anything not in the manifest is deleted.
-  Publishing swaps it into place with two renames, so a daemon never loads a partial model.
+  `verify=True`: hashes of what was transferred too). Each receiver checks that itself when
+  its stream ends, against the listing the controller uploaded with `prepare`, publishes, and
+  reports back through the chain; the controller probes only the receivers that did not
+  report success, deletes anything not in the manifest and publishes what is right.
+  Publishing swaps the copy into place with two renames, so a daemon never loads a partial
+  model.
 * An interrupted run leaves its staging directory; the next run keeps every complete file and
   resumes partial ones (rsync appends to them and verifies the whole file).
 * Preflight refuses a target whose free disk is below what it still needs (the model size for
@@ -170,7 +174,7 @@ class Manifest:
     def entry(self, path: str) -> Entry | None:
         return self._by_path.get(path)
 
-    def to_json(self, stat: Mapping[str, Sequence[Any]] | None = None) -> bytes:
+    def to_json(self, stat: Mapping[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {
             "version": _CLAIM_VERSION, "name": self.name, "kind": self.kind,
             "digest": self.digest, "entries": [e.as_list() for e in self.entries],
@@ -281,17 +285,6 @@ def _node_path(name: str, rel: str, *, staged: bool = False) -> str:
     return f"{base}/{rel}" if rel else base
 
 
-def _split_node_path(path: str) -> tuple[str, str, bool] | None:
-    """Inverse of `_node_path` for paths relative to M without "./": (name, rel, staged)."""
-    staged = path.startswith(STAGE + "/")
-    if staged:
-        path = path[len(STAGE) + 1:]
-    name, _, rel = path.partition("/")
-    if not name or name.startswith("."):
-        return None
-    return name, rel, staged
-
-
 def _link_is_safe(rel: str, target: str) -> bool:
     """A symlink at `rel` (relative to the model root) pointing at `target` stays inside."""
     if not target or target.startswith("/"):
@@ -324,6 +317,8 @@ class _Facts:
     stage_claims: dict[str, bytes] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
     staged: int = 0
+    reports: dict[int, tuple[str, str]] = field(default_factory=dict)  # peer -> (state, why)
+    finished: set[int] = field(default_factory=set)  # peers that removed their run dir
 
 
 def _decode(raw: bytes) -> str:
@@ -374,6 +369,14 @@ def parse_answer(data: bytes) -> _Facts:
                     facts.hashes[_strip_dot(_decode(rec[66:]))] = rec[:64].decode()
         elif tag == b"staged":
             facts.staged = int(token() or b"0")
+        elif tag == b"R":
+            peer, state, why = token(), _decode(token()), _decode(token())
+            if peer.isdigit():
+                facts.reports[int(peer)] = (state, why)
+        elif tag == b"F":
+            peer = token()
+            if peer.isdigit():
+                facts.finished.add(int(peer))
         elif tag in (b"uploaded", b"sent", b"aborted", b"finished"):
             continue
         else:
@@ -383,11 +386,13 @@ def parse_answer(data: bytes) -> _Facts:
 
 
 class _StepFailed(SkeletonError):
-    """models.sh ran and exited non-zero."""
+    """models.sh ran and exited non-zero. `facts`: what it printed before (reports of the
+    nodes after a chain's broken hop, for one)."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, facts: _Facts | None = None):
         self.code = code
         self.message = message
+        self.facts = facts or _Facts()
         super().__init__(message)
 
 
@@ -438,11 +443,13 @@ class _Remote:
 
     def call(self, node: Node, action: str, args: Sequence[str] = (), *,
              files: Mapping[str, bytes] | None = None, timeout: float | None = None,
-             init: bool = False, job: str | None = None,
-             job_files: Mapping[str, bytes] | None = None) -> _Facts:
+             job: str | None = None, job_files: Mapping[str, bytes] | None = None) -> _Facts:
         """Run one action; NodeError when the node broke, _StepFailed when the script failed.
         `files` land in this step's directory, `job_files` in RUN/JOB (where the next node
-        of a chain and later steps find them)."""
+        of a chain and later steps find them). The first call to a node (or the first after
+        it cleaned up) also uploads the script."""
+        with self._lock:
+            init = node.id not in self.initialized
         step = self.next_id("s")
         upload: dict[str, bytes] = {}
         if init:
@@ -475,14 +482,25 @@ class _Remote:
         if init and result.error_kind is None:
             with self._lock:
                 self.initialized.add(node.id)
+        if action == "finish" and result.error_kind is None and result.exit_code == 0:
+            self.finished([node])
         if result.error_kind is not None:
             raise NodeError(result.error_kind, result.error or "failed", node=node.id)
         if result.exit_code != 0:
             lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
             message = lines[-1] if lines else f"models.sh {action} exited {result.exit_code}"
+            try:
+                facts = parse_answer(bytes(out))
+            except NodeError:
+                facts = None
             raise _StepFailed(result.exit_code or 1,
-                              message.removeprefix("skeleton-models: "))
+                              message.removeprefix("skeleton-models: "), facts)
         return parse_answer(bytes(out))
+
+    def finished(self, nodes: Iterable[Node]) -> None:
+        with self._lock:
+            for node in nodes:
+                self.initialized.discard(node.id)
 
     def shell(self, node: Node, command: str, timeout: float = 15.0) -> NodeResult:
         return self.cluster.connector.run(node, command, RunOptions(timeout=timeout))
@@ -715,6 +733,12 @@ class _Job:
     files: list[str]  # ./NAME/rel, as they sit in every holder's models dir
     total: int
     mode: str  # chain, pull, relay
+    reports: dict[int, tuple[str, str]] = field(default_factory=dict)  # what members sealed
+    finished: set[int] = field(default_factory=set)  # members that cleaned up after sealing
+
+    def absorb(self, facts: _Facts) -> None:
+        self.reports.update(facts.reports)
+        self.finished |= facts.finished
 
 
 # ---------------------------------------------------------------------------- the run
@@ -782,7 +806,7 @@ class _Sync:
         src = self.source
         names = [self.model] if self.model else []
         try:
-            facts = self.remote.call(src, "probe", self._connect_hint(src) + names, init=True)
+            facts = self.remote.call(src, "probe", self._connect_hint(src) + names)
         except NodeError as exc:
             raise NodeError(exc.kind, f"source node {src.id}: {exc.message}; nothing was"
                             " transferred", node=None) from None
@@ -912,7 +936,7 @@ class _Sync:
         def probe(t: _Target) -> None:
             try:
                 t.facts = self.remote.call(t.node, "probe", self._connect_hint(t.node) + args,
-                                           init=True, timeout=deadline)
+                                           timeout=deadline)
             except NodeError as exc:
                 t.fail(exc.message, exc.kind)
             except _StepFailed as exc:
@@ -981,7 +1005,8 @@ class _Sync:
             }
             for name in plan.names:
                 files[f"sclaims/{name}.json"] = self.manifests[name].to_json()
-            job_files = {"job.sh": self._job_sh(t.job, nxt.get(t.node.id))}
+            job_files = {"job.sh": self._job_sh(t.job, nxt.get(t.node.id), t.node),
+                         **self._seal_files(t)}
             try:
                 facts = self.remote.call(t.node, "prepare", [self.remote.job_dir(t.job)],
                                          files=files, job=t.job, job_files=job_files,
@@ -1065,9 +1090,19 @@ class _Sync:
             self.holders.release(holder)
         elapsed = time.monotonic() - started
         how = {"pull": "rsync from", "relay": "relayed from", "chain": "chain from"}[job.mode]
+        unsealed = []
+        self.remote.finished(t.node for t in job.members
+                             if self.index[t.node.id] in job.finished)
         for t in job.members:
             t.via.append(f"{how} {holder.id}")
-        self.parallel(lambda t: self.finalize(t, job, elapsed, note), job.members)
+            state, why = job.reports.get(self.index[t.node.id], ("", ""))
+            if state == "published":
+                self._published(t, elapsed)
+            else:
+                unsealed.append(t)
+                note = note or why
+        # Members that did not publish themselves: find out why, and publish what is right.
+        self.parallel(lambda t: self.finalize(t, job, elapsed, note), unsealed)
 
     def _check_holder(self, holder: Node) -> None:
         r = self.remote.shell(holder, "true", timeout=self.settings.ssh.connect_timeout + 5)
@@ -1113,12 +1148,42 @@ class _Sync:
                 + "\n  esac\n}\nhop_send() {\n  case $1 in\n" + "\n".join([*send, fallback])
                 + "\n  esac\n}\n").encode()
 
-    def _job_sh(self, job: str, nxt: Node | None) -> bytes:
+    def _job_sh(self, job: str, nxt: Node | None, me: Node, extra: str = "") -> bytes:
+        head = f"ME={self.index[me.id]}\nVERIFY={1 if self.verify else 0}\nFINISH=1\n"
         if nxt is None:
-            return b"HAS_NEXT=0\n"
+            return (head + "HAS_NEXT=0\n" + extra).encode()
         command = self.remote.remote_command("recv", job)
-        return (f"HAS_NEXT=1\nNEXT={self.index[nxt.id]}\n"
-                f"NEXT_CMD={shlex.quote(command)}\n").encode()
+        return (head + f"HAS_NEXT=1\nNEXT={self.index[nxt.id]}\n"
+                f"NEXT_CMD={shlex.quote(command)}\n" + extra).encode()
+
+    def _seal_files(self, t: _Target) -> dict[str, bytes]:
+        """What a receiver needs to check and publish its own copy (models.sh seal): the
+        staged tree as it must be, the transferred files' hashes, the claims."""
+        plan = t.plan
+        assert plan is not None
+        records: list[bytes] = []
+        for name in plan.names:
+            for e in self.manifests[name].entries:
+                path = _node_path(name, e.path, staged=True)
+                text = {"f": f"f {e.size} {path}", "d": f"d {path}",
+                        "l": f"l {path}\x01{e.target}"}[e.kind]
+                records.append(text.encode("utf-8", "surrogateescape") + b"\0")
+        files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names)}
+        if self.verify:
+            sums, paths = [], []
+            for path, _, _ in plan.need:
+                name, rel = _split_name(path)
+                entry = self.manifests[name].entry(rel)
+                assert entry is not None
+                staged = _node_path(name, rel, staged=True)
+                paths.append(staged)
+                sums.append(f"{entry.sha256}  {staged}".encode("utf-8", "surrogateescape")
+                            + b"\0")
+            files["verify.lst"] = _nul_list(paths)
+            files["expect.sha"] = b"".join(sorted(sums))
+        for name in plan.names:
+            files[f"fclaims/{name}.json"] = self.manifests[name].to_json()
+        return files
 
     def _chain(self, job: _Job, holder: Node) -> str:
         # A member that failed to prepare is out; one that could not connect to its next
@@ -1130,19 +1195,25 @@ class _Sync:
                 t.message = members[cut].hop_error
             members = members[:cut + 1]
             self.remote.call(members[-1].node, "upload", job=job.id,
-                             job_files={"job.sh": self._job_sh(job.id, None)})
+                             job_files={"job.sh": self._job_sh(job.id, None,
+                                                               members[-1].node)})
         job.members = members
         if not members:
             return ""
         poller = _Poller(self, job)
         poller.start()
         try:
-            self.remote.call(holder, "send", [self.remote.job_dir(job.id)], job=job.id,
-                             job_files={"job.sh": self._job_sh(job.id, members[0].node),
-                                        "send.lst": _nul_list(job.files)},
-                             timeout=self.deadline(job.total))
+            facts = self.remote.call(
+                holder, "send", [self.remote.job_dir(job.id)], job=job.id,
+                job_files={"job.sh": self._job_sh(job.id, members[0].node, holder),
+                           "send.lst": _nul_list(job.files)},
+                timeout=self.deadline(job.total))
+        except _StepFailed as exc:
+            job.absorb(exc.facts)
+            raise
         finally:
             poller.stop()
+        job.absorb(facts)
         return ""
 
     def _pull(self, job: _Job, holder: Node) -> str:
@@ -1156,17 +1227,20 @@ class _Sync:
             rsync_opts=["--safe-links", "--append-verify", "--from0"],
         )
         split = argv.index("--")
-        job_sh = (f"HAS_NEXT=0\nPEER={self.index[holder.id]}\n"
-                  f"pull_rsync() {{ {shlex.join(argv[:split])} \"$@\""
-                  f" {shlex.join(argv[split:])}; }}\n").encode()
+        job_sh = self._job_sh(job.id, None, t.node, extra=(
+            f"PEER={self.index[holder.id]}\n"
+            f"pull_rsync() {{ {shlex.join(argv[:split])} \"$@\""
+            f" {shlex.join(argv[split:])}; }}\n"))
         poller = _Poller(self, job)
         poller.start()
         try:
-            self.remote.call(t.node, "pull", [self.remote.job_dir(job.id)], job=job.id,
-                             job_files={"job.sh": job_sh, "pull.lst": _nul_list(job.files)},
-                             timeout=self.deadline(job.total))
+            facts = self.remote.call(t.node, "pull", [self.remote.job_dir(job.id)],
+                                     job=job.id, timeout=self.deadline(job.total),
+                                     job_files={"job.sh": job_sh,
+                                                "pull.lst": _nul_list(job.files)})
         finally:
             poller.stop()
+        job.absorb(facts)
         return ""
 
     def _relay(self, job: _Job, holder: Node) -> str:
@@ -1174,28 +1248,32 @@ class _Sync:
         more) SSH channels piped in memory, nothing written here."""
         job.members = [t for t in job.members if t.status == "pending"]
         self.remote.call(holder, "upload", job=job.id,
-                         job_files={"job.sh": self._job_sh(job.id, None),
+                         job_files={"job.sh": self._job_sh(job.id, None, holder),
                                     "send.lst": _nul_list(job.files)})
         procs: dict[str, subprocess.Popen[bytes]] = {}
         errs: dict[str, bytearray] = {}
+        outs: dict[str, bytearray] = {}
         readers: list[threading.Thread] = []
+
+        def collect(stream: Any, buf: bytearray, keep: int) -> None:
+            fd = stream.fileno()
+            for chunk in iter(lambda: os.read(fd, 65536), b""):
+                buf.extend(chunk)
+                del buf[:-keep]
 
         def ssh(node: Node, action: str, **kwargs: Any) -> subprocess.Popen[bytes]:
             argv = [*ssh_argv(node, self.settings.ssh, extra=["-T"]), "--", node.host,
                     self.remote.remote_command(action, job.id)]
             proc = subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs)
-            buf = errs.setdefault(node.id, bytearray())
-
-            def drain() -> None:
-                assert proc.stderr is not None
-                fd = proc.stderr.fileno()
-                for chunk in iter(lambda: os.read(fd, 65536), b""):
-                    buf.extend(chunk[-4096:])
-                    del buf[:-4096]
-
-            th = threading.Thread(target=drain, daemon=True, name="relay-stderr")
-            th.start()
-            readers.append(th)
+            streams = [(proc.stderr, errs.setdefault(node.id, bytearray()), 4096)]
+            if action == "recv":
+                # stdout: the member's seal report (a few bytes, once its stream has ended).
+                streams.append((proc.stdout, outs.setdefault(node.id, bytearray()), 65536))
+            for stream, buf, keep in streams:
+                th = threading.Thread(target=collect, args=(stream, buf, keep), daemon=True,
+                                      name="relay-reader")
+                th.start()
+                readers.append(th)
             return proc
 
         deadline = time.monotonic() + self.deadline(job.total)
@@ -1203,7 +1281,7 @@ class _Sync:
         try:
             for t in job.members:
                 procs[t.node.id] = ssh(t.node, "recv", stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL)
+                                       stdout=subprocess.PIPE)
             src = ssh(holder, "send-stdout", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
             assert src.stdout is not None
             moved = 0
@@ -1236,6 +1314,11 @@ class _Sync:
             code = src.wait(timeout=max(1.0, deadline - time.monotonic()))
             for proc in procs.values():
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            for th in readers:
+                th.join(timeout=5)
+            for report in outs.values():
+                with contextlib.suppress(NodeError, ValueError):
+                    job.absorb(parse_answer(bytes(report)))
             if code != 0:
                 tail = bytes(errs.get(holder.id, b"")).decode("utf-8", "replace").strip()
                 return f"relay from {holder.id} failed (exit {code}): {tail}"
@@ -1318,6 +1401,11 @@ class _Sync:
             t.fail(exc.message)
             self.progress(t, "failed", message=t.message)
             return
+        self._published(t, elapsed)
+
+    def _published(self, t: _Target, elapsed: float) -> None:
+        plan = t.plan
+        assert plan is not None
         t.status = "synced"
         t.moved += plan.need_bytes
         t.seconds += elapsed

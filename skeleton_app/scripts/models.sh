@@ -10,7 +10,14 @@
 #     hops.sh   hop_connect IDX (open an OpenSSH control master to peer IDX, ~/RUN/cm-IDX)
 #               and hop_send IDX COMMAND (run COMMAND on peer IDX through that master)
 #     JOB/job.sh  one transfer job: HAS_NEXT=0|1, NEXT (peer index), NEXT_CMD (the recv
-#               command for it) and, for pulls, PEER and pull_rsync [OPT...]
+#               command for it), ME (this node's index), VERIFY=0|1, FINISH=0|1 (clean up
+#               RUN after publishing: reported as "F" NUL ME NUL) and, for pulls, PEER and
+#               pull_rsync [OPT...]
+# A receiver seals its own copy when its stream ends (see seal below), with JOB/pub.lst (the
+# names), JOB/expect (the staged tree as it must be), JOB/verify.lst and JOB/expect.sha (the
+# transferred files and their hashes, VERIFY=1) and JOB/fclaims/NAME.json; it reports
+#     "R" NUL ME NUL published|mismatch|failed NUL MESSAGE NUL
+# and passes on the reports of the nodes after it, so the chain's head returns them all.
 #
 # Layout under M (paths below are relative to M; every path we handle starts with "./", so a
 # name starting with "-" is never read as an option):
@@ -31,8 +38,9 @@
 #                       that fails: the staging directory is ready all the same)
 #     send STEP JOB     tar the files in JOB/send.lst and stream them to the next node
 #     send-stdout STEP JOB   the same, to stdout (the controller relays it)
-#     recv STEP JOB     extract a stream from stdin into staging, forwarding it if HAS_NEXT
-#     pull STEP JOB     rsync JOB/pull.lst from peer PEER (resumes partial files)
+#     recv STEP JOB     extract a stream from stdin into staging, forwarding it if HAS_NEXT,
+#                       then seal
+#     pull STEP JOB     rsync JOB/pull.lst from peer PEER (resumes partial files), then seal
 #     upload STEP       nothing: the files that came with it are all it is for
 #     abort STEP [JOBNAME]  stop this run's transfer processes (of RUN/JOBNAME, or all)
 #     publish STEP      delete rmx.lst, then swap each name in pub.lst into place with its claim
@@ -91,6 +99,8 @@ kill_group() {
     [ -r "/proc/$1/cmdline" ] || return 0
     tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$2" || return 0
     pg=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d ' ')
+    # Never our own group: a receiver that cleans up after itself runs abort too.
+    [ "$pg" = "$(ps -o pgid= -p "$$" 2>/dev/null | tr -d ' ')" ] && return 0
     # dash's kill takes no "--"; a negative number is the process group.
     [ -n "$pg" ] && [ "$pg" -gt 1 ] && kill -TERM "-$pg" 2>/dev/null
     return 0
@@ -284,8 +294,9 @@ send() {
     # Usually open already (ControlMaster=auto then only checks it).
     connect "$NEXT" || die 4 "cannot open an SSH connection to the next node"
     { send_tar 2>"$job/tar.err"; echo "$?" >"$job/tar.rc"; } |
-        hop_send "$NEXT" "$NEXT_CMD" >/dev/null 2>"$job/hop.err"
+        hop_send "$NEXT" "$NEXT_CMD" >"$job/down.out" 2>"$job/hop.err"
     rc=$?
+    cat "$job/down.out"
     [ "$(cat "$job/tar.rc" 2>/dev/null)" = 0 ] || die 1 "tar failed: $(tail -n 2 "$job/tar.err")"
     [ "$rc" -eq 0 ] || die 4 "the next node failed (ssh exit $rc): $(tail -n 2 "$job/hop.err")"
     printf 'sent\0'
@@ -313,8 +324,9 @@ recv() {
         # The forwarder reads the fifo; when ssh ends early (the next node died) it drains the
         # rest, so that this node still receives everything (tee never blocks, never sees
         # EPIPE). -p keeps tee feeding the fifo if the local tar dies (disk full).
+        : >"$job/down.out"
         (
-            hop_send "$NEXT" "$NEXT_CMD" >/dev/null 2>"$job/hop.err"
+            hop_send "$NEXT" "$NEXT_CMD" >"$job/down.out" 2>"$job/hop.err"
             echo "$?" >"$job/hop.rc"
             exec cat >/dev/null
         ) <"$fifo" &
@@ -326,7 +338,59 @@ recv() {
         rc=$?
     fi
     echo "$rc" >"$job/recv.rc"
-    [ "$rc" -eq 0 ] || die 1 "tar failed: $(tail -n 2 "$job/recv.err")"
+    [ "${HAS_NEXT:-0}" = 1 ] && cat "$job/down.out"
+    if [ "$rc" -eq 0 ]; then
+        seal
+    else
+        report failed "tar failed: $(tail -n 1 "$job/recv.err")"
+    fi
+    return 0
+}
+
+report() {
+    printf 'R\0%s\0%s\0%s\0' "${ME:-?}" "$1" "$2"
+}
+
+# list_staged NAME...: the staged trees in the format of JOB/expect (one NUL-ended record per
+# entry: "f SIZE PATH", "d PATH", "l PATH\001TARGET"; anything else "? PATH").
+list_staged() {
+    enter_m
+    for n in "$@"; do
+        find -P "./$STAGE/$n" \( -type f -printf 'f %s %p\0' \) -o \( -type d -printf 'd %p\0' \) \
+            -o \( -type l -printf 'l %p\001%l\0' \) -o -printf '? %p\0'
+    done
+}
+
+# seal: with the staging lock held (fd 9), check the staged copy against JOB/expect (and the
+# transferred files' hashes when VERIFY=1), then publish it. Reports the outcome; anything
+# but "published" is for the controller to look into.
+seal() {
+    if [ ! -f "$job/expect" ] || [ ! -f "$job/pub.lst" ]; then
+        report failed "no seal inputs in $job"
+        return 0
+    fi
+    if ! xargs -0r sh "$SELF" list-staged "$job" <"$job/pub.lst" | sort -z |
+        cmp -s - "$job/expect"; then
+        report mismatch "the staged copy differs from the manifest"
+        return 0
+    fi
+    if [ "${VERIFY:-0}" = 1 ] && [ -s "$job/verify.lst" ]; then
+        if ! xargs -0r -n 1 -P "$(nproc 2>/dev/null || echo 2)" sha256sum -z -- \
+            <"$job/verify.lst" 2>/dev/null | sort -z | cmp -s - "$job/expect.sha"; then
+            report mismatch "a transferred file does not have the manifest's sha256"
+            return 0
+        fi
+    fi
+    if ! publish_locked "$job"; then
+        report failed "publishing failed"
+        return 0
+    fi
+    report published ""
+    # Nothing of this run is needed here any more (the controller re-uploads if it is).
+    if [ "${FINISH:-0}" = 1 ]; then
+        finish >/dev/null
+        printf 'F\0%s\0' "${ME:-?}"
+    fi
 }
 
 pull() {
@@ -335,7 +399,14 @@ pull() {
     lock 5
     echo "$$" >"$job/pull.pid"
     connect "$PEER" || die 4 "cannot open an SSH connection to the holder"
-    pull_rsync "--files-from=$job/pull.lst"
+    # rsync's own output stays in files: stdout carries only our records.
+    pull_rsync "--files-from=$job/pull.lst" >"$job/rsync.out" 2>"$job/rsync.err"
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        tail -n 3 "$job/rsync.err" >&2
+        die 1 "rsync from the holder failed (exit $rc)"
+    fi
+    seal
 }
 
 abort() {
@@ -351,7 +422,12 @@ publish() {
     enter_m
     lock 10
     run_list "$step/rmx.lst" rm -rf -- || die 1 "cannot remove stray files from staging"
-    run_list "$step/pub.lst" -n 1 sh "$SELF" publish-one "$step" || die 1 "publishing failed"
+    publish_locked "$step" || die 1 "publishing failed"
+}
+
+# publish_locked DIR: publish every name of DIR/pub.lst (claims from DIR/fclaims).
+publish_locked() {
+    run_list "$1/pub.lst" -n 1 sh "$SELF" publish-one "$1" || return 1
     # Leave nothing behind once no model is staged any more.
     rmdir "./$STAGE/.manifests" 2>/dev/null
     if [ -z "$(find "./$STAGE" -mindepth 1 ! -name .lock ! -name .manifests -print -quit)" ]
@@ -420,6 +496,7 @@ case $action in
     recv) recv "$@" ;;
     pull) pull "$@" ;;
     upload) printf 'uploaded\0' ;;
+    list-staged) list_staged "$@" ;;
     abort) abort "$@" ;;
     publish) publish ;;
     publish-one) publish_one "$@" ;;
