@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import cases, peers, report
@@ -29,7 +29,7 @@ from skeleton_app import testbed
 
 
 @contextlib.contextmanager
-def running_testbed(count: int, say: cases.Callable[[str], None], *,
+def running_testbed(count: int, say: Callable[[str], None], *,
                     rate: str | None = None) -> Iterator[testbed.Testbed]:
     started = time.monotonic()
     tb = testbed.up(count, rate=rate, instance=None)
@@ -46,8 +46,8 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every `finally`
 
 
-def _attempt(out: list[Case], key: str, title: str, say: cases.Callable[[str], None],
-             fn: cases.Callable[[], object]) -> object:
+def _attempt(out: list[Case], key: str, title: str, say: Callable[[str], None],
+             fn: Callable[[], object]) -> object:
     """Run one case; a failure becomes a note in the report instead of ending the run."""
     try:
         return fn()

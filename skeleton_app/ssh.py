@@ -115,6 +115,10 @@ class SkeletonConnection(Connection):
     node: Node | None = None
     node_id: str = ""
     liveness_lock: threading.Lock = None  # type: ignore[assignment]
+    # Fabric 3.2 sets this in __init__ without declaring it: undeclared, every new
+    # connection rewrote the Config shared by all connections, racing fan-out threads
+    # that read `config.gateway` from the half-rebuilt dict.
+    inline_ssh_env: bool | None = None
 
     def __init__(self, host: str, *, connector: Connector, node: Node | None = None,
                  **kwargs: Any):

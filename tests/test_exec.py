@@ -504,3 +504,21 @@ def test_ssh_config_alias_and_proxyjump_are_honoured(testbed: Testbed, tmp_path:
     assert proc.stdout.startswith("hostkey-unknown"), proc.stdout + proc.stderr
     assert jump.ip in proc.stdout
     assert jump.ip not in kh.read_text()
+
+
+def test_connections_built_concurrently_never_touch_the_shared_config(
+        settings: Settings) -> None:
+    """Regression: Fabric's undeclared `inline_ssh_env` turned each new Connection into a
+    write to the Config shared by all of them, racing other threads (seen at 128 hosts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skeleton_app.ssh import SkeletonConnection
+
+    connector = Connector(settings.ssh)
+    node = settings.nodes[0]
+    before = dict(connector._config)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        conns = list(pool.map(lambda _: connector.new_connection(node), range(2000)))
+    assert all(isinstance(c, SkeletonConnection) and c.gateway is None for c in conns)
+    assert "inline_ssh_env" not in connector._config or dict(connector._config) == before
+    assert all(c.inline_ssh_env is not None for c in conns[:1])  # still an attribute
