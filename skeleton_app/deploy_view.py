@@ -32,10 +32,14 @@ class DeployProgress:
                  force: bool = False):
         import sys
 
+        target = file or sys.stderr
+        self.enabled = force or target.isatty()
+        self._tasks: dict[str, Any] = {}
+        if not self.enabled:
+            return  # piped: no display, and no need to import Rich's progress machinery
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._console = console(file or sys.stderr)
-        self.enabled = force or self._console.is_terminal
+        self._console = console(target)
         self._progress = Progress(
             TextColumn("{task.fields[node]:<16}"),
             BarColumn(bar_width=24),
@@ -46,7 +50,6 @@ class DeployProgress:
             console=self._console,
             transient=False,
         )
-        self._tasks: dict[str, Any] = {}
         for node in nodes:
             self._tasks[node.id] = self._progress.add_task(
                 "", total=100, node=node.id, phase="waiting", detail="")
