@@ -578,7 +578,7 @@ def nodes_import(ctx: click.Context, path: str, config: str | None) -> int:
     items = data.get("nodes") if isinstance(data, dict) else data
     with _registry(ctx, config) as registry:
         done = import_nodes(registry, items, source=path)
-    click.echo(f"imported {done.added} new, {done.updated} updated")
+    click.echo(f"imported {len(done.added)} new, {len(done.updated)} updated")
     return 0
 
 
