@@ -230,14 +230,20 @@ def translate(exc: BaseException, *, host: str, port: int, timeout: float,
     return NodeError(NodeErrorKind.ERROR, f"{where}: {type(exc).__name__}: {exc}")
 
 
-def _is_preauth_reset(exc: BaseException) -> bool:
-    """sshd's MaxStartups drops handshakes by closing the socket: retry those, not timeouts."""
+def _is_preauth_reset(exc: BaseException, elapsed: float, timeout: float) -> bool:
+    """sshd's MaxStartups drops handshakes by closing the socket: retry those, not timeouts.
+
+    A drop can surface as a reset, an EOF, or Paramiko's bare "Error reading SSH protocol
+    banner"; the same banner error after a long wait is a frozen sshd, not a drop.
+    """
     if isinstance(exc, ConnectionResetError | EOFError | BrokenPipeError):
         return True
     if isinstance(exc, paramiko.SSHException) and not isinstance(
         exc, paramiko.AuthenticationException | paramiko.BadHostKeyException | HostKeyUnknown
     ):
         text = str(exc).lower()
+        if "banner" in text:
+            return elapsed < timeout / 2
         return "reset" in text or "eof" in text or "closed" in text
     return False
 
@@ -397,7 +403,7 @@ class Connector:
                 conn.close()
                 elapsed = time.monotonic() - started
                 attempt += 1
-                if (_is_preauth_reset(exc) and attempt < _PREAUTH_RETRIES
+                if (_is_preauth_reset(exc, elapsed, timeout) and attempt < _PREAUTH_RETRIES
                         and elapsed < timeout):
                     # Jittered exponential backoff so a burst of dropped handshakes spreads out.
                     time.sleep(min(timeout - elapsed, random.uniform(0.05, 0.2) * 2 ** attempt))

@@ -142,11 +142,32 @@ emit_claim() {
     cat -- "$3"
 }
 
-# hash_files: sha256 of the NUL-separated paths on stdin, "H" RECORD... "/H", where RECORD is
-# sha256sum -z's "HEX  PATH". One file per process so that parallel records never interleave.
+# hash_one PATH...: "HEX  PATH" NUL for each file. OpenSSL's sha256 uses the CPU's SHA
+# instructions (6x coreutils' speed here, and the source's hashing is on the critical path);
+# sha256sum where there is no openssl. Each record is one small write: records of parallel
+# runs never interleave. A file that cannot be read gets no record.
+hash_one() {
+    for p in "$@"; do
+        if command -v openssl >/dev/null 2>&1; then
+            h=$(openssl dgst -sha256 -r "$p" 2>/dev/null) || continue
+        else
+            h=$(sha256sum -b -- "$p" 2>/dev/null) || continue
+        fi
+        h=${h%% *}
+        h=${h#\\}  # sha256sum marks escaped names with a leading backslash
+        printf '%s  %s\0' "$h" "$p"
+    done
+}
+
+# hash_paths: hash_one over the NUL-separated paths on stdin, on every CPU.
+hash_paths() {
+    xargs -0r -n 4 -P "$(nproc 2>/dev/null || echo 2)" sh "$SELF" hash-one "$step"
+}
+
+# hash_files: "H" RECORD... "/H" for the paths on stdin.
 hash_files() {
     printf 'H\0'
-    xargs -0r -n 1 -P "$(nproc 2>/dev/null || echo 2)" sha256sum -z -- 2>/dev/null
+    hash_paths
     printf '/H\0'
 }
 
@@ -265,7 +286,13 @@ connect_retry() {
 # connect_background IDX: start connect_retry in the background (no fd of this session kept,
 # so the controller's channel closes at once).
 connect_background() {
-    connect_retry "$1" </dev/null >/dev/null 2>&1 &
+    # A subshell that re-opens its own fds: dash does not apply the redirections of a
+    # backgrounded *function call* to it, and the controller's channel would stay open
+    # until the handshake is over.
+    (
+        exec </dev/null >/dev/null 2>&1
+        connect_retry "$1"
+    ) &
     echo "$!" >"$RUN_DIR/connect-$1.pid"
 }
 
@@ -328,23 +355,49 @@ recv() {
         (
             hop_send "$NEXT" "$NEXT_CMD" >"$job/down.out" 2>"$job/hop.err"
             echo "$?" >"$job/hop.rc"
+            close_master "$NEXT"  # its one stream is over
             exec cat >/dev/null
         ) <"$fifo" &
         tee -p -- "$fifo" | extract
         rc=$?
-        wait
     else
         extract
         rc=$?
     fi
     echo "$rc" >"$job/recv.rc"
-    [ "${HAS_NEXT:-0}" = 1 ] && cat "$job/down.out"
+    # Seal now, while the nodes after this one still receive: seals along a chain then happen
+    # side by side instead of one after the other on the way back.
+    sealed=
     if [ "$rc" -eq 0 ]; then
         seal
     else
         report failed "tar failed: $(tail -n 1 "$job/recv.err")"
     fi
+    if [ "${HAS_NEXT:-0}" = 1 ]; then
+        wait
+        cat "$job/down.out"
+    fi
+    finish_if_sealed
     return 0
+}
+
+# finish_if_sealed: with FINISH=1, nothing of this run is needed here once the copy is
+# published and the stream forwarded (the controller re-uploads if it needs this node again).
+# Quick on purpose: along a chain these run one after the other on the way back. No other
+# process of this run is left here (connections were waited for, the forwarder closed its
+# master), so the full clean-up of `finish` is not needed.
+finish_if_sealed() {
+    if [ "$sealed" = published ] && [ "${FINISH:-0}" = 1 ]; then
+        for sock in "$RUN_DIR"/cm-*; do
+            [ -S "$sock" ] && close_master "${sock##*/cm-}"
+        done
+        cd / && rm -rf -- "$RUN_DIR"
+        printf 'F\0%s\0' "${ME:-?}"
+    fi
+}
+
+close_master() {
+    ssh -o ControlPath="$RUN_DIR/cm-$1" -O exit skeleton-hop >/dev/null 2>&1
 }
 
 report() {
@@ -375,8 +428,7 @@ seal() {
         return 0
     fi
     if [ "${VERIFY:-0}" = 1 ] && [ -s "$job/verify.lst" ]; then
-        if ! xargs -0r -n 1 -P "$(nproc 2>/dev/null || echo 2)" sha256sum -z -- \
-            <"$job/verify.lst" 2>/dev/null | sort -z | cmp -s - "$job/expect.sha"; then
+        if ! hash_paths <"$job/verify.lst" | sort -z | cmp -s - "$job/expect.sha"; then
             report mismatch "a transferred file does not have the manifest's sha256"
             return 0
         fi
@@ -385,12 +437,8 @@ seal() {
         report failed "publishing failed"
         return 0
     fi
+    sealed=published
     report published ""
-    # Nothing of this run is needed here any more (the controller re-uploads if it is).
-    if [ "${FINISH:-0}" = 1 ]; then
-        finish >/dev/null
-        printf 'F\0%s\0' "${ME:-?}"
-    fi
 }
 
 pull() {
@@ -406,7 +454,9 @@ pull() {
         tail -n 3 "$job/rsync.err" >&2
         die 1 "rsync from the holder failed (exit $rc)"
     fi
+    sealed=
     seal
+    finish_if_sealed
 }
 
 abort() {
@@ -497,6 +547,7 @@ case $action in
     pull) pull "$@" ;;
     upload) printf 'uploaded\0' ;;
     list-staged) list_staged "$@" ;;
+    hash-one) enter_m; hash_one "$@" ;;
     abort) abort "$@" ;;
     publish) publish ;;
     publish-one) publish_one "$@" ;;
