@@ -135,9 +135,14 @@ def run(block: Block, *, cwd: Path, env: dict[str, str], timeout: float = 300) -
         assert block.lang == "sh", f"{block}: cannot run a {block.lang!r} block"
         argv = ["bash", "-c", shell_script(block)]
     if block.where == "testbed":
+        # A private /tmp, so the tour's /tmp/skeleton-testbed-0 never meets a real one. The
+        # checkout may itself live under /tmp: binding "." (resolved through the cwd,
+        # which still points at the hidden directory) puts it back at the same path.
         argv = ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc",
                 "--propagation", "private", "sh", "-c",
-                'mount -t tmpfs skeleton-docs /tmp && exec "$@"', "sh",
+                'cd "$0" && mount -t tmpfs skeleton-docs /tmp && mkdir -p "$0"'
+                ' && mount --no-canonicalize --bind . "$0" && cd "$0" && exec "$@"',
+                str(REPO),
                 str(REPO / "scripts" / "contained"), *argv]
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
