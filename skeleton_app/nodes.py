@@ -13,8 +13,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ClusterShell.NodeSet import NodeSet, NodeSetException
-
 from skeleton_app.errors import SelectionError
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
@@ -111,6 +109,8 @@ def fold(ids: Iterable[str]) -> str:
     ids = list(ids)
     if not ids:
         return ""
+    from ClusterShell.NodeSet import NodeSet, NodeSetException  # ~10 ms: only when folding
+
     try:
         return str(NodeSet.fromlist(ids))
     except NodeSetException:
@@ -119,6 +119,8 @@ def fold(ids: Iterable[str]) -> str:
 
 def expand(spec: str) -> list[str]:
     """Expand one selection spec (`a,b`, `linux-[01-03]`, globs kept as-is) into patterns."""
+    from ClusterShell.NodeSet import NodeSet, NodeSetException
+
     out: list[str] = []
     for part in _split_top_level(spec):
         part = part.strip()
@@ -175,7 +177,9 @@ def select(
     A literal id (no glob) that names no node is an error too: a typo must not silently
     shrink the target set.
     """
-    known = fold(n.id for n in nodes) or "(none)"
+    def known() -> str:
+        return fold(n.id for n in nodes) or "(none)"
+
     wanted: list[str] = [p for spec in patterns for p in expand(spec)]
     chosen = list(nodes)
     if wanted:
@@ -184,7 +188,7 @@ def select(
             if not any(ch in p for ch in "*?[") and not any(p in (n.id, n.host) for n in nodes)
         ]
         if unknown:
-            raise SelectionError(f"unknown node {fold(unknown)}; known nodes: {known}")
+            raise SelectionError(f"unknown node {fold(unknown)}; known nodes: {known()}")
         chosen = [n for n in chosen if _matches(n, wanted)]
     if roles:
         role_set = set(roles)
@@ -201,5 +205,5 @@ def select(
         if exclude:
             what.append("--exclude " + ",".join(exclude))
         asked = " ".join(what) or "the selection"
-        raise SelectionError(f"{asked} matched no node; known nodes: {known}")
+        raise SelectionError(f"{asked} matched no node; known nodes: {known()}")
     return tuple(chosen)

@@ -27,14 +27,12 @@ def exec_text(result: ClusterResult, out: IO[str]) -> None:
     """clush -b style: each distinct output once under its folded node set, then exit codes
     and errors, one line per group."""
     for nodes, text in gather_output(result):
-        if not text:
-            continue
         out.write(f"---------------- {nodes} ----------------\n")
         body = sanitize(text)
         out.write(body if body.endswith("\n") else body + "\n")
-    codes = group_exit_codes(result)
-    if len(codes) > 1 or (codes and codes[0][0] != 0) or result.errors:
-        for code, nodes in codes:
+    # All exited 0 and nothing broke: no exit-code lines (and no folding to pay for).
+    if result.nonzero or result.errors:
+        for code, nodes in group_exit_codes(result):
             out.write(f"{nodes}: exit {code}\n")
     error_lines(result, out)
 

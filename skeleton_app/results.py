@@ -148,13 +148,17 @@ class ClusterResult(Mapping[str, NodeResult]):
 
 
 def gather_output(result: ClusterResult) -> list[tuple[str, str]]:
-    """Group identical stdout (+stderr) across nodes: [(folded node set, text)], clush -b style."""
+    """Group identical stdout (+stderr) across nodes: [(folded node set, text)], clush -b style.
+
+    Nodes that printed nothing are left out: there is nothing to show for them.
+    """
     groups: dict[str, list[str]] = {}
     for node, r in result.items():
         if r.error_kind is not None:
             continue
         text = r.stdout + (r.stderr if r.stderr else "")
-        groups.setdefault(text, []).append(node)
+        if text:
+            groups.setdefault(text, []).append(node)
     return [(fold(nodes), text) for text, nodes in groups.items()]
 
 
