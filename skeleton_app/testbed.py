@@ -25,7 +25,7 @@ State dir layout:
 
     .skeleton-testbed     marker: `down` only deletes a directory that carries it
     state.json            instance, bridge, subnet, hosts (pids, veths, rates), db
-    config.yaml           ready for `load_config` (docs/INTERFACES.md)
+    config.yaml           ready for `load_config` and every `--config`
     ssh_config            the same hosts for OpenSSH: `ssh -F STATE/ssh_config node-01`
     id_ed25519[.pub]      the controller's key; known_hosts: `IP ssh-ed25519 ...` per host
     hidden-command        what `hide_command` bind-mounts over a binary (exits 127)
