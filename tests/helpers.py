@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from skeleton_app import testbed as tbm
 from skeleton_app.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +49,12 @@ def skeleton(*args: str, config: Path | None = None, timeout: float = 120,
     full_env.update(env or {})
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=REPO, input=input)
+
+
+def chown_to_user(path: Path) -> None:
+    """Files made here for a test host belong to its login user, as if it had made them."""
+    account = pwd.getpwnam(tbm.USER)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), account.pw_uid, account.pw_gid)
+    os.lchown(path, account.pw_uid, account.pw_gid)

@@ -207,16 +207,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
 # ---- the scripts themselves ---------------------------------------------------------------------
 
 
-def test_dash_accepts_the_syntax() -> None:
-    subprocess.run([DASH, "-n", str(SCRIPT)], check=True)
-
-
-def test_shellcheck_finds_nothing() -> None:
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck is not None, "shellcheck missing: ./scripts/setup installs it"
-    result = subprocess.run([shellcheck, "-s", "sh", str(SCRIPT)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
-
 
 def test_pid_checks_are_the_same_in_both_scripts() -> None:
     # status.sh and daemon.sh are sent separately, so each carries its own copy of the checks

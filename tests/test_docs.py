@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -48,7 +47,7 @@ from tests.deploy_support import (
     unique_app_dir,
     variant,
 )
-from tests.helpers import REPO, config_variant, skeleton
+from tests.helpers import REPO, chown_to_user, config_variant, skeleton
 
 BIN = Path(sys.executable).parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -154,13 +153,6 @@ def run(block: Block, *, cwd: Path, env: dict[str, str], timeout: float = 300) -
     if block.output is not None:
         check_output(block, proc.stdout)
 
-
-def chown_to_user(path: Path) -> None:
-    account = pwd.getpwnam(tbm.USER)
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), account.pw_uid, account.pw_gid)
-    os.lchown(path, account.pw_uid, account.pw_gid)
 
 
 # ---------------------------------------------------------------- the lab

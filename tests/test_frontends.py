@@ -10,7 +10,6 @@ import ast
 import inspect
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from skeleton_app import testbed as tbm
 from skeleton_app.testbed import Testbed
 from tests.deploy_support import (
     daemons_stopped_after,
@@ -32,7 +30,7 @@ from tests.deploy_support import (
     unique_app_dir,
     variant,
 )
-from tests.helpers import REPO, config_variant, skeleton
+from tests.helpers import REPO, chown_to_user, config_variant, skeleton
 
 BIN = Path(sys.executable).parent
 INV_TASKS = ["daemon", "deploy", "exec", "logs", "status", "sync-models"]
@@ -61,14 +59,6 @@ def fab(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
 def out(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
-
-def chown_to_user(path: Path) -> None:
-    """Files made here for a test host belong to its login user, as if it had made them."""
-    account = pwd.getpwnam(tbm.USER)
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), account.pw_uid, account.pw_gid)
-    os.lchown(path, account.pw_uid, account.pw_gid)
 
 
 def empty_known_hosts(testbed: Testbed, tmp_path: Path) -> tuple[Path, Path]:
