@@ -1,12 +1,14 @@
 """Find the project-wide fixtures kept outside the repository (real captures from real hosts).
 
 CI checks the repository out beside `shared/`, so they live at `<repo>/../shared/fixtures`;
-`SKELETON_SHARED_DIR` names another `shared/` directory and, when set, wins.
+`SKELETON_SHARED_DIR` names another `shared/` directory and, when set, wins. A local clone
+(`git clone . /tmp/fresh`) also looks beside the repository it was cloned from.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,10 @@ def shared_dir() -> Path | None:
     if os.environ.get("SKELETON_SHARED_DIR"):
         candidates.append(Path(os.environ["SKELETON_SHARED_DIR"]))
     candidates.append(REPO_ROOT.parent / "shared")
+    origin = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin.startswith("/"):
+        candidates.append(Path(origin).parent / "shared")
     for candidate in candidates:
         if (candidate / "fixtures").is_dir():
             return candidate
