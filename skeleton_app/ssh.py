@@ -298,6 +298,7 @@ class Connector:
         self._key_lock = threading.Lock()
         self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
         self._pool: dict[tuple[str, str, int], SkeletonConnection] = {}
+        self._warm_errors: dict[tuple[str, str, int], NodeError] = {}
         self._keys: dict[str, paramiko.PKey | None] = {}
         self._config = fabric_config or _fabric_config(settings)
         self._system_keys = HostKeys()
@@ -372,7 +373,32 @@ class Connector:
             gateway=gateway or None,
         )
 
-    def connection(self, node: Node) -> SkeletonConnection:
+    def warm(self, nodes: Iterable[Node]) -> Callable[[], None]:
+        """Start connecting to `nodes` in the background, ahead of their first command (which
+        then finds the connection open, or gets this attempt's error instead of waiting out a
+        second connect timeout). Returns a function that waits for the attempts to end and
+        forgets the errors no command took; call it before closing the connector."""
+        nodes = list(nodes)
+
+        def one(node: Node) -> None:
+            with contextlib.suppress(NodeError):
+                self.connection(node, warming=True)
+
+        threads = [threading.Thread(target=one, args=(n,), name=f"warm-{n.id}", daemon=True)
+                   for n in nodes]
+        for t in threads:
+            t.start()
+
+        def wait() -> None:
+            for t in threads:
+                t.join()
+            with self._lock:
+                for n in nodes:
+                    self._warm_errors.pop((n.user, n.host, n.port), None)
+
+        return wait
+
+    def connection(self, node: Node, *, warming: bool = False) -> SkeletonConnection:
         """A connected, pooled connection to `node`; raises NodeError."""
         key = (node.user, node.host, node.port)
         with self._lock:
@@ -383,10 +409,20 @@ class Connector:
         with node_lock:
             with self._lock:
                 conn = self._pool.get(key)
+                # A warm-up attempt that failed while we waited for it: its error is ours.
+                warm_error = self._warm_errors.pop(key, None)
+            if warm_error is not None:
+                raise warm_error
             if conn is not None and conn.is_connected and conn.transport.is_active():
                 return conn
             conn = self.new_connection(node)
-            self._open(conn, node)
+            try:
+                self._open(conn, node)
+            except NodeError as exc:
+                if warming:  # for the command that is waiting for this attempt (see warm)
+                    with self._lock:
+                        self._warm_errors[key] = exc
+                raise
             with self._lock:
                 self._pool[key] = conn
             return conn

@@ -195,6 +195,27 @@ def test_pooled_connection_to_dead_node_fails_within_connect_timeout(
     assert took < 2 + 3  # not Paramiko's one-hour channel-open default
 
 
+def test_warm_connects_ahead_and_hands_its_failure_to_the_first_command(
+        testbed: Testbed, tmp_path: Path) -> None:
+    path = config_variant(testbed, tmp_path / "c.yaml", ssh={"connect_timeout": 2})
+    tb.blackhole(testbed, "node-05")
+    try:
+        with cluster_for(path) as cluster:
+            nodes = cluster.select(["node-0[4-5]"])
+            started = time.monotonic()
+            wait = cluster.connector.warm(nodes)
+            healthy = cluster.connector.connection(nodes[0])  # opened by the warm-up
+            result = cluster.run("hostname", nodes)
+            took = time.monotonic() - started
+            wait()
+            assert cluster.connector.connection(nodes[0]) is healthy
+        assert result["node-04"].stdout == "node-04\n"
+        assert result["node-05"].error_kind is NodeErrorKind.UNREACHABLE
+        assert took < 2 + 1.5  # one connect timeout: the command did not start a second one
+    finally:
+        tb.clear_blackhole(testbed, "node-05")
+
+
 def test_command_timeout_kills_process_group_on_node(testbed: Testbed) -> None:
     proc = skeleton("cluster", "exec", "sleep 1000 & sleep 999; wait", "--node", "node-01",
                     "--timeout", "1", config=testbed.config_path)

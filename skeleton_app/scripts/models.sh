@@ -106,11 +106,18 @@ kill_group() {
     return 0
 }
 
-# kill_group_member PID: TERM one background process of this run (a connection attempt).
-kill_group_member() {
-    [ -r "/proc/$1/cmdline" ] || return 0
-    tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "skeleton-sync/${RUN_DIR##*/}/" \
-        && kill -TERM "$1" 2>/dev/null
+# stop_connect PID: stop a background connection attempt of this run together with the ssh it
+# runs (a handshake left alive would open its master after the run's clean-up), and wait
+# until it is gone. The attempt's process group is the probe session that started it.
+stop_connect() {
+    kill_group "$1" "skeleton-sync/${RUN_DIR##*/}/"
+    n=0
+    # (A zombie's cmdline is empty: it no longer matches.)
+    while tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "skeleton-sync/${RUN_DIR##*/}/" \
+        && [ "$n" -lt 40 ]; do
+        n=$((n + 1))
+        sleep 0.05
+    done
     return 0
 }
 
@@ -271,7 +278,13 @@ connect_retry() {
         # 9>&-: the master lives on in the background and must not hold the staging lock.
         hop_connect "$1" </dev/null >/dev/null 2>"$RUN_DIR/connect-$1.err" 9>&-
         rc=$?
-        [ "$rc" -eq 0 ] && return 0
+        if [ "$rc" -eq 0 ]; then
+            # The master's pid, for close_master to wait on (once: later calls reuse it).
+            [ -s "$RUN_DIR/cm-$1.pid" ] || ssh -o ControlPath="$RUN_DIR/cm-$1" -O check \
+                skeleton-hop 2>&1 | sed -n 's/.*(pid=\([0-9][0-9]*\)).*/\1/p' \
+                >"$RUN_DIR/cm-$1.pid"
+            return 0
+        fi
         n=$((n + 1))
         if [ "$n" -ge 6 ] || ! grep -qE \
             'kex_exchange_identification|reset by peer|Connection closed|banner exchange' \
@@ -396,8 +409,28 @@ finish_if_sealed() {
     fi
 }
 
+# close_master IDX: stop the control master to peer IDX and wait until its process is gone:
+# `-O exit` only asks, and a master still tearing down its session would outlive the run.
 close_master() {
-    ssh -o ControlPath="$RUN_DIR/cm-$1" -O exit skeleton-hop >/dev/null 2>&1
+    close_socket "$RUN_DIR/cm-$1"
+}
+
+# close_socket SOCKET: the same, by path (SOCKET.pid holds the pid connect_retry found).
+close_socket() {
+    pid=$(cat -- "$1.pid" 2>/dev/null)
+    ssh -o ControlPath="$1" -O exit skeleton-hop >/dev/null 2>&1
+    [ -n "$pid" ] || return 0
+    n=0
+    # Only while that pid is still this master ("ssh: SOCKET [mux]"): pids are reused.
+    while tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1"; do
+        n=$((n + 1))
+        if [ "$n" -gt 40 ]; then
+            kill -KILL "$pid" 2>/dev/null
+            break
+        fi
+        sleep 0.05
+    done
+    return 0
 }
 
 report() {
@@ -519,10 +552,10 @@ finish() {
     # Whatever of this run still runs here (a receiver cut off from its stream) goes first.
     abort >/dev/null
     for pidfile in "$RUN_DIR"/connect-*.pid; do
-        [ -f "$pidfile" ] && kill_group_member "$(cat -- "$pidfile")"
+        [ -f "$pidfile" ] && stop_connect "$(cat -- "$pidfile")"
     done
     for sock in "$RUN_DIR"/cm-*; do
-        [ -S "$sock" ] && ssh -o ControlPath="$sock" -O exit skeleton-hop >/dev/null 2>&1
+        [ -S "$sock" ] && close_socket "$sock"
     done
     if [ "${1-}" = --claims ] && [ -d "$step/fclaims" ] && [ -d "$M" ]; then
         enter_m
