@@ -168,6 +168,8 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
 
     state = _prepare(ctx, config, fanout)
     cluster_, nodes = _select(state, node_specs, roles, exclude)
+    if not as_json:
+        render.preload_tables()
     result = status_op.status(cluster_, nodes, fanout=fanout)
     registry_rows = status_op.registry_snapshot(cluster_, result)
     if as_json:
@@ -209,12 +211,15 @@ def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     import contextlib
     import time
 
+    from skeleton_app import render
     from skeleton_app.deploy_view import DeployProgress, deploy_text
     from skeleton_app.ops.deploy import deploy
 
     state = _prepare(ctx, config, fanout)
     cluster_, nodes = _select(state, node_specs, roles, exclude)
     started = time.monotonic()
+    if not as_json:
+        render.preload_tables()
     progress = DeployProgress(nodes)
     live = progress.enabled and not as_json
     with progress if live else contextlib.nullcontext():

@@ -34,11 +34,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# isort: off
+from skeleton_app import paramiko_import  # noqa: F401  (first: Paramiko without Invoke)
+# isort: on
 import paramiko
-from fabric import Config, Connection
-from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
+from paramiko.common import (
+    MSG_CHANNEL_REQUEST,
+    MSG_GLOBAL_REQUEST,
+    cMSG_CHANNEL_REQUEST,
+    cMSG_IGNORE,
+)
 from paramiko.hostkeys import HostKeys
 from paramiko.message import Message
 
@@ -46,6 +53,11 @@ from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
+
+if TYPE_CHECKING:
+    from fabric import Config, Connection
+
+    from skeleton_app.fabric_connection import SkeletonConnection
 
 # Paramiko logs handshake failures at ERROR; with no handler configured Python would print
 # them to stderr. We report those failures ourselves, once, as results.
@@ -103,82 +115,66 @@ def known_host_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-class SkeletonConnection(Connection):
-    """A Fabric `Connection` with our host-key policy, finite timeouts and TCP_NODELAY.
+class _Link:
+    """An authenticated Paramiko connection to one node, as the Connector pools it: what
+    commands run on. `Connector.connection()` hands it out inside a Fabric `Connection`
+    (Fabric, and Invoke under it, are imported only then)."""
 
-    Usable anywhere Fabric expects a Connection (`.run`, `.put`, Invoke task bodies).
-    """
-
-    # Invoke's Context turns assignments to undeclared attributes into config entries
-    # (which are deep-copied later); declaring them keeps them plain attributes.
-    connector: Connector = None  # type: ignore[assignment]
-    node: Node | None = None
-    node_id: str = ""
-    liveness_lock: threading.Lock = None  # type: ignore[assignment]
-    # Fabric 3.2 sets this in __init__ without declaring it: undeclared, every new
-    # connection rewrote the Config shared by all connections, racing fan-out threads
-    # that read `config.gateway` from the half-rebuilt dict.
-    inline_ssh_env: bool | None = None
-
-    def __init__(self, host: str, *, connector: Connector, node: Node | None = None,
-                 **kwargs: Any):
-        super().__init__(host, **kwargs)
-        self.connector = connector
-        self.node = node
-        self.node_id = node.id if node else host
-        connector._secure(self.client)
-        # ProxyJump from ~/.ssh/config makes plain Connections (AutoAddPolicy); jump hosts
-        # get exactly the same policy as the target.
-        gateway: Any = getattr(self, "gateway", None)
-        if isinstance(gateway, Connection) and not isinstance(gateway, SkeletonConnection):
-            self.gateway = connector.wrap(gateway)
+    def __init__(self, client: paramiko.SSHClient, host: str, port: int):
+        self.client = client
+        self.transport: Any = client.get_transport()  # set once connected (as Fabric's is)
+        self.host = host
+        self.port = port
         self.liveness_lock = threading.Lock()
 
-    def open(self) -> Any:
-        if self.is_connected:
-            return None
-        settings = self.connector.settings
-        timeout = settings.connect_timeout
-        sock: Any = self.open_gateway() if self.gateway else _tcp_connect(
-            self.host, int(self.port), timeout
-        )
-        kwargs: dict[str, Any] = dict(self.connect_kwargs)
-        kwargs.update(
-            hostname=self.host, port=int(self.port), username=self.user, sock=sock,
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            channel_timeout=timeout,
-        )
-        try:
-            result = self.client.connect(**kwargs)
-        except BaseException:
-            # Stop Paramiko's transport thread before its socket goes away (else it prints
-            # "Socket exception: Bad file descriptor" from its thread).
-            self.client.close()
-            sock.close()
-            raise
-        self.transport = self.client.get_transport()
-        _patch_transport(self.transport)
-        return result
+    @property
+    def is_connected(self) -> bool:
+        return self.transport is not None and self.transport.active
 
     def alive(self, timeout: float) -> bool:
-        """True if the peer answers a global request within `timeout` seconds."""
-        transport = self.transport
-        if transport is None or not transport.is_active():
-            return False
-        answered = threading.Event()
+        return alive(self.transport, self.liveness_lock, timeout)
 
-        def probe() -> None:
-            # OpenSSH answers unknown global requests with REQUEST_FAILURE: any answer
-            # proves the peer is alive.
-            with self.liveness_lock:  # Paramiko keeps one completion event per transport
-                transport.global_request("keepalive@openssh.com", wait=True)
-                answered.set()
-
-        threading.Thread(target=probe, daemon=True, name="ssh-liveness").start()
-        return answered.wait(timeout) and transport.is_active()
+    def close(self) -> None:
+        self.client.close()
 
 
-def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+def alive(transport: paramiko.Transport | None, lock: threading.Lock, timeout: float) -> bool:
+    """True if the peer answers a global request within `timeout` seconds."""
+    if transport is None or not transport.is_active():
+        return False
+    answered = threading.Event()
+
+    def probe() -> None:
+        # OpenSSH answers unknown global requests with REQUEST_FAILURE: any answer proves
+        # the peer is alive.
+        with lock:  # Paramiko keeps one completion event per transport
+            transport.global_request("keepalive@openssh.com", wait=True)
+            answered.set()
+
+    threading.Thread(target=probe, daemon=True, name="ssh-liveness").start()
+    return answered.wait(timeout) and transport.is_active()
+
+
+def connect_client(client: paramiko.SSHClient, *, host: str, port: int, user: str,
+                   sock: Any, connect_kwargs: dict[str, Any], timeout: float) -> None:
+    """Handshake and authenticate `client` over `sock`, every step bounded by `timeout`."""
+    kwargs = dict(connect_kwargs)
+    kwargs.update(
+        hostname=host, port=port, username=user, sock=sock, timeout=timeout,
+        banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+        transport_factory=_new_transport,
+    )
+    try:
+        client.connect(**kwargs)
+    except BaseException:
+        # Stop Paramiko's transport thread before its socket goes away (else it prints
+        # "Socket exception: Bad file descriptor" from its thread).
+        client.close()
+        sock.close()
+        raise
+
+
+def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     # Measured: Paramiko's handshake and small commands are ~3x faster without Nagle.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -297,10 +293,11 @@ class Connector:
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
         self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
-        self._pool: dict[tuple[str, str, int], SkeletonConnection] = {}
+        self._pool: dict[tuple[str, str, int], _Link | SkeletonConnection] = {}
         self._warm_errors: dict[tuple[str, str, int], NodeError] = {}
         self._keys: dict[str, paramiko.PKey | None] = {}
-        self._config = fabric_config or _fabric_config(settings)
+        self._fabric_config = fabric_config
+        self._ssh_config: paramiko.SSHConfig | None = None
         self._system_keys = HostKeys()
         for path in ("/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")):
             self._load_keys(self._system_keys, path)
@@ -349,29 +346,57 @@ class Connector:
             kwargs["allow_agent"] = False
         return kwargs
 
+    @property
+    def fabric_config(self) -> Config:
+        """The Fabric Config of our connections (built on first use: it imports Fabric)."""
+        with self._lock:
+            if self._fabric_config is None:
+                from skeleton_app.fabric_connection import fabric_config
+
+                self._fabric_config = fabric_config(self.settings)
+            return self._fabric_config
+
     def new_connection(self, node: Node) -> SkeletonConnection:
-        gateway: Any = None
-        if self.settings.jump_host:
-            gateway = SkeletonConnection(
-                self.settings.jump_host, connector=self, config=self._config,
-                connect_kwargs=self.connect_kwargs(None),
-                connect_timeout=max(1, int(self.settings.connect_timeout)),
-            )
-        return SkeletonConnection(
-            node.host, connector=self, node=node, user=node.user, port=node.port,
-            config=self._config, connect_kwargs=self.connect_kwargs(node),
-            gateway=gateway, connect_timeout=max(1, int(self.settings.connect_timeout)),
-        )
+        """An unopened Fabric connection to `node` with our policy (imports Fabric)."""
+        from skeleton_app.fabric_connection import new_connection
+
+        return new_connection(self, node)
 
     def wrap(self, conn: Connection) -> SkeletonConnection:
-        gateway = conn.gateway
-        if isinstance(gateway, Connection) and not isinstance(gateway, SkeletonConnection):
-            gateway = self.wrap(gateway)
-        return SkeletonConnection(
-            conn.host, connector=self, user=conn.user, port=conn.port, config=self._config,
-            connect_kwargs=dict(conn.connect_kwargs) or self.connect_kwargs(None),
-            gateway=gateway or None,
-        )
+        from skeleton_app.fabric_connection import wrap
+
+        return wrap(self, conn)
+
+    def _plain(self, node: Node) -> tuple[str, dict[str, Any]] | None:
+        """(address, connect kwargs) when `node` needs nothing of Fabric's: no jump host,
+        no ProxyJump or ProxyCommand in ssh_config. Host aliases and IdentityFile are
+        resolved the way Fabric resolves them (user and port come from the node)."""
+        if self.settings.jump_host:
+            return None
+        found: dict[str, Any] = {}
+        if self.settings.ssh_config:
+            found = dict(self._ssh_lookup(node.host))
+        if "proxyjump" in found or "proxycommand" in found:
+            return None
+        kwargs = self.connect_kwargs(node)
+        keys = [*kwargs.get("key_filename", []), *found.get("identityfile", [])]
+        if keys:
+            kwargs["key_filename"] = keys
+        return str(found.get("hostname", node.host)), kwargs
+
+    def _ssh_lookup(self, host: str) -> paramiko.SSHConfigDict:
+        with self._lock:
+            if self._ssh_config is None:
+                # As Fabric loads them: the user's file, then the system's.
+                config = paramiko.SSHConfig()
+                for path in ("~/.ssh/config", "/etc/ssh/ssh_config"):
+                    path = os.path.expanduser(path)
+                    if os.path.isfile(path):
+                        with open(path) as fh:
+                            config.parse(fh)
+                self._ssh_config = config
+            config = self._ssh_config
+        return config.lookup(host)
 
     def warm(self, nodes: Iterable[Node]) -> Callable[[], None]:
         """Start connecting to `nodes` in the background, ahead of their first command (which
@@ -382,7 +407,7 @@ class Connector:
 
         def one(node: Node) -> None:
             with contextlib.suppress(NodeError):
-                self.connection(node, warming=True)
+                self.link(node, warming=True)
 
         threads = [threading.Thread(target=one, args=(n,), name=f"warm-{n.id}", daemon=True)
                    for n in nodes]
@@ -398,8 +423,22 @@ class Connector:
 
         return wait
 
-    def connection(self, node: Node, *, warming: bool = False) -> SkeletonConnection:
-        """A connected, pooled connection to `node`; raises NodeError."""
+    def connection(self, node: Node) -> SkeletonConnection:
+        """A connected, pooled Fabric connection to `node`; raises NodeError."""
+        link = self.link(node)
+        if not isinstance(link, _Link):
+            return link
+        conn = self.new_connection(node)
+        conn.client = link.client
+        conn.transport = link.transport
+        with self._lock:
+            key = (node.user, node.host, node.port)
+            if self._pool.get(key) is link:
+                self._pool[key] = conn  # the same transport, from now on in Fabric's dress
+        return conn
+
+    def link(self, node: Node, *, warming: bool = False) -> _Link | SkeletonConnection:
+        """A connected, pooled connection to `node` (what commands run on); NodeError."""
         key = (node.user, node.host, node.port)
         with self._lock:
             conn = self._pool.get(key)
@@ -415,9 +454,8 @@ class Connector:
                 raise warm_error
             if conn is not None and conn.is_connected and conn.transport.is_active():
                 return conn
-            conn = self.new_connection(node)
             try:
-                self._open(conn, node)
+                conn = self._open(node)
             except NodeError as exc:
                 if warming:  # for the command that is waiting for this attempt (see warm)
                     with self._lock:
@@ -427,14 +465,32 @@ class Connector:
                 self._pool[key] = conn
             return conn
 
-    def _open(self, conn: SkeletonConnection, node: Node) -> None:
+    def _open(self, node: Node) -> _Link | SkeletonConnection:
         timeout = self.settings.connect_timeout
+        plain = self._plain(node)
+        conn: _Link | SkeletonConnection
+        if plain is None:
+            conn = self.new_connection(node)
+            connect: Callable[[], None] = conn.open
+        else:
+            host, kwargs = plain
+            client = paramiko.SSHClient()
+            self._secure(client)
+            conn = _Link(client, host, node.port)
+            link = conn
+
+            def connect() -> None:
+                sock = tcp_connect(host, node.port, timeout)
+                connect_client(client, host=host, port=node.port, user=node.user, sock=sock,
+                               connect_kwargs=kwargs, timeout=timeout)
+                link.transport = client.get_transport()
+
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                conn.open()
-                return
+                connect()
+                return conn
             except Exception as exc:
                 conn.close()
                 elapsed = time.monotonic() - started
@@ -485,7 +541,7 @@ class Connector:
         timeout = self.settings.command_timeout if options.timeout is None else options.timeout
         for attempt in (1, 2):
             try:
-                conn = self.connection(node)
+                conn = self.link(node)
             except NodeError as exc:
                 return _failed(node, exc, started)
             try:
@@ -508,7 +564,7 @@ class Connector:
             return self._drive(conn, node, channel, command, timeout, options, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _drive(self, conn: SkeletonConnection, node: Node, channel: paramiko.Channel,
+    def _drive(self, conn: _Link | SkeletonConnection, node: Node, channel: paramiko.Channel,
                command: str, timeout: float | None, options: RunOptions,
                started: float) -> NodeResult:
         out, err = _Buffer(), _Buffer()
@@ -630,12 +686,43 @@ def _handle_channel_request(channel: paramiko.Channel, m: Message) -> None:
     paramiko.Channel._handle_request(channel, m)
 
 
-def _patch_transport(transport: paramiko.Transport) -> None:
+def _new_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """Paramiko's Transport with our handlers, installed before the handshake starts (a
+    server sends its first global request right after authentication)."""
+    transport = paramiko.Transport(sock, **kwargs)
     # Paramiko dispatches channel messages through a class-level table; an instance copy
     # changes only our transports.
     table = dict(paramiko.Transport._channel_handler_table)
     table[MSG_CHANNEL_REQUEST] = _handle_channel_request
     transport._channel_handler_table = table
+    parse = transport._handler_table[MSG_GLOBAL_REQUEST]
+
+    def global_request(m: Message) -> None:
+        mark = m.packet.tell()
+        m.get_text()
+        want_reply = m.get_boolean()
+        m.packet.seek(mark)
+        parse(m)
+        if not want_reply:
+            _ack_now(transport)
+
+    transport._handler_table[MSG_GLOBAL_REQUEST] = global_request
+    return transport
+
+
+def _ack_now(transport: paramiko.Transport) -> None:
+    """Answer a message that wants no answer with SSH_MSG_IGNORE, so that the TCP ACK leaves
+    now. Measured: OpenSSH's sshd sends "hostkeys-00@openssh.com" right after authentication
+    and then, with Nagle on (sshd disables it only for interactive sessions), holds the reply
+    to our first channel open until that message is ACKed; the kernel delays the ACK by
+    40 ms when we have nothing to send. That made every fresh connection's first command
+    45 ms slower; with this it is 2 ms. Sent from the transport's own thread, so with
+    `_send_message` (`send_ignore` would wait for the thread itself during a re-key)."""
+    m = Message()
+    m.add_byte(cMSG_IGNORE)
+    m.add_string(b"")
+    with contextlib.suppress(Exception):  # a dying transport: nothing to speed up
+        transport._send_message(m)
 
 
 def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes], buffer: _Buffer,
@@ -661,13 +748,6 @@ def _failed(node: Node, exc: NodeError, started: float, out: _Buffer | None = No
         stdout=out.text() if out else "", stderr=err.text() if err else "",
         stdout_bytes=out.total if out else 0, stderr_bytes=err.total if err else 0,
     )
-
-
-def _fabric_config(settings: SSHSettings) -> Config:
-    # Fabric reads ~/.ssh/config (Host aliases, ProxyJump, IdentityFile) unless told not to.
-    overrides: dict[str, Any] = {"load_ssh_configs": settings.ssh_config,
-                                 "timeouts": {"connect": settings.connect_timeout}}
-    return Config(overrides=overrides)
 
 
 def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
@@ -697,3 +777,13 @@ def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
         argv += ["-F", "/dev/null"]
     argv += list(extra)
     return argv
+
+
+def __getattr__(name: str) -> Any:
+    # `from skeleton_app.ssh import SkeletonConnection` keeps working; Fabric is imported
+    # only by whoever asks for it.
+    if name == "SkeletonConnection":
+        from skeleton_app.fabric_connection import SkeletonConnection
+
+        return SkeletonConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

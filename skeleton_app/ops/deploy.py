@@ -221,7 +221,7 @@ class _Session:
         connector = cluster.connector
         timeout = cluster.settings.ssh.connect_timeout
         for attempt in (1, 2):
-            conn = connector.connection(node)  # NodeError when unreachable
+            conn = connector.link(node)  # NodeError when unreachable
             try:
                 self.channel = conn.transport.open_session(timeout=timeout)
                 self.channel.exec_command(command)
@@ -330,8 +330,9 @@ class DeployPlan:
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
          dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
          checksum: bool = False, force: bool = False, restart: bool = False,
-         lock_wait: float = LOCK_WAIT) -> DeployPlan:
-    """Resolve and check the arguments (UsageError, nothing touched) and digest the tree."""
+         lock_wait: float = LOCK_WAIT, digest: bool = True) -> DeployPlan:
+    """Resolve and check the arguments (UsageError, nothing touched) and digest the tree
+    (unless `digest` is false: `with_digest` does it later)."""
     settings = cluster.settings
     src = _resolve_source(source, settings.deploy.source, settings.source)
     if dest is not None:
@@ -344,13 +345,19 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
                     if d and not d.startswith("/"))
     owner = _owner()
     digest_excludes = (*exclude, f"{DEFAULT_PARTIAL_DIR}/")
-    digest = None if dry_run else tree_digest(src, digest_excludes)
+    tree = tree_digest(src, digest_excludes) if digest and not dry_run else None
     return DeployPlan(
         source=src, dest=dest, exclude=exclude, filters=filters,
         delete=settings.deploy.delete if delete is None else delete, dry_run=dry_run,
         checksum=checksum, force=force, restart=restart, after=tuple(settings.deploy.after),
-        lock_wait=lock_wait, owner=owner, digest=digest, digest_excludes=digest_excludes,
+        lock_wait=lock_wait, owner=owner, digest=tree, digest_excludes=digest_excludes,
     )
+
+
+def with_digest(p: DeployPlan) -> DeployPlan:
+    if p.dry_run or p.digest is not None:
+        return p
+    return replace(p, digest=tree_digest(p.source, p.digest_excludes))
 
 
 def deploy(
@@ -378,11 +385,18 @@ def deploy(
     `data` holds `changes` (path, kind, item, size), `files_changed`, `bytes_sent`, `stats`.
     """
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
-             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait)
-    emit = _emitter(on_progress)
-    return cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
-                       fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
-                       on_result=on_result)
+             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False)
+    # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
+    # more than those two).
+    wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
+    try:
+        p = with_digest(p)
+        emit = _emitter(on_progress)
+        return cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
+                           fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
+                           on_result=on_result)
+    finally:
+        wait()
 
 
 def _emitter(on_progress: OnProgress | None) -> OnProgress:

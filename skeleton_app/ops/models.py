@@ -814,7 +814,8 @@ class _Sync:
         names = [self.model] if self.model else []
         # The targets' handshakes overlap the source's probe (nothing runs on them yet: a
         # source that turns out to be down leaves nothing behind).
-        self._warm_wait = self.cluster.connector.warm(t.node for t in self.targets)
+        self._warm_wait = self.cluster.connector.warm(
+            [t.node for t in self.targets][:self.fanout])
         try:
             facts = self.remote.call(src, "probe", self._connect_hint(src) + names)
         except NodeError as exc:
