@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -731,25 +731,51 @@ def _exit(code: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: maps every error to one line on stderr and an exit code."""
+    """Console entry point: maps every error to one line on stderr and an exit code.
+
+    Called without `argv` (the `skeleton` command itself) it ends the process with
+    `_exit_now`; with `argv` (from Python) it raises SystemExit as usual."""
+    exit_: Callable[[int], NoReturn] = _exit_now
+    if argv is not None:
+        exit_ = sys.exit
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="skeleton",
                       standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("skeleton: aborted", err=True)
-        sys.exit(130)
+        exit_(130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        exit_(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        exit_(exc.exit_code)
     except SkeletonError as exc:
         click.echo(f"skeleton: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        exit_(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("skeleton: interrupted", err=True)
-        sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        exit_(130)
+    exit_(rv if isinstance(rv, int) else 0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, which frees every object of the
+    ~500 modules a command has loaded one by one: measured 25-40 ms of each command, as
+    long as a warm command on all nodes. Everything is done by then: connections closed
+    (`Ctx.close`), files written in `with` blocks; the standard streams are flushed here.
+    A thread that is not a daemon still running (none of ours) gets the normal exit."""
+    import contextlib
+    import os
+    import threading
+
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (`| head`): nothing left to say.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        sys.exit(code)
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,18 @@ pytest_plugins = ["tests.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry
 SESSION_HOSTS = 6
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_dir() -> Iterator[Path]:
+    """The deploy hash cache (skeleton_app.tree) of this session's many temporary trees goes
+    to a directory of the session's own, not to the user's ~/.cache; the CLI subprocesses
+    inherit it."""
+    with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("XDG_CACHE_HOME", tmp)
+        yield Path(tmp)
+        mp.undo()
+
+
 def _fresh_state_dir() -> Path:
     # Directly under /tmp, not pytest's tmp_path (mode 0700 under /tmp/pytest-of-root):
     # PostgreSQL runs as `postgres` inside it and must be able to traverse it.

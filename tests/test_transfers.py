@@ -18,7 +18,6 @@ from fabric import Connection
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import NodeErrorKind
-from skeleton_app.ops.deploy import walk_tree
 from skeleton_app.testbed import Testbed
 from skeleton_app.transfers import (
     ITEM_PREFIX,
@@ -38,6 +37,7 @@ from skeleton_app.transfers import (
     rsync_quote,
     run_rsync,
 )
+from skeleton_app.tree import walk_tree
 
 TRICKY_WORDS = [
     "plain", "two words", "it's", 'say "hi"', "back\\slash", "$(touch /tmp/x)", "`id`",

@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import os
 import posixpath
 import re
 import shlex
 import socket
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -54,104 +53,18 @@ from skeleton_app.transfers import (
     DEFAULT_PARTIAL_DIR,
     FileChange,
     Progress,
-    RsyncFilter,
     TransferResult,
     classify_failure,
     disk_full,
     rsync,
     supports,
 )
+from skeleton_app.tree import TreeDigest, tree_digest
 
 STATE_DIR = layout.DEPLOY_DIR
 DIGEST_FILE = layout.DIGEST_FILE
 LOCK_WAIT = 10.0
-_DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
 _MAX_CHANGES_KEPT = 10000  # per node in the result; the counters stay exact
-
-
-# ------------------------------------------------------------------------ the local tree
-
-
-@dataclass(frozen=True, slots=True)
-class TreeDigest:
-    """Content hash of the tree rsync would send: paths, types, permissions, file contents and
-    symlink targets (not times: a touched but unchanged file is no reason to deploy)."""
-
-    hex: str
-    files: int
-    bytes: int
-
-    @property
-    def version(self) -> str:
-        """The short form shown as the code version (first line of the digest file)."""
-        return self.hex[:16]
-
-
-def walk_tree(root: str | os.PathLike[str], exclude: Iterable[str] = ()
-              ) -> Iterator[tuple[str, os.stat_result, str]]:
-    """(relative path, lstat, absolute path) of every entry rsync -rlpt would send with these
-    excludes, depth first in byte order of names; excluded directories are not entered.
-    Sockets, fifos and devices are left out, as rsync without -D skips them."""
-    flt = RsyncFilter(exclude)
-    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        except OSError as exc:
-            raise UsageError(f"cannot read {directory}: {exc.strerror}") from None
-        subdirs: list[tuple[str, str]] = []
-        for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from None
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                continue
-            if flt.excluded(path, is_dir):
-                continue
-            yield path, st, entry.path
-            if is_dir:
-                subdirs.append((entry.path, path))
-        # Children before the next sibling directory: the same tree always walks the same way.
-        stack.extend(reversed(subdirs))
-
-
-def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeDigest:
-    """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
-    cannot be read: rsync could not send it either."""
-    h = hashlib.sha256(_DIGEST_FORMAT)
-    count = 0
-    total = 0
-    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(root).st_mode))
-    for path, st, full in walk_tree(root, exclude):
-        raw = os.fsencode(path)
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
-        elif stat.S_ISLNK(mode):
-            h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(full))))
-            count += 1
-        else:
-            h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
-            h.update(_file_hash(full))
-            count += 1
-            total += st.st_size
-    return TreeDigest(h.hexdigest(), count, total)
-
-
-def _file_hash(path: str) -> bytes:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    return h.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +238,15 @@ class DeployPlan:
     owner: str
     digest: TreeDigest | None = None
     digest_excludes: tuple[str, ...] = field(default=())
+    digest_future: Future[TreeDigest] | None = None  # `digest`, still being computed
+
+    def tree(self) -> TreeDigest:
+        """The local tree's digest (waits for it when it is being computed)."""
+        if self.digest is not None:
+            return self.digest
+        if self.digest_future is None:
+            raise AssertionError("a dry run has no digest")
+        return self.digest_future.result()
 
 
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
@@ -354,10 +276,21 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
     )
 
 
-def with_digest(p: DeployPlan) -> DeployPlan:
+def _digest_meanwhile(p: DeployPlan) -> DeployPlan:
+    """`p` with its digest computed in a thread of its own: the nodes' sessions (connect,
+    lock, read the node's digest) need it only at the end."""
     if p.dry_run or p.digest is not None:
         return p
-    return replace(p, digest=tree_digest(p.source, p.digest_excludes))
+    future: Future[TreeDigest] = Future()
+
+    def compute() -> None:
+        try:
+            future.set_result(tree_digest(p.source, p.digest_excludes))
+        except BaseException as exc:  # handed to whoever waits for it
+            future.set_exception(exc)
+
+    threading.Thread(target=compute, daemon=True, name="tree-digest").start()
+    return replace(p, digest_future=future)
 
 
 def deploy(
@@ -386,17 +319,21 @@ def deploy(
     """
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
              checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False)
-    # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
-    # more than those two).
+    # Hashing the tree overlaps the first wave's handshakes and sessions (a no-change
+    # deploy is little more than those).
     wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
     try:
-        p = with_digest(p)
+        p = _digest_meanwhile(p)
         emit = _emitter(on_progress)
-        return cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
-                           fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
-                           on_result=on_result)
+        result = cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
+                             fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
+                             on_result=on_result)
     finally:
         wait()
+    error = p.digest_future.exception() if p.digest_future is not None else None
+    if error is not None:
+        raise error  # a file rsync could not send either: UsageError
+    return result
 
 
 def _emitter(on_progress: OnProgress | None) -> OnProgress:
@@ -520,7 +457,6 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
         emit(DeployEvent(node.id, "done", files=tr.files_changed))
         return done(exit_code=0, stdout=_listing(tr.changes), data=data)
 
-    assert p.digest is not None
     emit(DeployEvent(node.id, "lock"))
     command = shlex.join(["sh", "-c", _script("deploy.sh"), "skeleton-deploy", dest,
                           f"{p.lock_wait:g}", p.owner, "rsync"])
@@ -548,8 +484,9 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             return done(exit_code=1, stderr=message + "\n", data=base)
         last = DeployedDigest.parse([ln[len("digest="):] for ln in header
                                      if ln.startswith("digest=")])
-        base.update(previous=last.version, version=p.digest.version)
-        unchanged = (not p.force and last.tree == p.digest.hex
+        tree = p.tree()
+        base.update(previous=last.version, version=tree.version)
+        unchanged = (not p.force and last.tree == tree.hex
                      and (last.delete or not p.delete))
 
         if not unchanged:
@@ -593,7 +530,7 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                                                    "daemon_start": dict(again.data)})
                 return failed
             emit(DeployEvent(node.id, "commit"))
-            lines = digest_lines(p.digest, delete=p.delete, owner=p.owner, source=p.source)
+            lines = digest_lines(tree, delete=p.delete, owner=p.owner, source=p.source)
             reply = session.request(["commit", *lines, "."], helper_timeout)
             if reply != "ok":
                 emit(DeployEvent(node.id, "failed", message=reply))

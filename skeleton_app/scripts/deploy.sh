@@ -19,8 +19,9 @@
 #     message=...                  (error)
 #     ready                        (locked: requests are read from now on)
 # Requests on stdin, one per line, each answered by one line:
-#     begin     check that RSYNC runs, then remove the digest (a deploy that dies from here on
-#               must not be mistaken for a finished one)      -> ok | error=rsync-missing | error=...
+#     begin     record the owner, check that RSYNC runs, then remove the digest (a deploy that
+#               dies from here on must not be mistaken for a finished one)
+#                                                              -> ok | error=rsync-missing | error=...
 #     commit    the following lines, up to a line holding only ".", become the new digest,
 #               written atomically                             -> ok | error=...
 #     (EOF)     exit 0; the lock goes with this shell
@@ -47,7 +48,9 @@ case $wait in
     '' | *[!0-9.]* | *.*.*) printf 'state=error\nmessage=WAIT must be a number, got "%s"\n' "$wait"; exit 2 ;;
 esac
 
-if ! mkdir -p -- "$state_dir" 2>/dev/null; then
+# Every command run here costs a fork and an exec on each node of every deploy, no-change
+# ones included: the common path runs only flock.
+if [ ! -d "$state_dir" ] && ! mkdir -p -- "$state_dir" 2>/dev/null; then
     printf 'state=error\nmessage=cannot create %s: %s\n' "$state_dir" \
         "$(mkdir -p -- "$state_dir" 2>&1 | tail -n 1)"
     exit 1
@@ -67,10 +70,6 @@ if ! flock -w "$wait" 9; then
     printf 'state=busy\n%s\n' "${holder:-owner=unknown since=unknown}"
     exit 75
 fi
-# Written through a temporary name: a waiting deploy reads either the old owner or the new one.
-printf 'owner=%s since=%s\n' "$owner" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$state_dir/owner.$$" &&
-    mv -f -- "$state_dir/owner.$$" "$state_dir/owner"
-
 printf 'state=locked\n'
 if [ -f "$state_dir/digest" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
@@ -82,6 +81,11 @@ printf 'ready\n'
 while IFS= read -r request; do
     case $request in
         begin)
+            # Who holds the lock, for a deploy that finds it taken (only a deploy that goes
+            # ahead holds it for long). Written through a temporary name: a waiting deploy
+            # reads either the old owner or the new one.
+            printf 'owner=%s since=%s\n' "$owner" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" \
+                >"$state_dir/owner.$$" && mv -f -- "$state_dir/owner.$$" "$state_dir/owner"
             # The binary may exist and still fail (a broken install, a stub): run it.
             if ! "$rsync_cmd" --version >/dev/null 2>&1; then
                 printf 'error=rsync-missing\n'

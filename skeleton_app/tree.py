@@ -1,0 +1,172 @@
+"""The local tree a deploy sends: walked as rsync walks it, and digested.
+
+The digest is a content hash of exactly what `rsync -rlpt` with the deploy's excludes would
+send. A no-change redeploy is decided by comparing it with the digest each node keeps, so it
+is on the path of every deploy; reading every file each time cost ~30 ms for 2,000 files
+here. File hashes are therefore cached per tree (under $XDG_CACHE_HOME/skeleton_app), keyed
+by size, mtime, ctime, inode and device: any write to a file changes its ctime. As in git's
+index, an entry is not cached while its times are within `_RACY` seconds of now (a second
+write in the same clock tick would leave them unchanged), so it is hashed again next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skeleton_app.errors import UsageError
+from skeleton_app.transfers import RsyncFilter
+
+_DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
+_CACHE_FORMAT = 1
+_RACY = 2.0  # seconds
+_CACHE_MAX_AGE = 30 * 86400  # cache files of trees not deployed for this long are removed
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDigest:
+    """Content hash of the tree rsync would send: paths, types, permissions, file contents and
+    symlink targets (not times: a touched but unchanged file is no reason to deploy)."""
+
+    hex: str
+    files: int
+    bytes: int
+
+    @property
+    def version(self) -> str:
+        """The short form shown as the code version (first line of the digest file)."""
+        return self.hex[:16]
+
+
+def walk_tree(root: str | os.PathLike[str], exclude: Iterable[str] = ()
+              ) -> Iterator[tuple[str, os.stat_result, str]]:
+    """(relative path, lstat, absolute path) of every entry rsync -rlpt would send with these
+    excludes, depth first in byte order of names; excluded directories are not entered.
+    Sockets, fifos and devices are left out, as rsync without -D skips them."""
+    flt = RsyncFilter(exclude)
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            raise UsageError(f"cannot read {directory}: {exc.strerror}") from None
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from None
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                continue
+            if flt.excluded(path, is_dir):
+                continue
+            yield path, st, entry.path
+            if is_dir:
+                subdirs.append((entry.path, path))
+        # Children before the next sibling directory: the same tree always walks the same way.
+        stack.extend(reversed(subdirs))
+
+
+def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = (), *,
+                cache: bool = True) -> TreeDigest:
+    """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
+    cannot be read: rsync could not send it either. `cache=False` reads every file."""
+    exclude = tuple(exclude)
+    cache_file = _cache_file(root, exclude) if cache else None
+    known = _load(cache_file) if cache_file else {}
+    keep: dict[str, list[Any]] = {}
+    hashed = False
+    racy_after = (time.time() - _RACY) * 1e9
+    h = hashlib.sha256(_DIGEST_FORMAT)
+    count = 0
+    total = 0
+    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(root).st_mode))
+    for path, st, full in walk_tree(root, exclude):
+        raw = os.fsencode(path)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
+        elif stat.S_ISLNK(mode):
+            h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(full))))
+            count += 1
+        else:
+            h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
+            key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+            entry = known.get(path)
+            if entry is not None and entry[:5] == key:
+                digest = bytes.fromhex(entry[5])
+            else:
+                digest = _file_hash(full)
+                hashed = True
+            if max(st.st_mtime_ns, st.st_ctime_ns) < racy_after:
+                keep[path] = [*key, digest.hex()]
+            h.update(digest)
+            count += 1
+            total += st.st_size
+    if cache_file and (hashed or len(keep) != len(known)):
+        _save(cache_file, keep)
+    return TreeDigest(h.hexdigest(), count, total)
+
+
+def _file_hash(path: str) -> bytes:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return h.digest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "skeleton_app"
+
+
+def _cache_file(root: str | os.PathLike[str], exclude: tuple[str, ...]) -> Path:
+    name = hashlib.sha256(
+        json.dumps([os.path.abspath(root), exclude]).encode()).hexdigest()[:24]
+    return cache_dir() / f"tree-{name}.json"
+
+
+def _load(path: Path) -> dict[str, list[Any]]:
+    """The cached entries, or none when the file is missing, unreadable or not ours."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _save(path: Path, files: dict[str, list[Any]]) -> None:
+    """Write atomically; a cache that cannot be written only costs time."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"format": _CACHE_FORMAT, "files": files}))
+        os.replace(tmp, path)
+        _prune(path.parent)
+
+
+def _prune(directory: Path) -> None:
+    cutoff = time.time() - _CACHE_MAX_AGE
+    for old in directory.glob("tree-*.json"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
