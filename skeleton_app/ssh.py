@@ -1,12 +1,16 @@
-"""The SSH layer: Fabric connections with our host-key policy, pooled, bounded and honest.
+"""The SSH layer: connections with our host-key policy, pooled, bounded and honest.
 
 Everything Paramiko, Fabric and `socket` raise is translated here into `NodeError` with a
 `NodeErrorKind`; nothing above this module sees their exceptions.
 
 Why commands do not go through `Connection.run`: on a warm connection Invoke's runner
 costs ~48 ms a command (threads, pty negotiation, encoding layers) while a bare channel
-read to EOF costs ~3 ms. Fabric's `Connection` stays the public face (`Cluster.group()`
-hands out Fabric objects), and `Connector.run` drives its transport directly.
+read to EOF costs ~3 ms. Fabric's `Connection` stays the public face (`Cluster.connection()`
+and `Cluster.group()` hand out `fabric_connection.SkeletonConnection`), and `Connector.run`
+drives the transport directly. The pool holds plain authenticated Paramiko clients
+(`_Link`) unless a node needs Fabric to reach it (a jump host, ProxyJump or ProxyCommand):
+importing Fabric and Invoke costs ~50 ms, a quarter of `skeleton cluster exec` on 8 nodes.
+`connection()` wraps a pooled client in a Fabric Connection when asked.
 
 Deadlines, all finite:
 - connect: TCP connect, banner, key exchange, auth and channel open each bounded by
@@ -375,7 +379,11 @@ class Connector:
             return None
         found: dict[str, Any] = {}
         if self.settings.ssh_config:
-            found = dict(self._ssh_lookup(node.host))
+            try:
+                found = dict(self._ssh_lookup(node.host))
+            except (OSError, paramiko.SSHException) as exc:  # Fabric would fail the same way
+                raise NodeError(NodeErrorKind.ERROR, f"ssh_config (~/.ssh/config,"
+                                f" /etc/ssh/ssh_config): {exc}", node=node.id) from exc
         if "proxyjump" in found or "proxycommand" in found:
             return None
         kwargs = self.connect_kwargs(node)
@@ -466,6 +474,7 @@ class Connector:
             return conn
 
     def _open(self, node: Node) -> _Link | SkeletonConnection:
+        """Connect to `node` (retrying handshakes that sshd's MaxStartups dropped)."""
         timeout = self.settings.connect_timeout
         plain = self._plain(node)
         conn: _Link | SkeletonConnection
