@@ -60,8 +60,9 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/skeleton-logs.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
-# follow ends by a TERM to the whole group: exit through the EXIT trap, not around it.
-trap 'exit 143' TERM
+# follow ends by a TERM to the whole group: exit through the EXIT trap, not around it, and
+# only once every tail and grep (TERMed too) is gone: the session ends with the last of them.
+trap 'wait; exit 143' TERM
 : >"$tmp/seen"
 
 # since_filter [FLUSH]: keep lines from the first time stamp >= cutoff on (see SINCE above).
