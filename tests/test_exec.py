@@ -29,6 +29,13 @@ def cluster_for(path: Path) -> Cluster:
     return Cluster.from_config(settings=load_config(path, env={}))
 
 
+def python_with_home(home: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter whose ~ is `home` (so its ~/.ssh/config applies)."""
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
 # ---------------------------------------------------------------- exactness and output
 
 
@@ -507,9 +514,7 @@ def test_ssh_config_alias_and_proxyjump_are_honoured(testbed: Testbed, tmp_path:
             f"c = Cluster.from_config(settings=load_config({str(path)!r}, env={{}}))\n"
             "r = c.run('echo $SSH_CONNECTION; hostname')['far']\n"
             "print(r.error_kind, r.error, r.stdout.replace(chr(10), ' '))\n")
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = python_with_home(home, code)
     assert proc.returncode == 0, proc.stderr
     kind, _, rest = proc.stdout.partition(" ")
     assert kind == "None", proc.stdout
@@ -520,8 +525,7 @@ def test_ssh_config_alias_and_proxyjump_are_honoured(testbed: Testbed, tmp_path:
                           if not ln.startswith(jump.ip + " ")))
     config_variant(testbed, path, ssh={"known_hosts": str(kh)},
                    nodes=[{"id": "far", "host": "far-node"}])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = python_with_home(home, code)
     assert proc.stdout.startswith("hostkey-unknown"), proc.stdout + proc.stderr
     assert jump.ip in proc.stdout
     assert jump.ip not in kh.read_text()
@@ -556,9 +560,7 @@ def test_commands_need_neither_fabric_nor_invoke_yet_ssh_config_is_honoured(
             "conn = c.connection(node)\n"
             "print(type(conn).__name__, conn.transport is transport,"
             " conn.run('hostname', hide=True).stdout.strip())\n")
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = python_with_home(home, code)
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.splitlines()
     assert first == "None node-02 False True"  # Invoke only for Match exec; no Fabric
