@@ -314,14 +314,29 @@ def test_many_handshakes_to_default_maxstartups_are_retried(testbed: Testbed,
     host.sshd_config.write_text(
         "\n".join(ln for ln in original.splitlines() if not ln.startswith("MaxStartups"))
         + "\nMaxStartups 10:30:100\n")
+    log_before = len(host.sshd_log.read_text())
     try:
         tb.stop_sshd(testbed, "node-06")
         tb.start_sshd(testbed, "node-06")
-        nodes = [{"id": f"alias-{i:02d}", "host": host.ip} for i in range(40)]
+        # 40 host names (pooled apart) for the one address, through ~/.ssh/config.
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "config").write_text(f"Host alias-*\n  HostName {host.ip}\n")
+        nodes = [{"id": f"alias-{i:02d}", "host": f"alias-{i:02d}"} for i in range(40)]
         path = config_variant(testbed, tmp_path / "c.yaml", nodes=nodes)
-        with cluster_for(path) as cluster:
-            result = cluster.run("echo ok")
-        assert len(result.ok) == 40, {k: r.error for k, r in result.errors.items()}
+        code = ("import json\n"
+                "from skeleton_app.cluster import Cluster\n"
+                "from skeleton_app.config import load_config\n"
+                f"c = Cluster.from_config(settings=load_config({str(path)!r}, env={{}}))\n"
+                "r = c.run('echo ok')\n"
+                "print(json.dumps([len(r.ok), len(c.connector._pool),"
+                " {k: v.error for k, v in r.errors.items()}]))\n")
+        proc = python_with_home(home, code)
+        assert proc.returncode == 0, proc.stderr
+        ok, connections, errors = json.loads(proc.stdout)
+        assert (ok, connections) == (40, 40), errors
+        # sshd did drop handshakes (it logs the first drop of a burst): they were retried.
+        assert "past MaxStartups" in host.sshd_log.read_text()[log_before:]
     finally:
         host.sshd_config.write_text(original)
         tb.stop_sshd(testbed, "node-06")
