@@ -383,12 +383,17 @@ def test_bad_paths_and_names_exit_2_nothing_started(testbed: Testbed, rel: str) 
     assert not models_root(testbed, "node-02", rel).exists()
 
 
-def test_source_down_clear_error_nothing_started(testbed: Testbed, rel: str) -> None:
+@pytest.mark.parametrize("named", [False, True], ids=["all-models", "named-model"])
+def test_source_down_clear_error_nothing_started(testbed: Testbed, rel: str,
+                                                 named: bool) -> None:
+    """Named, the model's targets are probed while the source is (and start connecting to
+    their next peers): a source that turns out to be down still leaves nothing on them."""
     make_model(testbed, "node-06", rel, "m", size=1000)
     tb.stop_sshd(testbed, "node-06")
     try:
         proc = skeleton("cluster", "sync-models", "--source-node", "node-06", "--node",
-                        "node-0[4-6]", "--models-path", rel, config=testbed.config_path)
+                        "node-0[4-6]", "--models-path", rel, *(["--model", "m"] if named else []),
+                        config=testbed.config_path)
     finally:
         tb.start_sshd(testbed, "node-06")
     assert proc.returncode == 4, proc.stderr

@@ -81,7 +81,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -777,6 +777,7 @@ class _Sync:
         self.warnings: list[str] = []
         self._active_jobs = 0
         self._warm_wait: Callable[[], None] = lambda: None
+        self._early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early")
         self._jobs_lock = threading.Lock()
         self._progress_lock = threading.Lock()
         self.fanout = max(1, self.settings.ssh.fanout)
@@ -812,10 +813,17 @@ class _Sync:
         are probed in parallel."""
         src = self.source
         names = [self.model] if self.model else []
-        # The targets' handshakes overlap the source's probe (nothing runs on them yet: a
-        # source that turns out to be down leaves nothing behind).
-        self._warm_wait = self.cluster.connector.warm(
-            [t.node for t in self.targets][:self.fanout])
+        early: Future[None] | None = None
+        if self.model is not None and not self.verify:
+            # The model is named: the targets' probes (and the connections they start to
+            # their next peers) go out with the source's. If the source then fails, `_finish`
+            # cleans up after them on every target they reached.
+            early = self._early.submit(self.preflight, names, 0)
+        else:
+            # At least the targets' handshakes overlap the source's probe (nothing runs on
+            # them yet: a source that turns out to be down leaves nothing behind).
+            self._warm_wait = self.cluster.connector.warm(
+                [t.node for t in self.targets][:self.fanout])
         try:
             facts = self.remote.call(src, "probe", self._connect_hint(src) + names)
         except NodeError as exc:
@@ -823,6 +831,11 @@ class _Sync:
                             " transferred", node=None) from None
         except _StepFailed as exc:
             raise UsageError(f"source node {src.id}: {exc.message}") from None
+        finally:
+            if early is not None:
+                # Whatever happens next, the targets' probes have ended (and `_finish` knows
+                # every node they reached).
+                early.result()
         where = self.paths[src.id]
         if not facts.exists:
             raise UsageError(f"the models directory {where} does not exist on the source node"
@@ -858,10 +871,11 @@ class _Sync:
         total = sum(st.size for path, st in facts.entries.items() if st.kind == "f")
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="source") as pool:
             hashing = pool.submit(hash_source) if to_hash else None
-            probing = pool.submit(self.preflight, names, total)
+            probing = pool.submit(self.preflight, names, total) if early is None else None
             if hashing is not None:
                 hashing.result()
-            probing.result()
+            if probing is not None:
+                probing.result()
         if problem:
             raise NodeError(NodeErrorKind.LOST, f"source node {src.id}: hashing the model"
                             f" failed: {problem[0]}; nothing was transferred") from None
@@ -1447,6 +1461,7 @@ class _Sync:
             self._abort_all()
             raise
         finally:
+            self._early.shutdown()
             self._finish()
             self._warm_wait()
         return ClusterResult([self._result(t) for t in self.targets], operation="sync-models",
