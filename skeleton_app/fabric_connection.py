@@ -1,7 +1,8 @@
 """Fabric's face of our connections: `SkeletonConnection`, a Fabric `Connection` with our
 host-key policy, finite timeouts and TCP_NODELAY (what `Cluster.connection()`, `group()`,
-tasks.py and fabfile.py hand out). Importing this module imports Fabric and Invoke; the
-command paths of the CLI never do (see `ssh.Connector`).
+tasks.py and fabfile.py hand out, and what reaches a node through a jump host, ProxyJump or
+ProxyCommand). Importing this module imports Fabric and Invoke; the CLI's commands do so
+only for such nodes (see `ssh.Connector`).
 """
 
 from __future__ import annotations

@@ -298,7 +298,8 @@ class Connector:
         self._key_lock = threading.Lock()
         self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
         self._pool: dict[tuple[str, str, int], _Link | SkeletonConnection] = {}
-        self._warm_errors: dict[tuple[str, str, int], NodeError] = {}
+        self._warm_errors: dict[tuple[str, str, int], tuple[NodeError, float]] = {}
+        self._closes = 0  # close() calls so far: a connection opened across one is dropped
         self._keys: dict[str, paramiko.PKey | None] = {}
         self._fabric_config = fabric_config
         self._ssh_config: paramiko.SSHConfig | None = None
@@ -381,9 +382,10 @@ class Connector:
         if self.settings.ssh_config:
             try:
                 found = dict(self._ssh_lookup(node.host))
-            except (OSError, paramiko.SSHException) as exc:  # Fabric would fail the same way
+            except Exception as exc:  # unreadable, malformed, a failing Match exec...
                 raise NodeError(NodeErrorKind.ERROR, f"ssh_config (~/.ssh/config,"
-                                f" /etc/ssh/ssh_config): {exc}", node=node.id) from exc
+                                f" /etc/ssh/ssh_config): {type(exc).__name__}: {exc}",
+                                node=node.id) from exc
         if "proxyjump" in found or "proxycommand" in found:
             return None
         kwargs = self.connect_kwargs(node)
@@ -414,7 +416,8 @@ class Connector:
         nodes = list(nodes)
 
         def one(node: Node) -> None:
-            with contextlib.suppress(NodeError):
+            # Whatever went wrong, the node's first command meets it again (or gets it).
+            with contextlib.suppress(Exception):
                 self.link(node, warming=True)
 
         threads = [threading.Thread(target=one, args=(n,), name=f"warm-{n.id}", daemon=True)
@@ -439,6 +442,7 @@ class Connector:
         conn = self.new_connection(node)
         conn.client = link.client
         conn.transport = link.transport
+        conn.liveness_lock = link.liveness_lock  # one liveness probe at a time per transport
         with self._lock:
             key = (node.user, node.host, node.port)
             if self._pool.get(key) is link:
@@ -451,27 +455,34 @@ class Connector:
         with self._lock:
             conn = self._pool.get(key)
             node_lock = self._node_locks.setdefault(key, threading.Lock())
+            closes = self._closes
         if conn is not None and conn.is_connected and conn.transport.is_active():
             return conn
+        since = time.monotonic()
         with node_lock:
             with self._lock:
                 conn = self._pool.get(key)
-                # A warm-up attempt that failed while we waited for it: its error is ours.
-                warm_error = self._warm_errors.pop(key, None)
-            if warm_error is not None:
-                raise warm_error
+                failed = self._warm_errors.pop(key, None)
+            # A warm-up attempt that failed while we waited for it: its error is ours (one
+            # that failed before we came is old news: connect again).
+            if failed is not None and failed[1] >= since:
+                raise failed[0]
             if conn is not None and conn.is_connected and conn.transport.is_active():
                 return conn
             try:
                 conn = self._open(node)
             except NodeError as exc:
-                if warming:  # for the command that is waiting for this attempt (see warm)
+                if warming:  # for the command that may be waiting for this attempt
                     with self._lock:
-                        self._warm_errors[key] = exc
+                        self._warm_errors[key] = (exc, time.monotonic())
                 raise
             with self._lock:
-                self._pool[key] = conn
-            return conn
+                if self._closes == closes:
+                    self._pool[key] = conn
+                    return conn
+            conn.close()  # opened across close() (a warm-up): nobody would ever close it
+            raise NodeError(NodeErrorKind.ERROR, "the connector was closed while connecting",
+                            node=node.id)
 
     def _open(self, node: Node) -> _Link | SkeletonConnection:
         """Connect to `node` (retrying handshakes that sshd's MaxStartups dropped)."""
@@ -530,6 +541,7 @@ class Connector:
 
     def close(self) -> None:
         with self._lock:
+            self._closes += 1
             conns = list(self._pool.values())
             self._pool.clear()
         for conn in conns:

@@ -6,7 +6,8 @@ is on the path of every deploy; reading every file each time cost ~30 ms for 2,0
 here. File hashes are therefore cached per tree (under $XDG_CACHE_HOME/skeleton_app), keyed
 by size, mtime, ctime, inode and device: any write to a file changes its ctime. As in git's
 index, an entry is not cached while its times are within `_RACY` seconds of now (a second
-write in the same clock tick would leave them unchanged), so it is hashed again next time.
+write in the same clock tick would leave them unchanged), so it is hashed again next time;
+nor is one whose ctime has no sub-second part (a file system with coarse timestamps).
 """
 
 from __future__ import annotations
@@ -92,25 +93,24 @@ def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = (), *,
     h = hashlib.sha256(_DIGEST_FORMAT)
     count = 0
     total = 0
-    h.update(b"R\0%o\0" % stat.S_IMODE(os.stat(root).st_mode))
+    h.update(b"R\0%o\0" % stat.S_IMODE(_stat(os.fspath(root)).st_mode))
     for path, st, full in walk_tree(root, exclude):
         raw = os.fsencode(path)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             h.update(b"D\0%s\0%o\0" % (raw, stat.S_IMODE(mode)))
         elif stat.S_ISLNK(mode):
-            h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(os.readlink(full))))
+            h.update(b"L\0%s\0%s\0" % (raw, os.fsencode(_readlink(full))))
             count += 1
         else:
             h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
             key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-            entry = known.get(path)
-            if entry is not None and entry[:5] == key:
-                digest = bytes.fromhex(entry[5])
-            else:
+            digest = _cached(known.get(path), key)
+            if digest is None:
                 digest = _file_hash(full)
                 hashed = True
-            if max(st.st_mtime_ns, st.st_ctime_ns) < racy_after:
+            if (max(st.st_mtime_ns, st.st_ctime_ns) < racy_after
+                    and st.st_ctime_ns % 1_000_000_000):
                 keep[path] = [*key, digest.hex()]
             h.update(digest)
             count += 1
@@ -118,6 +118,31 @@ def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = (), *,
     if cache_file and (hashed or len(keep) != len(known)):
         _save(cache_file, keep)
     return TreeDigest(h.hexdigest(), count, total)
+
+
+def _cached(entry: Any, key: list[int]) -> bytes | None:
+    """The cached hash when `entry` is well formed and has exactly this key."""
+    if not (isinstance(entry, list) and len(entry) == 6 and entry[:5] == key):
+        return None
+    try:
+        digest = bytes.fromhex(entry[5])
+    except (TypeError, ValueError):
+        return None
+    return digest if len(digest) == 32 else None
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _file_hash(path: str) -> bytes:
@@ -165,8 +190,11 @@ def _save(path: Path, files: dict[str, list[Any]]) -> None:
 
 
 def _prune(directory: Path) -> None:
-    cutoff = time.time() - _CACHE_MAX_AGE
-    for old in directory.glob("tree-*.json"):
-        with contextlib.suppress(OSError):
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
+    """Remove caches of trees not deployed for a month, and temporary files a day old (a
+    process that ended while writing one)."""
+    now = time.time()
+    for pattern, age in (("tree-*.json", _CACHE_MAX_AGE), (".tree-*.json.*", 86400)):
+        for old in directory.glob(pattern):
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < now - age:
+                    old.unlink()

@@ -223,6 +223,21 @@ def test_warm_connects_ahead_and_hands_its_failure_to_the_first_command(
         tb.clear_blackhole(testbed, "node-05")
 
 
+def test_a_warm_up_failure_is_not_handed_to_a_later_command(testbed: Testbed,
+                                                            tmp_path: Path) -> None:
+    path = config_variant(testbed, tmp_path / "c.yaml", ssh={"connect_timeout": 1})
+    with cluster_for(path) as cluster:
+        nodes = cluster.select(["node-05"])
+        tb.blackhole(testbed, "node-05")
+        try:
+            cluster.connector.warm(nodes)
+            time.sleep(2)  # the attempt has failed by now, and nobody was waiting for it
+        finally:
+            tb.clear_blackhole(testbed, "node-05")
+        result = cluster.run("hostname", nodes)  # the node is back: connect again
+    assert result["node-05"].stdout == "node-05\n", result.to_json()
+
+
 def test_command_timeout_kills_process_group_on_node(testbed: Testbed) -> None:
     proc = skeleton("cluster", "exec", "sleep 1000 & sleep 999; wait", "--node", "node-01",
                     "--timeout", "1", config=testbed.config_path)

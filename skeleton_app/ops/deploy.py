@@ -36,7 +36,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -238,15 +237,6 @@ class DeployPlan:
     owner: str
     digest: TreeDigest | None = None
     digest_excludes: tuple[str, ...] = field(default=())
-    digest_future: Future[TreeDigest] | None = None  # `digest`, still being computed
-
-    def tree(self) -> TreeDigest:
-        """The local tree's digest (waits for it when it is being computed)."""
-        if self.digest is not None:
-            return self.digest
-        if self.digest_future is None:
-            raise AssertionError("a dry run has no digest")
-        return self.digest_future.result()
 
 
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
@@ -254,7 +244,7 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
          checksum: bool = False, force: bool = False, restart: bool = False,
          lock_wait: float = LOCK_WAIT, digest: bool = True) -> DeployPlan:
     """Resolve and check the arguments (UsageError, nothing touched) and digest the tree
-    (unless `digest` is false: `with_digest` does it later)."""
+    (unless `digest` is false)."""
     settings = cluster.settings
     src = _resolve_source(source, settings.deploy.source, settings.source)
     if dest is not None:
@@ -274,23 +264,6 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
         checksum=checksum, force=force, restart=restart, after=tuple(settings.deploy.after),
         lock_wait=lock_wait, owner=owner, digest=tree, digest_excludes=digest_excludes,
     )
-
-
-def _digest_meanwhile(p: DeployPlan) -> DeployPlan:
-    """`p` with its digest computed in a thread of its own: the nodes' sessions (connect,
-    lock, read the node's digest) need it only at the end."""
-    if p.dry_run or p.digest is not None:
-        return p
-    future: Future[TreeDigest] = Future()
-
-    def compute() -> None:
-        try:
-            future.set_result(tree_digest(p.source, p.digest_excludes))
-        except BaseException as exc:  # handed to whoever waits for it
-            future.set_exception(exc)
-
-    threading.Thread(target=compute, daemon=True, name="tree-digest").start()
-    return replace(p, digest_future=future)
 
 
 def deploy(
@@ -319,20 +292,17 @@ def deploy(
     """
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
              checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False)
-    # Hashing the tree overlaps the first wave's handshakes and sessions (a no-change
-    # deploy is little more than those).
+    # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
+    # more than those two). A tree that cannot be read fails here, before any node is
+    # touched; the warm-up threads then end on their own.
     wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
-    try:
-        p = _digest_meanwhile(p)
-        emit = _emitter(on_progress)
-        result = cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
-                             fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
-                             on_result=on_result)
-    finally:
-        wait()
-    error = p.digest_future.exception() if p.digest_future is not None else None
-    if error is not None:
-        raise error  # a file rsync could not send either: UsageError
+    if not dry_run:
+        p = replace(p, digest=tree_digest(p.source, p.digest_excludes))
+    emit = _emitter(on_progress)
+    result = cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
+                         fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
+                         on_result=on_result)
+    wait()
     return result
 
 
@@ -457,6 +427,8 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
         emit(DeployEvent(node.id, "done", files=tr.files_changed))
         return done(exit_code=0, stdout=_listing(tr.changes), data=data)
 
+    tree = p.digest
+    assert tree is not None
     emit(DeployEvent(node.id, "lock"))
     command = shlex.join(["sh", "-c", _script("deploy.sh"), "skeleton-deploy", dest,
                           f"{p.lock_wait:g}", p.owner, "rsync"])
@@ -484,7 +456,6 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             return done(exit_code=1, stderr=message + "\n", data=base)
         last = DeployedDigest.parse([ln[len("digest="):] for ln in header
                                      if ln.startswith("digest=")])
-        tree = p.tree()
         base.update(previous=last.version, version=tree.version)
         unchanged = (not p.force and last.tree == tree.hex
                      and (last.delete or not p.delete))
@@ -499,6 +470,8 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                 return fail(NodeErrorKind.ERROR, f"deploy helper: {reply}", base)
 
         if p.restart:
+            if unchanged:  # `begin` records who holds the lock; a restart holds it too
+                session.request(["own"], helper_timeout)
             emit(DeployEvent(node.id, "stop"))
             stopped = control_node(cluster, node, "stop")
             base["daemon_stop"] = dict(stopped.data)

@@ -19,6 +19,7 @@
 #     message=...                  (error)
 #     ready                        (locked: requests are read from now on)
 # Requests on stdin, one per line, each answered by one line:
+#     own       record the owner (a deploy that holds the lock for long)  -> ok | error=...
 #     begin     record the owner, check that RSYNC runs, then remove the digest (a deploy that
 #               dies from here on must not be mistaken for a finished one)
 #                                                              -> ok | error=rsync-missing | error=...
@@ -78,14 +79,21 @@ if [ -f "$state_dir/digest" ]; then
 fi
 printf 'ready\n'
 
+# own: record who holds the lock, for a deploy that finds it taken. Only a deploy that goes
+# ahead (or restarts the daemon) holds it for long, so a no-change deploy skips the forks.
+# Written through a temporary name: a waiting deploy reads either the old owner or the new.
+own() {
+    printf 'owner=%s since=%s\n' "$owner" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" \
+        >"$state_dir/owner.$$" && mv -f -- "$state_dir/owner.$$" "$state_dir/owner"
+}
+
 while IFS= read -r request; do
     case $request in
+        own)
+            if own; then printf 'ok\n'; else printf 'error=cannot write %s\n' "$state_dir/owner"; fi
+            ;;
         begin)
-            # Who holds the lock, for a deploy that finds it taken (only a deploy that goes
-            # ahead holds it for long). Written through a temporary name: a waiting deploy
-            # reads either the old owner or the new one.
-            printf 'owner=%s since=%s\n' "$owner" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" \
-                >"$state_dir/owner.$$" && mv -f -- "$state_dir/owner.$$" "$state_dir/owner"
+            own
             # The binary may exist and still fail (a broken install, a stub): run it.
             if ! "$rsync_cmd" --version >/dev/null 2>&1; then
                 printf 'error=rsync-missing\n'

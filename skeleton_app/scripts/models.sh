@@ -415,14 +415,17 @@ close_master() {
     close_socket "$RUN_DIR/cm-$1"
 }
 
-# close_socket SOCKET: the same, by path (SOCKET.pid holds the pid connect_retry found).
+# close_socket SOCKET: the same, by path (SOCKET.pid holds the pid connect_retry found;
+# without it, the master is asked).
 close_socket() {
     pid=$(cat -- "$1.pid" 2>/dev/null)
+    [ -n "$pid" ] || pid=$(ssh -o ControlPath="$1" -O check skeleton-hop 2>&1 |
+        sed -n 's/.*(pid=\([0-9][0-9]*\)).*/\1/p')
     ssh -o ControlPath="$1" -O exit skeleton-hop >/dev/null 2>&1
     [ -n "$pid" ] || return 0
     n=0
     # Only while that pid is still this master ("ssh: SOCKET [mux]"): pids are reused.
-    while tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1"; do
+    while tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1 [mux]"; do
         n=$((n + 1))
         if [ "$n" -gt 40 ]; then
             kill -KILL "$pid" 2>/dev/null
