@@ -515,6 +515,10 @@ def classify_failure(result: TransferResult, node: str = "") -> tuple[NodeErrorK
     where = f"on {node}" if node else "on the node"
     if result.timed_out:
         return NodeErrorKind.TIMEOUT, result.error_message()
+    if disk_full(result):
+        # The receiver gave up on a full disk; the sender may then report a broken pipe or a
+        # protocol error (exit 12), which must not read as a lost connection.
+        return None, result.error_message()
     if result.exit_code == 30:
         return NodeErrorKind.TIMEOUT, result.error_message()
     if result.exit_code in (12, 127, 255, 14, 5) and _REMOTE_MISSING.search(result.stderr):

@@ -313,7 +313,10 @@ def test_disk_full_is_reported_and_leaves_no_partial_tree(testbed: Testbed,
                                  ["find", tbm.APP_DIR, "-name", DEFAULT_PARTIAL_DIR])
     assert result.exit_code() == 1, result.to_json()
     r = result["node-04"]
-    assert r.exit_code == 11 and "No space left on device" in (r.stderr + r.data["message"])
+    # rsync reports the full disk as a file I/O error (11), or as a protocol error (12) when
+    # it notices the receiver's exit first (seen on a loaded machine); its words are the same.
+    assert r.exit_code in (11, 12), (r.exit_code, r.stderr)
+    assert "No space left on device" in r.stderr, r.stderr
     assert "disk full" in r.data["message"]
     # No file of the new tree under its final name, complete or partial, and the holding
     # directories were removed to give the space back: only our lock files are left.

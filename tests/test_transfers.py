@@ -213,6 +213,13 @@ def test_classify_failure() -> None:
     kind, msg = classify_failure(_result(
         11, 'rsync: [receiver] write failed on "/x/y": No space left on device (28)\n'))
     assert kind is None and "exit 11" in msg and "No space left" in msg
+    # The receiver ran out of disk and quit; the sender saw the pipe break first (a loaded
+    # machine): still the node's full disk, not a lost connection.
+    kind, msg = classify_failure(_result(
+        12, 'rsync: [receiver] write failed on "/x/y": No space left on device (28)\n'
+            "rsync: [sender] write error: Broken pipe (32)\n"
+            "rsync error: error in rsync protocol data stream (code 12)\n"))
+    assert kind is None and "exit 12" in msg
     kind, _ = classify_failure(_result(30, "rsync error: timeout in data send/receive\n"))
     assert kind is NodeErrorKind.TIMEOUT
 
