@@ -489,9 +489,11 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             listing = _listing(tr.changes)
             failed: NodeResult | None = None
             if not tr.ok:
-                if disk_full(tr):
+                full = disk_full(tr) or (tr.exit_code == 11 and _out_of_space(cluster, node,
+                                                                             dest))
+                if full:
                     _remove_partials(cluster, node, dest)
-                failed = _rsync_failed(node, tr, data, emit, started)
+                failed = _rsync_failed(node, tr, data, emit, started, full=full)
             else:
                 failed = _run_afters(cluster, node, p, dest, data, emit, started)
             if failed is not None:
@@ -542,10 +544,24 @@ def _listing(changes: Sequence[FileChange]) -> str:
     return "".join(f"{c.kind} {c.path}\n" for c in changes[:_MAX_CHANGES_KEPT])
 
 
+def _out_of_space(cluster: Cluster, node: Node, dest: str) -> bool:
+    """rsync's I/O error came without its message (the receiver's last words can be lost
+    when it quits): is `dest`'s file system out of space? Less than 1 MiB left counts."""
+    from skeleton_app.ssh import RunOptions
+
+    line = f"df -P -B1 -- {shlex.quote(dest)} | awk 'NR == 2 {{ print $4 }}'"
+    r = cluster.connector.run(node, line, RunOptions(timeout=30))
+    left = r.stdout.strip()
+    return r.ok and left.isdigit() and int(left) < 1 << 20
+
+
 def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: OnProgress,
-                  started: float) -> NodeResult:
+                  started: float, *, full: bool = False) -> NodeResult:
     kind, message = classify_failure(tr, node.id)
-    if disk_full(tr):
+    if full and not disk_full(tr):
+        kind = None  # the node answered: its disk is full, the connection is fine
+        message += " (less than 1 MiB free on the destination)"
+    if full or disk_full(tr):
         message = ("destination disk full: " + message + "; nothing was put in place"
                    " (updates are applied only at the end of a transfer)")
     emit(DeployEvent(node.id, "failed", message=message))
