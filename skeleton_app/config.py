@@ -53,9 +53,9 @@ class SSHSettings:
     connect_timeout: float = 10.0
     command_timeout: float = 300.0
     fanout: int = 64
-    # Seconds between liveness probes of a connection running a command; a node that
-    # stops answering for 3 intervals is reported lost (Paramiko's own keepalive never
-    # notices a frozen peer, it only sends).
+    # Seconds of silence before a connection running a command is probed, and how long the
+    # probe waits for a reply: a node silent for about 2 intervals is reported lost
+    # (Paramiko's own keepalive never notices a frozen peer, it only sends).
     keepalive: float = 3.0
     jump_host: str | None = None
     ssh_config: bool = True  # honour ~/.ssh/config (Host aliases, ProxyJump, ...)
