@@ -538,31 +538,21 @@ def _toggle(ctx: click.Context, config: str | None, node_id: str, action: str) -
     return 0
 
 
-@nodes.command("remove")
-@click.argument("node_id")
-@_config_option
-@click.pass_context
-def nodes_remove(ctx: click.Context, node_id: str, config: str | None) -> int:
-    """Remove a node from the table."""
-    return _toggle(ctx, config, node_id, "remove")
+def _node_action(action: str, help_text: str) -> None:
+    """`skeleton nodes remove|enable|disable NODE_ID`: one command each, one helper."""
+
+    @nodes.command(action, help=help_text)
+    @click.argument("node_id")
+    @_config_option
+    @click.pass_context
+    def command(ctx: click.Context, node_id: str, config: str | None) -> int:
+        return _toggle(ctx, config, node_id, action)
 
 
-@nodes.command("enable")
-@click.argument("node_id")
-@_config_option
-@click.pass_context
-def nodes_enable(ctx: click.Context, node_id: str, config: str | None) -> int:
-    """Target this node again."""
-    return _toggle(ctx, config, node_id, "enable")
-
-
-@nodes.command("disable")
-@click.argument("node_id")
-@_config_option
-@click.pass_context
-def nodes_disable(ctx: click.Context, node_id: str, config: str | None) -> int:
-    """Stop targeting this node (it stays registered)."""
-    return _toggle(ctx, config, node_id, "disable")
+for _action, _help in (("remove", "Remove a node from the table."),
+                       ("enable", "Target this node again."),
+                       ("disable", "Stop targeting this node (it stays registered).")):
+    _node_action(_action, _help)
 
 
 @nodes.command("import")

@@ -19,6 +19,7 @@ from skeleton_app import testbed as tbm
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, UsageError
+from skeleton_app.nodes import Node
 from skeleton_app.ops.daemon import (
     check_command,
     daemon_argv,
@@ -218,13 +219,18 @@ def test_pid_file_of_an_unrelated_process_is_left_alone(testbed: Testbed,
             cluster.connector.run(node, f"kill {pid}")
 
 
+def _all_started_healthy(cluster: Cluster) -> tuple[tuple[Node, ...], dict[str, int]]:
+    """Start every node's daemon, healthy: the nodes and their daemons' pids."""
+    nodes = cluster.select([])
+    first = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
+    assert first.exit_code() == 0, first.to_json()
+    return nodes, {n: r.data["pid"] for n, r in first.items()}
+
+
 def test_rolling_restart_waits_for_health(testbed: Testbed, tmp_path: Path) -> None:
     config, settings, _app_dir = _deployed(testbed, tmp_path, port=8772)
     with daemons_stopped_after(settings) as cluster:
-        nodes = cluster.select([])
-        first = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
-        assert first.exit_code() == 0, first.to_json()
-        old = {n: r.data["pid"] for n, r in first.items()}
+        nodes, old = _all_started_healthy(cluster)
         proc = skeleton("cluster", "daemon", "restart", "--batch", "2", "--wait-healthy",
                         "--health-timeout", "10", "--json", config=config)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -241,10 +247,7 @@ def test_rolling_restart_stops_at_the_first_node_that_does_not_come_back(
         testbed: Testbed, tmp_path: Path) -> None:
     config, settings, app_dir = _deployed(testbed, tmp_path, port=8773)
     with daemons_stopped_after(settings) as cluster:
-        nodes = cluster.select([])
-        first = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
-        assert first.exit_code() == 0, first.to_json()
-        old = {n: r.data["pid"] for n, r in first.items()}
+        nodes, old = _all_started_healthy(cluster)
         # node-03's next start runs but never answers /health.
         host_path(testbed, "node-03", f"{app_dir}/.no-health").write_text("")
         proc = skeleton("cluster", "daemon", "restart", "--batch", "2", "--wait-healthy",

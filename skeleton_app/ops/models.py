@@ -1366,6 +1366,19 @@ class _Sync:
 
     # -- finishing a target
 
+    def _call_or_fail(self, t: _Target, action: str, args: Sequence[str] = (),
+                      **kwargs: Any) -> _Facts | None:
+        """`remote.call` on target `t`; if the node or the step fails, `t` fails (and says so)
+        and the answer is None."""
+        try:
+            return self.remote.call(t.node, action, args, **kwargs)
+        except NodeError as exc:
+            t.fail(exc.message, exc.kind)
+        except _StepFailed as exc:
+            t.fail(exc.message)
+        self.progress(t, "failed", message=t.message)
+        return None
+
     def finalize(self, t: _Target, job: _Job, elapsed: float, note: str) -> None:
         plan = t.plan
         if plan is None or t.status != "pending":
@@ -1376,16 +1389,9 @@ class _Sync:
             files["hash.lst"] = _nul_list(
                 _node_path(*_split_name(p), staged=True) for p in job.files)
         self.progress(t, "verify", job.total, job.total)
-        try:
-            facts = self.remote.call(t.node, "probe", names, files=files,
-                                     timeout=self.deadline(job.total, HASH_RATE))
-        except NodeError as exc:
-            t.fail(exc.message, exc.kind)
-            self.progress(t, "failed", message=t.message)
-            return
-        except _StepFailed as exc:
-            t.fail(exc.message)
-            self.progress(t, "failed", message=t.message)
+        facts = self._call_or_fail(t, "probe", names, files=files,
+                                   timeout=self.deadline(job.total, HASH_RATE))
+        if facts is None:
             return
         t.facts = facts
         problems: list[str] = []
@@ -1417,18 +1423,10 @@ class _Sync:
                 # stop it before the next round writes into the same staging directory.
                 self._abort(t.node, job.id)
             return
-        try:
-            pub = {"pub.lst": _nul_list(names), "rmx.lst": _nul_list(strays)}
-            for name in names:
-                pub[f"fclaims/{name}.json"] = self.manifests[name].to_json()
-            self.remote.call(t.node, "publish", files=pub)
-        except NodeError as exc:
-            t.fail(exc.message, exc.kind)
-            self.progress(t, "failed", message=t.message)
-            return
-        except _StepFailed as exc:
-            t.fail(exc.message)
-            self.progress(t, "failed", message=t.message)
+        pub = {"pub.lst": _nul_list(names), "rmx.lst": _nul_list(strays)}
+        for name in names:
+            pub[f"fclaims/{name}.json"] = self.manifests[name].to_json()
+        if self._call_or_fail(t, "publish", files=pub) is None:
             return
         self._published(t, elapsed)
 
