@@ -327,8 +327,15 @@ def test_health_bind_address_is_all_the_daemon_listens_on(
         db_dsn: str, start_daemon: Callable[..., Daemon]):
     d = start_daemon(db_dsn)
     wait_for(d.health, what="/health")
-    with psycopg.connect(db_dsn) as conn:  # keep the DB side honest: one row, our node
-        assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (1,)
+
+    def rows() -> int:
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM nodes").fetchone()
+            return int(row[0]) if row else 0
+
+    # /health may answer before the first registration has committed: wait for the row,
+    # then keep the DB side honest: exactly one row, our node.
+    assert wait_for(rows, what="the daemon's registration") == 1
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     ours = [ln.split()[1] for ln in lines
             if ln.split()[3] == "0A" and int(ln.split()[1].split(":")[1], 16) == d.api_port]
