@@ -25,7 +25,8 @@ import click
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.results import EXIT_USAGE
 
-SELECTION_HELP = "Nodes: ids, ranges (linux-[01-03]), globs (linux-*); repeatable, comma-separated."
+SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
+                  " @ROLE; repeatable, comma-separated.")
 
 
 class Ctx:
@@ -55,10 +56,6 @@ class Ctx:
             self._cluster.close()
 
 
-def _split(values: Sequence[str]) -> list[str]:
-    return [v for v in values if v.strip()]
-
-
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
                       help="At most this many nodes in flight (default ssh.fanout).")(fn)
@@ -85,8 +82,9 @@ def _prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:
 def _select(state: Ctx, node_specs: Sequence[str], roles: Sequence[str],
             exclude: Sequence[str]) -> tuple[Any, tuple[Any, ...]]:
     cluster = state.cluster()
-    return cluster, cluster.select(_split(node_specs), roles=_split(roles),
-                                   exclude=_split(exclude))
+    # Every value as typed: an empty `--node ''` (an unset shell variable) is an error in
+    # select, never dropped (dropping it would widen the run to every node).
+    return cluster, cluster.select(list(node_specs), roles=list(roles), exclude=list(exclude))
 
 
 def _record(state: Ctx, cluster: Any, operation: str, arguments: dict[str, Any],

@@ -114,10 +114,13 @@ class Cluster:
 
     def select(self, patterns: Sequence[str] = (), *, roles: Sequence[str] = (),
                exclude: Sequence[str] = ()) -> tuple[Node, ...]:
+        """The nodes a selection names (`nodes.select`: every value must name a node;
+        `@NAME` is a group of the config's `groups:` section or a role)."""
         if not self.nodes:
             where = self.settings.source or "the configuration"
             raise SelectionError(f"no nodes configured (in {where} or the registry)")
-        return select(self.nodes, patterns, roles=roles, exclude=exclude)
+        return select(self.nodes, patterns, roles=roles, exclude=exclude,
+                      groups=dict(self.settings.groups))
 
     def node(self, ref: str) -> Node:
         """Look a node up by id or host/address (the seed's API accepts both)."""

@@ -25,9 +25,12 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from skeleton_app.errors import ConfigError
+from skeleton_app.errors import ConfigError, SelectionError
 from skeleton_app.nodes import (
+    ROLE_RE,
     Node,
+    expand,
+    shown,
     validate_host,
     validate_node_id,
     validate_port,
@@ -110,6 +113,9 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logs: LogsSettings = field(default_factory=LogsSettings)
     nodes: tuple[Node, ...] = ()
+    # `groups:` of the config file, for `--node @NAME`: (name, (spec, ...)) pairs, so that
+    # Settings stays frozen and hashable.
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str | None = None  # the config file that was read, if any
 
     def models_dir_for(self, node: Node) -> str:
@@ -321,6 +327,39 @@ def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
     return tuple(nodes)
 
 
+def _build_groups(raw: Any, source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`groups: {gpu: "linux-[01-02]", edge: [linux-05, windows-main]}`: names like roles,
+    members valid specs without `@` (a group never names another group: no cycles, and
+    nothing for ClusterShell to resolve). Unknown member ids are found at selection time,
+    when the nodes (perhaps from the registry) are known."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of group name to nodes, got {shown(raw)}",
+                          source=source, key="groups")
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for name, members in raw.items():
+        if not isinstance(name, str) or not ROLE_RE.match(name):
+            raise ConfigError(f"invalid group name {shown(name)}: expected letters, digits,"
+                              " '.', '_', '-' (at most 63)", source=source, key="groups")
+        key = f"groups.{name}"
+        specs = [members] if isinstance(members, str) else members
+        if not isinstance(specs, list) or not specs or not all(
+                isinstance(m, str) for m in specs):
+            raise ConfigError(f"expected a node selection or a list of them, got"
+                              f" {shown(members)}", source=source, key=key)
+        for spec in specs:
+            if "@" in spec:
+                raise ConfigError(f"a group's members are nodes, not @groups or @roles,"
+                                  f" got {shown(spec)}", source=source, key=key)
+            try:
+                expand(spec)
+            except SelectionError as exc:
+                raise ConfigError(str(exc), source=source, key=key) from None
+        groups.append((name, tuple(specs)))
+    return tuple(groups)
+
+
 def _expand_path(value: str | None) -> str | None:
     return os.path.expanduser(value) if value else value
 
@@ -373,8 +412,8 @@ def load_config(
     src = str(file) if file else "defaults"
 
     for top in data:
-        if top not in SECTIONS and top != "nodes":
-            valid = ", ".join([*SECTIONS, "nodes"])
+        if top not in SECTIONS and top not in ("nodes", "groups"):
+            valid = ", ".join([*SECTIONS, "nodes", "groups"])
             raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
 
     sections: dict[str, Any] = {}
@@ -413,4 +452,6 @@ def load_config(
         _build_nodes(data.get("nodes"), src, ssh, sections["app"], sections["daemon"])
         if nodes else ()
     )
-    return Settings(**sections, nodes=node_list, source=str(file) if file else None)
+    groups = _build_groups(data.get("groups"), src)
+    return Settings(**sections, nodes=node_list, groups=groups,
+                    source=str(file) if file else None)
