@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -59,20 +60,20 @@ def validate_host(value: object) -> str:
 
 def validate_port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"invalid port {value!r}: expected an integer from 1 to 65535")
+        raise ValueError(f"invalid port {shown(value)}: expected an integer from 1 to 65535")
     return value
 
 
 def validate_user(value: object) -> str:
     if not isinstance(value, str) or not USER_RE.match(value):
-        raise ValueError(f"invalid user {value!r}: expected a POSIX user name")
+        raise ValueError(f"invalid user {shown(value)}: expected a POSIX user name")
     return value
 
 
 def validate_role(value: object) -> str:
     if not isinstance(value, str) or not ROLE_RE.match(value):
         raise ValueError(
-            f"invalid role {value!r}: expected letters, digits, '.', '_', '-' (at most 63)"
+            f"invalid role {shown(value)}: expected letters, digits, '.', '_', '-' (at most 63)"
         )
     return value
 
@@ -97,10 +98,18 @@ class Node:
         validate_port(self.port)
         validate_port(self.api_port)
         validate_user(self.user)
+        if not isinstance(self.roles, tuple):
+            raise ValueError(f"invalid roles {shown(self.roles)}: expected a tuple of roles")
         for role in self.roles:
             validate_role(role)
-        if not self.app_dir.startswith("/"):
-            raise ValueError(f"invalid app_dir {self.app_dir!r}: expected an absolute path")
+        # Wrong types are ValueErrors too (`app_dir: 5` was an AttributeError traceback).
+        if not isinstance(self.name, str):
+            raise ValueError(f"invalid name {shown(self.name)}: expected a string")
+        if self.identity_file is not None and not isinstance(self.identity_file, str):
+            raise ValueError(f"invalid identity_file {shown(self.identity_file)}:"
+                             " expected a path")
+        if not isinstance(self.app_dir, str) or not self.app_dir.startswith("/"):
+            raise ValueError(f"invalid app_dir {shown(self.app_dir)}: expected an absolute path")
         if "\n" in self.app_dir or "\0" in self.app_dir:
             raise ValueError("invalid app_dir: contains a newline or NUL")
 
@@ -133,11 +142,17 @@ MAX_RANGE = 10_000
 
 def shown(value: object, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters: error messages never print an unbounded
-    value (a YAML alias bomb, a megabyte argument) and always stay on one line."""
-    return _cut(repr(value), limit)
+    value (a YAML alias bomb, a megabyte argument) and always stay on one line. reprlib
+    never builds the whole repr (a list of 60,000 references to one 700 KB string is
+    cheap in memory and 42 GB as text)."""
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = limit
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 4
+    brief.maxlevel = 3
+    return clip(brief.repr(value), limit)
 
 
-def _cut(text: str, limit: int = 60) -> str:
+def clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
@@ -260,8 +275,8 @@ class _Resolver:
             hit = {n.id for n in self.nodes if _matches(n, pattern)}
             if not hit:
                 literal = not any(ch in pattern for ch in "*?")
-                self.fail(where, f"unknown node {_cut(pattern)}" if literal
-                          else f"{_cut(pattern)} matched no node")
+                self.fail(where, f"unknown node {clip(pattern)}" if literal
+                          else f"{clip(pattern)} matched no node")
             chosen |= hit
         return chosen
 
@@ -337,5 +352,5 @@ def select(
         if exclude:
             what.append("--exclude " + ",".join(exclude))
         asked = " ".join(what) or "the selection"
-        raise SelectionError(f"{_cut(asked)} matched no node; {resolver.known()}")
+        raise SelectionError(f"{clip(asked)} matched no node; {resolver.known()}")
     return tuple(chosen)
