@@ -421,9 +421,10 @@ def check_identity_files(settings: Settings, nodes: Sequence[Node], *,
             with open(path, "rb"):
                 pass
         except FileNotFoundError:
-            raise ConfigError(f"no such file {shown(path)}", source=src, key=key) from None
+            raise ConfigError(f"no such file {shown(path, 300)}", source=src,
+                              key=key) from None
         except OSError as exc:
-            raise ConfigError(f"cannot read {shown(path)}: {exc.strerror}", source=src,
+            raise ConfigError(f"cannot read {shown(path, 300)}: {exc.strerror}", source=src,
                               key=key) from None
 
 
