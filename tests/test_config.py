@@ -276,3 +276,20 @@ def test_cli_bad_config_exits_2_and_runs_nothing(tmp_path: Path, args: list[str]
     assert len(lines) == 1
     assert str(path) in lines[0] and "ssh.connect_timeout" in lines[0]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["cluster", "exec", "true", "--timeout", "nan"], "--timeout"),
+    (["cluster", "exec", "true", "--timeout", "inf"], "--timeout"),
+    (["cluster", "exec", "true", "--timeout", "0"], "--timeout"),
+    (["cluster", "deploy", "--lock-wait", "nan"], "--lock-wait"),
+    (["cluster", "daemon", "restart", "--health-timeout", "1e999"], "--health-timeout"),
+])
+def test_cli_seconds_flags_must_be_finite(tmp_path: Path, args: list[str], flag: str) -> None:
+    """Flags in seconds follow the config's rule (click's FloatRange let `nan` through)."""
+    path = write(tmp_path, "nodes:\n - {id: a, host: 10.0.0.1}\n")
+    proc = subprocess.run([sys.executable, "-m", "skeleton_app", *args, "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"Invalid value for '{flag}': expected a number of seconds" in proc.stderr
+    assert proc.stdout == ""
