@@ -18,10 +18,9 @@ a task, else $SKELETON_CONFIG, else ./config.yaml.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fabric import Connection, task
@@ -31,7 +30,7 @@ from skeleton_app import render
 from skeleton_app.cluster import Cluster
 from skeleton_app.deploy_view import daemon_text, deploy_text
 from skeleton_app.errors import SkeletonError, UsageError
-from skeleton_app.nodes import Node, validate_host_list
+from skeleton_app.nodes import Node, validate_fab_argv
 from skeleton_app.ops import status as status_op
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.ops.deploy import deploy as deploy_op
@@ -42,34 +41,18 @@ from skeleton_app.results import ClusterResult
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
 
 
-def _hosts_flag(argv: Sequence[str]) -> str | None:
-    """The value of fab's own `-H`/`--hosts` in `argv`, if given."""
-    for i, arg in enumerate(argv):
-        if arg in ("-H", "--hosts") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--hosts="):
-            return arg.partition("=")[2]
-        if arg.startswith("-H") and len(arg) > 2:
-            return arg[2:]
-    return None
-
-
-def _check_hosts(argv: Sequence[str]) -> None:
+def _check_hosts() -> None:
     """fab builds a Connection for each `-H` host before any task of ours runs: an empty
     host (`-H ,`) is a traceback there, and `-H @stt` reaches a task as host `stt`. So the
-    list is checked here, as fab loads this file, by the rules of `--node`: one clear line,
-    exit 2, nothing runs."""
-    hosts = _hosts_flag(argv[1:])
-    if hosts is None or os.path.basename(argv[0]) != "fab":
-        return
+    list is checked as fab loads this file: one clear line, exit 2, nothing runs."""
     try:
-        validate_host_list(hosts)
+        validate_fab_argv(sys.argv)
     except SkeletonError as exc:
         print(f"skeleton: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 
-_check_hosts(sys.argv)
+_check_hosts()
 _JSON = "Print the whole result as JSON."
 
 

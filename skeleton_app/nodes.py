@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -209,6 +210,20 @@ def validate_host_list(value: str) -> list[str]:
                 f"-H {shown(value)}: {shown(host)} is a group or role: fab takes node ids or"
                 " addresses (use `skeleton cluster ... --node @NAME` or `inv ... --node`)")
     return hosts
+
+
+def validate_fab_argv(argv: Sequence[str]) -> None:
+    """When `argv` is a `fab` command line, check its `-H`/`--hosts` value with
+    `validate_host_list` (SelectionError). Anything else passes."""
+    if not argv or os.path.basename(argv[0]) != "fab":
+        return
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("-H", "--hosts") and i + 1 < len(argv):
+            validate_host_list(argv[i + 1])
+        elif arg.startswith("--hosts="):
+            validate_host_list(arg.partition("=")[2])
+        elif arg.startswith("-H") and len(arg) > 2:
+            validate_host_list(arg[2:])
 
 
 def _split_top_level(spec: str) -> list[str]:

@@ -21,6 +21,7 @@ from skeleton_app.nodes import (
     fold,
     select,
     shown,
+    validate_fab_argv,
     validate_host,
     validate_host_list,
     validate_node_id,
@@ -177,6 +178,21 @@ def test_fab_host_list(good: str) -> None:
 def test_fab_host_list_refuses_empty_hosts_and_groups(bad: str, needle: str) -> None:
     with pytest.raises(SelectionError, match=needle):
         validate_host_list(bad)
+
+
+@pytest.mark.parametrize("argv", [
+    ["/x/bin/fab", "-H", ",", "uptime"], ["fab", "-H@stt", "uptime"],
+    ["fab", "--hosts=node-01,", "run"], ["fab", "--hosts", "", "run"]])
+def test_fab_argv_is_checked(argv: list[str]) -> None:
+    with pytest.raises(SelectionError):
+        validate_fab_argv(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["fab", "-H", "node-01,u@10.0.0.5", "uptime"], ["fab", "uptime"],
+    ["pytest", "-H", ","], []])
+def test_fab_argv_passes_good_hosts_and_other_programs(argv: list[str]) -> None:
+    validate_fab_argv(argv)
 
 
 def test_shown_is_bounded_even_for_huge_shared_values() -> None:
