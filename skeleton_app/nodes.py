@@ -348,7 +348,7 @@ def select(
     resolver = _Resolver(nodes, groups or {})
     if isinstance(patterns, str) or isinstance(exclude, str) or isinstance(roles, str):
         raise TypeError("patterns, roles and exclude are sequences of strings, not a string")
-    chosen = [n for n in nodes]
+    chosen = list(nodes)
     if patterns:
         wanted = set().union(*(resolver.spec(f"--node {shown(s)}", s) for s in patterns))
         chosen = [n for n in chosen if n.id in wanted]
