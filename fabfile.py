@@ -30,7 +30,7 @@ from skeleton_app import render
 from skeleton_app.cluster import Cluster
 from skeleton_app.deploy_view import daemon_text, deploy_text
 from skeleton_app.errors import SkeletonError, UsageError
-from skeleton_app.nodes import Node
+from skeleton_app.nodes import Node, validate_fab_argv
 from skeleton_app.ops import status as status_op
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.ops.deploy import deploy as deploy_op
@@ -39,6 +39,20 @@ from skeleton_app.remote import SSHExecutor
 from skeleton_app.results import ClusterResult
 
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
+
+
+def _check_hosts() -> None:
+    """fab builds a Connection for each `-H` host before any task of ours runs: an empty
+    host (`-H ,`) is a traceback there, and `-H @stt` reaches a task as host `stt`. So the
+    list is checked as fab loads this file: one clear line, exit 2, nothing runs."""
+    try:
+        validate_fab_argv(sys.argv)
+    except SkeletonError as exc:
+        print(f"skeleton: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+_check_hosts()
 _JSON = "Print the whole result as JSON."
 
 

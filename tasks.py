@@ -44,8 +44,8 @@ from skeleton_app.results import ClusterResult
 _SELECTION = ["node", "role", "exclude"]
 _HELP = {
     "config": "Config file (default $SKELETON_CONFIG, else ./config.yaml).",
-    "node": "(SPEC, repeatable) Nodes: ids, ranges (linux-[01-03]), globs (linux-*) or"
-            " addresses, comma-separated (default: every node).",
+    "node": "(SPEC, repeatable) Nodes: ids, ranges (linux-[01-03]), globs (linux-*),"
+            " addresses, @GROUP or @ROLE, comma-separated (default: every node).",
     "role": "(ROLE, repeatable) Only nodes with this role.",
     "exclude": "(SPEC, repeatable) Leave these nodes out.",
     "fanout": "(N) At most this many nodes in flight (default ssh.fanout).",
@@ -75,10 +75,8 @@ def _session(config: str | None, fanout: str | None) -> Iterator[Cluster]:
 
 def _select(cluster: Cluster, node: Sequence[str], role: Sequence[str],
             exclude: Sequence[str]) -> tuple[Node, ...]:
-    def specs(values: Sequence[str]) -> list[str]:
-        return [v for v in values if v.strip()]
-
-    return cluster.select(specs(node), roles=specs(role), exclude=specs(exclude))
+    # Every value as typed (an empty `--node ''` is an error in select, never dropped).
+    return cluster.select(list(node), roles=list(role), exclude=list(exclude))
 
 
 def _required(value: str | None, flag: str) -> str:

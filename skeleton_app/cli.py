@@ -25,7 +25,34 @@ import click
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.results import EXIT_USAGE
 
-SELECTION_HELP = "Nodes: ids, ranges (linux-[01-03]), globs (linux-*); repeatable, comma-separated."
+SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
+                  " @ROLE; repeatable, comma-separated.")
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds, at most a year (click's FloatRange lets `nan` through
+    every bound, and `inf` overflowed the node's timeouts: exit 4 instead of 2)."""
+
+    name = "seconds"
+
+    def __init__(self, *, zero: bool = False):
+        self.zero = zero
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        import math
+
+        from skeleton_app.config import MAX_SECONDS
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and 0 <= number <= MAX_SECONDS) or (
+                number == 0 and not self.zero):
+            self.fail(f"expected a number of seconds{'' if self.zero else ' > 0'}, at most a"
+                      f" year, got {value!r}", param, ctx)
+        return number
 
 
 class Ctx:
@@ -55,10 +82,6 @@ class Ctx:
             self._cluster.close()
 
 
-def _split(values: Sequence[str]) -> list[str]:
-    return [v for v in values if v.strip()]
-
-
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
                       help="At most this many nodes in flight (default ssh.fanout).")(fn)
@@ -85,8 +108,9 @@ def _prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:
 def _select(state: Ctx, node_specs: Sequence[str], roles: Sequence[str],
             exclude: Sequence[str]) -> tuple[Any, tuple[Any, ...]]:
     cluster = state.cluster()
-    return cluster, cluster.select(_split(node_specs), roles=_split(roles),
-                                   exclude=_split(exclude))
+    # Every value as typed: an empty `--node ''` (an unset shell variable) is an error in
+    # select, never dropped (dropping it would widen the run to every node).
+    return cluster, cluster.select(list(node_specs), roles=list(roles), exclude=list(exclude))
 
 
 def _record(state: Ctx, cluster: Any, operation: str, arguments: dict[str, Any],
@@ -122,7 +146,7 @@ def cluster() -> None:
 @cluster.command("exec")
 @click.argument("command")
 @selection_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=Seconds(), default=None,
               help="Kill the command on the node after this many seconds.")
 @click.option("--stream", is_flag=True, help="Print lines live as 'node: line'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
@@ -198,7 +222,7 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
 @click.option("--force", is_flag=True,
               help="Run rsync even when the node's digest says it is up to date.")
 @click.option("--restart", is_flag=True, help="Per node: stop the daemon, deploy, start it.")
-@click.option("--lock-wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--lock-wait", type=Seconds(zero=True), default=10.0, show_default=True,
               metavar="SECONDS", help="How long to wait for another deploy's lock on a node.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.pass_context
@@ -266,7 +290,7 @@ def _daemon(ctx: click.Context, action: str, config: str | None, node_specs: tup
 
 _JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                             help="Print the whole result as JSON.")
-_HEALTH_TIMEOUT = click.option("--health-timeout", type=click.FloatRange(min=0, min_open=True),
+_HEALTH_TIMEOUT = click.option("--health-timeout", type=Seconds(),
                                default=30.0, show_default=True, metavar="SECONDS",
                                help="How long each node may take to answer /health.")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from skeleton_app.config import Settings, load_config
+from skeleton_app.config import Settings, check_identity_files, load_config
 from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
 from skeleton_app.nodes import Node, select
 from skeleton_app.results import ClusterResult, NodeResult, failure
@@ -101,6 +101,9 @@ class Cluster:
                 nodes, warnings = registry.list_nodes(enabled_only=True)
             finally:
                 registry.close()
+        env = os.environ if env is None else env
+        check_identity_files(settings, nodes, source="SKELETON_SSH_IDENTITY_FILE"
+                             if "SKELETON_SSH_IDENTITY_FILE" in env else None)
         return cls(settings, nodes, warnings=warnings)
 
     @property
@@ -114,10 +117,13 @@ class Cluster:
 
     def select(self, patterns: Sequence[str] = (), *, roles: Sequence[str] = (),
                exclude: Sequence[str] = ()) -> tuple[Node, ...]:
+        """The nodes a selection names (`nodes.select`: every value must name a node;
+        `@NAME` is a group of the config's `groups:` section or a role)."""
         if not self.nodes:
             where = self.settings.source or "the configuration"
             raise SelectionError(f"no nodes configured (in {where} or the registry)")
-        return select(self.nodes, patterns, roles=roles, exclude=exclude)
+        return select(self.nodes, patterns, roles=roles, exclude=exclude,
+                      groups=dict(self.settings.groups))
 
     def node(self, ref: str) -> Node:
         """Look a node up by id or host/address (the seed's API accepts both)."""

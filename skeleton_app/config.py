@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import math
 import os
 import posixpath
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from skeleton_app.errors import ConfigError
+from skeleton_app.errors import ConfigError, SelectionError
 from skeleton_app.nodes import (
+    ROLE_RE,
     Node,
+    clip,
+    expand,
+    shown,
     validate_host,
     validate_node_id,
     validate_port,
@@ -110,6 +116,9 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logs: LogsSettings = field(default_factory=LogsSettings)
     nodes: tuple[Node, ...] = ()
+    # `groups:` of the config file, for `--node @NAME`: (name, (spec, ...)) pairs, so that
+    # Settings stays frozen and hashable.
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str | None = None  # the config file that was read, if any
 
     def models_dir_for(self, node: Node) -> str:
@@ -142,6 +151,24 @@ _POSITIVE = {
     ("ssh", "keepalive"), ("registry", "connect_timeout"), ("registry", "stale_after"),
 }
 _NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines")}
+# Every float setting is seconds. NaN passes any `<= 0` check and inf overflows socket and
+# thread timeouts (every node then failed with ValueError/OverflowError): finite, and at
+# most a year, which is "forever" for any of them.
+MAX_SECONDS = 365 * 24 * 3600.0
+# rsync reads an exclude pattern that starts with a filter-rule prefix as that rule
+# (`+ x` includes x), which the local digest filter would not: the node kept an old file
+# while deploy said "up to date". Such patterns are refused. Short rules take modifiers
+# (`-/ x`, `+! x`); long ones a comma and modifiers (`exclude,/ x`); `!` clears the list.
+_RSYNC_RULE_RE = re.compile(
+    r"^(?:[-+.:HSPR!][/!CsrpxenwNB+-]*"
+    r"|(?:exclude|include|merge|dir-merge|hide|show|protect|risk|clear)(?:,[/!CsrpxenwNB+-]*)?)"
+    r" |^!\Z")
+# A config file is a page of YAML: beyond these bounds it is a mistake or an attack (a
+# "billion laughs" alias bomb reached 1.58 GB and a MemoryError traceback). The expanded
+# size counts each value once per reference, plus its characters: a file without aliases
+# stays far below it.
+MAX_FILE_BYTES = 1 << 20
+MAX_YAML_EXPANDED = 4 * MAX_FILE_BYTES
 
 
 def _type_name(tp: Any) -> str:
@@ -217,19 +244,26 @@ def _build_section(
         src = sources.get(key, "config")
         if key not in hints:
             valid = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ConfigError(f"unknown key (valid keys: {valid})", source=src, key=f"{name}.{key}")
+            raise ConfigError(f"unknown key (valid keys: {valid})", source=src,
+                              key=f"{name}.{clip(str(key))}")
         tp = hints[key]
         try:
             coerced = _coerce(value, tp, from_env=key in env_keys)
         except (ValueError, TypeError):
             raise ConfigError(
-                f"expected {_type_name(tp)}, got {value!r}", source=src, key=f"{name}.{key}"
+                f"expected {_type_name(tp)}, got {shown(value)}", source=src,
+                key=f"{name}.{key}"
             ) from None
+        if isinstance(coerced, float) and not (math.isfinite(coerced)
+                                               and coerced <= MAX_SECONDS):
+            raise ConfigError(f"expected a finite number of seconds (at most a year,"
+                              f" {MAX_SECONDS:.0f}), got {shown(value)}", source=src,
+                              key=f"{name}.{key}")
         if (name, key) in _POSITIVE and coerced is not None and coerced <= 0:
-            raise ConfigError(f"expected a positive number, got {value!r}", source=src,
+            raise ConfigError(f"expected a positive number, got {shown(value)}", source=src,
                               key=f"{name}.{key}")
         if (name, key) in _NON_NEGATIVE and coerced is not None and coerced < 0:
-            raise ConfigError(f"expected zero or more, got {value!r}", source=src,
+            raise ConfigError(f"expected zero or more, got {shown(value)}", source=src,
                               key=f"{name}.{key}")
         kwargs[key] = coerced
     try:
@@ -254,9 +288,15 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
         except ValueError as exc:
             fail("user", str(exc))
         if section.jump_host is not None and section.jump_host.startswith("-"):
-            fail("jump_host", f"invalid jump host {section.jump_host!r}")
+            fail("jump_host", f"invalid jump host {shown(section.jump_host)}")
     if name == "app" and not section.dir.startswith("/"):
-        fail("dir", f"expected an absolute path, got {section.dir!r}")
+        fail("dir", f"expected an absolute path, got {shown(section.dir)}")
+    if name == "deploy":
+        for pattern in section.exclude:
+            if _RSYNC_RULE_RE.match(pattern):
+                fail("exclude", f"{shown(pattern)} starts with an rsync filter rule"
+                     " (+ - . : H S P R ! or a rule name and a space), which rsync would"
+                     " obey and the deploy digest would not: write the pattern alone")
     if name == "daemon":
         try:
             validate_port(section.api_port)
@@ -281,7 +321,8 @@ def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
         unknown = set(entry) - NODE_KEYS
         if unknown:
             raise ConfigError(
-                f"unknown key {sorted(unknown)[0]!r} (valid keys: {', '.join(sorted(NODE_KEYS))})",
+                f"unknown key {shown(sorted(map(str, unknown))[0])} (valid keys:"
+                f" {', '.join(sorted(NODE_KEYS))})",
                 source=source, key=where,
             )
         for required in ("id", "host"):
@@ -300,8 +341,9 @@ def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
             roles = [roles]
         try:
             validate_host(entry["host"])
+            _check_node_types(entry)
             if not isinstance(roles, list):
-                raise ValueError(f"roles: expected a list of strings, got {roles!r}")
+                raise ValueError(f"roles: expected a list of strings, got {shown(roles)}")
             for role in roles:
                 validate_role(role)
             node = Node(
@@ -313,12 +355,77 @@ def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
                 app_dir=entry.get("app_dir", app.dir),
                 identity_file=_expand_path(entry.get("identity_file", ssh.identity_file)),
                 api_port=entry.get("api_port", daemon.api_port),
-                name=str(entry.get("name", node_id)),
+                name=entry.get("name", node_id),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc), source=source, key=where) from None
         nodes.append(node)
     return tuple(nodes)
+
+
+def _build_groups(raw: Any, source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`groups: {gpu: "linux-[01-02]", edge: [linux-05, windows-main]}`: names like roles,
+    members valid specs without `@` (a group never names another group: no cycles, and
+    nothing for ClusterShell to resolve). Unknown member ids are found at selection time,
+    when the nodes (perhaps from the registry) are known."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of group name to nodes, got {shown(raw)}",
+                          source=source, key="groups")
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for name, members in raw.items():
+        if not isinstance(name, str) or not ROLE_RE.match(name):
+            raise ConfigError(f"invalid group name {shown(name)}: expected letters, digits,"
+                              " '.', '_', '-' (at most 63)", source=source, key="groups")
+        key = f"groups.{name}"
+        specs = [members] if isinstance(members, str) else members
+        if not isinstance(specs, list) or not specs or not all(
+                isinstance(m, str) for m in specs):
+            raise ConfigError(f"expected a node selection or a list of them, got"
+                              f" {shown(members)}", source=source, key=key)
+        for spec in specs:
+            if "@" in spec:
+                raise ConfigError(f"a group's members are nodes, not @groups or @roles,"
+                                  f" got {shown(spec)}", source=source, key=key)
+            try:
+                expand(spec)
+            except SelectionError as exc:
+                raise ConfigError(str(exc), source=source, key=key) from None
+        groups.append((name, tuple(specs)))
+    return tuple(groups)
+
+
+def _check_node_types(entry: Mapping[str, Any]) -> None:
+    """The string keys of a node entry are strings (`app_dir: 5` was a traceback); ports,
+    user and roles are checked by their validators."""
+    for key in ("app_dir", "name", "identity_file"):
+        value = entry.get(key, "")
+        if not isinstance(value, str) and not (key == "identity_file" and value is None):
+            raise ValueError(f"{key}: expected a string, got {shown(value)}")
+
+
+def check_identity_files(settings: Settings, nodes: Sequence[Node], *,
+                         source: str | None = None) -> None:
+    """The private keys the configuration names exist and are readable here, on the
+    controller. Called before anything runs (a missing key was reported on every node as
+    `lost`). Not in `load_config`: the node daemons read the same file, without the key."""
+    src = source or settings.source or "defaults"
+    named = [("ssh.identity_file", settings.ssh.identity_file)] + [
+        (f"nodes[{n.id}].identity_file", n.identity_file) for n in nodes
+        if n.identity_file != settings.ssh.identity_file]
+    for key, path in named:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ConfigError(f"no such file {shown(path, 300)}", source=src,
+                              key=key) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {shown(path, 300)}: {exc.strerror}", source=src,
+                              key=key) from None
 
 
 def _expand_path(value: str | None) -> str | None:
@@ -340,18 +447,68 @@ def find_config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str]
     return p if p.is_file() else None
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a document whose aliases expand beyond
+    MAX_YAML_EXPANDED, or refer to themselves, before anything is constructed: shared
+    references cost nothing to build, but any walk or repr of the value expands them."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None and _expanded_size(node) > MAX_YAML_EXPANDED:
+            raise yaml.YAMLError("aliases expand to more than"
+                                 f" {MAX_YAML_EXPANDED >> 20} MiB of values")
+        return node
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The size of `root` once every alias is expanded (one per value plus its characters),
+    memoised per node, so a bomb costs its size in the file, not its expansion; YAMLError
+    on a cycle."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise yaml.YAMLError("an alias refers to the value that contains it")
+        visiting.add(key)
+        total = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        visiting.discard(key)
+        sizes[key] = min(total, MAX_YAML_EXPANDED + 1)  # no big integers from a bomb
+        return sizes[key]
+
+    return size(root)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a config file",
+                          source=str(path))
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset"
+                          f" {exc.start})", source=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}invalid YAML: {problem}", source=str(path)) from None
+        raise ConfigError(f"{where}invalid YAML: {clip(problem)}", source=str(path)) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", source=str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -373,8 +530,8 @@ def load_config(
     src = str(file) if file else "defaults"
 
     for top in data:
-        if top not in SECTIONS and top != "nodes":
-            valid = ", ".join([*SECTIONS, "nodes"])
+        if top not in SECTIONS and top not in ("nodes", "groups"):
+            valid = ", ".join([*SECTIONS, "nodes", "groups"])
             raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
 
     sections: dict[str, Any] = {}
@@ -413,4 +570,6 @@ def load_config(
         _build_nodes(data.get("nodes"), src, ssh, sections["app"], sections["daemon"])
         if nodes else ()
     )
-    return Settings(**sections, nodes=node_list, source=str(file) if file else None)
+    groups = _build_groups(data.get("groups"), src)
+    return Settings(**sections, nodes=node_list, groups=groups,
+                    source=str(file) if file else None)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
-from collections.abc import Iterable, Sequence
+import reprlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from skeleton_app.errors import SelectionError
 
@@ -58,20 +61,20 @@ def validate_host(value: object) -> str:
 
 def validate_port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"invalid port {value!r}: expected an integer from 1 to 65535")
+        raise ValueError(f"invalid port {shown(value)}: expected an integer from 1 to 65535")
     return value
 
 
 def validate_user(value: object) -> str:
     if not isinstance(value, str) or not USER_RE.match(value):
-        raise ValueError(f"invalid user {value!r}: expected a POSIX user name")
+        raise ValueError(f"invalid user {shown(value)}: expected a POSIX user name")
     return value
 
 
 def validate_role(value: object) -> str:
     if not isinstance(value, str) or not ROLE_RE.match(value):
         raise ValueError(
-            f"invalid role {value!r}: expected letters, digits, '.', '_', '-' (at most 63)"
+            f"invalid role {shown(value)}: expected letters, digits, '.', '_', '-' (at most 63)"
         )
     return value
 
@@ -96,10 +99,18 @@ class Node:
         validate_port(self.port)
         validate_port(self.api_port)
         validate_user(self.user)
+        if not isinstance(self.roles, tuple):
+            raise ValueError(f"invalid roles {shown(self.roles)}: expected a tuple of roles")
         for role in self.roles:
             validate_role(role)
-        if not self.app_dir.startswith("/"):
-            raise ValueError(f"invalid app_dir {self.app_dir!r}: expected an absolute path")
+        # Wrong types are ValueErrors too (`app_dir: 5` was an AttributeError traceback).
+        if not isinstance(self.name, str):
+            raise ValueError(f"invalid name {shown(self.name)}: expected a string")
+        if self.identity_file is not None and not isinstance(self.identity_file, str):
+            raise ValueError(f"invalid identity_file {shown(self.identity_file)}:"
+                             " expected a path")
+        if not isinstance(self.app_dir, str) or not self.app_dir.startswith("/"):
+            raise ValueError(f"invalid app_dir {shown(self.app_dir)}: expected an absolute path")
         if "\n" in self.app_dir or "\0" in self.app_dir:
             raise ValueError("invalid app_dir: contains a newline or NUL")
 
@@ -109,34 +120,110 @@ def fold(ids: Iterable[str]) -> str:
     ids = list(ids)
     if not ids:
         return ""
-    from ClusterShell.NodeSet import NodeSet, NodeSetException  # ~10 ms: only when folding
+    from ClusterShell.NodeSet import (  # ~10 ms: only when folding
+        RESOLVER_NOGROUP,
+        NodeSet,
+        NodeSetException,
+    )
 
     try:
-        return str(NodeSet.fromlist(ids))
+        return str(NodeSet.fromlist(ids, resolver=RESOLVER_NOGROUP))
     except NodeSetException:
         return ",".join(sorted(ids))
 
 
-def expand(spec: str) -> list[str]:
-    """Expand one selection spec (`a,b`, `linux-[01-03]`, globs kept as-is) into patterns."""
-    from ClusterShell.NodeSet import NodeSet, NodeSetException
+# What one element of a selection may hold: id/host characters, IPv6 colons, ranges and
+# globs. Everything else ClusterShell would read as syntax of its own (`!` `&` `^` set
+# operations, `@` groups from /etc/clustershell) is refused before it gets there.
+_PART_RE = re.compile(r"^[A-Za-z0-9._:*?\[\],-]+\Z")
+_GROUP_REF_RE = re.compile(r"^@([A-Za-z0-9][A-Za-z0-9._-]{0,62})\Z")
+# A range that expands further than this is a typo (`linux-[1-99999999]`), not a cluster.
+MAX_RANGE = 10_000
 
-    out: list[str] = []
-    for part in _split_top_level(spec):
-        part = part.strip()
-        if not part:
-            continue
-        if any(ch in part for ch in "*?") and "[" not in part:
-            out.append(part)
-            continue
-        try:
-            out.extend(NodeSet(part))
-        except NodeSetException as exc:
-            if any(ch in part for ch in "*?"):
-                out.append(part)  # a glob with brackets, e.g. linux-0[1-3]* : fnmatch it
-            else:
-                raise SelectionError(f"invalid node selection {part!r}: {exc}") from exc
-    return out
+
+def shown(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: error messages never print an unbounded
+    value (a YAML alias bomb, a megabyte argument) and always stay on one line. reprlib
+    never builds the whole repr (a list of 60,000 references to one 700 KB string is
+    cheap in memory and 42 GB as text)."""
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = limit
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 4
+    brief.maxlevel = 3
+    return clip(brief.repr(value), limit)
+
+
+def clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def expand(spec: str) -> list[str]:
+    """Expand one selection spec (`a,b`, `linux-[01-03]`, globs kept as-is) into patterns.
+
+    `@NAME` is not expanded here (it needs the project's groups and roles: `select`); an
+    empty spec or element, or an element with other syntax, is a SelectionError. ClusterShell
+    only ever sees an element with a range, and never with its group resolver.
+    """
+    try:
+        if not spec.strip():
+            raise SelectionError("empty selection")
+        return [p for part in _split_top_level(spec) for p in _expand_part(part.strip())]
+    except SelectionError as exc:
+        raise SelectionError(f"node selection {shown(spec)}: {exc}") from None
+
+
+def _expand_part(part: str) -> list[str]:
+    if not part:
+        raise SelectionError("empty element (a comma too many?)")
+    if not _PART_RE.match(part):
+        raise SelectionError(
+            f"invalid node selection {shown(part)}: expected ids, addresses, ranges"
+            " (linux-[01-03]), globs (linux-*) or @GROUP / @ROLE")
+    if "[" not in part and "]" not in part:
+        return [part]
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
+    try:
+        # RESOLVER_NOGROUP: no group source and no wildcard lookup of "all nodes" in
+        # /etc/clustershell; `*` and `?` stay in the expanded names for fnmatch.
+        names = NodeSet(part, resolver=RESOLVER_NOGROUP)
+        if len(names) > MAX_RANGE:
+            raise SelectionError(f"{shown(part)} expands to {len(names)} names"
+                                 f" (at most {MAX_RANGE})")
+        return list(names)
+    except NodeSetException as exc:
+        raise SelectionError(f"invalid node selection {shown(part)}: {exc}") from exc
+
+
+def validate_host_list(value: str) -> list[str]:
+    """Check a `fab -H` value as fab will split it (on every comma) into `[user@]host`
+    connections: each element must name one node id or address. An empty element would
+    make fab crash, and `@NAME` would reach us as host `NAME` (fab reads the `@` as an
+    empty user): groups and roles are for `--node`, which expands them. SelectionError."""
+    hosts = value.split(",")
+    for host in hosts:
+        user, at, name = host.rpartition("@")
+        if not host.strip() or (at and not name.strip()):
+            raise SelectionError(f"-H {shown(value)}: empty host")
+        if at and not user:
+            raise SelectionError(
+                f"-H {shown(value)}: {shown(host)} is a group or role: fab takes node ids or"
+                " addresses (use `skeleton cluster ... --node @NAME` or `inv ... --node`)")
+    return hosts
+
+
+def validate_fab_argv(argv: Sequence[str]) -> None:
+    """When `argv` is a `fab` command line, check its `-H`/`--hosts` value with
+    `validate_host_list` (SelectionError). Anything else passes."""
+    if not argv or os.path.basename(argv[0]) != "fab":
+        return
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("-H", "--hosts") and i + 1 < len(argv):
+            validate_host_list(argv[i + 1])
+        elif arg.startswith("--hosts="):
+            validate_host_list(arg.partition("=")[2])
+        elif arg.startswith("-H") and len(arg) > 2:
+            validate_host_list(arg[2:])
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -158,10 +245,88 @@ def _split_top_level(spec: str) -> list[str]:
     return parts
 
 
-def _matches(node: Node, patterns: Sequence[str]) -> bool:
-    return any(
-        node.id == p or node.host == p or fnmatch.fnmatchcase(node.id, p) for p in patterns
-    )
+def _matches(node: Node, pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?"):
+        return fnmatch.fnmatchcase(node.id, pattern)
+    return pattern in (node.id, node.host)
+
+
+class _Resolver:
+    """Turns specs into nodes against the known nodes, the project's groups and roles.
+    Every element must name at least one node: nothing ever widens to "all"."""
+
+    def __init__(self, nodes: Sequence[Node], groups: Mapping[str, Sequence[str]]):
+        self.nodes = nodes
+        self.groups = groups
+
+    def known(self) -> str:
+        return "known nodes: " + (fold(n.id for n in self.nodes) or "(none)")
+
+    def fail(self, where: str, why: str) -> NoReturn:
+        raise SelectionError(f"{where}: {why}; {self.known()}")
+
+    def spec(self, where: str, spec: str, *, refs: bool = True) -> set[str]:
+        """The ids a spec names (one `--node`/`--exclude` value, or a group's member).
+        `refs=False`: `@NAME` is refused (a group's members: no recursion)."""
+        if not spec.strip():
+            self.fail(where, "empty selection")
+        chosen: set[str] = set()
+        for part in _split_top_level(spec):
+            part = part.strip()
+            ref = _GROUP_REF_RE.match(part)
+            if ref and refs:
+                chosen |= self.reference(where, ref.group(1))
+                continue
+            try:
+                patterns = _expand_part(part)
+            except SelectionError as exc:
+                self.fail(where, str(exc))
+            chosen |= self.patterns(where, patterns)
+        return chosen
+
+    def patterns(self, where: str, patterns: Sequence[str]) -> set[str]:
+        chosen: set[str] = set()
+        for pattern in patterns:
+            hit = {n.id for n in self.nodes if _matches(n, pattern)}
+            if not hit:
+                literal = not any(ch in pattern for ch in "*?")
+                self.fail(where, f"unknown node {clip(pattern)}" if literal
+                          else f"{clip(pattern)} matched no node")
+            chosen |= hit
+        return chosen
+
+    def reference(self, where: str, name: str) -> set[str]:
+        """`@NAME`: the config's group of that name, else the nodes with that role (the
+        role stays reachable with `--role`). Nothing else: never ClusterShell's groups."""
+        if name in self.groups:
+            members: set[str] = set()
+            for member in self.groups[name]:
+                members |= self.spec(f"{where}: group {name} ({shown(member)})", member,
+                                     refs=False)
+            return members
+        has_role = {n.id for n in self.nodes if name in n.roles}
+        if not has_role:
+            self.fail(where, f"no group or role named {name!r} ({self.names()})")
+        return has_role
+
+    def names(self) -> str:
+        roles = sorted({r for n in self.nodes for r in n.roles})
+        return (f"groups: {', '.join(sorted(self.groups)) or '(none)'};"
+                f" roles: {', '.join(roles) or '(none)'}")
+
+    def roles(self, roles: Sequence[str]) -> set[str]:
+        chosen: set[str] = set()
+        for role in roles:
+            try:
+                validate_role(role)
+            except ValueError as exc:
+                self.fail(f"--role {shown(role)}", str(exc))
+            hit = {n.id for n in self.nodes if role in n.roles}
+            if not hit:
+                raise SelectionError(f"--role {role} matched no node ({self.names()});"
+                                     f" {self.known()}")
+            chosen |= hit
+        return chosen
 
 
 def select(
@@ -170,40 +335,37 @@ def select(
     *,
     roles: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Node, ...]:
-    """Select nodes: `patterns` (ids, ranges, globs; empty = all), then roles, then exclusions.
+    """Select nodes: `patterns` (ids, addresses, ranges, globs, `@GROUP`/`@ROLE`; none
+    given = all), then roles, then exclusions.
 
-    A selection that matches nothing is an error listing the known nodes, never a no-op.
-    A literal id (no glob) that names no node is an error too: a typo must not silently
-    shrink the target set.
+    Every value and every comma-separated element must name at least one node, in
+    `exclude` too (a typo there would widen the run): an empty value, an unknown id, a glob
+    or `@NAME` that matches nothing is a SelectionError listing the known nodes, and so is
+    a selection left empty. Only giving no `patterns` at all means every node.
     """
-    def known() -> str:
-        return fold(n.id for n in nodes) or "(none)"
-
-    wanted: list[str] = [p for spec in patterns for p in expand(spec)]
+    resolver = _Resolver(nodes, groups or {})
+    if isinstance(patterns, str) or isinstance(exclude, str) or isinstance(roles, str):
+        raise TypeError("patterns, roles and exclude are sequences of strings, not a string")
     chosen = list(nodes)
-    if wanted:
-        unknown = [
-            p for p in wanted
-            if not any(ch in p for ch in "*?[") and not any(p in (n.id, n.host) for n in nodes)
-        ]
-        if unknown:
-            raise SelectionError(f"unknown node {fold(unknown)}; known nodes: {known()}")
-        chosen = [n for n in chosen if _matches(n, wanted)]
+    if patterns:
+        wanted = set().union(*(resolver.spec(f"--node {shown(s)}", s) for s in patterns))
+        chosen = [n for n in chosen if n.id in wanted]
     if roles:
-        role_set = set(roles)
-        chosen = [n for n in chosen if role_set.intersection(n.roles)]
+        with_role = resolver.roles(roles)
+        chosen = [n for n in chosen if n.id in with_role]
     if exclude:
-        dropped = [p for spec in exclude for p in expand(spec)]
-        chosen = [n for n in chosen if not _matches(n, dropped)]
+        dropped = set().union(*(resolver.spec(f"--exclude {shown(s)}", s) for s in exclude))
+        chosen = [n for n in chosen if n.id not in dropped]
     if not chosen:
         what = []
-        if wanted:
+        if patterns:
             what.append("--node " + ",".join(patterns))
         if roles:
             what.append("--role " + ",".join(roles))
         if exclude:
             what.append("--exclude " + ",".join(exclude))
         asked = " ".join(what) or "the selection"
-        raise SelectionError(f"{asked} matched no node; known nodes: {known()}")
+        raise SelectionError(f"{clip(asked)} matched no node; {resolver.known()}")
     return tuple(chosen)
