@@ -280,16 +280,20 @@ def sync_models(c: Context, source_node: str | None = None,
     "since": "Only lines since WHEN: 30s, 15m, 2h, 1d, 1h30m or an ISO date/time.",
     "grep": "Only lines matching PATTERN (grep -E), filtered on the node.",
     "follow": "Stream new lines from every node as 'node: line' until Ctrl-C.",
-    "out": "Write DIR/<node>.log and DIR/merged.log (default collected_logs)."})
+    "out": "Write DIR/<node>.log and DIR/merged.log (default collected_logs).",
+    "max_bytes": "At most SIZE of log per node, its newest bytes (default 16M).",
+    "max_line": "Lines longer than SIZE are cut to their first SIZE bytes (default 64K)."})
 def logs(c: Context, node: list[str] | None = None, role: list[str] | None = None,
          exclude: list[str] | None = None, lines: str | None = None,
          since: str | None = None, grep: str | None = None, follow: bool = False,
-         out: str = logs_op.DEFAULT_OUT_DIR, json: bool = False, fanout: str | None = None,
-         config: str | None = None) -> None:
+         out: str = logs_op.DEFAULT_OUT_DIR, max_bytes: str = "16M", max_line: str = "64K",
+         json: bool = False, fanout: str | None = None, config: str | None = None) -> None:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
     with _session(config, fanout) as cluster:
         count = logs_op.parse_lines(lines) if lines is not None else None
         since_at = logs_op.parse_since(since) if since is not None else None
+        byte_cap = logs_op.parse_size(max_bytes)
+        line_cap = logs_op.parse_size(max_line, what="--max-line")
         nodes = _select(cluster, node or [], role or [], exclude or [])
         if follow:
             printer = render.NodeLines()
@@ -297,7 +301,8 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
                                          since=since_at, grep=grep, on_error=printer.error)
         else:
             result = logs_op.collect_logs(cluster, nodes, lines=count, since=since,
-                                          grep=grep, out_dir=out)
+                                          grep=grep, out_dir=out, max_bytes=byte_cap,
+                                          max_line=line_cap)
         if json:
             print(result.to_json())
         elif not follow:

@@ -420,12 +420,16 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
               help="Stream new lines from every node as 'node: line' until Ctrl-C.")
 @click.option("--out", "out_dir", default="collected_logs", show_default=True, metavar="DIR",
               help="Write DIR/<node>.log and DIR/merged.log.")
+@click.option("--max-bytes", "max_bytes_text", default="16M", show_default=True,
+              metavar="SIZE", help="At most SIZE of log per node (its newest bytes).")
+@click.option("--max-line", "max_line_text", default="64K", show_default=True,
+              metavar="SIZE", help="Lines longer than SIZE are cut to their first SIZE bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.pass_context
 def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
              roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
              lines_text: str | None, since: str | None, pattern: str | None, follow: bool,
-             out_dir: str, as_json: bool) -> int:
+             out_dir: str, max_bytes_text: str, max_line_text: str, as_json: bool) -> int:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
     from skeleton_app import render
     from skeleton_app.ops import logs as logs_op
@@ -433,6 +437,8 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
     # Bad values fail here, before any node is contacted.
     lines = logs_op.parse_lines(lines_text) if lines_text is not None else None
     since_at = logs_op.parse_since(since) if since is not None else None
+    max_bytes = logs_op.parse_size(max_bytes_text)
+    max_line = logs_op.parse_size(max_line_text, what="--max-line")
     state = _prepare(ctx, config, fanout)
     cluster_, nodes = _select(state, node_specs, roles, exclude)
     arguments = {"lines": lines, "since": since, "grep": pattern, "follow": follow}
@@ -444,7 +450,8 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
             click.echo(result.to_json())
     else:
         result = logs_op.collect_logs(cluster_, nodes, lines=lines, since=since,
-                                      grep=pattern, out_dir=out_dir)
+                                      grep=pattern, out_dir=out_dir, max_bytes=max_bytes,
+                                      max_line=max_line)
         if as_json:
             click.echo(result.to_json())
         else:

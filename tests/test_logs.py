@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,12 +24,14 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.config import load_config
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.ops.logs import (
+    RecordReader,
     _OutDir,
     collect_logs,
     follow_logs,
     merge_logs,
     parse_lines,
     parse_since,
+    parse_size,
 )
 from skeleton_app.testbed import Testbed
 from tests.helpers import config_variant, skeleton
@@ -328,3 +332,101 @@ def _readable(stream: Any) -> bool:
     import select
 
     return bool(select.select([stream], [], [], 0.5)[0])
+
+
+# ---------------------------------------------------------------------------- bounded memory
+
+
+def test_record_reader_any_chunking_and_a_lying_length(tmp_path: Path) -> None:
+    """The stream parser gives the same sources however the bytes arrive, and a node that
+    announces and sends far more than --max-bytes has the rest dropped, not kept."""
+    answer = (b"S\0daemon\0/a/d.log\0ok\0006\0one\ntw"
+              b"S\0file\0./x.log\0missing\0000\0"
+              b"S\0file\0./y.log\0ok\0003\0abc")
+    for step in (1, 2, 7, len(answer)):
+        body = tmp_path / f"body{step}"
+        with body.open("w+b") as f:
+            reader = RecordReader(f, 1 << 20)
+            for i in range(0, len(answer), step):
+                reader.feed(answer[i:i + step])
+            sources = reader.finish()
+        assert [(s.kind, s.name, s.status, s.lines) for s in sources] == [
+            ("daemon", "/a/d.log", "ok", 2), ("file", "x.log", "missing", 0),
+            ("file", "y.log", "ok", 1)]
+        # each source ends its last line, so the next one starts a line of its own
+        assert body.read_bytes() == b"one\ntw\nabc\n"
+    huge = 64 * 1024 * 1024
+    with (tmp_path / "huge").open("w+b") as f:
+        reader = RecordReader(f, 4096)
+        reader.feed(b"S\0daemon\0d.log\0ok\0" + str(huge).encode() + b"\0")
+        chunk = b"x" * (1 << 20)
+        for _ in range(huge // len(chunk)):
+            reader.feed(chunk)
+        (source,) = reader.finish()
+    assert (tmp_path / "huge").stat().st_size <= 4096 + 1
+    assert source.status == f"cut: {huge - 4096} bytes over --max-bytes"
+    with (tmp_path / "bad").open("w+b") as f, pytest.raises(ValueError, match="header field"):
+        RecordReader(f, 4096).feed(b"S\0" + b"n" * 10_000)
+
+
+def test_parse_size() -> None:
+    assert parse_size("512") == 512 and parse_size("64K") == 65536
+    assert parse_size("16M") == 16 << 20 and parse_size("1g") == 1 << 30 and parse_size(7) == 7
+    for bad in ("0", "-1", "lots", "", "1.5M", 0, True):
+        with pytest.raises(UsageError, match="--max-bytes"):
+            parse_size(bad)
+
+
+def test_a_200_mb_single_line_log_is_cut_with_bounded_memory(
+        testbed: Testbed, config: Path, logdir: str, tmp_path: Path) -> None:
+    """The issue's case (a 600 MB single-line log peaked at 2.99 GB): the line is cut on the
+    node, the rest of the log is intact, and the whole CLI process stays small."""
+    path = testbed.host("node-05").app_dir / logdir / "skeleton-daemon.log"
+    write_log(testbed, "node-05", logdir, "skeleton-daemon.log", f"{stamp(9)} first\n".encode())
+    with path.open("ab") as f:
+        block = b"y" * (1 << 20)
+        for _ in range(200):
+            f.write(block)
+        f.write(f"\n{stamp(5)} after the long line\n".encode())
+    out = tmp_path / "o"
+    # The CLI runs under a tiny parent that reports its children's peak RSS (KiB).
+    probe = ("import resource, subprocess, sys\n"
+             "rc = subprocess.run(sys.argv[1:]).returncode\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "skeleton_app", "cluster", "logs",
+         "--node", "node-05", "--max-line", "1K", "--out", str(out), "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mib < 150, f"peak RSS {peak_mib:.0f} MiB"
+    body = (out / "node-05.log").read_bytes().split(b"<==\n", 1)[1].splitlines()
+    assert body[0].endswith(b" first") and body[2].endswith(b" after the long line")
+    assert body[1] == b"y" * 1024
+    assert (out / "merged.log").read_bytes().count(b"\n") == 3
+
+
+def test_max_bytes_keeps_the_newest_and_says_so(cluster: Cluster, testbed: Testbed,
+                                               logdir: str, tmp_path: Path) -> None:
+    lines = [f"{stamp(600 - n)} line {n:04d}" for n in range(500)]
+    write_log(testbed, "node-06", logdir, "skeleton-daemon.log",
+              ("\n".join(lines) + "\n").encode())
+    result = collect_logs(cluster, cluster.select(["node-06"]), lines=1000, max_bytes=2048,
+                          out_dir=tmp_path)
+    assert result.exit_code() == 0, result.to_json()
+    daemon = result["node-06"].data["sources"][0]
+    assert daemon["bytes"] <= 2048 and daemon["status"].startswith("cut: ")
+    kept = (tmp_path / "node-06.log").read_text().split("<==\n", 1)[1].splitlines()
+    assert kept == lines[-len(kept):] and 40 < len(kept) < 100  # whole lines, the newest
+    assert "cut: " in (tmp_path / "node-06.log").read_text().splitlines()[2]
+
+
+def test_bad_sizes_exit_2_nothing_run(config: Path, tmp_path: Path) -> None:
+    for flag, bad in (("--max-bytes", "0"), ("--max-bytes", "lots"), ("--max-line", "-3")):
+        out = tmp_path / "o"
+        proc = skeleton("cluster", "logs", flag, bad, "--out", str(out), config=config)
+        assert proc.returncode == 2, (flag, bad, proc.stderr)
+        assert flag in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert not out.exists()

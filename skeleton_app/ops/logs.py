@@ -9,6 +9,12 @@ systemd, the unit's journal. Filtering happens on the node (`skeleton_app/script
 sent on stdin; every value is an argument, nothing is evaluated): `since`, then `grep`, then
 the last `lines` lines of each source. Only the result crosses the network.
 
+Memory stays bounded whatever the logs hold: every line is cut to `max_line` bytes on the node
+(before any filter reads it) and a node sends at most `max_bytes` of log (its newest bytes);
+the controller enforces the same cap on what arrives, writes each source to disk as it
+streams in (never holding a node's log), and merges from the files it wrote, keeping only a
+small index per line.
+
 `collect_logs` writes `OUT/<node>.log` (a header naming each source and its state, then each
 source's lines byte for byte) and `OUT/merged.log` (every line prefixed with its node, in time
 stamp order where lines carry ISO-8601 stamps; a line without one stays with the stamped line
@@ -25,8 +31,10 @@ everything it started.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime as dt
+import mmap
 import os
 import re
 import secrets
@@ -35,11 +43,11 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from skeleton_app import layout
 from skeleton_app.cluster import Cluster
@@ -49,6 +57,8 @@ from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.ssh import RunOptions, ssh_argv
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_LINE",
     "DEFAULT_OUT_DIR",
     "LogSource",
     "collect_logs",
@@ -56,9 +66,16 @@ __all__ = [
     "merge_logs",
     "parse_lines",
     "parse_since",
+    "parse_size",
 ]
 
 DEFAULT_OUT_DIR = "collected_logs"
+# Per node and per line: room for a day of a chatty daemon, and far below what would hurt the
+# controller (the merge index costs about 70 bytes per line).
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_LINE = 64 * 1024
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)i?b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 MERGED = "merged.log"
 SCRIPT = "logs.sh"
 
@@ -108,6 +125,18 @@ def parse_since(value: str, *, now: float | None = None) -> float:
     return when.timestamp()
 
 
+def parse_size(value: object, *, what: str = "--max-bytes") -> int:
+    """A positive byte count from an int or "512", "64K", "16M", "1G" (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _SIZE.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    number = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()] if m else 0
+    if number < 1:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise UsageError(f"{what}: expected a size in bytes (512, 64K, 16M, 1G), got {shown}")
+    return number
+
+
 def _check_pattern(pattern: str) -> None:
     """Refuse a pattern grep -E would refuse on every node, before contacting any."""
     if "\0" in pattern or "\n" in pattern:
@@ -129,22 +158,19 @@ def _check_pattern(pattern: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogSource:
-    """One source on one node: `kind` daemon, file or journal; `status` ok, missing, ..."""
+    """One source on one node: `kind` daemon, file or journal; `status` ok, missing, ...;
+    its bytes are `size` bytes at `offset` of the node's body file (not held here)."""
 
     kind: str
     name: str
     status: str
-    data: bytes
-
-    @property
-    def lines(self) -> int:
-        if not self.data:
-            return 0
-        return self.data.count(b"\n") + (0 if self.data.endswith(b"\n") else 1)
+    offset: int = 0
+    size: int = 0
+    lines: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "status": self.status,
-                "lines": self.lines, "bytes": len(self.data)}
+                "lines": self.lines, "bytes": self.size}
 
 
 def _script() -> bytes:
@@ -152,39 +178,112 @@ def _script() -> bytes:
 
 
 def _node_args(cluster: Cluster, node: Node, mode: str, lines: int, since: float | None,
-               pattern: str | None) -> list[str]:
+               pattern: str | None, max_line: int = DEFAULT_MAX_LINE,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> list[str]:
     settings = cluster.settings
     globs = [g if g.startswith("/") else "./" + g for g in settings.logs.files]
     return [
         mode, node.app_dir, str(lines), "" if since is None else str(int(since)),
         pattern or "", settings.daemon.manager, settings.daemon.unit,
-        "1" if settings.daemon.user_unit else "0", layout.daemon_log(settings, node),
-        *globs,
+        "1" if settings.daemon.user_unit else "0", str(max_line), str(max_bytes),
+        layout.daemon_log(settings, node), *globs,
     ]
 
 
-def parse_sources(data: bytes) -> list[LogSource]:
-    """The framed records of logs.sh collect (see its header)."""
-    sources: list[LogSource] = []
-    pos = 0
-    while pos < len(data):
-        fields = []
-        for _ in range(5):
-            end = data.find(b"\0", pos)
+_FIELD_MAX = 8192  # one header field (a path, a status line): longer is a broken answer
+
+
+class RecordReader:
+    """Parses logs.sh's framed records (see its header) as they arrive, in any chunking,
+    appending each source's bytes to `body` and keeping none of them. A node that sends more
+    than `max_bytes` in all (it should not: logs.sh cuts first) has the rest dropped and
+    counted; memory is one record header at most, whatever the node sends."""
+
+    def __init__(self, body: BinaryIO, max_bytes: int):
+        self.body = body
+        self.room = max_bytes
+        self.sources: list[LogSource] = []
+        self._fields: list[bytes] = []
+        self._field = bytearray()
+        self._left = 0  # bytes of the current record's data still to come
+        self._kept = self._dropped = self._lines = 0
+        self._last = b"\n"
+        self._offset = 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._left:
+                take = view[:self._left]
+                self._left -= len(take)
+                keep = take[:self.room]
+                if keep:
+                    self.body.write(keep)
+                    self._lines += bytes(keep).count(b"\n")
+                    self._last = bytes(keep[-1:])
+                    self.room -= len(keep)
+                    self._kept += len(keep)
+                self._dropped += len(take) - len(keep)
+                view = view[len(take):]
+                if not self._left:
+                    self._end_record()
+                continue
+            end = bytes(view[:_FIELD_MAX + 1 - len(self._field)]).find(b"\0")
             if end < 0:
-                raise ValueError("truncated answer from logs.sh")
-            fields.append(data[pos:end])
-            pos = end + 1
-        tag, kind, name, status, length = fields
+                self._field += view[:_FIELD_MAX + 1 - len(self._field)]
+                if len(self._field) > _FIELD_MAX:
+                    raise ValueError("broken answer from logs.sh: a header field over"
+                                     f" {_FIELD_MAX} bytes")
+                return
+            self._field += view[:end]
+            view = view[end + 1:]
+            self._fields.append(bytes(self._field))
+            self._field.clear()
+            if len(self._fields) == 5:
+                self._begin_record()
+
+    def _begin_record(self) -> None:
+        tag, _kind, _name, _status, length = self._fields
         if tag != b"S":
             raise ValueError(f"unexpected record {tag[:20]!r} from logs.sh")
-        size = int(length)
+        if not length.isdigit():
+            raise ValueError(f"bad record length {length[:20]!r} from logs.sh")
+        self._left = int(length)
+        self._kept = self._dropped = self._lines = 0
+        self._last = b"\n"
+        if not self._left:
+            self._end_record()
+
+    def _end_record(self) -> None:
+        _tag, kind, name, status, _length = self._fields
+        self._fields = []
+        lines = self._lines + (0 if self._last == b"\n" else 1)
+        if self._last != b"\n":
+            self.body.write(b"\n")  # every source ends a line: the next one starts its own
+            self.room = max(0, self.room - 1)
+            self._kept += 1
+        text = status.decode("utf-8", "replace")
+        if self._dropped:
+            text = f"cut: {self._dropped} bytes over --max-bytes"
         # "./" was only added so that a pattern can never read as an option: not shown.
-        name = name.removeprefix(b"./")
-        sources.append(LogSource(kind.decode(), name.decode("utf-8", "replace"),
-                                 status.decode("utf-8", "replace"), data[pos:pos + size]))
-        pos += size
-    return sources
+        self.sources.append(LogSource(
+            kind.decode("utf-8", "replace"),
+            name.removeprefix(b"./").decode("utf-8", "replace"), text, self._offset,
+            self._kept, lines))
+        self._offset += self._kept
+
+    def finish(self) -> list[LogSource]:
+        if self._left or self._fields or self._field:
+            raise ValueError("truncated answer from logs.sh")
+        return self.sources
+
+
+def parse_sources(data: bytes, body: BinaryIO, *,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> list[LogSource]:
+    """Every framed record of `data` (a whole logs.sh answer), bytes appended to `body`."""
+    reader = RecordReader(body, max_bytes)
+    reader.feed(data)
+    return reader.finish()
 
 
 # ---------------------------------------------------------------------------- writing
@@ -199,6 +298,14 @@ class _OutDir:
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
 
     def write(self, name: str, chunks: Iterable[bytes]) -> Path:
+        with self.writing(name) as out:
+            for chunk in chunks:
+                out.write(chunk)
+        return self.path / name
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[BinaryIO]:
+        """A file to fill, published at OUT/name when the block ends without an error."""
         # `name` is a validated node id + ".log" or merged.log: one component, never "..".
         if "/" in name or name in (".", ".."):
             raise UsageError(f"refusing to write {name!r}: not a plain file name")
@@ -207,8 +314,7 @@ class _OutDir:
                      dir_fd=self.fd)
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
+                yield out
             # rename() replaces whatever sits at the name (a planted symlink included)
             # without following it.
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
@@ -216,7 +322,17 @@ class _OutDir:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.fd)
             raise
-        return self.path / name
+
+    def scratch(self, name: str) -> tuple[str, BinaryIO]:
+        """A new private file inside OUT (O_EXCL|O_NOFOLLOW), for bytes on their way."""
+        tmp = f".{name}.{secrets.token_hex(4)}.part"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=self.fd)
+        return tmp, os.fdopen(fd, "w+b")
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -243,14 +359,20 @@ def _one_line(text: str) -> str:
     return text.replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _body(sources: Sequence[LogSource]) -> Iterable[bytes]:
+def _body(sources: Sequence[LogSource], body: BinaryIO | None) -> Iterable[bytes]:
+    """Each source's bytes under a `==> name <==` line, read from `body` in pieces."""
     for src in sources:
-        if not src.data:
+        if not src.size or body is None:
             continue
         yield f"==> {_one_line(src.name)} <==\n".encode("utf-8", "replace")
-        yield src.data
-        if not src.data.endswith(b"\n"):
-            yield b"\n"
+        body.seek(src.offset)
+        left = src.size
+        while left:
+            chunk = body.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
 
 
 # ---------------------------------------------------------------------------- merging
@@ -277,31 +399,72 @@ def _stamp(line: bytes) -> float | None:
     return seconds
 
 
-def merge_logs(streams: Sequence[tuple[str, bytes]]) -> bytes:
-    """One log from many: `streams` is [(node, log bytes)] in node order. Every line gets
-    "node: "; stamped lines are ordered by their stamp (stable), unstamped lines stay with
-    the stamped line before them, and streams without any stamp come last, in order."""
-    stamped: list[tuple[float, int, bytes]] = []
-    plain: list[bytes] = []
-    seq = 0
-    for node, data in streams:
-        prefix = node.encode() + b": "
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        stamps = [_stamp(line) for line in lines]
-        first = next((s for s in stamps if s is not None), None)
-        if first is None:
-            plain += [prefix + line + b"\n" for line in lines]
-            continue
-        current = first
-        for line, stamp in zip(lines, stamps, strict=True):
+Buffer = bytes | mmap.mmap
+
+
+def _line_spans(data: Buffer) -> Iterator[tuple[int, int]]:
+    pos, size = 0, len(data)
+    while pos < size:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            end = size
+        yield pos, end
+        pos = end + 1
+
+
+def merge_into(write: Callable[[bytes], object], streams: Sequence[tuple[str, Buffer]], *,
+               max_line: int | None = None) -> None:
+    """One log from many: `streams` is [(node, log bytes or an mmap)] in node order. Every
+    line gets "node: "; stamped lines are ordered by their stamp (stable), unstamped lines
+    stay with the stamped line before them, and streams without any stamp come last, in
+    order. Only an index is held (stamp, stream, start, end per line: compact arrays), never
+    a copy of the lines; each line is cut to `max_line` bytes."""
+    stamps, which = array.array("d"), array.array("I")
+    starts, ends = array.array("Q"), array.array("Q")
+    plain: list[int] = []
+    for index, (_node, data) in enumerate(streams):
+        first = len(stamps)
+        current: float | None = None
+        for start, end in _line_spans(data):
+            stamp = _stamp(data[start:min(end, start + 48)])
             if stamp is not None:
                 current = stamp
-            stamped.append((current, seq, prefix + line + b"\n"))
-            seq += 1
-    stamped.sort(key=lambda item: (item[0], item[1]))
-    return b"".join(line for _, _, line in stamped) + b"".join(plain)
+            # NaN: a line before the stream's first stamp; it takes that stamp (below).
+            stamps.append(float("nan") if current is None else current)
+            which.append(index)
+            starts.append(start)
+            ends.append(end)
+        if current is None:
+            plain.append(index)
+            del stamps[first:], which[first:], starts[first:], ends[first:]
+            continue
+        lead = next(stamps[i] for i in range(first, len(stamps)) if stamps[i] == stamps[i])
+        for i in range(first, len(stamps)):
+            if stamps[i] != stamps[i]:  # NaN: a line before the first stamp
+                stamps[i] = lead
+            else:
+                break
+    prefixes = [node.encode() + b": " for node, _ in streams]
+    cap = max_line or 0
+
+    def emit(index: int, start: int, end: int) -> None:
+        if cap and end - start > cap:
+            end = start + cap
+        write(prefixes[index] + streams[index][1][start:end] + b"\n")
+
+    # sorted() is stable: equal stamps keep stream order, then line order.
+    for i in sorted(range(len(stamps)), key=stamps.__getitem__):
+        emit(which[i], starts[i], ends[i])
+    for index in plain:
+        for start, end in _line_spans(streams[index][1]):
+            emit(index, start, end)
+
+
+def merge_logs(streams: Sequence[tuple[str, bytes]]) -> bytes:
+    """`merge_into` to bytes (small inputs: tests, the Python API)."""
+    out: list[bytes] = []
+    merge_into(out.append, streams)
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------- collect
@@ -337,13 +500,19 @@ def collect_logs(
     grep: str | None = None,
     out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
     timeout: float | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_line: int = DEFAULT_MAX_LINE,
 ) -> ClusterResult:
     """Gather every node's filtered logs into OUT/<node>.log and OUT/merged.log.
 
     `lines` defaults to `logs.lines`; `since` is epoch seconds or what `parse_since` takes.
-    Each NodeResult carries `data["sources"]` (kind, name, status, lines, bytes) and
-    `data["file"]`. A node that fails is an error result; the others are still written."""
+    At most `max_bytes` of log per node (its newest) and `max_line` bytes per line are kept
+    (see the module's header). Each NodeResult carries `data["sources"]` (kind, name,
+    status, lines, bytes) and `data["file"]`. A node that fails is an error result; the
+    others are still written."""
     count = _lines_default(cluster, lines)
+    max_bytes = parse_size(max_bytes)
+    max_line = parse_size(max_line, what="--max-line")
     since_at = None if since is None else _since_epoch(since)
     if grep:
         _check_pattern(grep)
@@ -353,41 +522,56 @@ def collect_logs(
     manager = cluster.settings.daemon.manager
     out = _OutDir(out_dir)
     script = _script()
-    gathered: dict[str, list[LogSource]] = {}
+    # Per node: its scratch file (the sources' bytes, in order) and what they are.
+    gathered: dict[str, tuple[str, list[LogSource]]] = {}
     lock = threading.Lock()
 
     def one(node: Node) -> NodeResult:
         if node.id == MERGED.removesuffix(".log"):
             return failure(node.id, NodeErrorKind.LOCAL,
                            f"node id {node.id!r} would overwrite {MERGED}; not collected")
-        raw = bytearray()
+        scratch, body = out.scratch(node.id)
+        try:
+            reader = RecordReader(body, max_bytes)
+            broken: list[str] = []
 
-        def sink(_node: str, stream: str, data: bytes) -> None:
-            if stream == "stdout":
-                raw.extend(data)
+            def sink(_node: str, stream: str, data: bytes) -> None:
+                if stream == "stdout" and not broken:
+                    try:
+                        reader.feed(data)
+                    except ValueError as exc:  # stop parsing; the rest is not read as log
+                        broken.append(str(exc))
 
-        command = shlex.join(["sh", "-s", "--",
-                              *_node_args(cluster, node, "collect", count, since_at, grep)])
-        result = cluster.connector.run(node, command,
-                                       RunOptions(timeout=timeout, stdin=script, sink=sink))
-        error = None
-        sources: list[LogSource] = []
-        if result.error_kind is not None:
-            error = result.summary()
-        elif result.exit_code != 0:
-            error = f"logs.sh exited {result.exit_code}: {result.stderr.strip()[-300:]}"
-        else:
-            try:
-                sources = parse_sources(bytes(raw))
-            except ValueError as exc:
-                error = str(exc)
-        header = _header(node, sources, filters, error, manager)
-        path = out.write(f"{node.id}.log", [header, *_body(sources)])
+            command = shlex.join(["sh", "-s", "--", *_node_args(
+                cluster, node, "collect", count, since_at, grep, max_line, max_bytes)])
+            result = cluster.connector.run(node, command,
+                                           RunOptions(timeout=timeout, stdin=script, sink=sink))
+            error = None
+            sources: list[LogSource] = []
+            if result.error_kind is not None:
+                error = result.summary()
+            elif result.exit_code != 0:
+                error = f"logs.sh exited {result.exit_code}: {result.stderr.strip()[-300:]}"
+            elif broken:
+                error = broken[0]
+            else:
+                try:
+                    sources = reader.finish()
+                except ValueError as exc:
+                    error = str(exc)
+            body.flush()
+            header = _header(node, sources, filters, error, manager)
+            path = out.write(f"{node.id}.log", [header, *_body(sources, body)])
+        finally:
+            body.close()
         data = {"file": str(path), "sources": [s.as_dict() for s in sources],
                 "lines": sum(s.lines for s in sources)}
         if error is None:
             with lock:
-                gathered[node.id] = sources
+                gathered[node.id] = (scratch, sources)
+        else:
+            out.remove(scratch)
+        if error is None:
             return NodeResult(node=node.id, exit_code=0, duration=result.duration, data=data,
                               stdout=f"{data['lines']} lines from {len(sources)} sources\n")
         if result.error_kind is not None:
@@ -398,13 +582,27 @@ def collect_logs(
 
     try:
         result = cluster.map(one, nodes, operation="logs")
-        streams = [(node.id, b"".join(s.data if s.data.endswith(b"\n") or not s.data
-                                      else s.data + b"\n" for s in gathered[node.id]))
-                   for node in nodes if node.id in gathered]
-        out.write(MERGED, [merge_logs(streams)])
+        _write_merged(out, [(node.id, gathered[node.id][0]) for node in nodes
+                            if node.id in gathered], max_line)
     finally:
+        for scratch, _ in gathered.values():
+            out.remove(scratch)
         out.close()
     return result
+
+
+def _write_merged(out: _OutDir, scratches: Sequence[tuple[str, str]], max_line: int) -> None:
+    """OUT/merged.log from the nodes' scratch files, mapped rather than read into memory."""
+    with contextlib.ExitStack() as stack:
+        streams: list[tuple[str, Buffer]] = []
+        for node_id, scratch in scratches:
+            fd = os.open(scratch, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=out.fd)
+            f = stack.enter_context(os.fdopen(fd, "rb"))
+            if os.fstat(f.fileno()).st_size:
+                streams.append((node_id, stack.enter_context(
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))))
+        with out.writing(MERGED) as merged:  # buffered: the lines go out in large writes
+            merge_into(merged.write, streams, max_line=max_line)
 
 
 # ---------------------------------------------------------------------------- follow

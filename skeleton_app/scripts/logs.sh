@@ -1,6 +1,7 @@
 # logs.sh: the node side of `skeleton cluster logs` (skeleton_app/ops/logs.py).
 #
-#     sh -s -- MODE APP_DIR LINES SINCE PATTERN MANAGER UNIT USER_UNIT DAEMON_LOG [GLOB...]
+#     sh -s -- MODE APP_DIR LINES SINCE PATTERN MANAGER UNIT USER_UNIT MAX_LINE MAX_BYTES \
+#               DAEMON_LOG [GLOB...]
 #
 #   MODE        collect: print each source's filtered tail, framed (below), then exit
 #               follow:  print new lines of every source as they come, until stdin closes
@@ -14,13 +15,17 @@
 #   PATTERN     "" or an extended regular expression (grep -E), matched byte-wise
 #   MANAGER     process | systemd: with systemd the journal of UNIT is a source too
 #   USER_UNIT   1: the unit is a user unit (journalctl --user)
+#   MAX_LINE    collect: every line is cut to its first MAX_LINE bytes before anything else
+#               reads it (`cut -b` streams: a 600 MB line never sits in memory here)
+#   MAX_BYTES   collect: at most this many bytes of log in all, sources in order; a source
+#               over what is left keeps its last bytes, and its STATUS says how many were cut
 #   DAEMON_LOG  the daemon's log file (absolute)
 #   GLOB...     the configured logs.files patterns
 #
 # collect prints, for each source, one record
 #     "S" NUL KIND NUL NAME NUL STATUS NUL LENGTH NUL, then LENGTH bytes of filtered log
-# KIND: daemon, file or journal; STATUS: ok, missing, unreadable, not a regular file,
-# error: MESSAGE. A missing file is a record, not a failure: bytes pass through untouched.
+# KIND: daemon, file or journal; STATUS: ok, cut: N bytes, missing, unreadable, not a
+# regular file, error: MESSAGE. A missing file is a record, not a failure: bytes pass through untouched.
 #
 # follow runs until its stdin reaches end of file (the controller closed the connection or
 # went away), then stops every process it started: nothing keeps running on the node.
@@ -31,8 +36,9 @@ set -u
 LC_ALL=C
 export LC_ALL
 
-if [ "$#" -lt 9 ]; then
-    echo "logs.sh: expected MODE APP_DIR LINES SINCE PATTERN MANAGER UNIT USER_UNIT DAEMON_LOG" >&2
+if [ "$#" -lt 11 ]; then
+    echo "logs.sh: expected MODE APP_DIR LINES SINCE PATTERN MANAGER UNIT USER_UNIT" \
+        "MAX_LINE MAX_BYTES DAEMON_LOG" >&2
     exit 2
 fi
 mode=$1
@@ -43,12 +49,19 @@ pattern=$5
 manager=$6
 unit=$7
 user_unit=$8
-daemon_log=$9
-shift 9
+shift 8
+max_line=$1
+max_bytes=$2
+daemon_log=$3
+shift 3
 
-case $lines in
-    '' | *[!0-9]*) echo "logs.sh: LINES must be a positive integer" >&2; exit 2 ;;
-esac
+for n in "$lines" "$max_line" "$max_bytes"; do
+    case $n in
+        '' | *[!0-9]* | 0) echo "logs.sh: LINES, MAX_LINE and MAX_BYTES must be positive integers" >&2
+                           exit 2 ;;
+    esac
+done
+budget=$max_bytes
 case $since in
     *[!0-9]*) echo "logs.sh: SINCE must be epoch seconds" >&2; exit 2 ;;
 esac
@@ -89,10 +102,21 @@ grep_filter() {
     fi
 }
 
+# record KIND NAME STATUS [FILE]: one framed record; FILE's bytes count against the budget.
 record() {
     len=0
+    status=$3
     if [ -n "${4-}" ]; then len=$(wc -c <"$4" | tr -d ' '); fi
-    printf 'S\0%s\0%s\0%s\0%s\0' "$1" "$2" "$3" "$len"
+    if [ "$len" -gt "$budget" ]; then
+        # Keep the newest bytes (these are tails), from the first whole line among them.
+        tail -c "$budget" -- "$4" | sed 1d >"$tmp/kept"
+        kept=$(wc -c <"$tmp/kept" | tr -d ' ')
+        status="cut: $((len - kept)) bytes over --max-bytes"
+        mv -f -- "$tmp/kept" "$4"
+        len=$kept
+    fi
+    budget=$((budget - len))
+    printf 'S\0%s\0%s\0%s\0%s\0' "$1" "$2" "$status" "$len"
     if [ "$len" -gt 0 ]; then cat -- "$4"; fi
 }
 
@@ -124,7 +148,8 @@ collect_file() {
     # Written before SINCE: no line of it can be newer.
     if [ -z "$since" ] || [ -n "$(find "$path" -maxdepth 0 -newermt "@$since" 2>/dev/null)" ]
     then
-        { since_filter <"$path" | grep_filter | tail -n "$lines"; } >"$tmp/out" 2>"$tmp/err"
+        { cut -b "1-$max_line" <"$path" | since_filter | grep_filter | tail -n "$lines"; } \
+            >"$tmp/out" 2>"$tmp/err"
     fi
     if [ -s "$tmp/err" ]; then
         record "$kind" "$path" "error: $(head -n 1 "$tmp/err")" "$tmp/out"
@@ -143,7 +168,7 @@ collect_journal() {
     if [ -n "$since" ]; then set -- "$@" --since "@$since"; fi
     # Without a pattern journalctl can cut the tail itself (it reads from the end).
     if [ -z "$pattern" ]; then set -- "$@" -n "$lines"; fi
-    { "$@" | grep_filter | tail -n "$lines"; } >"$tmp/out" 2>"$tmp/err"
+    { "$@" | cut -b "1-$max_line" | grep_filter | tail -n "$lines"; } >"$tmp/out" 2>"$tmp/err"
     if [ ! -s "$tmp/out" ] && [ -s "$tmp/err" ]; then
         record journal "$unit" "error: $(head -n 1 "$tmp/err")"
     else
