@@ -46,7 +46,7 @@ from tests.deploy_support import (
 from tests.helpers import REPO, skeleton
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
-                   "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")
+                   "/.skeleton-daemon.pid", "/.skeleton-daemon.lock", f"{DEFAULT_PARTIAL_DIR}/")
 
 
 def _version(src: Path) -> str:
@@ -128,8 +128,8 @@ def test_delete_never_touches_excluded_or_runtime_paths(testbed: Testbed,
     app_dir = unique_app_dir("delete")
     settings = settings_of(variant(testbed, tmp_path, app_dir=app_dir))
     keep = [".venv/lib/site.py", "logs/skeleton-daemon.log", "models/whisper.bin",
-            ".skeleton-daemon.pid", "app/__pycache__/old.cpython-311.pyc", "app/old.pyc",
-            ".git/config"]
+            ".skeleton-daemon.pid", ".skeleton-daemon.lock", "app/__pycache__/old.cpython-311.pyc",
+            "app/old.pyc", ".git/config"]
     with Cluster(settings) as cluster:
         nodes = cluster.select(["node-0[1-2]"])
         assert deploy(cluster, nodes, source=src).exit_code() == 0
