@@ -96,6 +96,9 @@ class NodeDefaults:
     app_dir: str = "/home/sysadmin/Programs/skeleton-app"
     api_port: int = 8765
     identity_file: str | None = None
+    # (host, row's user, row's port) -> (user, port), e.g. `Settings.login` (~/.ssh/config's
+    # User/Port between an explicit ssh section and the defaults); None: user/port above.
+    login: Callable[[str, str | None, int | None], tuple[str, int]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NodeDefaults:
@@ -105,6 +108,7 @@ class NodeDefaults:
             app_dir=settings.app.dir,
             api_port=settings.daemon.api_port,
             identity_file=settings.ssh.identity_file,
+            login=settings.login,
         )
 
 
@@ -276,11 +280,16 @@ class NodeSpec:
         return out
 
     def resolve(self, defaults: NodeDefaults) -> Node:
+        if defaults.login is not None:
+            user, port = defaults.login(self.host, self.user, self.port)
+        else:
+            user = self.user if self.user is not None else defaults.user
+            port = self.port if self.port is not None else defaults.port
         return Node(
             id=self.id,
             host=self.host,
-            port=self.port if self.port is not None else defaults.port,
-            user=self.user if self.user is not None else defaults.user,
+            port=port,
+            user=user,
             roles=self.roles,
             app_dir=self.app_dir if self.app_dir is not None else defaults.app_dir,
             identity_file=defaults.identity_file,
