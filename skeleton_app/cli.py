@@ -3,10 +3,11 @@
 Every command parses its arguments, calls one library function, renders the result and
 returns an exit code. Errors are mapped to messages and exit codes here, in `main()`.
 
-Exit codes of every `skeleton cluster` command:
+Exit codes of every `skeleton cluster` command (`errors.ExitCode`):
 
     0  every selected node succeeded
-    1  some node ran the command and failed (non-zero exit)
+    1  some node ran the command and failed (non-zero exit), or answered but could not do
+       it (deploy lock held, rsync missing, disk full)
     2  usage or configuration error; nothing ran
     3  registry/database error; nothing ran
     4  some node was unreachable, refused the connection or its key, or timed out

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from skeleton_app.errors import NodeErrorKind
+from skeleton_app.errors import ExitCode, NodeErrorKind
 from skeleton_app.nodes import fold
 
-# Exit codes of every `skeleton cluster` command (documented in cli.py and README).
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REGISTRY = 3
-EXIT_UNREACHABLE = 4
+# Short names for the members of the one definition, errors.ExitCode.
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_REGISTRY = ExitCode.REGISTRY
+EXIT_UNREACHABLE = ExitCode.UNREACHABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +123,15 @@ class ClusterResult(Mapping[str, NodeResult]):
         """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
         return {k: r for k, r in self._results.items() if r.error_kind is not None}
 
-    def exit_code(self) -> int:
-        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed."""
-        if self.errors:
-            return EXIT_UNREACHABLE
-        if self.nonzero:
-            return EXIT_FAILED
-        return EXIT_OK
+    def exit_code(self) -> ExitCode:
+        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed, or
+        refused for a precondition (error kind LOCAL: deploy lock held, rsync missing)."""
+        kinds = {r.error_kind for r in self._results.values() if r.error_kind is not None}
+        if any(kind.exit_code == ExitCode.UNREACHABLE for kind in kinds):
+            return ExitCode.UNREACHABLE
+        if kinds or self.nonzero:
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
         return {
