@@ -6,7 +6,10 @@ A node's failure is data, never an exception that hides its siblings. The three 
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -65,8 +68,33 @@ class NodeResult:
             "stdout_bytes": self.stdout_bytes,
             "stderr_bytes": self.stderr_bytes,
             "truncated": self.truncated,
-            "data": dict(self.data),
+            "data": jsonable(self.data),
         }
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON types. Operations put typed values in `NodeResult.data` (a
+    NodeStatus, a DaemonReply, tuples, enums, paths): those with `as_dict()` give their own
+    form, other dataclasses their fields; anything else unknown becomes its `str()`. The one
+    place results become JSON, so every operation's `to_json()` works."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value.value if isinstance(value, enum.Enum) else value
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        return jsonable(as_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
 
 
 def failure(node: str, kind: NodeErrorKind, message: str, duration: float = 0.0) -> NodeResult:
