@@ -94,13 +94,12 @@ def _record(state: Ctx, cluster: Any, operation: str, arguments: dict[str, Any],
             selection: Sequence[str], result: Any) -> None:
     """Write the run to the registry when one is configured; never fail the command."""
     if not cluster.settings.registry.dsn:
-        return
-    try:
-        from skeleton_app.registry import record_result
+        return  # without importing the registry (psycopg: ~30 ms)
+    from skeleton_app.registry import journal_run
 
-        record_result(cluster.settings, operation, arguments, selection, result)
-    except SkeletonError as exc:
-        click.echo(f"skeleton: warning: run not recorded in the registry: {exc}", err=True)
+    warning = journal_run(cluster.settings, operation, arguments, selection, result)
+    if warning:
+        click.echo(warning, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

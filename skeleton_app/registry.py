@@ -50,7 +50,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from skeleton_app.errors import ConfigError, RegistryError, UsageError
+from skeleton_app.errors import ConfigError, RegistryError, SkeletonError, UsageError
 from skeleton_app.nodes import (
     Node,
     validate_host,
@@ -1221,6 +1221,18 @@ def record_result(
     finally:
         registry.close()
     return run_id
+
+
+def journal_run(settings: Settings, operation: str, arguments: Mapping[str, Any],
+                selection: Sequence[str], result: ClusterResult) -> str | None:
+    """What every front end (the CLI, `inv`, `fab`) does after an operation: journal it when a
+    registry is configured, never failing the command. Returns the warning line to print when
+    the run could not be recorded (the operation's own exit code stands), else None."""
+    try:
+        record_result(settings, operation, arguments, selection, result)
+    except SkeletonError as exc:
+        return f"skeleton: warning: run not recorded in the registry: {exc}"
+    return None
 
 
 # ------------------------------------------------------------------- import / export
