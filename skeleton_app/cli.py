@@ -698,8 +698,12 @@ def testbed_down(instance: int, state_dir: str | None) -> int:
     """Remove every host, link, namespace, process and the state dir (safe to run twice)."""
     from skeleton_app import testbed as tb
 
-    removed = tb.down(state_dir, instance=instance)
+    lines = tb.down(state_dir, instance=instance)
+    removed = [ln for ln in lines if not ln.startswith("left ")]
     click.echo(f"removed {len(removed)} item(s)" if removed else "nothing to remove")
+    for line in lines:
+        if line.startswith("left "):  # named like ours, but nothing proves it is
+            click.echo(f"skeleton: warning: {line}", err=True)
     return 0
 
 
