@@ -331,6 +331,26 @@ def test_any_command_line_works_even_one_that_execs_into_another(node: Node) -> 
     assert not running(reply.pid)
 
 
+def test_a_command_name_with_spaces_and_parentheses_is_parsed_right(node: Node) -> None:
+    # /proc/PID/stat field 2 is the command name in parentheses, and it may hold ") (" and
+    # spaces itself: the start time (field 22) is counted after the LAST ')'.
+    name = "sl) (ee p) x"
+    (node.app_dir / name).symlink_to(os.path.realpath(sys.executable))
+    reply = node.run("start", f"./{name}", "-c", "import time; time.sleep(60)", node.marker)
+    assert (reply.rc, reply.state) == (0, "started"), reply.text
+    assert reply.pid is not None
+    assert Path(f"/proc/{reply.pid}/stat").read_text().count(")") >= 3
+    assert node.pid_file.read_text().split() == [str(reply.pid), str(start_time(reply.pid)),
+                                                 boot_id()]
+    assert node.run("status").pid == reply.pid
+    node.pid_file.write_text("garbage\n")  # found through the lock: the holder's stat, too
+    assert node.run("status").pid == reply.pid
+    stop = node.run("stop")
+    node.reap_later(reply.pid)
+    assert (stop.state, stop.pid) == ("stopped", reply.pid)
+    assert not running(reply.pid)
+
+
 def test_start_cleans_a_stale_pid_file_and_spares_an_unrelated_process(node: Node) -> None:
     other = node.unrelated()
     node.write_pid(other)
