@@ -216,8 +216,9 @@ record_problem() {
 # signal_daemon SIGNAL: signal the daemon ($pid, > 1 by construction) and, when it leads its own
 # process group (as every daemon this script starts does, through setsid), the workers it
 # spawned too: a SIGKILL to the leader alone would leave them running, holding memory and GPUs.
+# Its identity is checked again right before: between two polls its pid may have been reused.
 signal_daemon() {
-    read_stat "$pid" || return 1
+    daemon_alive || return 1
     if [ "$st_pgrp" = "$pid" ]; then
         kill -s "$1" -- "-$pid" 2>/dev/null
     else
@@ -313,7 +314,10 @@ do_stop() {
     esac
     _note=
     [ "$via" = record ] || _note=$FOUND_BY_LOCK
-    signal_daemon TERM || fail "could not send SIGTERM to pid $pid" "$pid"
+    # A daemon that exited on its own meanwhile counts as stopped.
+    if ! signal_daemon TERM && daemon_alive; then
+        fail "could not send SIGTERM to pid $pid" "$pid"
+    fi
     _signal=TERM
     if ! wait_while daemon_alive "$stop_tenths"; then
         signal_daemon KILL
