@@ -10,9 +10,10 @@ name. On its own, `fab` builds plain Fabric connections, which would add unknown
 without asking: these tasks never use that connection. Each looks its host up in skeleton's
 configuration and runs through skeleton's connector (our host-key policy, identity and
 timeouts), calling the same library operation as `skeleton cluster ... --node HOST`, with the
-same renderer and exit codes (0 ok, 1 failed, 2 usage, 3 registry, 4 unreachable or refused).
-Like any Fabric task, a host that fails stops the run. The configuration: `--config PATH` on
-a task, else $SKELETON_CONFIG, else ./config.yaml.
+same renderer and exit codes (0 ok, 1 failed, 2 usage, 3 registry, 4 unreachable or refused),
+journalling its run in the registry as they do. Like any Fabric task, a host that fails stops
+the run. The configuration: `--config PATH` on a task, else $SKELETON_CONFIG, else
+./config.yaml.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fabric import Connection, task
 from invoke import Exit
@@ -35,6 +37,7 @@ from skeleton_app.ops import status as status_op
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.ops.deploy import deploy as deploy_op
 from skeleton_app.ops.run import exec_command
+from skeleton_app.registry import journal_run
 from skeleton_app.remote import SSHExecutor
 from skeleton_app.results import ClusterResult
 
@@ -82,7 +85,13 @@ def _seconds(value: str, flag: str) -> float:
     return float(value)
 
 
-def _exit(result: ClusterResult) -> None:
+def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any], node: Node,
+            result: ClusterResult) -> None:
+    """Journal the run as the CLI and `inv` do (when a registry is configured, never failing
+    the task), then stop fab with the contract's code when the host failed."""
+    warning = journal_run(cluster.settings, operation, arguments, [node.id], result)
+    if warning:
+        print(warning, file=sys.stderr)
     if result.exit_code():
         raise Exit(code=result.exit_code())
 
@@ -91,10 +100,10 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
     with _target(c, config) as (cluster, node):
         if not command:
             raise UsageError("--command is required")
-        result = exec_command(cluster, command, [node],
-                              timeout=_seconds(timeout, "--timeout") or None)
+        seconds = _seconds(timeout, "--timeout") or None
+        result = exec_command(cluster, command, [node], timeout=seconds)
         render.exec_text(result, sys.stdout)
-    _exit(result)
+    _finish(cluster, "exec", {"command": command, "timeout": seconds}, node, result)
 
 
 @task(help={"config": _CONFIG})
@@ -123,7 +132,7 @@ def status(c: Connection, json: bool = False, config: str | None = None) -> None
         else:
             render.table(None, *status_op.rows(result, [node], registry_rows,
                                                cluster.settings.registry.stale_after))
-    _exit(result)
+    _finish(cluster, "status", {}, node, result)
 
 
 @task(help={"source": "Local tree to push (default deploy.source).",
@@ -149,7 +158,9 @@ def deploy(c: Connection, source: str | None = None, dest: str | None = None,
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
-    _exit(result)
+    _finish(cluster, "deploy-dry-run" if dry_run else "deploy",
+            {"source": source, "dest": dest, "delete": delete or (False if no_delete else None),
+             "checksum": checksum, "force": force, "restart": restart}, node, result)
 
 
 @task(help={"action": "start, stop, restart or status (required).",
@@ -170,4 +181,5 @@ def daemon(c: Connection, action: str | None = None, wait_healthy: bool = False,
             print(result.to_json())
         else:
             daemon_text(result, [node], sys.stdout)
-    _exit(result)
+    _finish(cluster, f"daemon {action}", {"batch": None, "wait_healthy": wait_healthy}, node,
+            result)

@@ -38,7 +38,7 @@ from skeleton_app.ops import status as status_op
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.ops.deploy import deploy as deploy_op
 from skeleton_app.ops.run import exec_command
-from skeleton_app.registry import record_result
+from skeleton_app.registry import journal_run
 from skeleton_app.results import ClusterResult
 
 _SELECTION = ["node", "role", "exclude"]
@@ -110,10 +110,9 @@ def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any],
             nodes: Sequence[Node], result: ClusterResult) -> NoReturn:
     """Journal the run when a registry is configured (never failing the task), then exit
     with the contract's code."""
-    try:
-        record_result(cluster.settings, operation, arguments, [n.id for n in nodes], result)
-    except SkeletonError as exc:
-        print(f"skeleton: warning: run not recorded in the registry: {exc}", file=sys.stderr)
+    warning = journal_run(cluster.settings, operation, arguments, [n.id for n in nodes], result)
+    if warning:
+        print(warning, file=sys.stderr)
     raise Exit(code=result.exit_code())
 
 

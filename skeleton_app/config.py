@@ -20,7 +20,7 @@ import math
 import os
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -40,6 +40,7 @@ from skeleton_app.nodes import (
     validate_role,
     validate_user,
 )
+from skeleton_app.ssh_config import resolve_login
 
 
 def _default_user() -> str:
@@ -120,6 +121,19 @@ class Settings:
     # Settings stays frozen and hashable.
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str | None = None  # the config file that was read, if any
+    # The ssh keys among user/port set explicitly (file, environment, flag): only those win
+    # over ~/.ssh/config's User/Port (skeleton_app/ssh_config.py).
+    ssh_explicit: frozenset[str] = frozenset()
+
+    def login(self, host: str, user: str | None, port: int | None) -> tuple[str, int]:
+        """(user, port) for a node on `host` whose own user/port (None: not given) are these,
+        by OpenSSH's precedence (skeleton_app/ssh_config.py); ValueError for a bad value."""
+        return resolve_login(
+            host, user=user, port=port,
+            section_user=self.ssh.user if "user" in self.ssh_explicit else None,
+            section_port=self.ssh.port if "port" in self.ssh_explicit else None,
+            default_user=self.ssh.user, default_port=self.ssh.port,
+            read_ssh_config=self.ssh.ssh_config)
 
     def models_dir_for(self, node: Node) -> str:
         return _under(node.app_dir, self.app.models_dir)
@@ -307,7 +321,9 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
 
 
 def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
-                 daemon: DaemonSettings) -> tuple[Node, ...]:
+                 daemon: DaemonSettings,
+                 login: Callable[[str, str | None, int | None], tuple[str, int]],
+                 ) -> tuple[Node, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -346,11 +362,12 @@ def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
                 raise ValueError(f"roles: expected a list of strings, got {shown(roles)}")
             for role in roles:
                 validate_role(role)
+            user, port = login(entry["host"], entry.get("user"), entry.get("port"))
             node = Node(
                 id=node_id,
                 host=entry["host"],
-                port=entry.get("port", ssh.port),
-                user=entry.get("user", ssh.user),
+                port=port,
+                user=user,
                 roles=tuple(roles),
                 app_dir=entry.get("app_dir", app.dir),
                 identity_file=_expand_path(entry.get("identity_file", ssh.identity_file)),
@@ -535,6 +552,7 @@ def load_config(
             raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
 
     sections: dict[str, Any] = {}
+    ssh_explicit: frozenset[str] = frozenset()
     for name in SECTIONS:
         raw = data.get(name) or {}
         if not isinstance(raw, dict):
@@ -558,6 +576,8 @@ def load_config(
                 merged[key] = value
                 sources[key] = "--" + key.replace("_", "-")
         sections[name] = _build_section(name, merged, sources, env_keys)
+        if name == "ssh":
+            ssh_explicit = frozenset(merged) & {"user", "port"}
 
     ssh: SSHSettings = sections["ssh"]
     ssh = dataclasses.replace(
@@ -566,10 +586,11 @@ def load_config(
         known_hosts=os.path.expanduser(ssh.known_hosts),
     )
     sections["ssh"] = ssh
-    node_list = (
-        _build_nodes(data.get("nodes"), src, ssh, sections["app"], sections["daemon"])
-        if nodes else ()
-    )
     groups = _build_groups(data.get("groups"), src)
-    return Settings(**sections, nodes=node_list, groups=groups,
-                    source=str(file) if file else None)
+    settings = Settings(**sections, groups=groups, source=str(file) if file else None,
+                        ssh_explicit=ssh_explicit)
+    if not nodes:
+        return settings
+    node_list = _build_nodes(data.get("nodes"), src, ssh, sections["app"], sections["daemon"],
+                             login=settings.login)
+    return dataclasses.replace(settings, nodes=node_list)

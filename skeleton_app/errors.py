@@ -7,7 +7,10 @@
     ├── RegistryError                   PostgreSQL unreachable, schema, ... -> exit 3
     ├── TestbedError                    the local test cluster could not be made
     └── NodeError                       one node could not run a command    -> exit 4
-                                        (carries a NodeErrorKind)
+                                        (carries a NodeErrorKind; LOCAL: exit 1)
+
+`ExitCode` is the one definition of the exit codes; the classes above and
+`results.ClusterResult.exit_code()` both use it.
 
 Third-party errors (paramiko, socket, psycopg, invoke) are translated into these at the
 module that calls the library (`ssh.py`, `registry.py`); nothing above sees them. The CLI
@@ -19,16 +22,26 @@ from __future__ import annotations
 import enum
 
 
+class ExitCode(enum.IntEnum):
+    """Exit codes of every `skeleton cluster` command (README "Exit codes", cli.py)."""
+
+    OK = 0  # every selected node succeeded
+    FAILED = 1  # some node ran and failed, or refused for a precondition (NodeErrorKind.LOCAL)
+    USAGE = 2  # usage or configuration error; nothing ran
+    REGISTRY = 3  # registry/database error; nothing ran
+    UNREACHABLE = 4  # some node unreachable, refused, auth, host key, timed out: wins over 1
+
+
 class SkeletonError(Exception):
     """Root of every error raised by skeleton_app."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 class UsageError(SkeletonError):
     """The user asked for something that cannot be done as asked. Nothing ran."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ConfigError(UsageError):
@@ -54,7 +67,7 @@ class SelectionError(UsageError):
 class RegistryError(SkeletonError):
     """The node registry (PostgreSQL) could not be used. Nothing ran."""
 
-    exit_code = 3
+    exit_code = ExitCode.REGISTRY
 
 
 class TestbedError(SkeletonError):
@@ -77,14 +90,21 @@ class NodeErrorKind(enum.StrEnum):
     LOCAL = "local"  # a local step failed (rsync missing, bad path, lock held, ...)
     ERROR = "error"  # anything else
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """LOCAL: the node answered but could not do it (deploy lock held, rsync missing):
+        a failed node, 1. Every other kind: it could not be reached or broke, 4."""
+        return ExitCode.FAILED if self is NodeErrorKind.LOCAL else ExitCode.UNREACHABLE
+
 
 class NodeError(SkeletonError):
     """A node could not run a command: never ran, or broke while running."""
 
-    exit_code = 4
+    exit_code = ExitCode.UNREACHABLE
 
     def __init__(self, kind: NodeErrorKind, message: str, *, node: str | None = None):
         self.kind = kind
+        self.exit_code = kind.exit_code
         self.node = node
         self.message = message
         super().__init__(f"{node}: {message}" if node else message)

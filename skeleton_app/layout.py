@@ -10,16 +10,20 @@ import posixpath
 from skeleton_app.config import Settings
 from skeleton_app.nodes import Node
 
-PID_FILE = ".skeleton-daemon.pid"  # relative to the app dir
+PID_FILE = ".skeleton-daemon.pid"  # relative to the app dir; `PID START_TIME BOOT_ID`
+# The daemon holds an exclusive flock on it for its whole life (scripts/daemon.sh).
+LOCK_FILE = ".skeleton-daemon.lock"  # relative to the app dir
 DEPLOY_DIR = ".skeleton-deploy"  # deploy digest and lock
 DIGEST_FILE = ".skeleton-deploy/digest"  # first word: the deployed tree's digest
 DAEMON_LOG = "skeleton-daemon.log"  # in the node's logs dir
-# A string the daemon's /proc/PID/cmdline must contain for a pid to count as our daemon.
-MARKER = "skeleton_app"
 
 
 def pid_file(node: Node) -> str:
     return posixpath.join(node.app_dir, PID_FILE)
+
+
+def lock_file(node: Node) -> str:
+    return posixpath.join(node.app_dir, LOCK_FILE)
 
 
 def daemon_log(settings: Settings, node: Node) -> str:

@@ -50,7 +50,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from skeleton_app.errors import ConfigError, RegistryError, UsageError
+from skeleton_app.errors import ConfigError, RegistryError, SkeletonError, UsageError
 from skeleton_app.nodes import (
     Node,
     validate_host,
@@ -96,6 +96,9 @@ class NodeDefaults:
     app_dir: str = "/home/sysadmin/Programs/skeleton-app"
     api_port: int = 8765
     identity_file: str | None = None
+    # (host, row's user, row's port) -> (user, port), e.g. `Settings.login` (~/.ssh/config's
+    # User/Port between an explicit ssh section and the defaults); None: user/port above.
+    login: Callable[[str, str | None, int | None], tuple[str, int]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NodeDefaults:
@@ -105,6 +108,7 @@ class NodeDefaults:
             app_dir=settings.app.dir,
             api_port=settings.daemon.api_port,
             identity_file=settings.ssh.identity_file,
+            login=settings.login,
         )
 
 
@@ -276,11 +280,16 @@ class NodeSpec:
         return out
 
     def resolve(self, defaults: NodeDefaults) -> Node:
+        if defaults.login is not None:
+            user, port = defaults.login(self.host, self.user, self.port)
+        else:
+            user = self.user if self.user is not None else defaults.user
+            port = self.port if self.port is not None else defaults.port
         return Node(
             id=self.id,
             host=self.host,
-            port=self.port if self.port is not None else defaults.port,
-            user=self.user if self.user is not None else defaults.user,
+            port=port,
+            user=user,
             roles=self.roles,
             app_dir=self.app_dir if self.app_dir is not None else defaults.app_dir,
             identity_file=defaults.identity_file,
@@ -1212,6 +1221,18 @@ def record_result(
     finally:
         registry.close()
     return run_id
+
+
+def journal_run(settings: Settings, operation: str, arguments: Mapping[str, Any],
+                selection: Sequence[str], result: ClusterResult) -> str | None:
+    """What every front end (the CLI, `inv`, `fab`) does after an operation: journal it when a
+    registry is configured, never failing the command. Returns the warning line to print when
+    the run could not be recorded (the operation's own exit code stands), else None."""
+    try:
+        record_result(settings, operation, arguments, selection, result)
+    except SkeletonError as exc:
+        return f"skeleton: warning: run not recorded in the registry: {exc}"
+    return None
 
 
 # ------------------------------------------------------------------- import / export

@@ -96,7 +96,11 @@ class SSHExecutor:
             raise SelectionError(f"unknown node or invalid host {host!r}: {exc}") from None
         ssh = self.settings.ssh
         node_id = _ADHOC_ID.sub("-", host).strip("-.")[:63] or "host"
-        return Node(id=node_id, host=host, port=ssh.port, user=ssh.user,
+        try:
+            user, port = self.settings.login(host, None, None)  # ~/.ssh/config's User/Port too
+        except ValueError as exc:
+            raise SelectionError(f"host {host!r}: {exc}") from None
+        return Node(id=node_id, host=host, port=port, user=user,
                     app_dir=self.settings.app.dir, identity_file=ssh.identity_file,
                     api_port=self.settings.daemon.api_port)
 

@@ -6,21 +6,24 @@ A node's failure is data, never an exception that hides its siblings. The three 
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from skeleton_app.errors import NodeErrorKind
+from skeleton_app.errors import ExitCode, NodeErrorKind
 from skeleton_app.nodes import fold
 
-# Exit codes of every `skeleton cluster` command (documented in cli.py and README).
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REGISTRY = 3
-EXIT_UNREACHABLE = 4
+# Short names for the members of the one definition, errors.ExitCode.
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_REGISTRY = ExitCode.REGISTRY
+EXIT_UNREACHABLE = ExitCode.UNREACHABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,33 @@ class NodeResult:
             "stdout_bytes": self.stdout_bytes,
             "stderr_bytes": self.stderr_bytes,
             "truncated": self.truncated,
-            "data": dict(self.data),
+            "data": jsonable(self.data),
         }
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON types. Operations put typed values in `NodeResult.data` (a
+    NodeStatus, a DaemonReply, tuples, enums, paths): those with `as_dict()` give their own
+    form, other dataclasses their fields; anything else unknown becomes its `str()`. The one
+    place results become JSON, so every operation's `to_json()` works."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value.value if isinstance(value, enum.Enum) else value
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        return jsonable(as_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
 
 
 def failure(node: str, kind: NodeErrorKind, message: str, duration: float = 0.0) -> NodeResult:
@@ -123,13 +151,15 @@ class ClusterResult(Mapping[str, NodeResult]):
         """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
         return {k: r for k, r in self._results.items() if r.error_kind is not None}
 
-    def exit_code(self) -> int:
-        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed."""
-        if self.errors:
-            return EXIT_UNREACHABLE
-        if self.nonzero:
-            return EXIT_FAILED
-        return EXIT_OK
+    def exit_code(self) -> ExitCode:
+        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed, or
+        refused for a precondition (error kind LOCAL: deploy lock held, rsync missing)."""
+        kinds = {r.error_kind for r in self._results.values() if r.error_kind is not None}
+        if any(kind.exit_code == ExitCode.UNREACHABLE for kind in kinds):
+            return ExitCode.UNREACHABLE
+        if kinds or self.nonzero:
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
         return {

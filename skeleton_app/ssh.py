@@ -187,8 +187,9 @@ def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
 
 
 def translate(exc: BaseException, *, host: str, port: int, timeout: float,
-              known_hosts: str = "~/.ssh/known_hosts") -> NodeError:
-    """Map Paramiko/socket/Fabric exceptions to our error kinds, with a readable message."""
+              known_hosts: str = "~/.ssh/known_hosts", user: str | None = None) -> NodeError:
+    """Map Paramiko/socket/Fabric exceptions to our error kinds, with a readable message (an
+    auth error names the user: with ssh_config's User in play, which one is not obvious)."""
     where = f"{host}:{port}"
     if isinstance(exc, NodeError):
         return exc
@@ -208,7 +209,8 @@ def translate(exc: BaseException, *, host: str, port: int, timeout: float,
             " entry with ssh-keygen -R",
         )
     if isinstance(exc, paramiko.AuthenticationException):
-        return NodeError(NodeErrorKind.AUTH, f"authentication failed for {where}: {exc}")
+        who = f"{user}@{where}" if user else where
+        return NodeError(NodeErrorKind.AUTH, f"authentication failed for {who}: {exc}")
     if isinstance(exc, socket.gaierror):
         return NodeError(NodeErrorKind.UNREACHABLE, f"cannot resolve {host}: {exc.strerror}")
     if isinstance(exc, ConnectionRefusedError):
@@ -375,7 +377,8 @@ class Connector:
     def _plain(self, node: Node) -> tuple[str, dict[str, Any]] | None:
         """(address, connect kwargs) when `node` needs nothing of Fabric's: no jump host,
         no ProxyJump or ProxyCommand in ssh_config. Host aliases and IdentityFile are
-        resolved the way Fabric resolves them (user and port come from the node)."""
+        resolved the way Fabric resolves them (user and port come from the node, which
+        already honours ssh_config's User and Port: skeleton_app/ssh_config.py)."""
         if self.settings.jump_host:
             return None
         found: dict[str, Any] = {}
@@ -521,7 +524,7 @@ class Connector:
                     time.sleep(min(timeout - elapsed, random.uniform(0.05, 0.2) * 2 ** attempt))
                     continue
                 err = translate(exc, host=node.host, port=node.port, timeout=timeout,
-                                known_hosts=self.settings.known_hosts)
+                                known_hosts=self.settings.known_hosts, user=node.user)
                 if elapsed >= timeout * 0.95 and err.kind in (NodeErrorKind.PROTOCOL,
                                                               NodeErrorKind.LOST):
                     # Paramiko words a handshake deadline many ways ("No existing session",

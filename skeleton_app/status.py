@@ -2,7 +2,7 @@
 
 The probe is `skeleton_app/scripts/status.sh`, sent on stdin in one round trip per node:
 
-    sh -s -- APP_DIR MANAGER PID_FILE MARKER UNIT USER_UNIT      (see `probe_args`)
+    sh -s -- APP_DIR MANAGER PID_FILE LOCK_FILE UNIT USER_UNIT     (see `probe_args`)
 
 It prints `key=value` lines (its header documents every key); `parse_status` turns them into a
 frozen `NodeStatus` and never raises: a key that is missing or unreadable becomes None, so a
@@ -75,12 +75,12 @@ def probe_args(
     *,
     manager: str,
     pid_file: str,
-    marker: str,
+    lock_file: str,
     unit: str,
     user_unit: bool,
 ) -> tuple[str, ...]:
     """The probe's positional arguments, in order; quote each one (shlex.join) after `sh -s --`."""
-    return (app_dir, manager, pid_file, marker, unit, "1" if user_unit else "0")
+    return (app_dir, manager, pid_file, lock_file, unit, "1" if user_unit else "0")
 
 
 def parse_status(text: str) -> NodeStatus:

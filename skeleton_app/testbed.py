@@ -483,8 +483,12 @@ def down(state_dir: str | os.PathLike[str] | None = None, instance: int = 0) -> 
 
     Works from state.json when it is there, and also sweeps leftovers of the instance by
     name (namespaces `sktbN-*`, links `skNh*` and `sktbN`, processes carrying our marker in
-    those namespaces), so it is safe after a crash and safe to run twice. Returns what was
-    removed, one short line each.
+    those namespaces), so it is safe after a crash and safe to run twice. Found by name only,
+    a thing is ours only when the state dir proves this instance was made from it (state.json,
+    or the marker file `up` writes before it creates anything): without that proof, a bridge,
+    namespace or link that merely bears the instance's names (someone else's, or another
+    state dir's) is left, with a line `left ...` saying so. Returns what was removed (and
+    left), one short line each.
     """
     require_root()
     state = Path(state_dir) if state_dir is not None else default_state_dir(instance)
@@ -493,10 +497,18 @@ def down(state_dir: str | os.PathLike[str] | None = None, instance: int = 0) -> 
         instance = int(data["instance"])
     _check_instance(instance)
     removed: list[str] = []
+    ours = data is not None or (state / _STATE_MARKER).exists()
 
     recorded = [_host_from_state(state, h) for h in (data or {}).get("hosts", [])]
-    namespaces = {h.namespace for h in recorded} | set(_our_namespaces(instance))
-    links = {h.veth for h in recorded} | set(_our_links(instance))
+    namespaces = {h.namespace for h in recorded}
+    links = {h.veth for h in recorded}
+    by_name = [*_our_namespaces(instance), *_our_links(instance)]
+    if ours:
+        namespaces |= set(_our_namespaces(instance))
+        links |= set(_our_links(instance))
+    elif by_name:
+        removed.append(f"left {', '.join(sorted(by_name))}: no testbed state in {state}"
+                       " proves them ours")
 
     # 1. Processes. Killing a host's PID 1 makes the kernel kill everything in its PID
     # namespace; killing the launcher's group takes the launcher and PID 1 together.
@@ -540,8 +552,11 @@ def down(state_dir: str | os.PathLike[str] | None = None, instance: int = 0) -> 
     existing_links = set(_list_links())
     commands += [f"link del {ln}" for ln in sorted(links) if ln in existing_links]
     bridge = bridge_name(instance)
-    if bridge in existing_links:
+    if bridge in existing_links and ours:
         commands.append(f"link del {bridge}")
+    elif bridge in existing_links:
+        removed.append(f"left bridge {bridge}: no testbed state in {state} proves it ours"
+                       f" (if it is a leftover: ip link del {bridge})")
     if commands:
         # -force: carry on past a veth that vanished with its namespace meanwhile.
         _run(["ip", "-force", "-batch", "-"], input="\n".join(commands) + "\n", check=False)

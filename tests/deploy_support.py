@@ -18,9 +18,8 @@ from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.testbed import Testbed
 from tests.helpers import config_variant
 
-# The stand-in daemon. Its file name carries the marker ("skeleton_app") that daemon control
-# and the status probe look for in /proc/PID/cmdline. It reads the deployed version once, at
-# start, like real code would: only a restart makes it serve a newly deployed version.
+# The stand-in daemon. It reads the deployed version once, at start, like real code would: only
+# a restart makes it serve a newly deployed version.
 STANDIN = '''\
 """Stand-in for the skeleton_app node daemon: GET /health -> pid, node, versions."""
 import json, os, signal, socket, sys, time

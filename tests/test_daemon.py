@@ -31,6 +31,7 @@ from skeleton_app.ops.daemon import (
 from skeleton_app.ops.deploy import deploy
 from skeleton_app.testbed import Testbed
 from tests.deploy_support import (
+    STANDIN,
     STANDIN_NAME,
     daemons_stopped_after,
     host_path,
@@ -53,6 +54,16 @@ def _deployed(testbed: Testbed, tmp_path: Path, *, nodes: str = "node-0[1-6]", p
                         source=make_source(tmp_path / "src", "A"))
         assert result.exit_code() == 0, result.to_json()
     return config, settings, app_dir
+
+
+def _boot_id(testbed: Testbed) -> str:
+    return tbm.host_exec(testbed, "node-01", ["cat", "/proc/sys/kernel/random/boot_id"]
+                         ).stdout.strip()
+
+
+def _start_time(testbed: Testbed, node: str, pid: int) -> int:
+    """Field 22 of /proc/PID/stat inside the host, counted after the last ')'."""
+    return int(_node_proc(testbed, node, pid, "stat").rsplit(")", 1)[1].split()[19])
 
 
 def _node_proc(testbed: Testbed, node: str, pid: int, what: str) -> str:
@@ -89,15 +100,15 @@ def testsystemctl_command_commands(settings: Settings) -> None:
         systemctl_command(bad, "start")
 
 
-def test_daemon_command_split_and_marker(settings: Settings) -> None:
+def test_daemon_command_split(settings: Settings) -> None:
     def with_command(command: str) -> Settings:
         return dataclasses.replace(settings, daemon=dataclasses.replace(settings.daemon,
                                                                         command=command))
 
     assert daemon_argv(with_command("PYTHONPATH=. python3 -m skeleton_app daemon run")) == [
         "env", "PYTHONPATH=.", "python3", "-m", "skeleton_app", "daemon", "run"]
-    with pytest.raises(ConfigError, match="skeleton_app"):
-        check_command(with_command("sleep 1000"))
+    assert check_command(with_command("./run-daemon.sh --port 8765")) == [
+        "./run-daemon.sh", "--port", "8765"]  # any command: nothing looks for a marker
     with pytest.raises(ConfigError, match=r"daemon\.command"):
         check_command(with_command("python3 'unbalanced"))
 
@@ -122,7 +133,7 @@ def test_start_status_stop_are_idempotent(testbed: Testbed, tmp_path: Path) -> N
             pid = r.data["pid"]
             pids[node.id] = pid
             pid_file = host_path(testbed, node.id, f"{app_dir}/.skeleton-daemon.pid")
-            assert pid_file.read_text().strip() == str(pid)
+            assert pid_file.read_text().split()[0] == str(pid)
             assert STANDIN_NAME in _node_proc(testbed, node.id, pid, "cmdline")
             assert f"SKELETON_NODE_ID={node.id}" in _node_proc(testbed, node.id, pid, "environ")
             cwd = tbm.host_exec(testbed, node.id, ["readlink", f"/proc/{pid}/cwd"]).stdout
@@ -179,7 +190,7 @@ def test_a_daemon_that_exits_at_once_is_reported_with_its_log(testbed: Testbed,
 def test_stale_pid_file_counts_as_stopped(testbed: Testbed, tmp_path: Path) -> None:
     _config, settings, app_dir = _deployed(testbed, tmp_path, nodes="node-03")
     pid_file = host_path(testbed, "node-03", f"{app_dir}/.skeleton-daemon.pid")
-    pid_file.write_text("999999\n")
+    pid_file.write_text(f"999999 12345 {_boot_id(testbed)}\n")
     with daemons_stopped_after(settings) as cluster:
         node = cluster.select(["node-03"])
         status = daemon_control(cluster, node, "status")
@@ -187,7 +198,7 @@ def test_stale_pid_file_counts_as_stopped(testbed: Testbed, tmp_path: Path) -> N
         assert "stale pid file" in status["node-03"].data["message"]
         started = daemon_control(cluster, node, "start")
         assert started.exit_code() == 0 and started["node-03"].data["state"] == "started"
-        assert pid_file.read_text().strip() == str(started["node-03"].data["pid"])
+        assert pid_file.read_text().split()[0] == str(started["node-03"].data["pid"])
 
 
 def test_pid_file_of_an_unrelated_process_is_left_alone(testbed: Testbed,
@@ -202,13 +213,17 @@ def test_pid_file_of_an_unrelated_process_is_left_alone(testbed: Testbed,
         pid = int(r.stdout.strip())
         try:
             pid_file = host_path(testbed, "node-04", f"{app_dir}/.skeleton-daemon.pid")
-            pid_file.write_text(f"{pid}\n")
+            # Its pid, recycled: a record with another start time.
+            pid_file.write_text(f"{pid} {_start_time(testbed, 'node-04', pid) + 1} "
+                                f"{_boot_id(testbed)}\n")
             stopped = daemon_control(cluster, [node], "stop")
             assert stopped.exit_code() == 0
             assert stopped["node-04"].data["state"] == "not-running"
             assert "left alone" in stopped["node-04"].data["message"]
             assert "sleep" in _node_proc(testbed, "node-04", pid, "cmdline")  # still alive
-            pid_file.write_text(f"{pid}\n")
+            # Its pid, recycled: a record with another start time.
+            pid_file.write_text(f"{pid} {_start_time(testbed, 'node-04', pid) + 1} "
+                                f"{_boot_id(testbed)}\n")
             status = daemon_control(cluster, [node], "status")
             assert status["node-04"].data["state"] == "not-running"
             started = daemon_control(cluster, [node], "start")
@@ -269,12 +284,83 @@ def test_rolling_restart_stops_at_the_first_node_that_does_not_come_back(
         assert "node-03" in result.warnings[0] and "node-[04-06]" in result.warnings[0]
 
 
-def test_daemon_command_without_the_marker_is_exit_2(testbed: Testbed, tmp_path: Path) -> None:
-    config = variant(testbed, tmp_path, daemon={"command": "sleep 1000"})
+def test_bad_daemon_command_or_batch_is_an_error(testbed: Testbed, tmp_path: Path) -> None:
+    config = variant(testbed, tmp_path, daemon={"command": "python3 'unbalanced"})
     proc = skeleton("cluster", "daemon", "start", config=config)
     assert proc.returncode == 2 and "daemon.command" in proc.stderr
     with Cluster(settings_of(config)) as cluster, pytest.raises(UsageError):
         daemon_control(cluster, cluster.nodes, "restart", batch=0)
+
+
+RUN_DAEMON = f"""#!/bin/sh
+# Any daemon: a wrapper script that execs a server whose command line names nothing of ours.
+exec env PYTHONPATH=. {sys.executable} srv.py "$1"
+"""
+
+
+def test_any_daemon_command_works(testbed: Testbed, tmp_path: Path) -> None:
+    app_dir = unique_app_dir("anycmd")
+    config = variant(testbed, tmp_path, app_dir=app_dir, port=8781,
+                     daemon={"command": "./run-daemon.sh 8781"})
+    settings = settings_of(config)
+    src = make_source(tmp_path / "src", "A", extra={"run-daemon.sh": RUN_DAEMON,
+                                                    "srv.py": STANDIN})
+    (src / "run-daemon.sh").chmod(0o755)
+    with daemons_stopped_after(settings) as cluster:
+        nodes = cluster.select(["node-0[1-2]"])
+        assert deploy(cluster, nodes, source=src).exit_code() == 0
+        started = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
+        assert started.exit_code() == 0, started.to_json()
+        for node in nodes:
+            pid = started[node.id].data["pid"]
+            cmdline = _node_proc(testbed, node.id, pid, "cmdline")
+            assert "srv.py 8781" in cmdline and "skeleton" not in cmdline
+        status = skeleton("cluster", "daemon", "status", "-n", "node-0[1-2]", config=config)
+        assert status.returncode == 0 and status.stdout.count("running (pid") == 2, status.stdout
+        stopped = daemon_control(cluster, nodes, "stop")
+        assert stopped.exit_code() == 0
+        for node in nodes:
+            assert stopped[node.id].data["state"] == "stopped"
+            assert _node_proc(testbed, node.id, started[node.id].data["pid"], "cmdline") == ""
+
+
+@pytest.mark.parametrize("corruption", ["-1", "0", "1", "garbage", "deleted", "recycled"])
+def test_a_corrupt_pid_file_never_orphans_the_daemon(testbed: Testbed, tmp_path: Path,
+                                                     corruption: str) -> None:
+    # The issue's reproduction: a pid file holding -1, 0, 1 or garbage made `stop` report "not
+    # running" and orphan the daemon, whose next start died with "Address already in use".
+    _config, settings, app_dir = _deployed(testbed, tmp_path, nodes="node-05", port=8782)
+    with daemons_stopped_after(settings) as cluster:
+        node = cluster.select(["node-05"])[0]
+        first = daemon_control(cluster, [node], "start", wait_healthy=True, health_timeout=10)
+        assert first.exit_code() == 0, first.to_json()
+        pid = first["node-05"].data["pid"]
+        pid_file = host_path(testbed, "node-05", f"{app_dir}/.skeleton-daemon.pid")
+        r = cluster.connector.run(node, "setsid -f sleep 2345.5 </dev/null >/dev/null 2>&1;"
+                                        " sleep 0.2; pgrep -n -f 'sleep 2345.5'")
+        decoy = int(r.stdout.strip())
+        try:
+            if corruption == "deleted":
+                pid_file.unlink()
+            elif corruption == "recycled":
+                pid_file.write_text(f"{decoy} {_start_time(testbed, 'node-05', decoy) + 1} "
+                                    f"{_boot_id(testbed)}\n")
+            else:
+                pid_file.write_text(f"{corruption}\n")
+            status = daemon_control(cluster, [node], "status")
+            assert status["node-05"].data["state"] == "running", status.to_json()
+            assert status["node-05"].data["pid"] == pid
+            stopped = daemon_control(cluster, [node], "stop")
+            assert stopped["node-05"].data["state"] == "stopped", stopped.to_json()
+            assert stopped["node-05"].data["pid"] == pid
+            assert _node_proc(testbed, "node-05", pid, "cmdline") == ""
+            assert "sleep" in _node_proc(testbed, "node-05", decoy, "cmdline")  # spared
+            again = daemon_control(cluster, [node], "start", wait_healthy=True,
+                                   health_timeout=10)
+            assert again.exit_code() == 0, again.to_json()  # the port was free again
+            assert again["node-05"].data["state"] == "started"
+        finally:
+            cluster.connector.run(node, f"kill {decoy}")
 
 
 # ------------------------------------------------------------------ systemd manager

@@ -46,7 +46,7 @@ from tests.deploy_support import (
 from tests.helpers import REPO, skeleton
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
-                   "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")
+                   "/.skeleton-daemon.pid", "/.skeleton-daemon.lock", f"{DEFAULT_PARTIAL_DIR}/")
 
 
 def _version(src: Path) -> str:
@@ -128,8 +128,8 @@ def test_delete_never_touches_excluded_or_runtime_paths(testbed: Testbed,
     app_dir = unique_app_dir("delete")
     settings = settings_of(variant(testbed, tmp_path, app_dir=app_dir))
     keep = [".venv/lib/site.py", "logs/skeleton-daemon.log", "models/whisper.bin",
-            ".skeleton-daemon.pid", "app/__pycache__/old.cpython-311.pyc", "app/old.pyc",
-            ".git/config"]
+            ".skeleton-daemon.pid", ".skeleton-daemon.lock", "app/__pycache__/old.cpython-311.pyc",
+            "app/old.pyc", ".git/config"]
     with Cluster(settings) as cluster:
         nodes = cluster.select(["node-0[1-2]"])
         assert deploy(cluster, nodes, source=src).exit_code() == 0
@@ -288,9 +288,15 @@ def test_rsync_missing_on_a_node_is_named(testbed: Testbed, tmp_path: Path) -> N
     try:
         with Cluster(settings) as cluster:
             result = deploy(cluster, cluster.select(["node-0[1-3]"]), source=src)
+        # The CLI too: a node that answered but cannot take the deploy failed (1); it was
+        # not unreachable (4).
+        proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-02",
+                        config=variant(testbed, tmp_path, app_dir=app_dir, name="cli.yaml"))
     finally:
         tbm.unhide_command(testbed, "node-02", "/usr/bin/rsync")
-    assert result.exit_code() == 4
+    assert result.exit_code() == 1
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "rsync is not installed on node-02" in proc.stdout + proc.stderr
     r = result["node-02"]
     assert r.error_kind is NodeErrorKind.LOCAL
     assert "rsync is not installed on node-02" in (r.error or "")
@@ -418,6 +424,7 @@ def test_concurrent_deploys_to_one_node_are_serialised(testbed: Testbed,
             thread.join(30)
         r = second["node-06"]
         assert r.error_kind is NodeErrorKind.LOCAL, second.to_json()
+        assert second.exit_code() == 1  # the node answered: failed, not unreachable
         assert re.search(r"deploy in progress by \S+@\S+ since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
                          r.error or ""), r.error
         assert 0.4 <= waited < 3
@@ -566,7 +573,7 @@ def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Test
             result = deploy(cluster, nodes, source=src, restart=True)
         finally:
             tbm.unhide_command(testbed, "node-02", "/usr/bin/rsync")
-        assert result.exit_code() == 4
+        assert result.exit_code() == 1  # rsync missing on node-02: failed, not unreachable
         assert result["node-01"].ok
         assert result["node-01"].data["daemon_start"]["pid"] != first["node-01"].data["pid"]
         assert health_check(cluster, nodes[0], timeout=10).data["health"]["version"] == "B"

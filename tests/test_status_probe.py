@@ -37,8 +37,9 @@ from tests.shared_fixtures import nvidia_smi_fixture
 SCRIPT = Path(__file__).resolve().parents[1] / "skeleton_app" / "scripts" / "status.sh"
 DASH = shutil.which("dash") or "/bin/sh"
 # Everything the probe may call besides shell builtins. A probe that needs more must say so here.
-PROBE_TOOLS = ("tr", "uname", "dirname", "df", "timeout")
+PROBE_TOOLS = ("uname", "dirname", "df", "timeout", "flock")
 MARKER = "skeleton_app-status-test"
+LOCK = "run/daemon.lock"
 
 DRIVER_FAILURE = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
@@ -88,7 +89,7 @@ def probe(
     *,
     manager: str = "process",
     pid_file: str = "run/daemon.pid",
-    marker: str = MARKER,
+    lock_file: str = LOCK,
     unit: str = "skeleton-daemon",
     user_unit: bool = False,
     shell: str = DASH,
@@ -98,7 +99,7 @@ def probe(
         str(app_dir),
         manager=manager,
         pid_file=pid_file,
-        marker=marker,
+        lock_file=lock_file,
         unit=unit,
         user_unit=user_unit,
     )
@@ -182,7 +183,7 @@ def test_relative_app_dir_with_a_leading_dash(tmp_path: Path, bin_dir: Path) -> 
     # The probe runs in the login directory; relative names must not turn into options.
     (tmp_path / "-app").mkdir()
     proc = subprocess.run(
-        [DASH, "-s", "--", "-app", "process", "run/daemon.pid", MARKER, "u", "0"],
+        [DASH, "-s", "--", "-app", "process", "run/daemon.pid", LOCK, "u", "0"],
         input=probe_script(),
         capture_output=True,
         text=True,
@@ -216,7 +217,7 @@ def test_no_tools_at_all_still_reports_what_proc_knows(app_dir: Path, tmp_path: 
                 str(app_dir),
                 manager="systemd",
                 pid_file="p",
-                marker=MARKER,
+                lock_file=LOCK,
                 unit="u",
                 user_unit=False,
             ),
@@ -298,7 +299,7 @@ def test_a_tool_reading_stdin_cannot_eat_the_script(
     script = probe_script().encode()
     cut = script.index(split_after.encode()) + len(split_after)
     args = probe_args(
-        str(app_dir), manager=manager, pid_file="p", marker=MARKER, unit="u", user_unit=False
+        str(app_dir), manager=manager, pid_file="p", lock_file=LOCK, unit="u", user_unit=False
     )
     proc = subprocess.Popen(
         [DASH, "-s", "--", *args],
@@ -338,11 +339,22 @@ def write_pid(app_dir: Path, pid: int | str) -> None:
     (app_dir / "run" / "daemon.pid").write_text(f"{pid}\n")
 
 
+def start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat, counted after the last ')'."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def record(pid: int, start: int | None = None) -> str:
+    """A pid file record as daemon.sh writes it: pid, start time, boot id."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{pid} {start_time(pid) if start is None else start} {boot}"
+
+
 def test_daemon_running(
     app_dir: Path, bin_dir: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     pid = start_daemon(processes, MARKER)
-    write_pid(app_dir, pid)
+    write_pid(app_dir, record(pid))
     status, _ = probe(app_dir, bin_dir)
     assert (status.daemon_running, status.daemon_pid, status.daemon_detail) == (True, pid, None)
     assert daemon_cell(status) == "✓"
@@ -353,7 +365,7 @@ def test_daemon_absolute_pid_file(
 ) -> None:
     pid = start_daemon(processes, MARKER)
     pid_file = tmp_path / "elsewhere.pid"
-    pid_file.write_text(str(pid))  # no trailing newline
+    pid_file.write_text(record(pid))  # no trailing newline
     status, _ = probe(app_dir, bin_dir, pid_file=str(pid_file))
     assert (status.daemon_running, status.daemon_pid) == (True, pid)
 
@@ -368,7 +380,7 @@ def test_daemon_no_pid_file(app_dir: Path, bin_dir: Path) -> None:
 def test_daemon_stale_pid_file(app_dir: Path, bin_dir: Path) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    write_pid(app_dir, gone.pid)
+    write_pid(app_dir, f"{gone.pid} 4242 {record(os.getpid()).split()[2]}")
     status, _ = probe(app_dir, bin_dir)
     assert (status.daemon_running, status.daemon_pid) == (False, None)
     assert status.daemon_detail == f"stale pid file run/daemon.pid: pid {gone.pid} is gone"
@@ -378,7 +390,7 @@ def test_daemon_pid_reused_by_another_process(
     app_dir: Path, bin_dir: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     pid = start_daemon(processes, "some-other-program")
-    write_pid(app_dir, pid)
+    write_pid(app_dir, record(pid, start=start_time(pid) + 3))  # it started at another time
     status, _ = probe(app_dir, bin_dir)
     assert status.daemon_running is False
     assert status.daemon_detail is not None and "is another process" in status.daemon_detail
@@ -392,7 +404,7 @@ def test_daemon_zombie_is_not_running(app_dir: Path, bin_dir: Path) -> None:
         while Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][0] != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        write_pid(app_dir, zombie.pid)
+        write_pid(app_dir, record(zombie.pid))
         status, _ = probe(app_dir, bin_dir)
         assert status.daemon_running is False
         assert "is gone" in (status.daemon_detail or "")
@@ -400,29 +412,61 @@ def test_daemon_zombie_is_not_running(app_dir: Path, bin_dir: Path) -> None:
         zombie.wait()
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "0", "1", "-5", "12x", "007", "99999999999"])
+@pytest.mark.parametrize("content", ["", "garbage", "0", "1", "-5", "12x", "007", "99999999999",
+                                     "1234", "1234 56", "1234 x5 boot"])
 def test_daemon_invalid_pid_file(app_dir: Path, bin_dir: Path, content: str) -> None:
     write_pid(app_dir, content)
     status, _ = probe(app_dir, bin_dir)
     assert status.daemon_running is False
     assert status.daemon_pid is None
-    assert status.daemon_detail == "pid file run/daemon.pid does not hold a valid pid"
+    assert status.daemon_detail == (
+        "pid file run/daemon.pid does not hold a valid record (PID START_TIME BOOT_ID)")
 
 
-def test_daemon_without_marker_is_unknown(
+def test_daemon_holding_the_lock_is_running_whatever_the_pid_file_says(
     app_dir: Path, bin_dir: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    write_pid(app_dir, start_daemon(processes, MARKER))
-    status, _ = probe(app_dir, bin_dir, marker="")
-    assert status.daemon_running is None
-    assert daemon_cell(status) == "?"
+    # The daemon (a session leader holding the lock file open) is found without its record.
+    (app_dir / "run").mkdir()
+    flock = shutil.which("flock")
+    assert flock
+    holder = subprocess.Popen([flock, str(app_dir / LOCK), sys.executable, "-c",
+                               "import time; time.sleep(60)", MARKER], start_new_session=True)
+    processes.append(holder)
+    for content in ("garbage", "0", record(os.getpid(), start=start_time(os.getpid()) + 1)):
+        write_pid(app_dir, content)
+        deadline = time.monotonic() + 10
+        while (status := probe(app_dir, bin_dir)[0]).daemon_running is not True:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        assert status.daemon_pid == holder.pid
+
+
+def test_a_lock_held_by_a_nameless_process_is_still_running(
+    app_dir: Path, bin_dir: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    # Held by a process that is no session leader: running, pid unknown; never "not running".
+    (app_dir / "run").mkdir()
+    flock = shutil.which("flock")
+    assert flock
+    holder = subprocess.Popen([flock, str(app_dir / LOCK), sys.executable, "-c",
+                               "import time; time.sleep(60)", MARKER])
+    processes.append(holder)
+    deadline = time.monotonic() + 10
+    while (status := probe(app_dir, bin_dir)[0]).daemon_running is not True:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    assert status.daemon_pid is None
+    assert "neither" in (status.daemon_detail or "")
 
 
 def test_probe_never_matches_itself(app_dir: Path, bin_dir: Path) -> None:
     # The probe's own argv carries the marker; a pid file naming the probe is not a daemon.
     # The wrapper writes its own pid, then becomes the probe by exec.
     (app_dir / "run").mkdir()
-    wrapper = f'echo $$ > run/daemon.pid && exec {DASH} -s -- "$@"'
+    boot = record(os.getpid()).split()[2]
+    start = "$(/usr/bin/cut -d')' -f2- /proc/$$/stat | /usr/bin/awk '{print $20}')"
+    wrapper = f'echo "$$ {start} {boot}" > run/daemon.pid && exec {DASH} -s -- "$@"'
     proc = subprocess.run(
         [
             DASH,
@@ -433,7 +477,7 @@ def test_probe_never_matches_itself(app_dir: Path, bin_dir: Path) -> None:
                 str(app_dir),
                 manager="process",
                 pid_file="run/daemon.pid",
-                marker=MARKER,
+                lock_file=LOCK,
                 unit="",
                 user_unit=False,
             ),

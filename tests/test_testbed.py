@@ -23,6 +23,7 @@ from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings
 from skeleton_app.errors import SelectionError, TestbedError, UsageError
 from skeleton_app.testbed import Testbed
+from tests.helpers import skeleton
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MakeTestbed = Callable[..., Testbed]
@@ -436,6 +437,32 @@ def test_down_after_a_crash_sweeps_by_name(make_testbed: MakeTestbed) -> None:
     removed = tb_mod.down(tb.state_dir, instance=tb.instance)
     assert "killed 4 leftover process(es)" in removed
     assert our_leftovers(tb) == []
+
+
+def test_down_without_state_leaves_what_only_bears_our_names(tmp_path: Path) -> None:
+    # A bridge and a link named like instance 17's, made by someone else (here: this test, in
+    # the suite's own network namespace): `down` with no state for the instance must leave
+    # them, and say so.
+    instance = 17  # never claimed automatically (AUTO_INSTANCES starts at 20)
+    bridge, veth = tb_mod.bridge_name(instance), tb_mod.veth_name(instance, 0)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "sk17peer"],
+                   check=True)
+    try:
+        state = tmp_path / "no-state"
+        lines = tb_mod.down(state, instance=instance)
+        assert any(ln.startswith(f"left bridge {bridge}:") for ln in lines), lines
+        assert any(ln.startswith(f"left {veth}:") for ln in lines), lines
+        assert not [ln for ln in lines if not ln.startswith("left ")], lines
+        cli = skeleton("testbed", "down", "--instance", str(instance), "--dir", str(state))
+        assert cli.returncode == 0 and cli.stdout.strip() == "nothing to remove", cli.stdout
+        assert f"skeleton: warning: left bridge {bridge}" in cli.stderr
+        for name in (bridge, veth):  # both still there
+            assert subprocess.run(["ip", "link", "show", "dev", name],
+                                  capture_output=True).returncode == 0, name
+    finally:
+        for name in (bridge, veth):
+            subprocess.run(["ip", "link", "del", name], check=False)
 
 
 def test_up_refuses_an_existing_testbed(testbed: Testbed) -> None:

@@ -1,12 +1,12 @@
 """`cluster daemon start|stop|restart|status`: the node daemon under a process manager or systemd.
 
 `process` manager (the default, no systemd needed): `skeleton_app/scripts/daemon.sh` is sent on
-stdin with its arguments quoted (`sh -s -- ACTION APP_DIR PID_FILE LOG_FILE MARKER ...`); it
-starts `daemon.command` in the app dir fully detached (setsid, stdin from /dev/null, output to
-`logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set, and a pid file in the app dir
-(paths and marker from `skeleton_app.layout`, shared with the status probe). A pid counts as
-our daemon only while its /proc cmdline holds the marker: PIDs get reused, and a stale or
-foreign pid file must never get an unrelated process killed.
+stdin with its arguments quoted (`sh -s -- ACTION APP_DIR PID_FILE LOG_FILE LOCK_FILE ...`); it
+starts `daemon.command` (any command) in the app dir fully detached (setsid, stdin from
+/dev/null, output to `logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set (paths from
+`skeleton_app.layout`, shared with the status probe). The pid file records the daemon's pid,
+start time and boot id, so a recycled pid is never signalled; the daemon also holds a flock on
+the lock file for its whole life, so a lost or corrupt pid file never loses track of it.
 
 `systemd` manager: `[sudo -n] systemctl [--user] --no-ask-password ACTION UNIT`; a password
 prompt (sudo or polkit) is an error at once, never a hang.
@@ -61,16 +61,9 @@ def daemon_argv(settings: Settings) -> list[str]:
 
 
 def check_command(settings: Settings) -> list[str]:
-    """The daemon's argv, refused when the process manager could never find it again: a pid
-    counts as our daemon only while its /proc cmdline holds `layout.MARKER` (status, stop and
-    start all check it; PIDs get reused)."""
-    argv = daemon_argv(settings)
-    if settings.daemon.manager == "process" and layout.MARKER not in " ".join(argv):
-        raise ConfigError(
-            f"expected a command containing {layout.MARKER!r} (how daemon control and status"
-            f" recognise the daemon's process), got {settings.daemon.command!r}",
-            source=settings.source, key="daemon.command")
-    return argv
+    """The daemon's argv, or a ConfigError when `daemon.command` cannot be split. Any command
+    works: daemon.sh recognises the daemon by its recorded identity, not its command line."""
+    return daemon_argv(settings)
 
 
 def pid_file(node: Node) -> str:
@@ -158,7 +151,7 @@ def _process_args(settings: Settings, node: Node, action: str) -> list[str]:
     validate_node_id(node.id)  # exported as SKELETON_NODE_ID and names the log
     d = settings.daemon
     args = [action, node.app_dir, pid_file(node), log_file(settings, node),
-            layout.MARKER, f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
+            layout.lock_file(node), f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
     if action == "start":
         args += ["--", *check_command(settings)]
     return args

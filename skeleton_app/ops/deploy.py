@@ -251,7 +251,8 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
         _check_dest(dest)
     if lock_wait < 0:
         raise UsageError(f"lock wait must be zero or more seconds, got {lock_wait:g}")
-    exclude = (*settings.deploy.exclude, f"/{STATE_DIR}/", f"/{layout.PID_FILE}")
+    exclude = (*settings.deploy.exclude, f"/{STATE_DIR}/", f"/{layout.PID_FILE}",
+               f"/{layout.LOCK_FILE}")
     filters = tuple(f"P /{d.strip('/')}/" for d in (settings.app.logs_dir,
                                                     settings.app.models_dir)
                     if d and not d.startswith("/"))

@@ -23,7 +23,8 @@ from skeleton_app.status import NodeStatus, parse_status, probe_args, probe_scri
 def probe_command(cluster: Cluster, node: Node) -> str:
     daemon = cluster.settings.daemon
     args = probe_args(node.app_dir, manager=daemon.manager, pid_file=layout.pid_file(node),
-                      marker=layout.MARKER, unit=daemon.unit, user_unit=daemon.user_unit)
+                      lock_file=layout.lock_file(node), unit=daemon.unit,
+                      user_unit=daemon.user_unit)
     return "sh -s -- " + shlex.join(args)
 
 

@@ -1,27 +1,28 @@
 # daemon.sh: start, stop or check the node daemon under the `process` manager.
 #
-# Sent on stdin, so nothing but the pid file and the log is written to the node:
-#     sh -s -- ACTION APP_DIR PID_FILE LOG_FILE MARKER STOP_GRACE START_GRACE NODE_ID [-- CMD [ARG...]] < daemon.sh
+# Sent on stdin, so nothing but the pid file, the lock file and the log is written to the node:
+#     sh -s -- ACTION APP_DIR PID_FILE LOG_FILE LOCK_FILE STOP_GRACE START_GRACE NODE_ID [-- CMD [ARG...]] < daemon.sh
 #   ACTION       start | stop | status
-#   APP_DIR      the daemon runs in it; relative PID_FILE/LOG_FILE paths are relative to it
-#   PID_FILE     holds the daemon's pid (written by the daemon's own process before it execs)
+#   APP_DIR      the daemon runs in it; relative PID_FILE/LOG_FILE/LOCK_FILE paths are relative to it
+#   PID_FILE     holds the daemon's identity `PID START_TIME BOOT_ID` (written by the daemon's own
+#                process before it execs): a recycled pid never passes for the daemon
 #   LOG_FILE     the daemon's stdout and stderr are appended to it (its directory is created)
-#   MARKER       a string the daemon's /proc/PID/cmdline must contain; a pid whose command line
-#                lacks it is not our daemon (PIDs get reused) and is never signalled
+#   LOCK_FILE    the daemon holds an exclusive flock on it for its whole life (the descriptor is
+#                inherited): while it is held, a daemon lives, even if the pid file is lost
 #   STOP_GRACE   seconds between SIGTERM and SIGKILL (decimals allowed: 0.5)
 #   START_GRACE  seconds the daemon must stay alive for `start` to report success
 #   NODE_ID      exported to the daemon as SKELETON_NODE_ID ("" leaves the environment as is)
-#   CMD ARG...   start only: the daemon's argv, already split; run with exec, never eval'd.
-#                It must stay in the foreground (not fork and exit) and keep MARKER in its
-#                command line: start checks both during START_GRACE
+#   CMD ARG...   start only: the daemon's argv, already split; run with exec, never eval'd. Any
+#                command; it must stay in the foreground (not fork and exit)
 #
 # Prints one line `state=STATE [pid=N] [signal=TERM|KILL]`, then maybe `message=...`, and, when
 # the daemon died at start, its output between `--- begin log_tail` and `--- end log_tail`:
-#   start   started pid=N (exit 0) | already-running pid=N (0) | died pid=N (1) | error (1)
-#   stop    stopped pid=N signal=TERM|KILL (0) | not-running (0) | error pid=N (1)
-#   status  running pid=N (0) | not-running (3, as LSB init scripts and `systemctl is-active`)
+#   start   started pid=N (exit 0) | already-running [pid=N] (0) | died pid=N (1) | error (1)
+#   stop    stopped pid=N signal=TERM|KILL (0) | not-running (0) | error [pid=N] (1)
+#   status  running [pid=N] (0) | not-running (3, as LSB init scripts and `systemctl is-active`)
 #   bad arguments: state=error, exit 2, nothing done
 # start and stop are idempotent: starting a running daemon and stopping a stopped one succeed.
+# Needs flock (util-linux) to start.
 #
 # The daemon is detached completely (setsid, stdin from /dev/null, stdout and stderr to the log)
 # so the SSH channel closes when this script ends: with a bare `&` or nohup, the channel stays
@@ -39,12 +40,12 @@ fail() {
     exit 1
 }
 
-[ "$#" -ge 8 ] || usage "expected ACTION APP_DIR PID_FILE LOG_FILE MARKER STOP_GRACE START_GRACE NODE_ID [-- CMD...], got $# arguments"
+[ "$#" -ge 8 ] || usage "expected ACTION APP_DIR PID_FILE LOG_FILE LOCK_FILE STOP_GRACE START_GRACE NODE_ID [-- CMD...], got $# arguments"
 action=$1
 app_dir=$2
 pid_file=$3
 log_file=$4
-marker=$5
+lock_file=$5
 stop_grace=$6
 start_grace=$7
 node_id=$8
@@ -54,8 +55,7 @@ if [ "$#" -gt 0 ]; then
     shift
 fi
 
-# Without a marker every process would look like ours, and stop could kill anything.
-[ -n "$marker" ] || usage "MARKER must not be empty"
+[ -n "$lock_file" ] || usage "LOCK_FILE must not be empty"
 [ -n "$pid_file" ] || usage "PID_FILE must not be empty"
 
 # tenths SECONDS: print SECONDS as a whole number of tenths ("2" -> 20, "0.55" -> 5), for
@@ -85,78 +85,157 @@ stop_tenths=$(tenths "$stop_grace") || usage "STOP_GRACE must be a number of sec
 start_tenths=$(tenths "$start_grace") || usage "START_GRACE must be a number of seconds, got \"$start_grace\""
 
 # --- shared: pid checks (identical in daemon.sh; tests/test_daemon_script.py compares them) ---
+#
+# The daemon's identity is a record `PID START BOOT_ID` in the pid file: its pid, its start time
+# (/proc/PID/stat field 22, clock ticks after boot) and the boot it started in. A recycled pid
+# has another start time, and after a reboot there is another boot id: neither is ever taken for
+# our daemon. Any command line works, since nothing looks at it. A second, independent witness:
+# start takes an exclusive flock on the lock file that the daemon inherits and holds for its
+# whole life, so a held lock means a daemon lives whatever the pid file says (lost, corrupt,
+# overwritten); the daemon is then found as the session leader holding the lock file open.
 
-# read_pid: set $pid from $pid_file; false (and pid empty) when missing or not a plain pid > 1.
-# Refusing 0 and 1 matters: `kill 0` signals our own process group, pid 1 is init.
-read_pid() {
-    pid=
-    [ -f "$pid_file" ] || return 1
-    read -r pid _rest 2>/dev/null <"$pid_file" || [ -n "$pid" ] || return 1
-    case $pid in
-        '' | 0* | 1 | *[!0-9]* | ????????*) pid= ; return 1 ;;
-    esac
-    return 0
-}
+this_boot=
+read -r this_boot 2>/dev/null </proc/sys/kernel/random/boot_id || this_boot=
+this_boot=${this_boot:-unknown}
 
-# proc_state PID: print the one-letter state (R, S, D, Z, ...); false when there is no such pid.
-# The command name in /proc/PID/stat may hold spaces and ')', so cut after the last ') '.
-proc_state() {
-    _stat=
+# read_stat PID: set st_state (R, S, Z, ...), st_pgrp, st_sid and st_start from /proc/PID/stat;
+# false when there is no such process. Field 2, the command name, may hold spaces and ')', so
+# the fields are counted from what follows the LAST ')'.
+# shellcheck disable=SC2034 # status.sh has no use for st_pgrp (daemon.sh signals the group)
+read_stat() {
+    st_state='' st_pgrp='' st_sid='' st_start='' _stat=''
     [ -r "/proc/$1/stat" ] || return 1
     read -r _stat 2>/dev/null <"/proc/$1/stat" || [ -n "$_stat" ] || return 1
-    _stat=${_stat##*) }
-    printf '%s\n' "${_stat%% *}"
+    case $_stat in
+        *')'*) _stat=${_stat##*)} ;;
+        *) return 1 ;;
+    esac
+    set -f
+    # shellcheck disable=SC2086 # split the fields on purpose
+    set -- $_stat
+    set +f
+    # After the name: $1 is field 3 (state), $3 field 5 (pgrp), $4 field 6 (session), $20 field 22.
+    [ "$#" -ge 20 ] || return 1
+    st_state=$1 st_pgrp=$3 st_sid=$4
+    shift 19
+    st_start=$1
+}
+
+# read_record FILE: set pid, start and boot from FILE's record; false (and pid empty) unless PID
+# is a plain number > 1 and START a plain number. Refusing 0, 1 and negatives matters: `kill 0`
+# signals our own process group, `kill -1` every process we may signal, pid 1 is init.
+read_record() {
+    pid='' start='' boot=''
+    [ -f "$1" ] || return 1
+    read -r pid start boot _rest 2>/dev/null <"$1" || [ -n "$pid" ] || return 1
+    case $pid in
+        '' | 0* | 1 | *[!0-9]* | ????????*) pid='' ; return 1 ;;
+    esac
+    case $start in
+        '' | *[!0-9]* | ?????????????????????*) pid='' ; return 1 ;;
+    esac
+    [ -n "$boot" ] || { pid='' ; return 1 ; }
+    return 0
 }
 
 # alive PID: a process exists and is not a zombie (a zombie's pid still shows in /proc).
 alive() {
-    _state=$(proc_state "$1") || return 1
-    [ "$_state" != Z ]
+    read_stat "$1" && [ "$st_state" != Z ]
 }
 
-# is_ours PID: PID is a live process whose command line contains $marker. A zombie's cmdline is
-# empty, so it is never ours. Our own shell is excluded: its argv carries the marker too.
+# is_ours PID START BOOT: PID is alive and is the process that started at START in boot BOOT.
+# Our own shell is never ours.
 is_ours() {
-    [ -n "$marker" ] || return 1
     [ "$1" != "$$" ] || return 1
-    [ -r "/proc/$1/cmdline" ] || return 1
-    _cmdline=$(tr '\000' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
-    case $_cmdline in
-        *"$marker"*) return 0 ;;
-    esac
+    [ "$3" = "$this_boot" ] || return 1
+    alive "$1" && [ "$st_start" = "$2" ]
+}
+
+# lock_held: some process holds the daemon's lock. A shared, non-blocking probe: it never waits
+# and never takes the lock from the daemon. Without flock (or a lock file) we cannot tell: false.
+lock_held() {
+    [ -f "$lock_file" ] || return 1
+    command -v flock >/dev/null 2>&1 || return 1
+    ! flock -n -s "$lock_file" true </dev/null 2>/dev/null
+}
+
+# lock_holder: print the pid of the session leader that holds the lock file open (start runs the
+# daemon through setsid with the locked descriptor); false when none is visible (say, another
+# user's process). Never our own shell, never pid 1.
+lock_holder() {
+    for _fd in /proc/[0-9]*/fd/*; do
+        # -ef (same file) is not in POSIX, but dash, bash and busybox ash all have it.
+        # shellcheck disable=SC3013
+        [ "$_fd" -ef "$lock_file" ] || continue
+        _holder=${_fd#/proc/}
+        _holder=${_holder%%/*}
+        if [ "$_holder" != "$$" ] && [ "$_holder" != 1 ] && alive "$_holder" &&
+            [ "$st_sid" = "$_holder" ]; then
+            printf '%s\n' "$_holder"
+            return 0
+        fi
+    done
     return 1
+}
+
+# find_daemon: set pid, start and boot to our running daemon's and return 0; 1 when no daemon
+# runs; 2 when one runs (the lock is held) but its pid cannot be found. `via` says how it was
+# found: record (the pid file) or lock (the pid file did not name it).
+# shellcheck disable=SC2034 # status.sh has no use for via
+find_daemon() {
+    via=record
+    if read_record "$pid_file" && is_ours "$pid" "$start" "$boot"; then
+        return 0
+    fi
+    lock_held || return 1
+    via=lock
+    pid=$(lock_holder) || { pid='' ; return 2 ; }
+    read_stat "$pid" || { pid='' ; return 2 ; }
+    start=$st_start boot=$this_boot
+    return 0
+}
+
+# record_problem: say why the pid file does not name a running daemon (empty when it is absent).
+record_problem() {
+    if [ ! -e "$pid_file" ]; then
+        return 0
+    fi
+    if read_record "$pid_file"; then
+        if alive "$pid"; then
+            printf '%s\n' "pid $pid from $pid_file is another process (another start time or boot): left alone"
+        else
+            printf '%s\n' "stale pid file $pid_file: pid $pid is gone"
+        fi
+    else
+        printf '%s\n' "pid file $pid_file does not hold a valid record (PID START_TIME BOOT_ID)"
+    fi
 }
 
 # --- end shared ---
 
-# signal_daemon SIGNAL PID: signal the daemon and, when it leads its own process group (as
-# every daemon this script starts does, through setsid), the workers it spawned too: a SIGKILL
-# to the leader alone would leave them running, holding memory and GPUs.
+# signal_daemon SIGNAL: signal the daemon ($pid, > 1 by construction) and, when it leads its own
+# process group (as every daemon this script starts does, through setsid), the workers it
+# spawned too: a SIGKILL to the leader alone would leave them running, holding memory and GPUs.
+# Its identity is checked again right before: between two polls its pid may have been reused.
 signal_daemon() {
-    if [ "$(proc_pgrp "$2")" = "$2" ]; then
-        kill -s "$1" -- "-$2" 2>/dev/null
+    daemon_alive || return 1
+    if [ "$st_pgrp" = "$pid" ]; then
+        kill -s "$1" -- "-$pid" 2>/dev/null
     else
-        kill -s "$1" "$2" 2>/dev/null
+        kill -s "$1" "$pid" 2>/dev/null
     fi
 }
 
-# proc_pgrp PID: print the process group id (the third field after the command name).
-proc_pgrp() {
-    _stat=
-    read -r _stat 2>/dev/null <"/proc/$1/stat" || [ -n "$_stat" ] || return 1
-    _stat=${_stat##*) }
-    set -f
-    # shellcheck disable=SC2086 # split the stat fields on purpose
-    set -- $_stat
-    set +f
-    printf '%s\n' "${3-}"
+# daemon_alive: the process that find_daemon found is still that process.
+daemon_alive() {
+    is_ours "$pid" "$start" "$boot"
 }
 
-# wait_while CHECK PID TENTHS: wait up to TENTHS tenths of a second while `CHECK PID` holds;
-# false when it still holds at the end.
+# wait_while CHECK TENTHS: wait up to TENTHS tenths of a second while CHECK holds; false when it
+# still holds at the end.
 wait_while() {
-    _left=$3
-    while "$1" "$2"; do
+    _left=$2
+    while "$1"; do
         [ "$_left" -gt 0 ] || return 1
         sleep 0.1
         _left=$((_left - 1))
@@ -164,19 +243,17 @@ wait_while() {
     return 0
 }
 
-# not_running_message: say why the pid file does not name a running daemon, removing a stale or
-# wrong one when $1 is "clean" (stop does; status only reports).
-not_running_message() {
-    if [ ! -e "$pid_file" ]; then
-        return
-    fi
-    if [ -n "$pid" ] && alive "$pid"; then
-        _why="pid $pid from $pid_file is another process (no \"$marker\" in its command line): left alone"
-    elif [ -n "$pid" ]; then
-        _why="stale pid file $pid_file: pid $pid is gone"
-    else
-        _why="pid file $pid_file does not hold a valid pid"
-    fi
+# write_record FILE: record the daemon that find_daemon found (through a temporary name, so a
+# reader never sees half a record).
+write_record() {
+    printf '%s %s %s\n' "$pid" "$start" "$boot" >"$1.$$" && mv -f -- "$1.$$" "$1"
+}
+
+# report_not_running CLEAN: say why the pid file names no running daemon; with CLEAN=clean (stop)
+# remove it. A daemon that holds the lock is never reported here: find_daemon found it.
+report_not_running() {
+    _why=$(record_problem)
+    [ -n "$_why" ] || return 0
     if [ "$1" = clean ]; then
         rm -f -- "$pid_file"
         _why="$_why; pid file removed"
@@ -202,55 +279,85 @@ if ! cd -- "$app_dir" 2>/dev/null; then
     esac
 fi
 
+UNKNOWN_PID="the daemon holds the lock $lock_file, but neither $pid_file nor /proc names its pid"
+FOUND_BY_LOCK="$pid_file does not name the running daemon (missing, corrupt or stale); found it through the lock $lock_file"
+
 do_status() {
-    if read_pid && is_ours "$pid"; then
-        printf 'state=running pid=%s\n' "$pid"
-        exit 0
-    fi
+    _found=0
+    find_daemon || _found=$?
+    case $_found in
+        0)
+            printf 'state=running pid=%s\n' "$pid"
+            [ "$via" = record ] || printf 'message=%s\n' "$FOUND_BY_LOCK"
+            exit 0
+            ;;
+        2)
+            printf 'state=running\nmessage=%s\n' "$UNKNOWN_PID"
+            exit 0
+            ;;
+    esac
     printf 'state=not-running\n'
-    not_running_message keep
+    report_not_running keep
     exit 3
 }
 
 do_stop() {
-    if ! read_pid || ! is_ours "$pid"; then
-        printf 'state=not-running\n'
-        not_running_message clean
-        exit 0
+    _found=0
+    find_daemon || _found=$?
+    case $_found in
+        1)
+            printf 'state=not-running\n'
+            report_not_running clean
+            exit 0
+            ;;
+        2) fail "$UNKNOWN_PID: left running" ;;
+    esac
+    _note=
+    [ "$via" = record ] || _note=$FOUND_BY_LOCK
+    # A daemon that exited on its own meanwhile counts as stopped.
+    if ! signal_daemon TERM && daemon_alive; then
+        fail "could not send SIGTERM to pid $pid" "$pid"
     fi
-    signal_daemon TERM "$pid" || fail "could not send SIGTERM to pid $pid" "$pid"
-    if wait_while is_ours "$pid" "$stop_tenths"; then
-        rm -f -- "$pid_file"
-        printf 'state=stopped pid=%s signal=TERM\n' "$pid"
-        exit 0
+    _signal=TERM
+    if ! wait_while daemon_alive "$stop_tenths"; then
+        signal_daemon KILL
+        _signal=KILL
+        # SIGKILL cannot be ignored, but the kernel may need a moment (or the process sits in
+        # uninterruptible sleep): allow 5 s before calling it a failure.
+        wait_while daemon_alive 50 || fail "pid $pid still runs after SIGKILL" "$pid"
     fi
-    signal_daemon KILL "$pid"
-    # SIGKILL cannot be ignored, but the kernel may need a moment (or the process sits in
-    # uninterruptible sleep): allow 5 s before calling it a failure.
-    if wait_while is_ours "$pid" 50; then
-        rm -f -- "$pid_file"
-        printf 'state=stopped pid=%s signal=KILL\n' "$pid"
-        exit 0
-    fi
-    fail "pid $pid still runs after SIGKILL" "$pid"
+    rm -f -- "$pid_file"
+    printf 'state=stopped pid=%s signal=%s\n' "$pid" "$_signal"
+    [ -z "$_note" ] || printf 'message=%s\n' "$_note"
+    exit 0
 }
 
 do_start() {
     [ "$#" -gt 0 ] || usage "start needs the daemon command after --"
-    # status and stop recognise the daemon by the marker in its command line: a command without
-    # it would start a daemon that nothing can find again.
-    case " $* " in
-        *"$marker"*) ;;
-        *) usage "the daemon command does not contain the marker \"$marker\"" ;;
+    _found=0
+    find_daemon || _found=$?
+    case $_found in
+        0)
+            printf 'state=already-running pid=%s\n' "$pid"
+            if [ "$via" = lock ]; then
+                # Repair the record, so that the next stop or status reads it directly.
+                write_record "$pid_file" 2>/dev/null
+                printf 'message=%s; pid file rewritten\n' "$FOUND_BY_LOCK"
+            fi
+            exit 0
+            ;;
+        2)
+            printf 'state=already-running\nmessage=%s\n' "$UNKNOWN_PID"
+            exit 0
+            ;;
     esac
-    if read_pid && is_ours "$pid"; then
-        printf 'state=already-running pid=%s\n' "$pid"
-        exit 0
-    fi
+    command -v flock >/dev/null 2>&1 ||
+        fail "flock is not installed on the node (util-linux): the daemon's lock needs it"
     # A stale pid file must go before the launch: the new pid file is how we learn the pid.
     rm -f -- "$pid_file"
-    mkdir -p -- "$(dirname -- "$log_file")" "$(dirname -- "$pid_file")" ||
-        fail "cannot create the directories of $log_file and $pid_file"
+    mkdir -p -- "$(dirname -- "$log_file")" "$(dirname -- "$pid_file")" \
+        "$(dirname -- "$lock_file")" ||
+        fail "cannot create the directories of $log_file, $pid_file and $lock_file"
     # Remember where this start's output begins, to show only it if the daemon dies.
     _offset=0
     if [ -f "$log_file" ]; then
@@ -262,24 +369,31 @@ do_start() {
         SKELETON_NODE_ID=$node_id
         export SKELETON_NODE_ID
     fi
-    # setsid -f forks, so its own pid is useless: the daemon's process writes its pid itself
-    # (through a temporary name, so a reader never sees half a number) and then execs the
-    # command, keeping that pid. stdin, stdout and stderr all leave the SSH channel.
+    # setsid -f forks, so its own pid is useless: the daemon's process takes the lock on fd 9
+    # (which it keeps through exec), writes its record itself (pid, start time from its own
+    # /proc/PID/stat, boot id) and then execs the command, keeping that pid and start time.
+    # stdin, stdout and stderr all leave the SSH channel. The wait of up to 5 s covers a status
+    # probe that holds a shared lock for an instant.
     # shellcheck disable=SC2016 # $$ and $1 are for the inner shell
-    setsid -f sh -c 'printf "%s\n" "$$" >"$1.$$" && mv -f -- "$1.$$" "$1" || exit 126
-        shift
-        exec "$@"' skeleton-daemon-start "$pid_file" "$@" </dev/null >>"$log_file" 2>&1 ||
+    setsid -f sh -c 'exec 9>>"$2" || exit 126
+        flock -w 5 9 || { echo "daemon.sh: the lock $2 is held by another process" >&2; exit 125; }
+        _start=$(read -r _s </proc/$$/stat && _s=${_s##*)} && set -f && set -- $_s &&
+            shift 19 && printf %s "$1") || exit 126
+        printf "%s %s %s\n" "$$" "$_start" "$3" >"$1.$$" && mv -f -- "$1.$$" "$1" || exit 126
+        shift 3
+        exec "$@"' skeleton-daemon-start "$pid_file" "$lock_file" "$this_boot" "$@" \
+        </dev/null >>"$log_file" 2>&1 ||
         fail "setsid failed to start the daemon (see $log_file)"
-    # The pid file appears within milliseconds; 5 s covers a loaded node.
-    _wait=50
-    until read_pid; do
-        [ "$_wait" -gt 0 ] || fail "the daemon did not write its pid file $pid_file within 5 s"
+    # The pid file appears within milliseconds; 10 s covers a loaded node and the lock wait.
+    _wait=100
+    until read_record "$pid_file"; do
+        [ "$_wait" -gt 0 ] || fail "the daemon did not write its pid file $pid_file within 10 s (see $log_file)"
         sleep 0.1
         _wait=$((_wait - 1))
     done
     # Poll through the grace period, so that a daemon that dies at once is reported at once.
     _left=$start_tenths
-    while is_ours "$pid"; do
+    while daemon_alive; do
         if [ "$_left" -le 0 ]; then
             printf 'state=started pid=%s\n' "$pid"
             exit 0
@@ -287,14 +401,6 @@ do_start() {
         sleep 0.1
         _left=$((_left - 1))
     done
-    if alive "$pid"; then
-        # It runs but rewrote its command line (setproctitle, a wrapper that execs something
-        # else): status and stop would never find it, so do not leave it running untracked.
-        signal_daemon TERM "$pid"
-        wait_while alive "$pid" "$stop_tenths" || signal_daemon KILL "$pid"
-        rm -f -- "$pid_file"
-        fail "pid $pid started but its command line lacks \"$marker\"; stopped it" "$pid"
-    fi
     rm -f -- "$pid_file"
     printf 'state=died pid=%s\n' "$pid"
     printf 'message=the daemon exited within %s s; the last lines of %s:\n' "$start_grace" "$log_file"
