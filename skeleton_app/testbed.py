@@ -722,6 +722,29 @@ def unhide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["umount", path])
 
 
+def real_command(testbed: Testbed, path: str) -> Path:
+    """A copy of the binary `path` (e.g. /usr/bin/find) that every host can run: what a
+    command planted over `path` calls to do the real work."""
+    if not os.path.isabs(path):
+        raise UsageError(f"real_command needs an absolute path, got {path!r}")
+    copy = testbed.state_dir / "real" / os.path.basename(path)
+    if not copy.exists():
+        copy.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
+    return copy
+
+
+def plant_command(testbed: Testbed, host_id: str, path: str, script: str) -> None:
+    """Make the shell script `script` answer for `path` (e.g. a lying /usr/bin/find) inside
+    one host only, until `unhide_command`: a compromised node, for tests."""
+    if not os.path.isabs(path):
+        raise UsageError(f"plant_command needs an absolute path, got {path!r}")
+    planted = testbed.state_dir / "planted" / host_id / os.path.basename(path)
+    planted.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _write(planted, script, 0o755)
+    host_exec(testbed, host_id, ["mount", "--bind", str(planted), path])
+
+
 # ---------------------------------------------------------------------------- up, step by step
 
 

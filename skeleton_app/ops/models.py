@@ -23,7 +23,8 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
   the data path waits for a handshake.
 * A target that needs a set of files of its own (it was interrupted, or a file of it is
   corrupt) **pulls** them with rsync from a holder: `--append-verify` resumes a half-written
-  file where it stopped, `--safe-links` keeps a peer's symlinks inside the model.
+  file where it stopped; only regular files are taken from the peer (`--no-links`), the
+  directories and symlinks are the ones `prepare` made from the manifest.
 * Every target that completes is published and **becomes a holder**: later jobs (the next
   round after a failure, single-target pulls waiting for a free sender) take the least
   loaded holder. Each holder serves at most `streams_per_sender` streams at once, and every
@@ -90,6 +91,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.safepath import name_problem, resolve_in_tree
 from skeleton_app.ssh import RunOptions, ssh_argv
 from skeleton_app.transfers import build_rsync_argv, remote_spec
 
@@ -206,6 +208,8 @@ class Manifest:
             entries = []
             for item in data["entries"]:
                 path, kind = str(item[0]), str(item[1])
+                if name_problem(path) is not None:
+                    return None, {}
                 if kind == "f":
                     entries.append(Entry(path, "f", int(item[2]), str(item[3])))
                 elif kind == "l":
@@ -295,12 +299,33 @@ def _node_path(name: str, rel: str, *, staged: bool = False) -> str:
     return f"{base}/{rel}" if rel else base
 
 
-def _link_is_safe(rel: str, target: str) -> bool:
-    """A symlink at `rel` (relative to the model root) pointing at `target` stays inside."""
-    if not target or target.startswith("/"):
-        return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    return resolved != ".." and not resolved.startswith("../")
+def _link_is_safe(rel: str, target: str, links: Mapping[str, str] | None = None) -> bool:
+    """A symlink at `rel` (relative to the model root) pointing at `target` stays inside the
+    model, with every other symlink of the model (`links`: path -> target) followed on the
+    way, as the kernel of a target will follow them."""
+    return resolve_in_tree(rel, {**(links or {}), rel: target}) is not None
+
+
+def _listing_problem(name: str, tree: Mapping[str, _Stat]) -> str | None:
+    """What in the source's listing of model `name` (`tree`: path relative to the model ->
+    stat) `find -P` could never have printed: a name with an absolute path, an empty, "." or
+    ".." component or a control character, or an entry under something that is not a listed
+    directory (find does not descend into symlinks). Only a lying source sends these."""
+    problem = name_problem(name)
+    if problem is not None or not name or "/" in name:
+        return f"the model name {name!r} has {problem or 'a slash'}"
+    for rel in tree:
+        problem = name_problem(rel)
+        if problem is not None:
+            return f"{name}/{rel!r} has {problem}"
+        if not rel:
+            continue
+        parent = rel.rpartition("/")[0]
+        above = tree.get(parent)
+        if above is None or above.kind != "d":
+            what = "not listed" if above is None else "not a directory"
+            return f"{name}/{rel} lies under {name}/{parent}, which is {what}"
+    return None
 
 
 # ---------------------------------------------------------------------------- node answers
@@ -780,6 +805,7 @@ class _Sync:
         self.source_claims: dict[str, bytes] = {}
         self.warnings: list[str] = []
         self._active_jobs = 0
+        self.offender: str | None = None  # a holder that broke its manifest (run_job)
         self._warm_wait: Callable[[], None] = lambda: None
         self._early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early")
         self._jobs_lock = threading.Lock()
@@ -845,6 +871,9 @@ class _Sync:
             raise UsageError(f"the models directory {where} does not exist on the source node"
                              f" {src.id}")
         names = self._model_names(facts, where)
+        for name in names:
+            # Before anything is hashed or planned (checked again on the final listing).
+            self._refuse_listing(name, _under(facts.entries, name))
         kinds: dict[str, str] = {}
         claims: dict[str, tuple[Manifest | None, dict[str, Any]]] = {}
         to_hash: list[str] = []
@@ -914,12 +943,24 @@ class _Sync:
             raise UsageError(f"no models in {where} on the source node {src}")
         return names
 
+    def _refuse_listing(self, name: str, tree: Mapping[str, _Stat]) -> None:
+        """Stop the run, naming the source, when its listing is one no honest node sends: a
+        name built to lead outside the model must never reach a target's mkdir, ln or tar."""
+        problem = _listing_problem(name, tree)
+        if problem is not None:
+            raise SkeletonError(
+                f"source node {self.source.id} sent a listing that find never prints"
+                f" ({problem}): refused as hostile; nothing was transferred")
+
     def _manifest(self, name: str, kind: str, facts: _Facts, hashes: Mapping[str, str],
                   cache: Mapping[str, Any]) -> Manifest:
         entries: list[Entry] = []
         stat: dict[str, Any] = {}
         where = self.paths[self.source.id]
-        for rel, st in _under(facts.entries, name).items():
+        tree = _under(facts.entries, name)
+        self._refuse_listing(name, tree)
+        links = {rel: st.target for rel, st in tree.items() if st.kind == "l"}
+        for rel, st in tree.items():
             full = f"{name}/{rel}" if rel else name
             if st.kind == "d":
                 entries.append(Entry(rel, "d"))
@@ -933,7 +974,7 @@ class _Sync:
                                     " nothing was transferred")
                 entries.append(Entry(rel, "f", st.size, sha))
                 stat[full] = {"key": list(st.key), "sha256": sha}
-            elif st.kind == "l" and _link_is_safe(rel, st.target):
+            elif st.kind == "l" and _link_is_safe(rel, st.target, links):
                 entries.append(Entry(rel, "l", target=st.target))
             elif st.kind == "l":
                 self.warnings.append(f"{where}/{full} on {self.source.id} is a symlink leading"
@@ -1122,16 +1163,31 @@ class _Sync:
         unsealed = []
         self.remote.finished(t.node for t in job.members
                              if self.index[t.node.id] in job.finished)
+        states = {self.index[t.node.id]: job.reports.get(self.index[t.node.id], ("", ""))
+                  for t in job.members}
+        hostile = next((why for state, why in states.values() if state == "hostile"), None)
         for t in job.members:
             t.via.append(f"{how} {holder.id}")
-            state, why = job.reports.get(self.index[t.node.id], ("", ""))
+            state, why = states[self.index[t.node.id]]
             if state == "published":
                 self._published(t, elapsed)
+            elif hostile is not None:
+                self._refuse_sender(t, holder, why if state == "hostile" else hostile)
             else:
                 unsealed.append(t)
                 note = note or why
         # Members that did not publish themselves: find out why, and publish what is right.
         self.parallel(lambda t: self.finalize(t, job, elapsed, note), unsealed)
+
+    def _refuse_sender(self, t: _Target, holder: Node, why: str) -> None:
+        """`holder` sent `t` (or a member of its job) something its manifest does not list:
+        nothing of the job is published, the holder serves nobody else, and the run stops
+        after this round (see `run`), naming it."""
+        self.holders.remove(holder)
+        self.offender = self.offender or holder.id
+        t.fail(f"{holder.id} sent what its manifest does not list ({why}): refused as hostile;"
+               " nothing was published")
+        self.progress(t, "failed", message=t.message)
 
     def _check_holder(self, holder: Node) -> None:
         r = self.remote.shell(holder, "true", timeout=self.settings.ssh.connect_timeout + 5)
@@ -1197,7 +1253,9 @@ class _Sync:
                 text = {"f": f"f {e.size} {path}", "d": f"d {path}",
                         "l": f"l {path}\x01{e.target}"}[e.kind]
                 records.append(text.encode("utf-8", "surrogateescape") + b"\0")
-        files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names)}
+        files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names),
+                 # the only members its tar extracts from a stream (models.sh extract)
+                 "recv.lst": _nul_list(p for p, _, _ in plan.need)}
         if self.verify:
             sums, paths = [], []
             for path, _, _ in plan.need:
@@ -1253,7 +1311,10 @@ class _Sync:
             [remote_spec(holder.host, self.paths[holder.id] + "/")], f"./{STAGE}/",
             rsh=rsh, compress=False, partial_dir=None, protect_args="-s",
             io_timeout=max(30, int(ssh.keepalive * 10)),
-            rsync_opts=["--safe-links", "--append-verify", "--from0"],
+            # Only the listed regular files come: the holder may be a hostile source, and a
+            # symlink (even a "safe" one: a chain of them leads anywhere) or a directory
+            # entry of its choosing must not replace the real directories prepare made.
+            rsync_opts=["--no-links", "--no-implied-dirs", "--append-verify", "--from0"],
         )
         split = argv.index("--")
         job_sh = self._job_sh(job.id, None, t.node, extra=(
@@ -1456,6 +1517,12 @@ class _Sync:
                     self.replan(pending)
                 self.run_jobs(self.prepare(pending))
                 pending = [t for t in self.targets if t.status == "pending"]
+                if self.offender is not None:
+                    for t in pending:
+                        t.fail(f"not synced: {self.offender} sent what its manifest does not"
+                               " list; the run was stopped")
+                        self.progress(t, "failed", message=t.message)
+                    pending = []
             for t in pending:
                 t.fail(t.message or "did not complete", t.error_kind)
                 self.progress(t, "failed", message=t.message)
