@@ -213,6 +213,51 @@ def test_hostile_tar_stream_is_refused_on_the_targets(cluster: Cluster, testbed:
         assert not (staging / "m").exists()  # what the stream planted went with it
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["chain", "relay"])
+def test_a_stream_with_other_bytes_is_never_published(cluster: Cluster, testbed: Testbed,
+                                                      rel: str, relay: bool) -> None:
+    """Right names, types and sizes, other bytes (a pickle swapped for a payload): every
+    transferred file is checked against the manifest's sha256, --verify or not."""
+    model = models_root(testbed, SOURCE, rel) / "m"
+    model.mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"honest weights " * 4000)
+    _chown_tree(testbed.host(SOURCE).app_dir)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        payload = b"evil!  weights " * 4000  # the same size
+        info = tarfile.TarInfo("./m/weights.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    stream = testbed.state_dir / "planted" / f"bytes-{rel[-8:]}.tar"
+    stream.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    stream.write_bytes(buf.getvalue())
+    stream.chmod(0o644)
+    real = tb.real_command(testbed, "/usr/bin/tar")
+    script = (f"#!/bin/sh\ncase \" $* \" in\n    *' -c '*) exec cat {stream} ;;\nesac\n"
+              f"exec {real} \"$@\"\n")
+    tb.plant_command(testbed, SOURCE, "/usr/bin/tar", script)
+    try:
+        result = sync_models(cluster, source_node=SOURCE,
+                             targets=cluster.select(list(TARGETS)), models_path=rel,
+                             model="m", relay=relay)
+    finally:
+        tb.unhide_command(testbed, SOURCE, "/usr/bin/tar")
+    assert result.exit_code() == 1, result.to_json()
+    for host in TARGETS:
+        assert result[host].data["status"] == "failed"
+        assert "m/weights.bin" in result[host].stderr, result[host].stderr
+        assert nothing_published(testbed, host, rel)
+        staged = models_root(testbed, host, rel) / ".skeleton-staging" / "m" / "weights.bin"
+        assert not staged.exists()  # not kept as "complete" for a later run
+    # An honest source then fills the same targets: nothing of the payload survives.
+    result = sync_models(cluster, source_node=SOURCE, targets=cluster.select(list(TARGETS)),
+                         models_path=rel, model="m", relay=relay)
+    assert result.exit_code() == 0, result.to_json()
+    for host in TARGETS:
+        copy = models_root(testbed, host, rel) / "m" / "weights.bin"
+        assert copy.read_bytes() == (model / "weights.bin").read_bytes()
+
+
 def test_honest_nested_links_leaving_the_model_are_left_out(cluster: Cluster,
                                                             testbed: Testbed,
                                                             rel: str) -> None:

@@ -1256,18 +1256,15 @@ class _Sync:
         files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names),
                  # the only members its tar extracts from a stream (models.sh extract)
                  "recv.lst": _nul_list(p for p, _, _ in plan.need)}
-        if self.verify:
-            sums, paths = [], []
-            for path, _, _ in plan.need:
-                name, rel = _split_name(path)
-                entry = self.manifests[name].entry(rel)
-                assert entry is not None
-                staged = _node_path(name, rel, staged=True)
-                paths.append(staged)
-                sums.append(f"{entry.sha256}  {staged}".encode("utf-8", "surrogateescape")
-                            + b"\0")
-            files["verify.lst"] = _nul_list(paths)
-            files["expect.sha"] = b"".join(sorted(sums))
+        # Every transferred file is checked against its sha256 before publishing, --verify
+        # or not: the stream may have passed through other peers of the chain.
+        sums = []
+        for path, _, _ in plan.need:
+            name, rel = _split_name(path)
+            entry = self.manifests[name].entry(rel)
+            assert entry is not None
+            sums.append(f"{entry.sha256}  {path}".encode("utf-8", "surrogateescape") + b"\0")
+        files["expect.sha"] = b"".join(sorted(sums))
         for name in plan.names:
             files[f"fclaims/{name}.json"] = self.manifests[name].to_json()
         return files
@@ -1445,10 +1442,9 @@ class _Sync:
         if plan is None or t.status != "pending":
             return
         names = plan.names
-        files: dict[str, bytes] = {}
-        if self.verify:
-            files["hash.lst"] = _nul_list(
-                _node_path(*_split_name(p), staged=True) for p in job.files)
+        # What was transferred is hashed, --verify or not (see _seal_files).
+        files = {"hash.lst": _nul_list(_node_path(*_split_name(p), staged=True)
+                                       for p in job.files)}
         self.progress(t, "verify", job.total, job.total)
         facts = self._call_or_fail(t, "probe", names, files=files,
                                    timeout=self.deadline(job.total, HASH_RATE))
@@ -1457,21 +1453,24 @@ class _Sync:
         t.facts = facts
         problems: list[str] = []
         strays: list[str] = []
+        corrupt: list[str] = []
         transferred = set(job.files)
         for name in names:
             man = self.manifests[name]
             staged = _under(facts.entries, f"{STAGE}/{name}")
-            hashes = None
-            if self.verify:
-                hashes = {}
-                for rel in (e.path for e in man.entries if e.kind == "f"):
-                    key = _strip_dot(_node_path(name, rel, staged=True))
-                    if _node_path(name, rel) in transferred:
-                        hashes[key] = facts.hashes.get(key, "")
-                    else:
-                        entry = man.entry(rel)
-                        hashes[key] = entry.sha256 if entry else ""  # checked before linking
+            hashes: dict[str, str] = {}
+            for rel in (e.path for e in man.entries if e.kind == "f"):
+                key = _strip_dot(_node_path(name, rel, staged=True))
+                if _node_path(name, rel) in transferred:
+                    hashes[key] = facts.hashes.get(key, "")
+                else:
+                    entry = man.entry(rel)
+                    hashes[key] = entry.sha256 if entry else ""  # checked before linking
             wrong = _matches(staged, man, hashes, f"{STAGE}/{name}")
+            corrupt += [f"{self.paths[t.node.id]}/{_node_path(name, rel, staged=True)[2:]}"
+                        for rel in wrong
+                        if _node_path(name, rel) in transferred
+                        and _full_size(staged.get(rel), man.entry(rel))]
             want = {e.path for e in man.entries}
             strays += [_node_path(name, rel, staged=True) for rel in wrong if rel not in want]
             problems += [f"{name}/{rel}" if rel else name for rel in wrong if rel in want]
@@ -1479,6 +1478,9 @@ class _Sync:
             shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more"
                                                if len(problems) > 3 else "")
             t.message = (note + "; " if note else "") + f"incomplete after transfer: {shown}"
+            if corrupt:
+                # Full size, wrong content: a later round would take them for complete.
+                self.remote.shell(t.node, "rm -f -- " + shlex.join(corrupt))
             if job.mode in ("chain", "relay"):
                 # A receiver behind a dead node may still wait for the rest of its stream:
                 # stop it before the next round writes into the same staging directory.
@@ -1576,6 +1578,12 @@ class _Sync:
                               duration=t.seconds, data=data)
         return NodeResult(node=t.node.id, exit_code=1, stderr=t.message + "\n",
                           duration=t.seconds, data=data)
+
+
+def _full_size(st: _Stat | None, entry: Entry | None) -> bool:
+    """A staged regular file at the manifest's size (complete, so its hash was compared)."""
+    return (st is not None and entry is not None and st.kind == entry.kind == "f"
+            and st.size == entry.size)
 
 
 def _split_name(path: str) -> tuple[str, str]:

@@ -14,9 +14,11 @@
 #               RUN after publishing: reported as "F" NUL ME NUL) and, for pulls, PEER and
 #               pull_rsync [OPT...]
 # A receiver seals its own copy when its stream ends (see seal below), with JOB/pub.lst (the
-# names), JOB/expect (the staged tree as it must be), JOB/verify.lst and JOB/expect.sha (the
-# transferred files and their hashes, VERIFY=1) and JOB/fclaims/NAME.json; it reports
-#     "R" NUL ME NUL published|mismatch|failed NUL MESSAGE NUL
+# names), JOB/expect (the staged tree as it must be), JOB/recv.lst and JOB/expect.sha (the
+# files to take from the stream and their hashes, "HEX  ./NAME/rel") and
+# JOB/fclaims/NAME.json; it reports
+#     "R" NUL ME NUL published|mismatch|hostile|failed NUL MESSAGE NUL
+# ("hostile": the stream held what the manifest does not list; nothing of it was kept)
 # and passes on the reports of the nodes after it, so the chain's head returns them all.
 #
 # Layout under M (paths below are relative to M; every path we handle starts with "./", so a
@@ -363,11 +365,26 @@ extract() {
         -T "$job/recv.lst" 2>"$job/recv.err"
 }
 
+# hash_stream: "HEX  MEMBER" NUL for every member of the tar on stdin named in JOB/recv.lst
+# that is a regular file (tar runs the command for those only), without writing anything.
+hash_stream() {
+    tar -x -f - --no-recursion --no-wildcards --anchored --null --verbatim-files-from \
+        -T "$job/recv.lst" --to-command='h=$(openssl dgst -sha256 -r 2>/dev/null) ||
+            h=$(sha256sum -b); printf "%s  %s\0" "${h%% *}" "$TAR_FILENAME"'
+}
+
 recv() {
     job_env "$@"
     enter_m
     lock 0
     echo "$$" >"$job/recv.pid"
+    # A second tar hashes every listed file of the stream as it arrives (on the CPU the link
+    # leaves idle) instead of reading it all again at the end.
+    hfifo=$job/hash
+    rm -f -- "$hfifo"
+    mkfifo -- "$hfifo" || die 1 "cannot create $hfifo"
+    hash_stream <"$hfifo" >"$job/recv.sha" 2>"$job/hash.err" &
+    hpid=$!
     if [ "${HAS_NEXT:-0}" = 1 ]; then
         fifo=$job/fwd
         rm -f -- "$fifo"
@@ -382,12 +399,13 @@ recv() {
             close_master "$NEXT"  # its one stream is over
             exec cat >/dev/null
         ) <"$fifo" &
-        tee -p -- "$fifo" | extract
+        tee -p -- "$fifo" "$hfifo" | extract
         rc=$?
     else
-        extract
+        tee -p -- "$hfifo" | extract
         rc=$?
     fi
+    wait "$hpid"
     echo "$rc" >"$job/recv.rc"
     # Seal now, while the nodes after this one still receive: seals along a chain then happen
     # side by side instead of one after the other on the way back.
@@ -461,9 +479,10 @@ list_staged() {
     done
 }
 
-# seal: with the staging lock held (fd 9), check the staged copy against JOB/expect (and the
-# transferred files' hashes when VERIFY=1), then publish it. Reports the outcome; anything
-# but "published" is for the controller to look into.
+# seal: with the staging lock held (fd 9), check the staged copy against JOB/expect (types,
+# sizes, link targets; every link resolving inside; no transferred file a hard link) and the
+# transferred files' sha256, then publish it. Reports the outcome; anything but "published"
+# is for the controller to look into.
 seal() {
     if [ ! -f "$job/expect" ] || [ ! -f "$job/pub.lst" ]; then
         report failed "no seal inputs in $job"
@@ -494,11 +513,19 @@ seal() {
         reject "a transferred file is a hard link"
         return 0
     fi
-    if [ "${VERIFY:-0}" = 1 ] && [ -s "$job/verify.lst" ]; then
-        if ! hash_paths <"$job/verify.lst" | sort -z | cmp -s - "$job/expect.sha"; then
-            report mismatch "a transferred file does not have the manifest's sha256"
-            return 0
-        fi
+    # Every transferred file has the manifest's sha256 (a peer of the chain forwards the
+    # stream and could alter it): hashed on the way in by recv, here after a pull.
+    if [ -f "$job/recv.sha" ]; then
+        sort -z -- "$job/recv.sha"
+    else
+        sed -z "s|^\./|./$STAGE/|" -- "$job/recv.lst" | hash_paths | sed -z "s|  \./$STAGE/|  ./|" |
+            sort -z
+    fi >"$job/got.sha"
+    if ! cmp -s "$job/got.sha" "$job/expect.sha"; then
+        # None of them is kept: a file staged at its full size counts as complete later.
+        sed -z "s|^\./|./$STAGE/|" -- "$job/recv.lst" | xargs -0r rm -f --
+        report mismatch "a transferred file does not have the manifest's sha256"
+        return 0
     fi
     if ! publish_locked "$job"; then
         report failed "publishing failed"
