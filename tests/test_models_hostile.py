@@ -26,6 +26,7 @@ from skeleton_app.errors import SkeletonError
 from skeleton_app.ops import models as mops
 from skeleton_app.ops.models import sync_models
 from skeleton_app.safepath import link_resolves_inside, name_problem
+from skeleton_app.tarcheck import TarGuard
 from skeleton_app.testbed import Testbed
 from tests.helpers import skeleton
 from tests.test_models import _chown_tree, models_root
@@ -207,6 +208,11 @@ def test_hostile_tar_stream_is_refused_on_the_targets(cluster: Cluster, testbed:
         assert r.data["status"] == "failed"
         assert f"{SOURCE} sent what its manifest does not list" in r.stderr, r.stderr
         assert "nothing was published" in r.stderr
+        # Relayed, the controller stops the stream at its first bad member; in a chain, each
+        # target's seal finds the listed file turned into a link.
+        assert ("./m/a is sent as tar type '2'" if relay
+                else "(m/weights.bin -> ../../../../.ssh/authorized_keys is not what the manifest"
+                ) in r.stderr, r.stderr
         assert home_snapshot(testbed, host, rel) == before[host], host
         assert nothing_published(testbed, host, rel)
         staging = models_root(testbed, host, rel) / ".skeleton-staging"
@@ -323,3 +329,44 @@ def test_listing_problems() -> None:
     assert "not listed" in (mops._listing_problem("m", {**honest, "q/f": st("f")}) or "")
     assert mops._listing_problem("", honest) is not None
     assert mops._listing_problem("m\n", honest) is not None
+
+
+def _tar_bytes(members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_guard_passes_the_listed_files_in_chunks_of_any_size(fmt: int) -> None:
+    long = "./m/" + "d" * 120 + "/w.bin"  # a GNU long name, or a ustar prefix
+    data = _tar_bytes([("./m/a", b"x" * 700), (long, b"y" * 3)], fmt)
+    allowed = {b"./m/a": 700, long.encode(): 3}
+    for size in (1, 7, 512, 1 << 20):
+        guard = TarGuard(allowed)
+        assert all(guard.feed(data[i:i + size]) is None for i in range(0, len(data), size))
+        assert guard.members == 2
+
+
+def test_tar_guard_stops_at_the_first_member_not_allowed() -> None:
+    ok = {b"./m/a": 3}
+    assert TarGuard(ok).feed(_tar_bytes([("./m/b", b"abc")])) == \
+        "./m/b is not a file this transfer asked for"
+    assert "manifest says 3" in (TarGuard(ok).feed(_tar_bytes([("./m/a", b"abcd")])) or "")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("./m/a")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "../../.."
+        tar.addfile(info)
+    assert "not a regular file" in (TarGuard(ok).feed(buf.getvalue()) or "")
+    broken = bytearray(_tar_bytes([("./m/a", b"abc")]))
+    broken[0:1] = b"X"  # the checksum no longer matches
+    assert TarGuard(ok).feed(bytes(broken)) == "a tar header with a bad checksum"
+    # Hidden after end-of-archive zeros: still checked.
+    hidden = bytes(1024) + _tar_bytes([("./m/evil", b"abc")])
+    assert "not a file this transfer asked for" in (TarGuard(ok).feed(hidden) or "")

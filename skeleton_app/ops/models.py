@@ -93,6 +93,7 @@ from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.safepath import name_problem, resolve_in_tree
 from skeleton_app.ssh import RunOptions, ssh_argv
+from skeleton_app.tarcheck import TarGuard
 from skeleton_app.transfers import build_rsync_argv, remote_spec
 
 __all__ = [
@@ -1185,9 +1186,21 @@ class _Sync:
         after this round (see `run`), naming it."""
         self.holders.remove(holder)
         self.offender = self.offender or holder.id
+        self._drop_staged(t)
         t.fail(f"{holder.id} sent what its manifest does not list ({why}): refused as hostile;"
                " nothing was published")
         self.progress(t, "failed", message=t.message)
+
+    def _drop_staged(self, t: _Target) -> None:
+        """Stop `t`'s transfers of this run and remove its staged copies (and what a hostile
+        stream may have left in them) with their stage claims."""
+        self._abort(t.node, t.job or "*")
+        if t.plan is None or not t.plan.names:
+            return
+        base = f"{self.paths[t.node.id]}/{STAGE}"
+        paths = [p for name in t.plan.names
+                 for p in (f"{base}/{name}", f"{base}/.manifests/{name}.json")]
+        self.remote.shell(t.node, "rm -rf -- " + shlex.join(paths))
 
     def _check_holder(self, holder: Node) -> None:
         r = self.remote.shell(holder, "true", timeout=self.settings.ssh.connect_timeout + 5)
@@ -1330,6 +1343,16 @@ class _Sync:
         job.absorb(facts)
         return ""
 
+    def _stream_guard(self, job: _Job) -> TarGuard:
+        """The members a relayed stream may hold: the job's files at the manifest's sizes."""
+        allowed: dict[bytes, int] = {}
+        for path in job.files:
+            name, rel = _split_name(path)
+            entry = self.manifests[name].entry(rel)
+            assert entry is not None
+            allowed[path.encode("utf-8", "surrogateescape")] = entry.size
+        return TarGuard(allowed)
+
     def _relay(self, job: _Job, holder: Node) -> str:
         """Stream a tar from the holder into every member through the controller: two (or
         more) SSH channels piped in memory, nothing written here."""
@@ -1376,10 +1399,18 @@ class _Sync:
             last = 0.0
             alive = dict(procs)
             out_fd = src.stdout.fileno()
+            guard = self._stream_guard(job)
             for chunk in iter(lambda: os.read(out_fd, RELAY_CHUNK), b""):
                 if time.monotonic() > deadline:
                     raise NodeError(NodeErrorKind.TIMEOUT, "relay exceeded its deadline",
                                     node=holder.id)
+                problem = guard.feed(chunk)
+                if problem is not None:
+                    # Not one byte of this chunk goes on; the receivers are killed below
+                    # (before their stream ends, so none of them seals).
+                    for t in job.members:
+                        job.reports[self.index[t.node.id]] = ("hostile", problem)
+                    return f"relay from {holder.id} stopped: {problem}"
                 for node_id, proc in list(alive.items()):
                     try:
                         assert proc.stdin is not None

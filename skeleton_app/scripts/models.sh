@@ -495,7 +495,7 @@ seal() {
         # link elsewhere: what the sender sent is not what it listed.
         without_sizes "$job/expect" >"$job/expect.nosize"
         odd=$(without_sizes "$job/staged" | comm -z -23 - "$job/expect.nosize" |
-            head -z -n 1 | tr '\0\001' '\n>')
+            head -z -n 1 | sed -z "s/$(printf '\001')/ -> /" | tr '\0' '\n')
         if [ -n "$odd" ]; then
             reject "${odd#? ./$STAGE/} is not what the manifest lists"
             return 0
