@@ -37,8 +37,11 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
 Integrity
 ---------
 * The source computes a **manifest** once per run: every file's relative path, size and
-  sha256, directories, and symlinks whose target stays inside the model (others are left out,
-  with a warning). Its digest identifies the model. Hashes are cached on the source keyed by
+  sha256, directories, and symlinks that resolve inside the model with every link of the
+  model followed (others are left out, with a warning; `skeleton_app.safepath`). Its digest
+  identifies the model. The source's listing is hostile input: a name `find` never prints
+  (absolute, "", "." or ".." components, control characters, an entry under a non-directory)
+  stops the run before anything moves, naming the source. Hashes are cached on the source keyed by
   size, mtime, ctime and inode (a write always changes ctime), so an unchanged multi-GB
   model is not re-read on every run; `verify=True` ignores that cache.
 * Each node keeps the manifest it published next to the model (`.skeleton-manifests/`). A
@@ -49,8 +52,13 @@ Integrity
 * Copies are built in `.skeleton-staging/NAME` next to the model. Unchanged files are hard
   links to the published copy (no bytes, no disk), missing ones are streamed. A file there at
   its full size is complete: tar and rsync `--append-verify` only ever append. Before it is
-  published the staged copy must match the manifest exactly (types, sizes, symlink targets;
-  `verify=True`: hashes of what was transferred too). Each receiver checks that itself when
+  published the staged copy must match the manifest exactly (types, sizes, symlink targets,
+  every link resolving inside, no transferred file a hard link, the sha256 of every
+  transferred file). A receiver's tar takes only the listed files from a stream, into
+  directories `prepare` made, and hashes them as they arrive; anything the manifest does not
+  list (a link for a file, an extra entry) is "hostile": the staged copy goes, nothing is
+  published and the run stops naming the sender. With `relay=True` the controller checks
+  every header it relays first (`skeleton_app.tarcheck`). Each receiver checks that itself when
   its stream ends, against the listing the controller uploaded with `prepare`, publishes, and
   reports back through the chain; the controller probes only the receivers that did not
   report success, deletes anything not in the manifest and publishes what is right.
