@@ -55,9 +55,9 @@ Integrity
   published the staged copy must match the manifest exactly (types, sizes, symlink targets,
   every link resolving inside, no transferred file a hard link, the sha256 of every
   transferred file). A receiver's tar takes only the listed files from a stream, into
-  directories `prepare` made, and hashes them as they arrive; anything the manifest does not
-  list (a link for a file, an extra entry) is "hostile": the staged copy goes, nothing is
-  published and the run stops naming the sender. With `relay=True` the controller checks
+  directories `prepare` made, and hashes them when the stream ends; anything the manifest
+  does not list (a link for a file, an extra entry) is "hostile": the staged copy goes,
+  nothing is published and the run stops naming the sender. With `relay=True` the controller checks
   every header it relays first (`skeleton_app.tarcheck`). Each receiver checks that itself when
   its stream ends, against the listing the controller uploaded with `prepare`, publishes, and
   reports back through the chain; the controller probes only the receivers that did not
