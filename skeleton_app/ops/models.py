@@ -41,9 +41,9 @@ Integrity
   model followed (others are left out, with a warning; `skeleton_app.safepath`). Its digest
   identifies the model. The source's listing is hostile input: a name `find` never prints
   (absolute, "", "." or ".." components, control characters, an entry under a non-directory)
-  stops the run before anything moves, naming the source. Hashes are cached on the source keyed by
-  size, mtime, ctime and inode (a write always changes ctime), so an unchanged multi-GB
-  model is not re-read on every run; `verify=True` ignores that cache.
+  stops the run before anything moves, naming the source. Hashes are cached on the source
+  keyed by size, mtime, ctime and inode (a write always changes ctime), so an unchanged
+  multi-GB model is not re-read on every run; `verify=True` ignores that cache.
 * Each node keeps the manifest it published next to the model (`.skeleton-manifests/`). A
   target is **up to date** when that claim has the source's digest and every file has the
   manifest's size (`verify=True`: and its sha256, re-hashed on the target). Up-to-date targets
@@ -57,11 +57,12 @@ Integrity
   transferred file). A receiver's tar takes only the listed files from a stream, into
   directories `prepare` made, and hashes them when the stream ends; anything the manifest
   does not list (a link for a file, an extra entry) is "hostile": the staged copy goes,
-  nothing is published and the run stops naming the sender. With `relay=True` the controller checks
-  every header it relays first (`skeleton_app.tarcheck`). Each receiver checks that itself when
-  its stream ends, against the listing the controller uploaded with `prepare`, publishes, and
-  reports back through the chain; the controller probes only the receivers that did not
-  report success, deletes anything not in the manifest and publishes what is right.
+  nothing is published and the run stops naming the sender. With `relay=True` the
+  controller checks every header it relays first (`skeleton_app.tarcheck`). Each receiver
+  checks all this itself when its stream ends, against the listing the controller uploaded
+  with `prepare`, publishes, and reports back through the chain; the controller probes only
+  the receivers that did not report success, deletes anything not in the manifest and
+  publishes what is right.
   Publishing swaps the copy into place with two renames, so a daemon never loads a partial
   model.
 * An interrupted run leaves its staging directory; the next run keeps every complete file and
@@ -1255,7 +1256,7 @@ class _Sync:
                 + "\n  esac\n}\n").encode()
 
     def _job_sh(self, job: str, nxt: Node | None, me: Node, extra: str = "") -> bytes:
-        head = f"ME={self.index[me.id]}\nVERIFY={1 if self.verify else 0}\nFINISH=1\n"
+        head = f"ME={self.index[me.id]}\nFINISH=1\n"
         if nxt is None:
             return (head + "HAS_NEXT=0\n" + extra).encode()
         command = self.remote.remote_command("recv", job)

@@ -10,7 +10,7 @@
 #     hops.sh   hop_connect IDX (open an OpenSSH control master to peer IDX, ~/RUN/cm-IDX)
 #               and hop_send IDX COMMAND (run COMMAND on peer IDX through that master)
 #     JOB/job.sh  one transfer job: HAS_NEXT=0|1, NEXT (peer index), NEXT_CMD (the recv
-#               command for it), ME (this node's index), VERIFY=0|1, FINISH=0|1 (clean up
+#               command for it), ME (this node's index), FINISH=0|1 (clean up
 #               RUN after publishing: reported as "F" NUL ME NUL) and, for pulls, PEER and
 #               pull_rsync [OPT...]
 # A receiver seals its own copy when its stream ends (see seal below), with JOB/pub.lst (the
