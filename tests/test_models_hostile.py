@@ -108,25 +108,28 @@ def _lying_find(real: Path) -> str:
             "esac\nexit $rc\n")
 
 
-@pytest.mark.parametrize("relay", [False, True], ids=["chain", "relay"])
+@pytest.mark.parametrize(("relay", "targets"), [
+    (False, TARGETS), (True, TARGETS), (False, ("node-05",)),
+], ids=["chain", "relay", "pull"])
 def test_lying_find_on_the_source_writes_nothing_outside(cluster: Cluster, testbed: Testbed,
-                                                          rel: str, relay: bool) -> None:
+                                                          rel: str, relay: bool,
+                                                          targets: tuple[str, ...]) -> None:
     _model_with_planted_key(testbed, rel)
-    before = {h: home_snapshot(testbed, h, rel) for h in TARGETS}
+    before = {h: home_snapshot(testbed, h, rel) for h in targets}
     keys = {h: (testbed.host(h).home / ".ssh" / "authorized_keys").read_bytes()
-            for h in TARGETS}
+            for h in targets}
     tb.plant_command(testbed, SOURCE, "/usr/bin/find",
                      _lying_find(tb.real_command(testbed, "/usr/bin/find")))
     try:
         with pytest.raises(SkeletonError) as caught:
-            sync_models(cluster, source_node=SOURCE, targets=cluster.select(list(TARGETS)),
+            sync_models(cluster, source_node=SOURCE, targets=cluster.select(list(targets)),
                         models_path=rel, model="m", relay=relay)
     finally:
         tb.unhide_command(testbed, SOURCE, "/usr/bin/find")
     message = str(caught.value)
     assert f"source node {SOURCE}" in message and "hostile" in message, message
     assert "nothing was transferred" in message
-    for host in TARGETS:
+    for host in targets:
         assert (testbed.host(host).home / ".ssh" / "authorized_keys").read_bytes() == keys[host]
         assert home_snapshot(testbed, host, rel) == before[host], host
         assert nothing_published(testbed, host, rel)
@@ -291,6 +294,30 @@ def test_honest_nested_links_leaving_the_model_are_left_out(cluster: Cluster,
                 if full.is_symlink():
                     resolved = Path(os.path.realpath(full))
                     assert resolved == copy.resolve() or copy.resolve() in resolved.parents
+
+
+@pytest.mark.parametrize("relay", [False, True], ids=["chain", "relay"])
+def test_honest_hard_links_and_odd_names_pass_the_checks(cluster: Cluster, testbed: Testbed,
+                                                         rel: str, relay: bool) -> None:
+    """Two names of one file (sent as two files), names tar would read as patterns or
+    escapes: an honest model is not taken for a hostile one."""
+    model = models_root(testbed, "node-06", rel) / "m"
+    (model / "d[1]").mkdir(parents=True)
+    (model / "w.bin").write_bytes(os.urandom(40 * 1024))
+    os.link(model / "w.bin", model / "d[1]" / "same.bin")
+    (model / "st*r").write_text("star\n")
+    (model / "back\\slash").write_text("backslash\n")
+    _chown_tree(testbed.host("node-06").app_dir)
+    result = sync_models(cluster, source_node="node-06",
+                         targets=cluster.select(["node-0[2-4]"]), models_path=rel, model="m",
+                         relay=relay)
+    assert result.exit_code() == 0, result.to_json()
+    for host in ("node-02", "node-03", "node-04"):
+        copy = models_root(testbed, host, rel) / "m"
+        assert sorted(p.name for p in copy.iterdir()) == ["back\\slash", "d[1]", "st*r",
+                                                          "w.bin"]
+        assert (copy / "d[1]" / "same.bin").read_bytes() == (model / "w.bin").read_bytes()
+        assert (copy / "st*r").read_text() == "star\n"
 
 
 # ---------------------------------------------------------------------------- pure parts
