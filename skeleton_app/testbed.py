@@ -72,6 +72,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -737,6 +738,29 @@ def unhide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["umount", path])
 
 
+def real_command(testbed: Testbed, path: str) -> Path:
+    """A copy of the binary `path` (e.g. /usr/bin/find) that every host can run: what a
+    command planted over `path` calls to do the real work."""
+    if not os.path.isabs(path):
+        raise UsageError(f"real_command needs an absolute path, got {path!r}")
+    copy = testbed.state_dir / "real" / os.path.basename(path)
+    if not copy.exists():
+        copy.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
+    return copy
+
+
+def plant_command(testbed: Testbed, host_id: str, path: str, script: str) -> None:
+    """Make the shell script `script` answer for `path` (e.g. a lying /usr/bin/find) inside
+    one host only, until `unhide_command`: a compromised node, for tests."""
+    if not os.path.isabs(path):
+        raise UsageError(f"plant_command needs an absolute path, got {path!r}")
+    planted = testbed.state_dir / "planted" / host_id / os.path.basename(path)
+    planted.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _write(planted, script, 0o755)
+    host_exec(testbed, host_id, ["mount", "--bind", str(planted), path])
+
+
 # ---------------------------------------------------------------------------- up, step by step
 
 
@@ -943,6 +967,7 @@ def _claim(instance: int | None, state: Path | None) -> tuple[int, Path]:
 
 
 def _claim_state_dir(state: Path) -> None:
+    _check_private_dir(state)
     if _read_state(state) is not None or (state / _STATE_MARKER).exists():
         raise TestbedError(
             f"a testbed already exists in {state}: run `skeleton testbed down` first"
@@ -953,6 +978,25 @@ def _claim_state_dir(state: Path) -> None:
     # Others must traverse it: PostgreSQL runs as `postgres` in STATE/db.
     os.chmod(state, 0o755)
     (state / _STATE_MARKER).write_text("skeleton testbed state; removed by `down`\n")
+
+
+def _check_private_dir(state: Path) -> None:
+    """Refuse a state dir (the default is a fixed name under /tmp) that another user made or
+    can write to: it will hold the cluster's private key, and root writes into it."""
+    try:
+        st = state.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symlink"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not by this user"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise TestbedError(f"testbed state dir {state} {problem}: refusing it; remove it or give"
+                       " another one (--dir, $SKELETON_TESTBED_DIR)")
 
 
 def _release_state_dir(state: Path) -> None:

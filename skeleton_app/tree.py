@@ -8,14 +8,23 @@ by size, mtime, ctime, inode and device: any write to a file changes its ctime. 
 index, an entry is not cached while its times are within `_RACY` seconds of now (a second
 write in the same clock tick would leave them unchanged), so it is hashed again next time;
 nor is one whose ctime has no sub-second part (a file system with coarse timestamps).
+
+The cache directory is trusted only when it is private: created 0700, and refused (one line,
+UsageError) when it is a symlink, not ours, or writable by group or others — another user
+able to write there could plant symlinks named like our temporary files and make a root
+deploy overwrite any file. Everything in it is opened relative to the directory's own
+descriptor with O_NOFOLLOW (temporary files also O_EXCL), so nothing it holds is followed,
+and a cache file that is not a regular file of ours, or does not parse, is a miss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -85,8 +94,18 @@ def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = (), *,
     """Digest of `root` as rsync (-rlpt, these excludes) would send it. UsageError if a file
     cannot be read: rsync could not send it either. `cache=False` reads every file."""
     exclude = tuple(exclude)
-    cache_file = _cache_file(root, exclude) if cache else None
-    known = _load(cache_file) if cache_file else {}
+    cache_fd = _open_cache_dir(cache_dir()) if cache else None
+    try:
+        return _digest(root, exclude, cache_fd)
+    finally:
+        if cache_fd is not None:
+            os.close(cache_fd)
+
+
+def _digest(root: str | os.PathLike[str], exclude: tuple[str, ...],
+            cache_fd: int | None) -> TreeDigest:
+    cache_file = _cache_name(root, exclude)
+    known = _load(cache_fd, cache_file) if cache_fd is not None else {}
     keep: dict[str, list[Any]] = {}
     hashed = False
     racy_after = (time.time() - _RACY) * 1e9
@@ -115,8 +134,8 @@ def tree_digest(root: str | os.PathLike[str], exclude: Iterable[str] = (), *,
             h.update(digest)
             count += 1
             total += st.st_size
-    if cache_file and (hashed or len(keep) != len(known)):
-        _save(cache_file, keep)
+    if cache_fd is not None and (hashed or len(keep) != len(known)):
+        _save(cache_fd, cache_file, keep)
     return TreeDigest(h.hexdigest(), count, total)
 
 
@@ -161,16 +180,51 @@ def cache_dir() -> Path:
     return Path(base) / "skeleton_app"
 
 
-def _cache_file(root: str | os.PathLike[str], exclude: tuple[str, ...]) -> Path:
+def _open_cache_dir(path: Path) -> int:
+    """A descriptor of the cache directory `path`, made 0700 if missing (its missing parents
+    too, as the XDG spec asks). UsageError when it is a symlink, not a directory, owned by
+    another user or writable by group or others: its contents could not be trusted."""
+    with contextlib.suppress(OSError):  # the open below says what is wrong
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "is a symlink" if os.path.islink(path) else exc.strerror
+        raise UsageError(f"hash cache directory {path} {why}: refusing to use it; set"
+                         " XDG_CACHE_HOME to a private directory") from None
+    st = os.fstat(fd)
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem is not None:
+        os.close(fd)
+        raise UsageError(f"hash cache directory {path} {problem}: refusing to use it; make"
+                         " it private (chmod 700) or set XDG_CACHE_HOME elsewhere")
+    return fd
+
+
+def _cache_name(root: str | os.PathLike[str], exclude: tuple[str, ...]) -> str:
     name = hashlib.sha256(
         json.dumps([os.path.abspath(root), exclude]).encode()).hexdigest()[:24]
-    return cache_dir() / f"tree-{name}.json"
+    return f"tree-{name}.json"
 
 
-def _load(path: Path) -> dict[str, list[Any]]:
-    """The cached entries, or none when the file is missing, unreadable or not ours."""
+def _load(dir_fd: int, name: str) -> dict[str, list[Any]]:
+    """The cached entries, or none when the file is missing, unreadable, not a regular file
+    of ours (never followed if a symlink) or not ours in format."""
     try:
-        data = json.loads(path.read_bytes())
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                return {}
+            data = json.loads(f.read())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
@@ -179,22 +233,36 @@ def _load(path: Path) -> dict[str, list[Any]]:
     return files if isinstance(files, dict) else {}
 
 
-def _save(path: Path, files: dict[str, list[Any]]) -> None:
-    """Write atomically; a cache that cannot be written only costs time."""
+def _save(dir_fd: int, name: str, files: dict[str, list[Any]]) -> None:
+    """Write atomically; a cache that cannot be written only costs time. The temporary file
+    is new (O_EXCL), never a symlink (O_NOFOLLOW), and rename() replaces whatever sits at
+    `name` without following it."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
     with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"format": _CACHE_FORMAT, "files": files}))
-        os.replace(tmp, path)
-        _prune(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"format": _CACHE_FORMAT, "files": files}))
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        _prune(dir_fd)
 
 
-def _prune(directory: Path) -> None:
+def _prune(dir_fd: int) -> None:
     """Remove caches of trees not deployed for a month, and temporary files a day old (a
     process that ended while writing one)."""
     now = time.time()
-    for pattern, age in (("tree-*.json", _CACHE_MAX_AGE), (".tree-*.json.*", 86400)):
-        for old in directory.glob(pattern):
-            with contextlib.suppress(OSError):
-                if old.stat().st_mtime < now - age:
-                    old.unlink()
+    for name in os.listdir(dir_fd):
+        if fnmatch.fnmatchcase(name, "tree-*.json"):
+            age = _CACHE_MAX_AGE
+        elif fnmatch.fnmatchcase(name, ".tree-*.json.*"):
+            age = 86400
+        else:
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < now - age:
+                os.unlink(name, dir_fd=dir_fd)

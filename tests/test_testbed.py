@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import socket
 import subprocess
@@ -473,6 +474,30 @@ def test_up_refuses_an_existing_testbed(testbed: Testbed) -> None:
         tb_mod.up(2, state_dir="/tmp/skeleton-testbed-never-used", instance=testbed.instance)
     assert not Path("/tmp/skeleton-testbed-never-used").exists()
     assert all(r.reachable for r in tb_mod.status(testbed.state_dir))  # untouched
+
+
+def test_up_refuses_a_state_dir_another_user_made(testbed: Testbed, tmp_path: Path) -> None:
+    """The default state dir is a fixed name under /tmp: another user could make it first and
+    plant links where root will write the cluster's private key."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    nobody = pwd.getpwnam("nobody")
+    planted = Path(f"/tmp/skeleton-testbed-planted-{os.getpid()}")
+    planted.mkdir(mode=0o777)
+    try:
+        planted.chmod(0o777)
+        os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+        os.symlink(secret, planted / "id_ed25519")
+        with pytest.raises(TestbedError, match=r"owned by uid \d+, not by this user: refusing it"):
+            tb_mod.up(2, state_dir=planted, instance=testbed.instance)
+        os.chown(planted, 0, 0)
+        with pytest.raises(TestbedError, match="writable by group or others"):
+            tb_mod.up(2, state_dir=planted, instance=testbed.instance)
+        assert secret.read_text() == "root only\n"
+    finally:
+        (planted / "id_ed25519").unlink()
+        planted.rmdir()
 
 
 def test_up_rejects_bad_arguments() -> None:

@@ -23,7 +23,8 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
   the data path waits for a handshake.
 * A target that needs a set of files of its own (it was interrupted, or a file of it is
   corrupt) **pulls** them with rsync from a holder: `--append-verify` resumes a half-written
-  file where it stopped, `--safe-links` keeps a peer's symlinks inside the model.
+  file where it stopped; only regular files are taken from the peer (`--no-links`), the
+  directories and symlinks are the ones `prepare` made from the manifest.
 * Every target that completes is published and **becomes a holder**: later jobs (the next
   round after a failure, single-target pulls waiting for a free sender) take the least
   loaded holder. Each holder serves at most `streams_per_sender` streams at once, and every
@@ -36,10 +37,13 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
 Integrity
 ---------
 * The source computes a **manifest** once per run: every file's relative path, size and
-  sha256, directories, and symlinks whose target stays inside the model (others are left out,
-  with a warning). Its digest identifies the model. Hashes are cached on the source keyed by
-  size, mtime, ctime and inode (a write always changes ctime), so an unchanged multi-GB
-  model is not re-read on every run; `verify=True` ignores that cache.
+  sha256, directories, and symlinks that resolve inside the model with every link of the
+  model followed (others are left out, with a warning; `skeleton_app.safepath`). Its digest
+  identifies the model. The source's listing is hostile input: a name `find` never prints
+  (absolute, "", "." or ".." components, control characters, an entry under a non-directory)
+  stops the run before anything moves, naming the source. Hashes are cached on the source
+  keyed by size, mtime, ctime and inode (a write always changes ctime), so an unchanged
+  multi-GB model is not re-read on every run; `verify=True` ignores that cache.
 * Each node keeps the manifest it published next to the model (`.skeleton-manifests/`). A
   target is **up to date** when that claim has the source's digest and every file has the
   manifest's size (`verify=True`: and its sha256, re-hashed on the target). Up-to-date targets
@@ -48,11 +52,17 @@ Integrity
 * Copies are built in `.skeleton-staging/NAME` next to the model. Unchanged files are hard
   links to the published copy (no bytes, no disk), missing ones are streamed. A file there at
   its full size is complete: tar and rsync `--append-verify` only ever append. Before it is
-  published the staged copy must match the manifest exactly (types, sizes, symlink targets;
-  `verify=True`: hashes of what was transferred too). Each receiver checks that itself when
-  its stream ends, against the listing the controller uploaded with `prepare`, publishes, and
-  reports back through the chain; the controller probes only the receivers that did not
-  report success, deletes anything not in the manifest and publishes what is right.
+  published the staged copy must match the manifest exactly (types, sizes, symlink targets,
+  every link resolving inside, no transferred file a hard link, the sha256 of every
+  transferred file). A receiver's tar takes only the listed files from a stream, into
+  directories `prepare` made, and hashes them when the stream ends; anything the manifest
+  does not list (a link for a file, an extra entry) is "hostile": the staged copy goes,
+  nothing is published and the run stops naming the sender. With `relay=True` the
+  controller checks every header it relays first (`skeleton_app.tarcheck`). Each receiver
+  checks all this itself when its stream ends, against the listing the controller uploaded
+  with `prepare`, publishes, and reports back through the chain; the controller probes only
+  the receivers that did not report success, deletes anything not in the manifest and
+  publishes what is right.
   Publishing swaps the copy into place with two renames, so a daemon never loads a partial
   model.
 * An interrupted run leaves its staging directory; the next run keeps every complete file and
@@ -90,7 +100,9 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.safepath import name_problem, resolve_in_tree
 from skeleton_app.ssh import RunOptions, ssh_argv
+from skeleton_app.tarcheck import TarGuard
 from skeleton_app.transfers import build_rsync_argv, remote_spec
 
 __all__ = [
@@ -206,6 +218,8 @@ class Manifest:
             entries = []
             for item in data["entries"]:
                 path, kind = str(item[0]), str(item[1])
+                if name_problem(path) is not None:
+                    return None, {}
                 if kind == "f":
                     entries.append(Entry(path, "f", int(item[2]), str(item[3])))
                 elif kind == "l":
@@ -295,12 +309,33 @@ def _node_path(name: str, rel: str, *, staged: bool = False) -> str:
     return f"{base}/{rel}" if rel else base
 
 
-def _link_is_safe(rel: str, target: str) -> bool:
-    """A symlink at `rel` (relative to the model root) pointing at `target` stays inside."""
-    if not target or target.startswith("/"):
-        return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    return resolved != ".." and not resolved.startswith("../")
+def _link_is_safe(rel: str, target: str, links: Mapping[str, str] | None = None) -> bool:
+    """A symlink at `rel` (relative to the model root) pointing at `target` stays inside the
+    model, with every other symlink of the model (`links`: path -> target) followed on the
+    way, as the kernel of a target will follow them."""
+    return resolve_in_tree(rel, {**(links or {}), rel: target}) is not None
+
+
+def _listing_problem(name: str, tree: Mapping[str, _Stat]) -> str | None:
+    """What in the source's listing of model `name` (`tree`: path relative to the model ->
+    stat) `find -P` could never have printed: a name with an absolute path, an empty, "." or
+    ".." component or a control character, or an entry under something that is not a listed
+    directory (find does not descend into symlinks). Only a lying source sends these."""
+    problem = name_problem(name)
+    if problem is not None or not name or "/" in name:
+        return f"the model name {name!r} has {problem or 'a slash'}"
+    for rel in tree:
+        problem = name_problem(rel)
+        if problem is not None:
+            return f"{name}/{rel!r} has {problem}"
+        if not rel:
+            continue
+        parent = rel.rpartition("/")[0]
+        above = tree.get(parent)
+        if above is None or above.kind != "d":
+            what = "not listed" if above is None else "not a directory"
+            return f"{name}/{rel} lies under {name}/{parent}, which is {what}"
+    return None
 
 
 # ---------------------------------------------------------------------------- node answers
@@ -780,6 +815,7 @@ class _Sync:
         self.source_claims: dict[str, bytes] = {}
         self.warnings: list[str] = []
         self._active_jobs = 0
+        self.offender: str | None = None  # a holder that broke its manifest (run_job)
         self._warm_wait: Callable[[], None] = lambda: None
         self._early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early")
         self._jobs_lock = threading.Lock()
@@ -845,6 +881,9 @@ class _Sync:
             raise UsageError(f"the models directory {where} does not exist on the source node"
                              f" {src.id}")
         names = self._model_names(facts, where)
+        for name in names:
+            # Before anything is hashed or planned (checked again on the final listing).
+            self._refuse_listing(name, _under(facts.entries, name))
         kinds: dict[str, str] = {}
         claims: dict[str, tuple[Manifest | None, dict[str, Any]]] = {}
         to_hash: list[str] = []
@@ -914,12 +953,24 @@ class _Sync:
             raise UsageError(f"no models in {where} on the source node {src}")
         return names
 
+    def _refuse_listing(self, name: str, tree: Mapping[str, _Stat]) -> None:
+        """Stop the run, naming the source, when its listing is one no honest node sends: a
+        name built to lead outside the model must never reach a target's mkdir, ln or tar."""
+        problem = _listing_problem(name, tree)
+        if problem is not None:
+            raise SkeletonError(
+                f"source node {self.source.id} sent a listing that find never prints"
+                f" ({problem}): refused as hostile; nothing was transferred")
+
     def _manifest(self, name: str, kind: str, facts: _Facts, hashes: Mapping[str, str],
                   cache: Mapping[str, Any]) -> Manifest:
         entries: list[Entry] = []
         stat: dict[str, Any] = {}
         where = self.paths[self.source.id]
-        for rel, st in _under(facts.entries, name).items():
+        tree = _under(facts.entries, name)
+        self._refuse_listing(name, tree)
+        links = {rel: st.target for rel, st in tree.items() if st.kind == "l"}
+        for rel, st in tree.items():
             full = f"{name}/{rel}" if rel else name
             if st.kind == "d":
                 entries.append(Entry(rel, "d"))
@@ -933,7 +984,7 @@ class _Sync:
                                     " nothing was transferred")
                 entries.append(Entry(rel, "f", st.size, sha))
                 stat[full] = {"key": list(st.key), "sha256": sha}
-            elif st.kind == "l" and _link_is_safe(rel, st.target):
+            elif st.kind == "l" and _link_is_safe(rel, st.target, links):
                 entries.append(Entry(rel, "l", target=st.target))
             elif st.kind == "l":
                 self.warnings.append(f"{where}/{full} on {self.source.id} is a symlink leading"
@@ -1122,16 +1173,43 @@ class _Sync:
         unsealed = []
         self.remote.finished(t.node for t in job.members
                              if self.index[t.node.id] in job.finished)
+        states = {self.index[t.node.id]: job.reports.get(self.index[t.node.id], ("", ""))
+                  for t in job.members}
+        hostile = next((why for state, why in states.values() if state == "hostile"), None)
         for t in job.members:
             t.via.append(f"{how} {holder.id}")
-            state, why = job.reports.get(self.index[t.node.id], ("", ""))
+            state, why = states[self.index[t.node.id]]
             if state == "published":
                 self._published(t, elapsed)
+            elif hostile is not None:
+                self._refuse_sender(t, holder, why if state == "hostile" else hostile)
             else:
                 unsealed.append(t)
                 note = note or why
         # Members that did not publish themselves: find out why, and publish what is right.
         self.parallel(lambda t: self.finalize(t, job, elapsed, note), unsealed)
+
+    def _refuse_sender(self, t: _Target, holder: Node, why: str) -> None:
+        """`holder` sent `t` (or a member of its job) something its manifest does not list:
+        nothing of the job is published, the holder serves nobody else, and the run stops
+        after this round (see `run`), naming it."""
+        self.holders.remove(holder)
+        self.offender = self.offender or holder.id
+        self._drop_staged(t)
+        t.fail(f"{holder.id} sent what its manifest does not list ({why}): refused as hostile;"
+               " nothing was published")
+        self.progress(t, "failed", message=t.message)
+
+    def _drop_staged(self, t: _Target) -> None:
+        """Stop `t`'s transfers of this run and remove its staged copies (and what a hostile
+        stream may have left in them) with their stage claims."""
+        self._abort(t.node, t.job or "*")
+        if t.plan is None or not t.plan.names:
+            return
+        base = f"{self.paths[t.node.id]}/{STAGE}"
+        paths = [p for name in t.plan.names
+                 for p in (f"{base}/{name}", f"{base}/.manifests/{name}.json")]
+        self.remote.shell(t.node, "rm -rf -- " + shlex.join(paths))
 
     def _check_holder(self, holder: Node) -> None:
         r = self.remote.shell(holder, "true", timeout=self.settings.ssh.connect_timeout + 5)
@@ -1178,7 +1256,7 @@ class _Sync:
                 + "\n  esac\n}\n").encode()
 
     def _job_sh(self, job: str, nxt: Node | None, me: Node, extra: str = "") -> bytes:
-        head = f"ME={self.index[me.id]}\nVERIFY={1 if self.verify else 0}\nFINISH=1\n"
+        head = f"ME={self.index[me.id]}\nFINISH=1\n"
         if nxt is None:
             return (head + "HAS_NEXT=0\n" + extra).encode()
         command = self.remote.remote_command("recv", job)
@@ -1197,19 +1275,18 @@ class _Sync:
                 text = {"f": f"f {e.size} {path}", "d": f"d {path}",
                         "l": f"l {path}\x01{e.target}"}[e.kind]
                 records.append(text.encode("utf-8", "surrogateescape") + b"\0")
-        files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names)}
-        if self.verify:
-            sums, paths = [], []
-            for path, _, _ in plan.need:
-                name, rel = _split_name(path)
-                entry = self.manifests[name].entry(rel)
-                assert entry is not None
-                staged = _node_path(name, rel, staged=True)
-                paths.append(staged)
-                sums.append(f"{entry.sha256}  {staged}".encode("utf-8", "surrogateescape")
-                            + b"\0")
-            files["verify.lst"] = _nul_list(paths)
-            files["expect.sha"] = b"".join(sorted(sums))
+        files = {"expect": b"".join(sorted(records)), "pub.lst": _nul_list(plan.names),
+                 # the only members its tar extracts from a stream (models.sh extract)
+                 "recv.lst": _nul_list(p for p, _, _ in plan.need)}
+        # Every transferred file is checked against its sha256 before publishing, --verify
+        # or not: the stream may have passed through other peers of the chain.
+        sums = []
+        for path, _, _ in plan.need:
+            name, rel = _split_name(path)
+            entry = self.manifests[name].entry(rel)
+            assert entry is not None
+            sums.append(f"{entry.sha256}  {path}".encode("utf-8", "surrogateescape") + b"\0")
+        files["expect.sha"] = b"".join(sorted(sums))
         for name in plan.names:
             files[f"fclaims/{name}.json"] = self.manifests[name].to_json()
         return files
@@ -1253,7 +1330,10 @@ class _Sync:
             [remote_spec(holder.host, self.paths[holder.id] + "/")], f"./{STAGE}/",
             rsh=rsh, compress=False, partial_dir=None, protect_args="-s",
             io_timeout=max(30, int(ssh.keepalive * 10)),
-            rsync_opts=["--safe-links", "--append-verify", "--from0"],
+            # Only the listed regular files come: the holder may be a hostile source, and a
+            # symlink (even a "safe" one: a chain of them leads anywhere) or a directory
+            # entry of its choosing must not replace the real directories prepare made.
+            rsync_opts=["--no-links", "--no-implied-dirs", "--append-verify", "--from0"],
         )
         split = argv.index("--")
         job_sh = self._job_sh(job.id, None, t.node, extra=(
@@ -1271,6 +1351,16 @@ class _Sync:
             poller.stop()
         job.absorb(facts)
         return ""
+
+    def _stream_guard(self, job: _Job) -> TarGuard:
+        """The members a relayed stream may hold: the job's files at the manifest's sizes."""
+        allowed: dict[bytes, int] = {}
+        for path in job.files:
+            name, rel = _split_name(path)
+            entry = self.manifests[name].entry(rel)
+            assert entry is not None
+            allowed[path.encode("utf-8", "surrogateescape")] = entry.size
+        return TarGuard(allowed)
 
     def _relay(self, job: _Job, holder: Node) -> str:
         """Stream a tar from the holder into every member through the controller: two (or
@@ -1318,10 +1408,18 @@ class _Sync:
             last = 0.0
             alive = dict(procs)
             out_fd = src.stdout.fileno()
+            guard = self._stream_guard(job)
             for chunk in iter(lambda: os.read(out_fd, RELAY_CHUNK), b""):
                 if time.monotonic() > deadline:
                     raise NodeError(NodeErrorKind.TIMEOUT, "relay exceeded its deadline",
                                     node=holder.id)
+                problem = guard.feed(chunk)
+                if problem is not None:
+                    # Not one byte of this chunk goes on; the receivers are killed below
+                    # (before their stream ends, so none of them seals).
+                    for t in job.members:
+                        job.reports[self.index[t.node.id]] = ("hostile", problem)
+                    return f"relay from {holder.id} stopped: {problem}"
                 for node_id, proc in list(alive.items()):
                     try:
                         assert proc.stdin is not None
@@ -1384,10 +1482,9 @@ class _Sync:
         if plan is None or t.status != "pending":
             return
         names = plan.names
-        files: dict[str, bytes] = {}
-        if self.verify:
-            files["hash.lst"] = _nul_list(
-                _node_path(*_split_name(p), staged=True) for p in job.files)
+        # What was transferred is hashed, --verify or not (see _seal_files).
+        files = {"hash.lst": _nul_list(_node_path(*_split_name(p), staged=True)
+                                       for p in job.files)}
         self.progress(t, "verify", job.total, job.total)
         facts = self._call_or_fail(t, "probe", names, files=files,
                                    timeout=self.deadline(job.total, HASH_RATE))
@@ -1396,21 +1493,24 @@ class _Sync:
         t.facts = facts
         problems: list[str] = []
         strays: list[str] = []
+        corrupt: list[str] = []
         transferred = set(job.files)
         for name in names:
             man = self.manifests[name]
             staged = _under(facts.entries, f"{STAGE}/{name}")
-            hashes = None
-            if self.verify:
-                hashes = {}
-                for rel in (e.path for e in man.entries if e.kind == "f"):
-                    key = _strip_dot(_node_path(name, rel, staged=True))
-                    if _node_path(name, rel) in transferred:
-                        hashes[key] = facts.hashes.get(key, "")
-                    else:
-                        entry = man.entry(rel)
-                        hashes[key] = entry.sha256 if entry else ""  # checked before linking
+            hashes: dict[str, str] = {}
+            for rel in (e.path for e in man.entries if e.kind == "f"):
+                key = _strip_dot(_node_path(name, rel, staged=True))
+                if _node_path(name, rel) in transferred:
+                    hashes[key] = facts.hashes.get(key, "")
+                else:
+                    entry = man.entry(rel)
+                    hashes[key] = entry.sha256 if entry else ""  # checked before linking
             wrong = _matches(staged, man, hashes, f"{STAGE}/{name}")
+            corrupt += [f"{self.paths[t.node.id]}/{_node_path(name, rel, staged=True)[2:]}"
+                        for rel in wrong
+                        if _node_path(name, rel) in transferred
+                        and _full_size(staged.get(rel), man.entry(rel))]
             want = {e.path for e in man.entries}
             strays += [_node_path(name, rel, staged=True) for rel in wrong if rel not in want]
             problems += [f"{name}/{rel}" if rel else name for rel in wrong if rel in want]
@@ -1418,6 +1518,9 @@ class _Sync:
             shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more"
                                                if len(problems) > 3 else "")
             t.message = (note + "; " if note else "") + f"incomplete after transfer: {shown}"
+            if corrupt:
+                # Full size, wrong content: a later round would take them for complete.
+                self.remote.shell(t.node, "rm -f -- " + shlex.join(corrupt))
             if job.mode in ("chain", "relay"):
                 # A receiver behind a dead node may still wait for the rest of its stream:
                 # stop it before the next round writes into the same staging directory.
@@ -1456,6 +1559,12 @@ class _Sync:
                     self.replan(pending)
                 self.run_jobs(self.prepare(pending))
                 pending = [t for t in self.targets if t.status == "pending"]
+                if self.offender is not None:
+                    for t in pending:
+                        t.fail(f"not synced: {self.offender} sent what its manifest does not"
+                               " list; the run was stopped")
+                        self.progress(t, "failed", message=t.message)
+                    pending = []
             for t in pending:
                 t.fail(t.message or "did not complete", t.error_kind)
                 self.progress(t, "failed", message=t.message)
@@ -1509,6 +1618,12 @@ class _Sync:
                               duration=t.seconds, data=data)
         return NodeResult(node=t.node.id, exit_code=1, stderr=t.message + "\n",
                           duration=t.seconds, data=data)
+
+
+def _full_size(st: _Stat | None, entry: Entry | None) -> bool:
+    """A staged regular file at the manifest's size (complete, so its hash was compared)."""
+    return (st is not None and entry is not None and st.kind == entry.kind == "f"
+            and st.size == entry.size)
 
 
 def _split_name(path: str) -> tuple[str, str]:
