@@ -48,6 +48,7 @@ from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.ops.daemon import control_node
 from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.secret_scan import scan_tree
 from skeleton_app.transfers import (
     DEFAULT_PARTIAL_DIR,
     FileChange,
@@ -242,9 +243,11 @@ class DeployPlan:
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
          dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
          checksum: bool = False, force: bool = False, restart: bool = False,
-         lock_wait: float = LOCK_WAIT, digest: bool = True) -> DeployPlan:
+         lock_wait: float = LOCK_WAIT, digest: bool = True,
+         allow_secrets: bool = False) -> DeployPlan:
     """Resolve and check the arguments (UsageError, nothing touched) and digest the tree
-    (unless `digest` is false)."""
+    (unless `digest` is false). A tree holding private key material is refused (UsageError
+    naming the files) unless `allow_secrets`: see skeleton_app.secret_scan."""
     settings = cluster.settings
     src = _resolve_source(source, settings.deploy.source, settings.source)
     if dest is not None:
@@ -257,6 +260,10 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
                     if d and not d.startswith("/"))
     owner = _owner()
     digest_excludes = (*exclude, f"{DEFAULT_PARTIAL_DIR}/")
+    if not allow_secrets:
+        found = scan_tree(src, digest_excludes)
+        if found.files:
+            raise UsageError(found.refusal())
     tree = tree_digest(src, digest_excludes) if digest and not dry_run else None
     return DeployPlan(
         source=src, dest=dest, exclude=exclude, filters=filters,
@@ -281,6 +288,7 @@ def deploy(
     lock_wait: float = LOCK_WAIT,
     fanout: int | None = None,
     on_result: Callable[[NodeResult], None] | None = None,
+    allow_secrets: bool = False,
 ) -> ClusterResult:
     """Push `source` (default `deploy.source`) to `dest` (default each node's app dir) on
     every node in parallel, bounded by fanout. One node's failure never stops the others.
@@ -291,7 +299,8 @@ def deploy(
     `data` holds `changes` (path, kind, item, size), `files_changed`, `bytes_sent`, `stats`.
     """
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
-             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False)
+             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False,
+             allow_secrets=allow_secrets)
     # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
     # more than those two). A tree that cannot be read fails here, before any node is
     # touched; the warm-up threads then end on their own.
