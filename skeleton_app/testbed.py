@@ -50,9 +50,14 @@ Choices documented here:
 
 * `up` on a state dir that holds a testbed raises TestbedError ("run `skeleton testbed down`
   first"); it is not idempotent, because a half-alive leftover is better removed than reused.
-* The daemon runs with the controller's own interpreter (`sys.executable`). `up` checks that
-  the `skeleton` user can run it (a virtualenv under /root, mode 700, cannot be); if not, it
-  raises a TestbedError naming the directory rather than re-exposing paths inside each host.
+* The daemon runs from the host's own `app/.venv`, which `skeleton cluster bootstrap` makes
+  (as on a real node); the config names the checkout's `.wheelhouse` when ./scripts/setup
+  built one, so that works without network. Each host's PID 1 is the controller's
+  interpreter (`sys.executable`, `-I -S`), and tests still run it inside hosts: `up` checks
+  that the `skeleton` user can run it (a virtualenv under /root, mode 700, cannot be); if
+  not, it raises a TestbedError naming the directory rather than re-exposing paths.
+* `deploy.source` is always explicit: the checkout, or STATE/app for an installed package
+  (never the state dir, which holds the controller's private key).
 * Hosts share /tmp, /run and /var with the machine (only their home differs): the state dir
   lives in /tmp and sshd must read its host key from there.
 * Argument errors (count, names, instance, rate, unknown host) are UsageError/SelectionError;
@@ -109,6 +114,7 @@ __all__ = [
     "link_up",
     "load",
     "netns_name",
+    "replace_command",
     "require_root",
     "set_rate",
     "small_disk",
@@ -124,6 +130,7 @@ __all__ = [
 USER = "skeleton"  # the login user on every test host
 HOME = "/home/skeleton"
 APP_DIR = "/home/skeleton/app"
+WHEELHOUSE = ".wheelhouse"  # in a checkout: wheels ./scripts/setup pre-builds for bootstrap
 SSHD = "/usr/sbin/sshd"
 SUBNET_PREFIX = "10.213"  # 10.213.INSTANCE.0/24: nothing else on these machines uses it
 MAX_INSTANCE = 200
@@ -718,6 +725,16 @@ def hide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["mount", "--bind", str(script), path])
 
 
+def replace_command(testbed: Testbed, host_id: str, path: str, script: str) -> None:
+    """Make `path` run `script` (a `#!` script) on one host: e.g. a python3 that is too old.
+    `unhide_command` undoes it."""
+    if not os.path.isabs(path):
+        raise UsageError(f"replace_command needs an absolute path, got {path!r}")
+    fake = testbed.state_dir / f"replaced-{host_id}-{os.path.basename(path)}"
+    _write(fake, script, 0o755)
+    host_exec(testbed, host_id, ["mount", "--bind", str(fake), path])
+
+
 def unhide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["umount", path])
 
@@ -1225,23 +1242,44 @@ def _write_config(tb: Testbed) -> None:
         config["registry"] = {"dsn": tb.db.host_dsn}
     config["daemon"] = {
         "manager": "process",
-        # The hosts share /tmp with the controller, so the daemon reads this very file
-        # (a real node reads the config.yaml deployed with the code).
-        "command": (f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run"
+        # From the virtualenv `skeleton cluster bootstrap` makes in the host's app dir, as on
+        # a real node. The hosts share /tmp with the controller, so the daemon reads this
+        # very file (a real node reads the config.yaml deployed with the code).
+        "command": (".venv/bin/python -m skeleton_app daemon run"
                     f" --config {shlex.quote(str(tb.config_path))}"),
     }
-    # Deploy this very project: a relative `deploy.source` would mean the state dir.
-    project = Path(__file__).resolve().parents[1]
-    if (project / "pyproject.toml").is_file():
-        from skeleton_app.config import DeploySettings
-
-        config["deploy"] = {"source": str(project), "exclude": [
-            *DeploySettings().exclude, ".pytest_cache/", ".ruff_cache/", ".mypy_cache/",
-            "*.egg-info/", "bench/", "collected_logs/"]}
+    config["deploy"] = _deploy_section(tb)
+    project = _project_dir()
+    if project is not None and (project / WHEELHOUSE / ".complete").is_file():
+        # Wheels ./scripts/setup built while it had network: bootstrap needs no index.
+        config["bootstrap"] = {"wheelhouse": str(project / WHEELHOUSE)}
     config["nodes"] = [{"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts]
     header = (f"# written by `skeleton testbed up` (instance {tb.instance});"
               " removed by `skeleton testbed down`\n")
     _write(tb.config_path, header + yaml.safe_dump(config, sort_keys=False), 0o644)
+
+
+def _project_dir() -> Path | None:
+    """The checkout this package runs from (an editable install), else None."""
+    project = Path(__file__).resolve().parents[1]
+    return project if (project / "pyproject.toml").is_file() else None
+
+
+def _deploy_section(tb: Testbed) -> dict[str, Any]:
+    """Always an explicit, safe `deploy.source`: a relative one would mean the state dir,
+    which holds the controller's private key, the host keys and state.json. From a checkout:
+    the checkout; else a small app dir of the tour's own (STATE/app)."""
+    from skeleton_app.config import DeploySettings
+
+    project = _project_dir()
+    if project is not None:
+        return {"source": str(project), "exclude": [
+            *DeploySettings().exclude, ".pytest_cache/", ".ruff_cache/", ".mypy_cache/",
+            "*.egg-info/", "bench/", "collected_logs/", f"{WHEELHOUSE}/", "build/"]}
+    app = tb.state_dir / "app"
+    app.mkdir(mode=0o755, exist_ok=True)
+    _write(app / "README.txt", "A tiny app deployed by the skeleton testbed tour.\n", 0o644)
+    return {"source": str(app)}
 
 
 # ---------------------------------------------------------------------------- state file

@@ -4,6 +4,8 @@
                    test that breaks a host must restore it (the fault injectors all undo)
     make_testbed   factory for a test's own extra testbed: make_testbed(2, db=True)
     settings       load_config() of the session testbed's config.yaml, environment ignored
+    node_python    the session hosts' own `app/.venv/bin/python`, made once by
+                   `cluster bootstrap` (what a test's real daemon runs with)
 
 Each testbed claims a free instance (its own subnet, bridge and namespace names) and a fresh
 state dir, so suites running side by side, inside or outside a containing namespace, never
@@ -101,3 +103,22 @@ def settings(testbed: Testbed) -> Settings:
     """The session testbed's config, exactly as `--config STATE/config.yaml` would load it,
     with no SKELETON_* variables from the developer's environment leaking in."""
     return load_config(testbed.config_path, env={})
+
+
+def bootstrap_testbed(bed: Testbed) -> str:
+    """`cluster bootstrap` on every host of `bed` (in parallel, from the wheels that
+    ./scripts/setup built); returns the hosts' own virtualenv Python. The hosts never run the
+    daemon with the controller's virtualenv."""
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.ops.bootstrap import bootstrap
+
+    with Cluster(load_config(bed.config_path, env={})) as cluster:
+        result = bootstrap(cluster, cluster.nodes)
+    assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
+    return f"{tb_mod.APP_DIR}/.venv/bin/python"
+
+
+@pytest.fixture(scope="session")
+def node_python(testbed: Testbed) -> str:
+    """The session hosts' own virtualenv Python, bootstrapped once for the session."""
+    return bootstrap_testbed(testbed)

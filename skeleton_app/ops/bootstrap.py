@@ -449,6 +449,7 @@ def summary_rows(result: ClusterResult) -> list[list[str]]:
     for node, r in result.items():
         d = r.data
         state = "failed" if r.error_kind is not None else str(d.get("state", "failed"))
+        state = state.replace("-", " ")  # "up to date"
         message = r.summary() if r.error_kind is not None else str(d.get("message") or "")
         rows.append([node, state, str(d.get("python") or "-"), f"{r.duration:.1f}s",
                      message or "-"])
