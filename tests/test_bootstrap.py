@@ -130,7 +130,7 @@ def _wheel(file: str, requires_python: str | None = None) -> Wheel:
 
 
 def _house(*wheels: Wheel) -> Wheelhouse:
-    return Wheelhouse(dir="/nowhere", wheels=wheels, project=wheels[0], requires=(),
+    return Wheelhouse(dir="/nowhere", wheels=wheels, project=wheels[0], pip=wheels[0], requires=(),
                       python="python3", digest="x")
 
 

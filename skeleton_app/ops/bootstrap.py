@@ -16,8 +16,10 @@ project and its dependencies, installed from wheels built here (nodes need no in
      cannot load (another CPU, Python version or libc): one clear line, nothing is sent.
    - push: rsync of the wheelhouse to `.venv/.skeleton-wheels/` (kept inside the venv, which
      deploy never touches).
-   - install: `python3 -m venv`, `pip install --no-index --find-links`, then the digest is
-     written to `.venv/.skeleton-bootstrap`.
+   - install: `python3 -m venv --without-pip`, then pip, run from its pushed wheel,
+     `install --no-index --find-links` (pip included), then the digest is written to
+     `.venv/.skeleton-bootstrap`. A node needs python3 and nothing else (not even Debian's
+     python3-venv).
 
 The digest covers every wheel's name and RECORD (the hashes of the files it installs, so a
 rebuilt but identical project wheel counts as unchanged), the extra requirements and the
@@ -84,6 +86,7 @@ class Wheelhouse:
     dir: str
     wheels: tuple[Wheel, ...]
     project: Wheel
+    pip: Wheel
     requires: tuple[str, ...]
     python: str
     digest: str
@@ -158,7 +161,7 @@ def _build(out: Path, project: str | None, excludes: Sequence[str], requires: Se
                 "--no-input", "--wheel-dir", str(wheels)]
         if find_links:
             argv += ["--no-index", "--find-links", find_links]
-        argv += [target, *requires]
+        argv += [target, "pip", *requires]  # pip: the nodes install with it
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PIP_TIMEOUT,
                                   stdin=subprocess.DEVNULL, check=False)
@@ -196,16 +199,18 @@ def _describe(out: Path, requires: Sequence[str], python: str, release: bool) ->
     wheels = tuple(_read_wheel(p) for p in sorted(out.glob("*.whl")))
     wanted = _normalize(DISTRIBUTION)
     project = next((w for w in wheels if w.name == wanted), None)
-    if project is None:
-        raise UsageError(f"bootstrap: no {DISTRIBUTION} wheel was built in {out}"
-                         + (" (the installed release)" if release else ""))
+    pip = next((w for w in wheels if w.name == "pip"), None)
+    if project is None or pip is None:
+        raise UsageError(f"bootstrap: no {'pip' if project else DISTRIBUTION} wheel was built"
+                         f" in {out}" + (" (the installed release)" if release else ""))
     h = hashlib.sha256(_DIGEST_FORMAT.encode())
     for w in wheels:
         h.update(f"\0{w.file}\0{w.record}".encode())
     h.update(json.dumps([list(requires), python]).encode())
     # The project first: its Requires-Python is the one a user knows.
     ordered = (project, *(w for w in wheels if w is not project))
-    return Wheelhouse(dir=str(out), wheels=ordered, project=project, requires=tuple(requires),
+    return Wheelhouse(dir=str(out), wheels=ordered, project=project, pip=pip,
+                      requires=tuple(requires),
                       python=python, digest=h.hexdigest())
 
 
@@ -417,7 +422,7 @@ def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
         return done("failed", py, f"pushing the wheels failed: {sent.error_message(1)}",
                     sent.exit_code or 1)
     install = cluster.connector.run(node, "sh -s -- " + shlex.join(
-        ["install", node.app_dir, house.python, house.digest, house.project.file,
+        ["install", node.app_dir, house.python, house.digest, house.pip.file, house.project.file,
          *house.requires]), RunOptions(timeout=cluster.settings.ssh.command_timeout,
                                        stdin=_script()))
     if install.error_kind is not None:

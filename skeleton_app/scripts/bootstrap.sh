@@ -2,12 +2,15 @@
 #
 # Sent on stdin:
 #     sh -s -- probe APP_DIR PYTHON < bootstrap.sh
-#     sh -s -- install APP_DIR PYTHON DIGEST PROJECT_WHEEL [REQUIREMENT...] < bootstrap.sh
+#     sh -s -- install APP_DIR PYTHON DIGEST PIP_WHEEL PROJECT_WHEEL [REQUIREMENT...] < bootstrap.sh
 #   APP_DIR        the node's app dir; the virtualenv is APP_DIR/.venv
 #   PYTHON         the interpreter that makes the virtualenv (python3)
 #   DIGEST         what the controller computed over the wheelhouse and the requirements;
 #                  written to .venv/.skeleton-bootstrap only once the install succeeded
-#   PROJECT_WHEEL  the project's wheel, a file name in .venv/.skeleton-wheels (pushed by rsync)
+#   PIP_WHEEL      pip's wheel, a file name in .venv/.skeleton-wheels (pushed by rsync): pip
+#                  runs from it, so the node needs neither ensurepip (Debian's python3-venv)
+#                  nor a pip of its own
+#   PROJECT_WHEEL  the project's wheel, a file name in .venv/.skeleton-wheels
 #   REQUIREMENT    further requirements, installed from the same wheels only
 #
 # probe writes nothing and prints `key=value` lines: `python=missing` when PYTHON is not
@@ -16,9 +19,11 @@
 # the interpreter's facts (impl, version, machine, libc, abi, soabi) and `digest=` with the
 # digest of the last successful bootstrap (empty when none). Exit 0.
 #
-# install makes or updates the virtualenv (`PYTHON -m venv`, idempotent), installs with pip
-# from the pushed wheels only (`--no-index`: nodes need no internet), reinstalls the project's
-# own wheel (its version may not change when its code does), then records DIGEST. It prints
+# install makes the virtualenv when there is none that works (`PYTHON -m venv --without-pip`),
+# installs pip, the project and REQUIREMENTs with pip from the pushed wheels only
+# (`--no-index`, and no pip configuration of the node's: nodes need no internet), reinstalls
+# the project's own wheel (its version may not change when its code does), then records
+# DIGEST. It prints
 # `state=installed` (exit 0) or `state=error` and `message=` with the last line pip printed
 # (exit 1). pip's whole output goes to .venv/.skeleton-bootstrap.log.
 # POSIX sh only (runs under dash); every expansion is quoted.
@@ -66,24 +71,39 @@ fail() {
 
 install() {
     digest=${4:-}
-    project=${5:-}
-    shift 5 || fail "install needs DIGEST and PROJECT_WHEEL"
-    [ -f "$wheels/$project" ] || fail "the wheel $project was not pushed to $wheels"
+    pipwheel=${5:-}
+    project=${6:-}
+    [ $# -ge 6 ] || fail "install needs DIGEST, PIP_WHEEL and PROJECT_WHEEL"
+    shift 6
+    for wheel in "$pipwheel" "$project"; do
+        [ -f "$wheels/$wheel" ] || fail "the wheel $wheel was not pushed to $wheels"
+    done
     # A failed install must never look like the last good one.
     rm -f "$stamp"
     : >"$log" 2>/dev/null || fail "cannot write $log"
     if ! "$venv/bin/python" -c "" >/dev/null 2>&1; then
         # No virtualenv yet, or one whose interpreter is gone: make it (keeps the wheels).
-        "$py" -m venv "$venv" >>"$log" 2>&1 ||
-            fail "$py -m venv failed: $(tail -n 1 "$log") (Debian: apt-get install python3-venv)"
+        # Without pip: ensurepip took 9 s of a 15 s install here, and is a separate
+        # package on Debian; pip comes from its wheel below.
+        "$py" -m venv --without-pip "$venv" >>"$log" 2>&1 ||
+            fail "$py -m venv failed: $(tail -n 1 "$log")"
     fi
-    pip="$venv/bin/python -m pip --disable-pip-version-check --no-input"
+    # Only our wheels: the node's pip configuration (an index, find-links, constraints)
+    # must not change what is installed.
+    PIP_CONFIG_FILE=/dev/null
+    export PIP_CONFIG_FILE
+    pip="$venv/bin/python $wheels/$pipwheel/pip --disable-pip-version-check --no-input"
+    # The project's version may stay the same when its code changes: pip would keep the old
+    # copy. Removing it first costs one short pip run; a --force-reinstall would redo every
+    # dependency too.
     # shellcheck disable=SC2086 # $pip is a command line of our own, split on purpose
-    $pip install --no-index --find-links "$wheels" "$wheels/$project" "$@" >>"$log" 2>&1 ||
-        fail "pip install failed: $(grep -v '^ *$' "$log" | tail -n 1)"
+    $pip uninstall -y "${project%%-*}" >>"$log" 2>&1
+    # --no-compile: byte-compiling every dependency (pygments, cryptography, ...) took most
+    # of an install's CPU here; Python compiles what the daemon imports, once, on first use.
     # shellcheck disable=SC2086
-    $pip install --no-index --no-deps --force-reinstall "$wheels/$project" >>"$log" 2>&1 ||
-        fail "pip install failed: $(grep -v '^ *$' "$log" | tail -n 1)"
+    $pip install --no-index --no-compile --find-links "$wheels" "$wheels/$pipwheel" \
+        "$wheels/$project" "$@" \
+        >>"$log" 2>&1 || fail "pip install failed: $(grep -v '^ *$' "$log" | tail -n 1)"
     printf '%s\n' "$digest" >"$stamp.tmp" && mv -f "$stamp.tmp" "$stamp" ||
         fail "cannot write $stamp"
     echo "state=installed"
