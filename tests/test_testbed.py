@@ -198,9 +198,9 @@ def test_config_yaml_describes_the_hosts(testbed: Testbed, settings: Settings) -
     assert settings.ssh.identity_file == str(testbed.identity_file)
     assert settings.ssh.known_hosts == str(testbed.known_hosts)
     assert settings.app.dir == tb_mod.APP_DIR
-    assert sys.executable in settings.daemon.command
-    assert settings.daemon.command.endswith(
-        f"-m skeleton_app daemon run --config {testbed.config_path}")
+    # The host's own virtualenv (made by `cluster bootstrap`), never the controller's.
+    assert settings.daemon.command == (
+        f".venv/bin/python -m skeleton_app daemon run --config {testbed.config_path}")
     assert settings.registry.dsn is None
     for i, node in enumerate(settings.nodes, start=1):
         assert "testbed" in node.roles
