@@ -24,6 +24,7 @@ import pytest
 from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings, load_config
 from skeleton_app.testbed import Testbed
+from tests.helpers import bootstrap_testbed
 
 pytest_plugins = ["tests.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
 
@@ -103,19 +104,6 @@ def settings(testbed: Testbed) -> Settings:
     """The session testbed's config, exactly as `--config STATE/config.yaml` would load it,
     with no SKELETON_* variables from the developer's environment leaking in."""
     return load_config(testbed.config_path, env={})
-
-
-def bootstrap_testbed(bed: Testbed) -> str:
-    """`cluster bootstrap` on every host of `bed` (in parallel, from the wheels that
-    ./scripts/setup built); returns the hosts' own virtualenv Python. The hosts never run the
-    daemon with the controller's virtualenv."""
-    from skeleton_app.cluster import Cluster
-    from skeleton_app.ops.bootstrap import bootstrap
-
-    with Cluster(load_config(bed.config_path, env={})) as cluster:
-        result = bootstrap(cluster, cluster.nodes)
-    assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
-    return f"{tb_mod.APP_DIR}/.venv/bin/python"
 
 
 @pytest.fixture(scope="session")
