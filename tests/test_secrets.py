@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skeleton_app import secret_scan
+from skeleton_app import secret_scan, tree
 from skeleton_app import testbed as tb_mod
-from skeleton_app.secret_scan import looks_secret, scan_tree
+from skeleton_app.secret_scan import looks_secret
 from skeleton_app.testbed import Testbed
 from tests.deploy_support import host_path, make_source, unique_app_dir, variant
 from tests.helpers import REPO, skeleton
@@ -117,23 +117,25 @@ def test_what_counts_as_a_secret(tmp_path: Path) -> None:
     # The project itself (source, tests, docs) is deployable: it names no key.
     caches = (".venv/", ".git/", ".wheelhouse/", "build/", ".mypy_cache/", ".pytest_cache/",
               ".ruff_cache/")
-    assert scan_tree(REPO, caches, cache=False).files == ()
+    assert tree.tree_digest(REPO, caches, cache=False).secrets == ()
 
 
-def test_verdicts_are_cached_and_a_changed_file_is_read_again(
+def test_verdicts_are_found_by_the_digest_walk_and_cached_with_the_hashes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(secret_scan, "_RACY_NS", 0)  # files written just now may be cached
+    monkeypatch.setattr(tree, "_RACY", 0.0)  # files written just now may be cached
     src = make_source(tmp_path / "src", "A")
     _keygen(src / "keys" / "deploy_key")
-    assert scan_tree(src).files == ("keys/deploy_key",)
+    first = tree.tree_digest(src)
+    assert first.secrets == ("keys/deploy_key",)
+    assert first.hex == tree.tree_digest(src, cache=False).hex
 
-    def no_reading(path: str) -> bytes:
+    def no_reading(name: str, path: str) -> bool:
         raise AssertionError(f"read {path}")
 
     with monkeypatch.context() as m:
-        m.setattr(secret_scan, "_head", no_reading)
-        assert scan_tree(src).files == ("keys/deploy_key",)  # every verdict from the cache
+        m.setattr(secret_scan, "is_secret_file", no_reading)
+        assert tree.tree_digest(src) == first  # every verdict from the cache
     (src / "app/main.py").write_text(f"{BEGIN} PRIVATE KEY-----\n")
     (src / "keys/deploy_key").write_text("no longer a key\n")
-    assert scan_tree(src).files == ("app/main.py",)
+    assert tree.tree_digest(src).secrets == ("app/main.py",)
