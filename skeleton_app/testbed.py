@@ -149,14 +149,20 @@ _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # goes into sshd_config unq
 _ROOT_MESSAGE = "skeleton testbed needs root (network namespaces): run it with sudo"
 _INSTALL_HINT = "install it with `apt-get install -y openssh-server rsync iproute2`"
 
-# Runs inside the new namespaces as `sh -c SCRIPT NS MARKER NODE_ID HOME_SRC HOME_DST INIT...`.
+# Runs inside the new namespaces as
+# `sh -c SCRIPT NS MARKER NODE_ID HOME_SRC HOME_DST HIDDEN INIT...`.
 # Values arrive as positional parameters; NS and MARKER ($0, $1) are only there so that
-# /proc/PID/cmdline identifies the process as ours.
+# /proc/PID/cmdline identifies the process as ours. HIDDEN: directories (one per line) that
+# get an empty read-only tmpfs over them: the controller's checkout and virtualenv, so that
+# a host can never run the controller's packages (a missing set-up step would hide there).
 _LAUNCH_SH = """\
 set -e
 hostname "$2"
 mount --bind "$3" "$4"
-shift 4
+printf '%s\\n' "$5" | while IFS= read -r dir; do
+    [ -z "$dir" ] || mount -t tmpfs -o ro,size=4k skeleton-hidden "$dir"
+done
+shift 5
 exec "$@"
 """
 
@@ -1213,7 +1219,10 @@ def _launch(host: TestbedHost) -> int:
         "unshare", "--mount", "--pid", "--uts", "--fork", "--mount-proc",
         "--propagation", "private",
         "sh", "-c", _LAUNCH_SH, host.namespace, MARKER, host.id, str(host.home), HOME,
-        sys.executable, "-I", "-S", str(host.dir.parent.parent / "host-init.py"),
+        "\n".join(_hidden_dirs(host.dir)),
+        # The real interpreter, not a virtualenv's link to it: that may be hidden.
+        os.path.realpath(sys.executable), "-I", "-S",
+        str(host.dir.parent.parent / "host-init.py"),
         host.namespace, MARKER, str(host.sshd_want),
         SSHD, "-D", "-f", str(host.sshd_config), "-E", str(host.sshd_log),
     ]
@@ -1257,6 +1266,22 @@ def _write_config(tb: Testbed) -> None:
     header = (f"# written by `skeleton testbed up` (instance {tb.instance});"
               " removed by `skeleton testbed down`\n")
     _write(tb.config_path, header + yaml.safe_dump(config, sort_keys=False), 0o644)
+
+
+def _hidden_dirs(host_dir: Path) -> list[str]:
+    """What the hosts must not see of the controller: the checkout this package runs from
+    and the virtualenv it runs in (when it is one); never a directory holding the host's
+    own files (a state dir inside the checkout)."""
+    hidden: list[str] = []
+    candidates = [str(p) for p in [_project_dir()] if p is not None]
+    if sys.prefix != sys.base_prefix:
+        candidates.append(os.path.realpath(sys.prefix))
+    own = os.path.realpath(host_dir)
+    for path in candidates:
+        inside = any(path == h or path.startswith(h + "/") for h in hidden)
+        if not inside and not (own + "/").startswith(path + "/"):
+            hidden.append(path)
+    return hidden
 
 
 def _project_dir() -> Path | None:

@@ -217,10 +217,16 @@ def test_known_hosts_holds_the_real_host_keys(testbed: Testbed) -> None:
         assert host.host_key_pub.read_text().split()[1] == key
 
 
-def test_the_skeleton_user_can_run_the_daemon_interpreter(testbed: Testbed) -> None:
+def test_the_controllers_checkout_and_virtualenv_are_invisible_in_the_hosts(
+        testbed: Testbed) -> None:
+    """A host runs its own packages (bootstrapped), never the controller's: they are hidden
+    under an empty tmpfs there, so a missing set-up step cannot hide."""
+    assert sys.prefix.startswith(str(REPO_ROOT))  # the suite runs from the checkout's .venv
     out = ssh(testbed, testbed.hosts[0].ip,
-              f"{sys.executable} -c 'import yaml, psycopg, paramiko; print(42)'")
-    assert out.stdout.strip() == "42"
+              f"ls -A {shlex.quote(str(REPO_ROOT))} | wc -l; test -e {shlex.quote(sys.executable)}"
+              " || echo no-venv; python3 -c 'import sys; print(sys.version_info[0])'")
+    assert out.stdout.split() == ["0", "no-venv", "3"], out.stdout
+    assert (REPO_ROOT / "pyproject.toml").is_file()  # still there for the controller
 
 
 def test_status_and_load(testbed: Testbed) -> None:
