@@ -23,6 +23,7 @@ from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings
 from skeleton_app.errors import SelectionError, TestbedError, UsageError
 from skeleton_app.testbed import Testbed
+from tests.helpers import bootstrap_testbed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MakeTestbed = Callable[..., Testbed]
@@ -502,8 +503,9 @@ def test_named_hosts_with_roles_and_a_database(make_testbed: MakeTestbed) -> Non
     probe = ("import sys, psycopg\n"
              "with psycopg.connect(sys.argv[1], connect_timeout=5) as c:\n"
              "    print(c.execute('select current_user').fetchone()[0])\n")
-    # ssh sends one shell string: quote each word.
-    proc = ssh(tb, tb.host("beta").ip, shlex.join([sys.executable, "-c", probe, tb.db.host_dsn]))
+    # With the host's own psycopg (its bootstrapped venv); ssh sends one shell string.
+    python = bootstrap_testbed(tb)
+    proc = ssh(tb, tb.host("beta").ip, shlex.join([python, "-c", probe, tb.db.host_dsn]))
     assert proc.stdout.strip() == "skeleton"
     text = tb.config_path.read_text()
     assert tb.db.host_dsn in text and tb.gateway in tb.db.host_dsn
