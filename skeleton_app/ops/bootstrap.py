@@ -59,8 +59,10 @@ VENV = ".venv"
 WHEELS_DIR = ".venv/.skeleton-wheels"  # relative to the app dir
 DISTRIBUTION = "skeleton-app"
 _DIGEST_FORMAT = "skeleton-bootstrap/1"
-# Never part of the project's build: what deploy leaves out, and build leftovers.
-_BUILD_EXCLUDES = ("build/", "dist/", "*.egg-info/", ".skeleton-deploy/")
+# Never part of the project's build, besides what deploy leaves out: build leftovers, tool
+# caches (they change on every run and would defeat the wheelhouse cache) and wheelhouses.
+_BUILD_EXCLUDES = ("build/", "dist/", "*.egg-info/", ".skeleton-deploy/", ".wheelhouse/",
+                   ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
 _MANYLINUX_ALIASES = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 _PIP_TIMEOUT = 900.0  # seconds for `pip wheel` on the controller (downloads included)
 
