@@ -410,30 +410,49 @@ def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
         return done("failed", py, problem, 1)
     if values.get("digest") == house.digest and not force:
         return done("up-to-date", py)
+    failed = _push(cluster, node, house) or _install(cluster, node, house)
+    if isinstance(failed, NodeResult):
+        return failed
+    return done("failed", py, failed[1], failed[0]) if failed else done("installed", py)
+
+
+# A step's failure: the node's result when it could not run (unreachable, lost), else
+# (exit code, one-line message); None when it went well.
+_StepFailure = NodeResult | tuple[int, str] | None
+
+
+def _push(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
+    """The wheelhouse to the node's `.venv/.skeleton-wheels/` (rsync; stale wheels go)."""
+    from skeleton_app.ssh import RunOptions
 
     wheels = posixpath.join(node.app_dir, WHEELS_DIR)
     made = cluster.connector.run(node, shlex.join(["mkdir", "-p", "--", wheels]),
                                  RunOptions(timeout=60))
     if not made.ok:
-        return made if made.error_kind else done(
-            "failed", py, f"cannot create {wheels}: {_tail(made.stderr)}", 1)
+        return made if made.error_kind else (1, f"cannot create {wheels}: {_tail(made.stderr)}")
     sent = rsync(node, house.dir + "/", wheels + "/", settings=cluster.settings.ssh,
                  exclude=[".complete"], delete=True, compress=False,
                  io_timeout=int(cluster.settings.ssh.command_timeout))
     if not sent.ok:
-        return done("failed", py, f"pushing the wheels failed: {sent.error_message(1)}",
-                    sent.exit_code or 1)
+        return (sent.exit_code or 1, f"pushing the wheels failed: {sent.error_message(1)}")
+    return None
+
+
+def _install(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
+    """bootstrap.sh install: the venv, pip from its wheel, the project; then the digest."""
+    from skeleton_app.ssh import RunOptions
+
     install = cluster.connector.run(node, "sh -s -- " + shlex.join(
-        ["install", node.app_dir, house.python, house.digest, house.pip.file, house.project.file,
-         *house.requires]), RunOptions(timeout=cluster.settings.ssh.command_timeout,
-                                       stdin=_script()))
+        ["install", node.app_dir, house.python, house.digest, house.pip.file,
+         house.project.file, *house.requires]),
+        RunOptions(timeout=cluster.settings.ssh.command_timeout, stdin=_script()))
     if install.error_kind is not None:
         return install
     values = _values(install.stdout)
     if install.exit_code != 0 or values.get("state") != "installed":
         message = values.get("message") or _tail(install.stderr) or "install failed"
-        return done("failed", py, message, install.exit_code or 1)
-    return done("installed", py)
+        return (install.exit_code or 1, message)
+    return None
 
 
 def _values(text: str) -> dict[str, str]:
