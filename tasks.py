@@ -3,6 +3,7 @@
     inv status                                    inv deploy --node linux-05
     inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
     inv sync-models --source-node linux-01        inv logs --lines 500
+    inv bootstrap --node linux-05
 
 Thin: every task selects nodes, calls the same library operation as `skeleton cluster ...`
 (`skeleton_app.ops`), renders with the same renderer (`skeleton_app.render`, `deploy_view`)
@@ -32,6 +33,7 @@ from skeleton_app.deploy_view import (
 )
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
+from skeleton_app.ops import bootstrap as bootstrap_op
 from skeleton_app.ops import logs as logs_op
 from skeleton_app.ops import models as models_op
 from skeleton_app.ops import status as status_op
@@ -202,6 +204,30 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
         _finish(cluster, "deploy-dry-run" if dry_run else "deploy",
                 {"source": source, "dest": dest, "delete": remove,
                  "checksum": checksum, "force": force, "restart": restart}, nodes, result)
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "source": "The project to install (default deploy.source).",
+    "wheelhouse": "(DIR) Build from these pre-built wheels only, no index (default"
+                  " bootstrap.wheelhouse).",
+    "force": "Install even where the node is up to date."})
+def bootstrap(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+              exclude: list[str] | None = None, source: str | None = None,
+              wheelhouse: str | None = None, force: bool = False, json: bool = False,
+              fanout: str | None = None, config: str | None = None) -> None:
+    """Make each node's app dir .venv (project and dependencies, from wheels built here)."""
+    with _session(config, fanout) as cluster:
+        nodes = _select(cluster, node or [], role or [], exclude or [])
+        result = bootstrap_op.bootstrap(cluster, nodes, source=source, wheelhouse=wheelhouse,
+                                        force=force)
+        if json:
+            print(result.to_json())
+        else:
+            render.table(None, ["node", "state", "python", "time", "message"],
+                         bootstrap_op.summary_rows(result))
+            for line in bootstrap_op.failures(result):
+                print(f"skeleton: {render.sanitize(line)}", file=sys.stderr)
+        _finish(cluster, "bootstrap", {"source": source, "force": force}, nodes, result)
 
 
 @task(iterable=_SELECTION, help={

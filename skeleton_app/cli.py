@@ -224,13 +224,15 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
 @click.option("--restart", is_flag=True, help="Per node: stop the daemon, deploy, start it.")
 @click.option("--lock-wait", type=Seconds(zero=True), default=10.0, show_default=True,
               metavar="SECONDS", help="How long to wait for another deploy's lock on a node.")
+@click.option("--allow-secrets", is_flag=True,
+              help="Send the tree even if it holds private keys (refused by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.pass_context
 def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
                source: str | None, dest: str | None, delete: bool | None, dry_run: bool,
                checksum: bool, force: bool, restart: bool, lock_wait: float,
-               as_json: bool) -> int:
+               allow_secrets: bool, as_json: bool) -> int:
     """Push the code tree to every selected node with rsync, in parallel."""
     import contextlib
     import time
@@ -249,7 +251,7 @@ def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     with progress if live else contextlib.nullcontext():
         result = deploy(cluster_, nodes, source=source, dest=dest, delete=delete,
                         dry_run=dry_run, checksum=checksum, force=force, restart=restart,
-                        lock_wait=lock_wait, fanout=fanout,
+                        lock_wait=lock_wait, fanout=fanout, allow_secrets=allow_secrets,
                         on_progress=progress.update if live else None)
     if as_json:
         click.echo(result.to_json())
@@ -258,6 +260,41 @@ def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     _record(state, cluster_, "deploy-dry-run" if dry_run else "deploy",
             {"source": source, "dest": dest, "delete": delete, "checksum": checksum,
              "force": force, "restart": restart}, [n.id for n in nodes], result)
+    return int(result.exit_code())
+
+
+@cluster.command("bootstrap")
+@selection_options
+@click.option("--source", default=None, metavar="PATH",
+              help="The project to install (default deploy.source; without a pyproject.toml:"
+                   " the installed skeleton-app).")
+@click.option("--wheelhouse", default=None, metavar="DIR",
+              help="Build from these pre-built wheels only, no index (default"
+                   " bootstrap.wheelhouse).")
+@click.option("--force", is_flag=True, help="Install even where the node is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.pass_context
+def bootstrap_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+                  roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+                  source: str | None, wheelhouse: str | None, force: bool,
+                  as_json: bool) -> int:
+    """Make each node's app dir .venv (project and dependencies, from wheels built here)."""
+    from skeleton_app import render
+    from skeleton_app.ops.bootstrap import bootstrap, failures, summary_rows
+
+    state = _prepare(ctx, config, fanout)
+    cluster_, nodes = _select(state, node_specs, roles, exclude)
+    result = bootstrap(cluster_, nodes, source=source, wheelhouse=wheelhouse, force=force,
+                       fanout=fanout)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        render.table(None, ["node", "state", "python", "time", "message"],
+                     summary_rows(result))
+        for line in failures(result):
+            click.echo(f"skeleton: {render.sanitize(line)}", err=True)
+    _record(state, cluster_, "bootstrap", {"source": source, "force": force},
+            [n.id for n in nodes], result)
     return int(result.exit_code())
 
 

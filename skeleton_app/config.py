@@ -93,13 +93,23 @@ class DeploySettings:
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     manager: Literal["process", "systemd"] = "process"
-    command: str = "python3 -m skeleton_app daemon run"
+    # Run in the app dir, from the virtualenv `cluster bootstrap` makes there.
+    command: str = ".venv/bin/python -m skeleton_app daemon run"
     unit: str = "skeleton-daemon"
     sudo: bool = False
     user_unit: bool = False
     stop_grace: float = 10.0
     start_grace: float = 1.0
     api_port: int = 8765
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapSettings:
+    """`cluster bootstrap`: the node's <app_dir>/.venv, installed from wheels built here."""
+
+    wheelhouse: str | None = None  # pre-built wheels: pip then never contacts an index
+    requires: tuple[str, ...] = ()  # installed into every node's .venv with the project
+    python: str = "python3"  # the node's interpreter that makes the .venv
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +126,7 @@ class Settings:
     deploy: DeploySettings = field(default_factory=DeploySettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logs: LogsSettings = field(default_factory=LogsSettings)
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     nodes: tuple[Node, ...] = ()
     # `groups:` of the config file, for `--node @NAME`: (name, (spec, ...)) pairs, so that
     # Settings stays frozen and hashable.
@@ -156,6 +167,7 @@ SECTIONS: dict[str, type] = {
     "deploy": DeploySettings,
     "daemon": DaemonSettings,
     "logs": LogsSettings,
+    "bootstrap": BootstrapSettings,
 }
 NODE_KEYS = {
     "id", "host", "port", "user", "roles", "app_dir", "identity_file", "api_port", "name",

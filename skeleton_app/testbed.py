@@ -50,9 +50,14 @@ Choices documented here:
 
 * `up` on a state dir that holds a testbed raises TestbedError ("run `skeleton testbed down`
   first"); it is not idempotent, because a half-alive leftover is better removed than reused.
-* The daemon runs with the controller's own interpreter (`sys.executable`). `up` checks that
-  the `skeleton` user can run it (a virtualenv under /root, mode 700, cannot be); if not, it
-  raises a TestbedError naming the directory rather than re-exposing paths inside each host.
+* The daemon runs from the host's own `app/.venv`, which `skeleton cluster bootstrap` makes
+  (as on a real node); the config names the checkout's `.wheelhouse` when ./scripts/setup
+  built one, so that works without network. Each host's PID 1 is the controller's
+  interpreter (`sys.executable`, `-I -S`), and tests still run it inside hosts: `up` checks
+  that the `skeleton` user can run it (a virtualenv under /root, mode 700, cannot be); if
+  not, it raises a TestbedError naming the directory rather than re-exposing paths.
+* `deploy.source` is always explicit: the checkout, or STATE/app for an installed package
+  (never the state dir, which holds the controller's private key).
 * Hosts share /tmp, /run and /var with the machine (only their home differs): the state dir
   lives in /tmp and sshd must read its host key from there.
 * Argument errors (count, names, instance, rate, unknown host) are UsageError/SelectionError;
@@ -110,6 +115,7 @@ __all__ = [
     "link_up",
     "load",
     "netns_name",
+    "replace_command",
     "require_root",
     "set_rate",
     "small_disk",
@@ -125,6 +131,7 @@ __all__ = [
 USER = "skeleton"  # the login user on every test host
 HOME = "/home/skeleton"
 APP_DIR = "/home/skeleton/app"
+WHEELHOUSE = ".wheelhouse"  # in a checkout: wheels ./scripts/setup pre-builds for bootstrap
 SSHD = "/usr/sbin/sshd"
 SUBNET_PREFIX = "10.213"  # 10.213.INSTANCE.0/24: nothing else on these machines uses it
 MAX_INSTANCE = 200
@@ -143,14 +150,20 @@ _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # goes into sshd_config unq
 _ROOT_MESSAGE = "skeleton testbed needs root (network namespaces): run it with sudo"
 _INSTALL_HINT = "install it with `apt-get install -y openssh-server rsync iproute2`"
 
-# Runs inside the new namespaces as `sh -c SCRIPT NS MARKER NODE_ID HOME_SRC HOME_DST INIT...`.
+# Runs inside the new namespaces as
+# `sh -c SCRIPT NS MARKER NODE_ID HOME_SRC HOME_DST HIDDEN INIT...`.
 # Values arrive as positional parameters; NS and MARKER ($0, $1) are only there so that
-# /proc/PID/cmdline identifies the process as ours.
+# /proc/PID/cmdline identifies the process as ours. HIDDEN: directories (one per line) that
+# get an empty read-only tmpfs over them: the controller's checkout and virtualenv, so that
+# a host can never run the controller's packages (a missing set-up step would hide there).
 _LAUNCH_SH = """\
 set -e
 hostname "$2"
 mount --bind "$3" "$4"
-shift 4
+printf '%s\\n' "$5" | while IFS= read -r dir; do
+    [ -z "$dir" ] || mount -t tmpfs -o ro,size=4k skeleton-hidden "$dir"
+done
+shift 5
 exec "$@"
 """
 
@@ -734,6 +747,16 @@ def hide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["mount", "--bind", str(script), path])
 
 
+def replace_command(testbed: Testbed, host_id: str, path: str, script: str) -> None:
+    """Make `path` run `script` (a `#!` script) on one host: e.g. a python3 that is too old.
+    `unhide_command` undoes it."""
+    if not os.path.isabs(path):
+        raise UsageError(f"replace_command needs an absolute path, got {path!r}")
+    fake = testbed.state_dir / f"replaced-{host_id}-{os.path.basename(path)}"
+    _write(fake, script, 0o755)
+    host_exec(testbed, host_id, ["mount", "--bind", str(fake), path])
+
+
 def unhide_command(testbed: Testbed, host_id: str, path: str) -> None:
     host_exec(testbed, host_id, ["umount", path])
 
@@ -1255,7 +1278,10 @@ def _launch(host: TestbedHost) -> int:
         "unshare", "--mount", "--pid", "--uts", "--fork", "--mount-proc",
         "--propagation", "private",
         "sh", "-c", _LAUNCH_SH, host.namespace, MARKER, host.id, str(host.home), HOME,
-        sys.executable, "-I", "-S", str(host.dir.parent.parent / "host-init.py"),
+        "\n".join(_hidden_dirs(host.dir)),
+        # The real interpreter, not a virtualenv's link to it: that may be hidden.
+        os.path.realpath(sys.executable), "-I", "-S",
+        str(host.dir.parent.parent / "host-init.py"),
         host.namespace, MARKER, str(host.sshd_want),
         SSHD, "-D", "-f", str(host.sshd_config), "-E", str(host.sshd_log),
     ]
@@ -1284,23 +1310,60 @@ def _write_config(tb: Testbed) -> None:
         config["registry"] = {"dsn": tb.db.host_dsn}
     config["daemon"] = {
         "manager": "process",
-        # The hosts share /tmp with the controller, so the daemon reads this very file
-        # (a real node reads the config.yaml deployed with the code).
-        "command": (f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run"
+        # From the virtualenv `skeleton cluster bootstrap` makes in the host's app dir, as on
+        # a real node. The hosts share /tmp with the controller, so the daemon reads this
+        # very file (a real node reads the config.yaml deployed with the code).
+        "command": (".venv/bin/python -m skeleton_app daemon run"
                     f" --config {shlex.quote(str(tb.config_path))}"),
     }
-    # Deploy this very project: a relative `deploy.source` would mean the state dir.
-    project = Path(__file__).resolve().parents[1]
-    if (project / "pyproject.toml").is_file():
-        from skeleton_app.config import DeploySettings
-
-        config["deploy"] = {"source": str(project), "exclude": [
-            *DeploySettings().exclude, ".pytest_cache/", ".ruff_cache/", ".mypy_cache/",
-            "*.egg-info/", "bench/", "collected_logs/"]}
+    config["deploy"] = _deploy_section(tb)
+    project = _project_dir()
+    if project is not None and (project / WHEELHOUSE / ".complete").is_file():
+        # Wheels ./scripts/setup built while it had network: bootstrap needs no index.
+        config["bootstrap"] = {"wheelhouse": str(project / WHEELHOUSE)}
     config["nodes"] = [{"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts]
     header = (f"# written by `skeleton testbed up` (instance {tb.instance});"
               " removed by `skeleton testbed down`\n")
     _write(tb.config_path, header + yaml.safe_dump(config, sort_keys=False), 0o644)
+
+
+def _hidden_dirs(host_dir: Path) -> list[str]:
+    """What the hosts must not see of the controller: the checkout this package runs from
+    and the virtualenv it runs in (when it is one); never a directory holding the host's
+    own files (a state dir inside the checkout)."""
+    hidden: list[str] = []
+    candidates = [str(p) for p in [_project_dir()] if p is not None]
+    if sys.prefix != sys.base_prefix:
+        candidates.append(os.path.realpath(sys.prefix))
+    own = os.path.realpath(host_dir)
+    for path in candidates:
+        inside = any(path == h or path.startswith(h + "/") for h in hidden)
+        if not inside and not (own + "/").startswith(path + "/"):
+            hidden.append(path)
+    return hidden
+
+
+def _project_dir() -> Path | None:
+    """The checkout this package runs from (an editable install), else None."""
+    project = Path(__file__).resolve().parents[1]
+    return project if (project / "pyproject.toml").is_file() else None
+
+
+def _deploy_section(tb: Testbed) -> dict[str, Any]:
+    """Always an explicit, safe `deploy.source`: a relative one would mean the state dir,
+    which holds the controller's private key, the host keys and state.json. From a checkout:
+    the checkout; else a small app dir of the tour's own (STATE/app)."""
+    from skeleton_app.config import DeploySettings
+
+    project = _project_dir()
+    if project is not None:
+        return {"source": str(project), "exclude": [
+            *DeploySettings().exclude, ".pytest_cache/", ".ruff_cache/", ".mypy_cache/",
+            "*.egg-info/", "bench/", "collected_logs/", f"{WHEELHOUSE}/", "build/"]}
+    app = tb.state_dir / "app"
+    app.mkdir(mode=0o755, exist_ok=True)
+    _write(app / "README.txt", "A tiny app deployed by the skeleton testbed tour.\n", 0o644)
+    return {"source": str(app)}
 
 
 # ---------------------------------------------------------------------------- state file

@@ -15,6 +15,10 @@ able to write there could plant symlinks named like our temporary files and make
 deploy overwrite any file. Everything in it is opened relative to the directory's own
 descriptor with O_NOFOLLOW (temporary files also O_EXCL), so nothing it holds is followed,
 and a cache file that is not a regular file of ours, or does not parse, is a miss.
+
+The same walk finds the files that hold private key material (skeleton_app.secret_scan),
+and the cache keeps that verdict with the hash: deploy refuses such a tree, at no cost to a
+no-change redeploy.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skeleton_app import secret_scan
 from skeleton_app.errors import UsageError
 from skeleton_app.transfers import RsyncFilter
 
 _DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: entries carry the secret verdict
 _RACY = 2.0  # seconds
 _CACHE_MAX_AGE = 30 * 86400  # cache files of trees not deployed for this long are removed
 
@@ -49,6 +54,8 @@ class TreeDigest:
     hex: str
     files: int
     bytes: int
+    # Files holding private key material (relative paths, walk order): not part of the hash.
+    secrets: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -112,6 +119,7 @@ def _digest(root: str | os.PathLike[str], exclude: tuple[str, ...],
     h = hashlib.sha256(_DIGEST_FORMAT)
     count = 0
     total = 0
+    flagged: list[str] = []
     h.update(b"R\0%o\0" % stat.S_IMODE(_stat(os.fspath(root)).st_mode))
     for path, st, full in walk_tree(root, exclude):
         raw = os.fsencode(path)
@@ -124,30 +132,36 @@ def _digest(root: str | os.PathLike[str], exclude: tuple[str, ...],
         else:
             h.update(b"F\0%s\0%o\0%d\0" % (raw, stat.S_IMODE(mode), st.st_size))
             key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-            digest = _cached(known.get(path), key)
-            if digest is None:
+            cached = _cached(known.get(path), key)
+            if cached is None:
                 digest = _file_hash(full)
+                secret = secret_scan.is_secret_file(os.path.basename(path), full)
                 hashed = True
+            else:
+                digest, secret = cached
+            if secret:
+                flagged.append(path)
             if (max(st.st_mtime_ns, st.st_ctime_ns) < racy_after
                     and st.st_ctime_ns % 1_000_000_000):
-                keep[path] = [*key, digest.hex()]
+                keep[path] = [*key, digest.hex(), int(secret)]
             h.update(digest)
             count += 1
             total += st.st_size
     if cache_fd is not None and (hashed or len(keep) != len(known)):
         _save(cache_fd, cache_file, keep)
-    return TreeDigest(h.hexdigest(), count, total)
+    return TreeDigest(h.hexdigest(), count, total, tuple(flagged))
 
 
-def _cached(entry: Any, key: list[int]) -> bytes | None:
-    """The cached hash when `entry` is well formed and has exactly this key."""
-    if not (isinstance(entry, list) and len(entry) == 6 and entry[:5] == key):
+def _cached(entry: Any, key: list[int]) -> tuple[bytes, bool] | None:
+    """The cached hash and secret verdict when `entry` is well formed and has this key."""
+    if not (isinstance(entry, list) and len(entry) == 7 and entry[:5] == key
+            and entry[6] in (0, 1)):
         return None
     try:
         digest = bytes.fromhex(entry[5])
     except (TypeError, ValueError):
         return None
-    return digest if len(digest) == 32 else None
+    return (digest, bool(entry[6])) if len(digest) == 32 else None
 
 
 def _stat(path: str) -> os.stat_result:

@@ -4,6 +4,8 @@
                    test that breaks a host must restore it (the fault injectors all undo)
     make_testbed   factory for a test's own extra testbed: make_testbed(2, db=True)
     settings       load_config() of the session testbed's config.yaml, environment ignored
+    node_python    the session hosts' own `app/.venv/bin/python`, made once by
+                   `cluster bootstrap` (what a test's real daemon runs with)
 
 Each testbed claims a free instance (its own subnet, bridge and namespace names) and a fresh
 state dir, so suites running side by side, inside or outside a containing namespace, never
@@ -22,6 +24,7 @@ import pytest
 from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings, load_config
 from skeleton_app.testbed import Testbed
+from tests.helpers import bootstrap_testbed
 
 pytest_plugins = ["tests.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
 
@@ -101,3 +104,9 @@ def settings(testbed: Testbed) -> Settings:
     """The session testbed's config, exactly as `--config STATE/config.yaml` would load it,
     with no SKELETON_* variables from the developer's environment leaking in."""
     return load_config(testbed.config_path, env={})
+
+
+@pytest.fixture(scope="session")
+def node_python(testbed: Testbed) -> str:
+    """The session hosts' own virtualenv Python, bootstrapped once for the session."""
+    return bootstrap_testbed(testbed)

@@ -5,7 +5,6 @@ host, so tests sharing the session testbed never see each other's files or daemo
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,7 +71,9 @@ STANDIN_NAME = "skeleton_app_standin.py"
 
 
 def standin_command(port: int) -> str:
-    return f"env PYTHONPATH=. {sys.executable} {STANDIN_NAME} {port}"
+    # The node's own python3 (the stand-in needs only the standard library): the hosts never
+    # run anything from the controller's virtualenv as their daemon.
+    return f"env PYTHONPATH=. python3 {STANDIN_NAME} {port}"
 
 
 def make_source(root: Path, version: str, *, extra: dict[str, str] | None = None) -> Path:

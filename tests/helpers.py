@@ -58,3 +58,17 @@ def chown_to_user(path: Path) -> None:
         for name in [*dirs, *files]:
             os.lchown(os.path.join(root, name), account.pw_uid, account.pw_gid)
     os.lchown(path, account.pw_uid, account.pw_gid)
+
+
+def bootstrap_testbed(bed: Testbed) -> str:
+    """`cluster bootstrap` on every host of `bed` (in parallel, from the wheels that
+    ./scripts/setup built); returns the hosts' own virtualenv Python. The hosts never run the
+    daemon with the controller's virtualenv."""
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import load_config
+    from skeleton_app.ops.bootstrap import bootstrap
+
+    with Cluster(load_config(bed.config_path, env={})) as cluster:
+        result = bootstrap(cluster, cluster.nodes)
+    assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
+    return f"{tbm.APP_DIR}/.venv/bin/python"

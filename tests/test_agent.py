@@ -33,6 +33,7 @@ from skeleton_app.errors import ConfigError
 from skeleton_app.localdb import LocalPostgres
 from skeleton_app.registry import NodeEntry, PostgresRegistry, init_schema
 from tests.db_fixtures import TEST_DEFAULTS
+from tests.helpers import bootstrap_testbed
 from tests.shared_fixtures import nvidia_smi_fixture
 
 INTERVAL = 0.3
@@ -353,6 +354,7 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
 
     tb = make_testbed(2, db=True)
     init_schema(tb.db.dsn)
+    python = bootstrap_testbed(tb)  # the hosts' own venv runs the daemon
     config = tb.config_path.read_text()
     code = ("import sys, runpy; sys.argv = ['agent']; "
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
@@ -361,7 +363,7 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
                          input=config)
         # No SKELETON_NODE_ID: each host finds its entry by its own hostname.
         launch = (f"cd /home/skeleton/app && SKELETON_HEARTBEAT_INTERVAL=0.5 setsid"
-                  f" {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+                  f" {python} -c {shlex.quote(code)}"
                   " </dev/null >/dev/null 2>&1 &")
         tb_mod.host_exec(tb, host.id, ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
     settings = load_config(tb.config_path, env={})
@@ -378,7 +380,7 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
     first = tb.hosts[0]
     probe = (f"import urllib.request; print(urllib.request.urlopen("
              f"'http://{first.ip}:{settings.daemon.api_port}/health', timeout=3).read().decode())")
-    health = json.loads(tb_mod.host_exec(tb, first.id, [sys.executable, "-c", probe]).stdout)
+    health = json.loads(tb_mod.host_exec(tb, first.id, ["python3", "-c", probe]).stdout)
     assert health["node"] == first.id and health["db"]["state"] == "up"
     tb_mod.host_exec(tb, first.id, ["kill", "-TERM", str(health["pid"])])
     wait_for(lambda: entries()[first.id].daemon_state == "stopped", what="marked stopped")

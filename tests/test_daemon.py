@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,7 @@ def test_start_status_stop_are_idempotent(testbed: Testbed, tmp_path: Path) -> N
 
 def test_a_daemon_that_exits_at_once_is_reported_with_its_log(testbed: Testbed,
                                                               tmp_path: Path) -> None:
-    crash = (f"{sys.executable} -c \"import sys; print('skeleton_app: missing model x.bin');"
+    crash = ("python3 -c \"import sys; print('skeleton_app: missing model x.bin');"
              " sys.exit(3)\"")
     config, settings, app_dir = _deployed(testbed, tmp_path, nodes="node-0[1-2]",
                                           daemon={"command": crash})
@@ -447,7 +446,7 @@ def test_health_check_reports_a_silent_node(testbed: Testbed, settings: Settings
 
 def test_stop_escalates_to_sigkill_after_the_grace_period(testbed: Testbed,
                                                           tmp_path: Path) -> None:
-    stubborn = (f"{sys.executable} -c \"import signal, time;"
+    stubborn = ("python3 -c \"import signal, time;"
                 " signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)\" skeleton_app")
     _config, settings, _app_dir = _deployed(testbed, tmp_path, nodes="node-02",
                                             daemon={"command": stubborn, "stop_grace": 0.5})

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,7 @@ from tests.deploy_support import (
     unique_app_dir,
     variant,
 )
-from tests.helpers import REPO, skeleton
+from tests.helpers import REPO, bootstrap_testbed, skeleton
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
                    "/.skeleton-daemon.pid", "/.skeleton-daemon.lock", f"{DEFAULT_PARTIAL_DIR}/")
@@ -592,12 +591,13 @@ def _project_tree(dest: Path, config: Path) -> Path:
     return dest
 
 
-def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path) -> None:
-    # The controller's interpreter runs `python -m skeleton_app daemon run` from the deployed
-    # app dir (PYTHONPATH=.), reading the config.yaml deployed with the code, as in the seed.
+def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path,
+                                              node_python: str) -> None:
+    # The host's own bootstrapped venv runs `python -m skeleton_app daemon run` from the
+    # deployed app dir (its code first on sys.path), reading the config.yaml deployed with the
+    # code, as in the seed.
     app_dir = unique_app_dir("real")
-    command = (f"env PYTHONPATH=. {shlex.quote(sys.executable)} -m skeleton_app daemon run"
-               " --config config.yaml")
+    command = f"{node_python} -m skeleton_app daemon run --config config.yaml"
     config = variant(testbed, tmp_path, app_dir=app_dir, port=8775,
                      daemon={"command": command})
     src = _project_tree(tmp_path / "tree", config)
@@ -644,9 +644,10 @@ def test_end_to_end_versions_from_the_registry_heartbeats(make_testbed: Any,
 
     bed = make_testbed(2, db=True)
     init_schema(bed.db.dsn)
+    python = bootstrap_testbed(bed)  # the hosts' own venv, not the controller's
     app_dir = unique_app_dir("registry")
-    command = (f"env SKELETON_HEARTBEAT_INTERVAL=0.5 PYTHONPATH=. {shlex.quote(sys.executable)}"
-               " -m skeleton_app daemon run --config config.yaml")
+    command = (f"env SKELETON_HEARTBEAT_INTERVAL=0.5 {python} -m skeleton_app daemon run"
+               " --config config.yaml")
     config = variant(bed, tmp_path, app_dir=app_dir, port=8776, daemon={"command": command})
     src = _project_tree(tmp_path / "tree", config)
 

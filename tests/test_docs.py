@@ -391,7 +391,7 @@ def test_cli_reference_names_every_command_and_task() -> None:
 
     for path in walk(cli, "skeleton"):
         assert f"`{path}" in reference, f"{path} is not in the CLI reference"
-    for task in ("status", "exec", "deploy", "daemon", "sync-models", "logs"):
+    for task in ("status", "exec", "deploy", "daemon", "sync-models", "logs", "bootstrap"):
         assert f"`inv {task}" in reference, task
     for task in ("status", "uptime", "run", "deploy", "daemon"):
         assert re.search(rf"`fab -H \S+ {task}\b", reference), task

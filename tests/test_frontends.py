@@ -33,7 +33,7 @@ from tests.deploy_support import (
 from tests.helpers import REPO, chown_to_user, config_variant, skeleton
 
 BIN = Path(sys.executable).parent
-INV_TASKS = ["daemon", "deploy", "exec", "logs", "status", "sync-models"]
+INV_TASKS = ["bootstrap", "daemon", "deploy", "exec", "logs", "status", "sync-models"]
 FAB_TASKS = ["daemon", "deploy", "run", "status", "uptime"]
 PORT = 8793  # the stand-in daemon's port in these tests
 
@@ -468,7 +468,8 @@ def test_front_end_holds_no_logic_of_its_own(module: str) -> None:
 def _cli_calls() -> dict[str, set[str]]:
     tree, functions = _functions(REPO / "skeleton_app" / "cli.py")
     commands = {"exec": "exec_cmd", "status": "status_cmd", "deploy": "deploy_cmd",
-                "daemon": "_daemon", "sync_models": "sync_models_cmd", "logs": "logs_cmd"}
+                "daemon": "_daemon", "sync_models": "sync_models_cmd", "logs": "logs_cmd",
+                "bootstrap": "bootstrap_cmd"}
     names = _imports(tree)
     # Importing Rich early is how the CLI hides its import time; nothing to render with.
     speedups = {"skeleton_app.render.preload_tables"}

@@ -32,6 +32,9 @@ def test_daemons_register_heartbeat_and_stop(make_testbed: Callable[..., Testbed
     cfg = bed.config_path
     # the testbed registered its hosts: commands work before any daemon ran
     assert set(nodes_json(cfg)) == {"node-01", "node-02", "node-03"}
+    # The hosts are stock nodes: their .venv comes first, as a user makes it.
+    proc = skeleton("cluster", "bootstrap", config=cfg, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = skeleton("cluster", "daemon", "start", config=cfg)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:

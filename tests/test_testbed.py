@@ -24,7 +24,7 @@ from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings
 from skeleton_app.errors import SelectionError, TestbedError, UsageError
 from skeleton_app.testbed import Testbed
-from tests.helpers import skeleton
+from tests.helpers import bootstrap_testbed, skeleton
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MakeTestbed = Callable[..., Testbed]
@@ -200,9 +200,9 @@ def test_config_yaml_describes_the_hosts(testbed: Testbed, settings: Settings) -
     assert settings.ssh.identity_file == str(testbed.identity_file)
     assert settings.ssh.known_hosts == str(testbed.known_hosts)
     assert settings.app.dir == tb_mod.APP_DIR
-    assert sys.executable in settings.daemon.command
-    assert settings.daemon.command.endswith(
-        f"-m skeleton_app daemon run --config {testbed.config_path}")
+    # The host's own virtualenv (made by `cluster bootstrap`), never the controller's.
+    assert settings.daemon.command == (
+        f".venv/bin/python -m skeleton_app daemon run --config {testbed.config_path}")
     assert settings.registry.dsn is None
     for i, node in enumerate(settings.nodes, start=1):
         assert "testbed" in node.roles
@@ -219,10 +219,16 @@ def test_known_hosts_holds_the_real_host_keys(testbed: Testbed) -> None:
         assert host.host_key_pub.read_text().split()[1] == key
 
 
-def test_the_skeleton_user_can_run_the_daemon_interpreter(testbed: Testbed) -> None:
+def test_the_controllers_checkout_and_virtualenv_are_invisible_in_the_hosts(
+        testbed: Testbed) -> None:
+    """A host runs its own packages (bootstrapped), never the controller's: they are hidden
+    under an empty tmpfs there, so a missing set-up step cannot hide."""
+    assert sys.prefix.startswith(str(REPO_ROOT))  # the suite runs from the checkout's .venv
     out = ssh(testbed, testbed.hosts[0].ip,
-              f"{sys.executable} -c 'import yaml, psycopg, paramiko; print(42)'")
-    assert out.stdout.strip() == "42"
+              f"ls -A {shlex.quote(str(REPO_ROOT))} | wc -l; test -e {shlex.quote(sys.executable)}"
+              " || echo no-venv; python3 -c 'import sys; print(sys.version_info[0])'")
+    assert out.stdout.split() == ["0", "no-venv", "3"], out.stdout
+    assert (REPO_ROOT / "pyproject.toml").is_file()  # still there for the controller
 
 
 def test_status_and_load(testbed: Testbed) -> None:
@@ -548,8 +554,9 @@ def test_named_hosts_with_roles_and_a_database(make_testbed: MakeTestbed) -> Non
     probe = ("import sys, psycopg\n"
              "with psycopg.connect(sys.argv[1], connect_timeout=5) as c:\n"
              "    print(c.execute('select current_user').fetchone()[0])\n")
-    # ssh sends one shell string: quote each word.
-    proc = ssh(tb, tb.host("beta").ip, shlex.join([sys.executable, "-c", probe, tb.db.host_dsn]))
+    # With the host's own psycopg (its bootstrapped venv); ssh sends one shell string.
+    python = bootstrap_testbed(tb)
+    proc = ssh(tb, tb.host("beta").ip, shlex.join([python, "-c", probe, tb.db.host_dsn]))
     assert proc.stdout.strip() == "skeleton"
     text = tb.config_path.read_text()
     assert tb.db.host_dsn in text and tb.gateway in tb.db.host_dsn

@@ -78,13 +78,13 @@ def test_a_broken_cache_is_ignored(src: Path, hashes: list[str],
     monkeypatch.setattr(tree, "_RACY", 0.0)
     want = tree.tree_digest(src)
     (cache,) = tree.cache_dir().glob("tree-*.json")
-    cache.write_text('{"format": 1, "files": {"pkg/m1.py": [1, 2, 3, 4, 5, "00"]}')  # cut off
+    cache.write_text('{"format": 2, "files": {"pkg/m1.py": [1, 2, 3, 4, 5, "00"]}')  # cut off
     hashes.clear()
     assert tree.tree_digest(src) == want
     assert len(hashes) == 21
     cache.write_text("[]")
     assert tree.tree_digest(src) == want
-    cache.write_text('{"format": 1, "files": {"pkg/m1.py": 7, "pkg/m2.py": [1, "x"]}}')
+    cache.write_text('{"format": 2, "files": {"pkg/m1.py": 7, "pkg/m2.py": [1, "x"]}}')
     assert tree.tree_digest(src) == want  # malformed entries are misses, not errors
 
 

@@ -48,6 +48,7 @@ from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.ops.daemon import control_node
 from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.secret_scan import SecretScan
 from skeleton_app.transfers import (
     DEFAULT_PARTIAL_DIR,
     FileChange,
@@ -242,9 +243,11 @@ class DeployPlan:
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
          dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
          checksum: bool = False, force: bool = False, restart: bool = False,
-         lock_wait: float = LOCK_WAIT, digest: bool = True) -> DeployPlan:
+         lock_wait: float = LOCK_WAIT, digest: bool = True,
+         allow_secrets: bool = False) -> DeployPlan:
     """Resolve and check the arguments (UsageError, nothing touched) and digest the tree
-    (unless `digest` is false)."""
+    (unless `digest` is false). A tree holding private key material is refused (UsageError
+    naming the files) unless `allow_secrets`: see skeleton_app.secret_scan."""
     settings = cluster.settings
     src = _resolve_source(source, settings.deploy.source, settings.source)
     if dest is not None:
@@ -259,6 +262,8 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
     owner = _owner()
     digest_excludes = (*exclude, f"{DEFAULT_PARTIAL_DIR}/")
     tree = tree_digest(src, digest_excludes) if digest and not dry_run else None
+    if tree is not None and not allow_secrets:
+        _refuse_secrets(tree)
     return DeployPlan(
         source=src, dest=dest, exclude=exclude, filters=filters,
         delete=settings.deploy.delete if delete is None else delete, dry_run=dry_run,
@@ -282,6 +287,7 @@ def deploy(
     lock_wait: float = LOCK_WAIT,
     fanout: int | None = None,
     on_result: Callable[[NodeResult], None] | None = None,
+    allow_secrets: bool = False,
 ) -> ClusterResult:
     """Push `source` (default `deploy.source`) to `dest` (default each node's app dir) on
     every node in parallel, bounded by fanout. One node's failure never stops the others.
@@ -289,22 +295,34 @@ def deploy(
     Per node result: exit 0 deployed or already up to date (`data["unchanged"]`); non-zero
     when rsync, an after command or the daemon failed there (rsync's exit code, or 1);
     `errors` when the node was unreachable, its lock was held, or it lacks rsync.
+    A tree holding private key material is refused (UsageError naming the files, nothing
+    sent; skeleton_app.secret_scan) unless `allow_secrets`; `dry_run` refuses it too.
     `data` holds `changes` (path, kind, item, size), `files_changed`, `bytes_sent`, `stats`.
     """
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
-             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False)
+             checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False,
+             allow_secrets=allow_secrets)
     # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
     # more than those two). A tree that cannot be read fails here, before any node is
     # touched; the warm-up threads then end on their own.
     wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
+    tree = tree_digest(p.source, p.digest_excludes)  # a dry run too: it finds private keys
+    if not allow_secrets:
+        _refuse_secrets(tree)
     if not dry_run:
-        p = replace(p, digest=tree_digest(p.source, p.digest_excludes))
+        p = replace(p, digest=tree)
     emit = _emitter(on_progress)
     result = cluster.map(lambda node: _deploy_node(cluster, node, p, emit), nodes,
                          fanout=fanout, operation="deploy-dry-run" if dry_run else "deploy",
                          on_result=on_result)
     wait()
     return result
+
+
+def _refuse_secrets(tree: TreeDigest) -> None:
+    """Private key material in the tree: UsageError naming the files, nothing is sent."""
+    if tree.secrets:
+        raise UsageError(SecretScan(tree.secrets).refusal())
 
 
 def _emitter(on_progress: OnProgress | None) -> OnProgress:
