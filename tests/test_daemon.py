@@ -291,9 +291,9 @@ def test_bad_daemon_command_or_batch_is_an_error(testbed: Testbed, tmp_path: Pat
         daemon_control(cluster, cluster.nodes, "restart", batch=0)
 
 
-RUN_DAEMON = f"""#!/bin/sh
+RUN_DAEMON = """#!/bin/sh
 # Any daemon: a wrapper script that execs a server whose command line names nothing of ours.
-exec env PYTHONPATH=. {sys.executable} srv.py "$1"
+exec python3 srv.py "$1"
 """
 
 
