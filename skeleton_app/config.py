@@ -28,6 +28,7 @@ import yaml
 from skeleton_app.errors import ConfigError
 from skeleton_app.nodes import (
     Node,
+    validate_app_dir,
     validate_host,
     validate_node_id,
     validate_port,
@@ -73,6 +74,9 @@ class RegistrySettings:
     dsn: str | None = None
     stale_after: float = 30.0
     connect_timeout: float = 5.0
+    # The node daemon's own credentials (`skeleton nodes credentials ID` writes them there):
+    # when this file exists on the node, the daemon uses its DSN instead of `dsn`.
+    node_dsn_file: str = "~/.config/skeleton/node.dsn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,11 @@ class DaemonSettings:
     stop_grace: float = 10.0
     start_grace: float = 1.0
     api_port: int = 8765
+    # /health listens on this address; null: the node's own cluster address (its `host`).
+    health_bind: str | None = None
+    # Bearer token for /health's details (pid, versions, registry state); null: the token
+    # the daemon writes to its run dir (0600), which only the node's login user can read.
+    health_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +266,11 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
             fail("jump_host", f"invalid jump host {section.jump_host!r}")
     if name == "app" and not section.dir.startswith("/"):
         fail("dir", f"expected an absolute path, got {section.dir!r}")
+    if name == "app":
+        try:
+            validate_app_dir(section.dir)
+        except ValueError as exc:
+            fail("dir", str(exc))
     if name == "daemon":
         try:
             validate_port(section.api_port)
@@ -264,6 +278,15 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
             fail("api_port", str(exc))
         if not section.command.strip():
             fail("command", "expected a non-empty command")
+        if section.health_bind is not None:
+            try:
+                validate_host(section.health_bind)
+            except ValueError as exc:
+                fail("health_bind", str(exc))
+        if section.health_token is not None and (
+                len(section.health_token) < 16 or not section.health_token.isascii()
+                or not section.health_token.isprintable() or " " in section.health_token):
+            fail("health_token", "expected at least 16 printable ASCII characters, no spaces")
 
 
 def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,
