@@ -685,6 +685,9 @@ class Registry(Protocol):
     def approve(self, node_id: str) -> bool:
         ...
 
+    def issue_credentials(self, node_id: str) -> str:
+        ...
+
     def set_enabled(self, node_id: str, enabled: bool) -> bool:
         ...
 
@@ -1278,6 +1281,9 @@ class StaticRegistry:
 
     def approve(self, node_id: str) -> bool:
         raise self._read_only("approving a node")
+
+    def issue_credentials(self, node_id: str) -> str:
+        raise self._read_only("a node's own credentials")
 
     def set_enabled(self, node_id: str, enabled: bool) -> bool:
         raise self._read_only("enabling or disabling a node")
