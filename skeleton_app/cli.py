@@ -488,7 +488,8 @@ def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
         click.echo(json.dumps([{
             "id": e.node.id, "host": e.node.host, "port": e.node.port, "user": e.node.user,
             "roles": list(e.node.roles), "app_dir": e.node.app_dir, "enabled": e.enabled,
-            "approved": e.approved, "state": e.state, "daemon_state": e.daemon_state, "code_version": e.code_version,
+            "approved": e.approved, "state": e.state, "daemon_state": e.daemon_state,
+            "code_version": e.code_version,
             "seen_ago": e.seen_ago, "stale": e.is_stale(stale_after)} for e in entries],
             indent=2))
         return 0

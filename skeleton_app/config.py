@@ -37,7 +37,6 @@ from skeleton_app.nodes import (
     validate_user,
 )
 
-
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}\Z")
 
 
