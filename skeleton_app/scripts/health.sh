@@ -29,26 +29,25 @@ esac
 int=${timeout%%.*}
 tenths=$((${int:-0} * 10 + 10))
 
-token=
-if [ -n "${SKELETON_HEALTH_TOKEN_FILE:-}" ] && [ -r "$SKELETON_HEALTH_TOKEN_FILE" ]; then
-    IFS= read -r token <"$SKELETON_HEALTH_TOKEN_FILE" || :
-fi
-
+# python3 before wget: wget could send the token only on its command line.
 if command -v curl >/dev/null 2>&1; then
     client=curl
-elif [ -n "$token" ] && command -v python3 >/dev/null 2>&1; then
+elif command -v python3 >/dev/null 2>&1; then
     client=python3
 elif command -v wget >/dev/null 2>&1; then
     client=wget
-elif command -v python3 >/dev/null 2>&1; then
-    client=python3
 else
     printf 'state=error\nmessage=no curl, wget or python3 on this node to query the health endpoint\n'
     exit 2
 fi
 
 # get URL: print the body of a 2xx answer; false otherwise (the error on stderr).
+# The token is read at every attempt: a daemon starting meanwhile writes a new one.
 get() {
+    token=
+    if [ -n "${SKELETON_HEALTH_TOKEN_FILE:-}" ] && [ -r "$SKELETON_HEALTH_TOKEN_FILE" ]; then
+        IFS= read -r token <"$SKELETON_HEALTH_TOKEN_FILE" || :
+    fi
     case $client in
         curl)
             if [ -n "$token" ]; then
