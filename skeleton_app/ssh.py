@@ -867,14 +867,14 @@ def _failed(node: Node, exc: NodeError, started: float, out: _Buffer | None = No
 
 
 def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
-             extra: Iterable[str] = ()) -> list[str]:
+             extra: Iterable[str] = (), pin: bool = True) -> list[str]:
     """OpenSSH argv (without the remote command) carrying the same identity, port,
-    known_hosts, strict checking and jump host as the Paramiko side. Used by rsync -e."""
+    known_hosts, strict checking and jump host as the Paramiko side. Used by rsync -e.
+    `pin`: check the host key under the node id (HostKeyAlias), as the Paramiko side does;
+    False only for a host that is no node of ours (a plain Fabric Connection)."""
     policy = "accept-new" if settings.host_key_policy == "accept-new" else "yes"
     argv = [
         "ssh", "-p", str(node.port), "-l", node.user,
-        # Keys are pinned per node id, as on the Paramiko side (see _HostKeyPolicy).
-        "-o", f"HostKeyAlias={node.id}",
         # OpenSSH splits this value on whitespace (it takes a list): quote a path with spaces.
         "-o", "UserKnownHostsFile=" + (f'"{settings.known_hosts}"'
                                        if any(c.isspace() for c in settings.known_hosts)
@@ -884,6 +884,8 @@ def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
         "-o", "ServerAliveInterval=" + str(max(1, int(settings.keepalive))),
         "-o", "ServerAliveCountMax=3",
     ]
+    if pin:  # keys are pinned per node id, as on the Paramiko side (see _HostKeyPolicy)
+        argv += ["-o", f"HostKeyAlias={node.id}"]
     if batch:
         argv += ["-o", "BatchMode=yes"]
     identity = node.identity_file or settings.identity_file
