@@ -19,6 +19,7 @@ import dataclasses
 import json
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -433,3 +434,45 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
         # testbed's teardown ends the host's namespace and every process in it.
         if isinstance(pid, int):
             tb_mod.host_exec(bed, host.id, ["kill", "-TERM", str(pid)], check=False)
+
+
+def test_installed_credentials_are_what_the_daemon_uses(
+        make_testbed: Callable[..., Testbed]) -> None:
+    """`nodes credentials --install`: the DSN lands on the node (0600, never on a command
+    line), and the daemon started there heartbeats as the node's own role."""
+    bed = make_testbed(2, db=True)
+    cfg = bed.config_path
+    proc = skeleton("nodes", "credentials", "node-01", "--install", config=cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dsn_file = bed.host("node-01").home / ".config" / "skeleton" / "node.dsn"
+    assert dsn_file.stat().st_mode & 0o077 == 0
+    assert "skeleton_node_" in dsn_file.read_text()
+    printed = skeleton("nodes", "credentials", "node-02", config=cfg)
+    assert printed.returncode == 0 and "user=skeleton_node_" in printed.stdout
+    code = ("import sys, runpy; sys.argv = ['agent']; "
+            "runpy.run_module('skeleton_app.agent', run_name='__main__')")
+    tb_mod.host_exec(bed, "node-01", ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
+                     input=cfg.read_text())
+    launch = ("cd /home/skeleton/app && SKELETON_HEARTBEAT_INTERVAL=0.5 setsid"
+              f" {sys.executable} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
+    tb_mod.host_exec(bed, "node-01", ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
+    assert bed.db is not None
+    pid = None
+    try:
+        for _ in range(60):
+            node = _nodes(cfg)["node-01"]
+            if node["daemon_state"] == "running":
+                break
+            time.sleep(0.5)
+        assert node["daemon_state"] == "running", node
+        with psycopg.connect(bed.db.dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT daemon_pid FROM nodes WHERE id = 'node-01'").fetchone()
+            users = {r[0] for r in conn.execute(
+                "SELECT usename FROM pg_stat_activity WHERE application_name"
+                " = 'skeleton-daemon node-01'")}
+        assert row is not None
+        pid = row[0]
+        assert users and all(u.startswith("skeleton_node_") for u in users), users
+    finally:
+        if isinstance(pid, int):
+            tb_mod.host_exec(bed, "node-01", ["kill", "-TERM", str(pid)], check=False)
