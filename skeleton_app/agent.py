@@ -10,7 +10,7 @@ What `skeleton cluster daemon start` starts on every node. It:
    written by `skeleton nodes credentials`) PostgreSQL itself confines it to its own row;
 3. sends a heartbeat every few seconds (last_seen, load, memory, disk, GPUs, code_version);
 4. answers `GET /health` on the node's api_port, on the node's own cluster address (see
-   `health_address`): without a token just `{"status": "ok"}` (a liveness bit); with
+   `Agent._bind`): without a token just `{"status": "ok"}` (a liveness bit); with
    `Authorization: Bearer TOKEN` the details (node id, pid, started_at, uptime, code
    version, skeleton_app version, registry state), which rolling restarts use. The token is
    `daemon.health_token`, else a random one; either is written to

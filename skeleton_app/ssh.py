@@ -193,6 +193,15 @@ def host_key_pin(node: Node, connected_host: str | None = None) -> _Pin:
     return _Pin(alias=node.id, addresses=tuple(known_host_name(h, node.port) for h in hosts))
 
 
+# Connections are pooled per node id too: a transport whose host key was checked for one
+# id must never serve another id that a registry row points at the same address.
+_PoolKey = tuple[str, str, str, int]
+
+
+def _pool_key(node: Node) -> _PoolKey:
+    return (node.id, node.user, node.host, node.port)
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
 
@@ -388,9 +397,9 @@ class Connector:
         self.settings = settings
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
-        self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
-        self._pool: dict[tuple[str, str, int], _Link | SkeletonConnection] = {}
-        self._warm_errors: dict[tuple[str, str, int], tuple[NodeError, float]] = {}
+        self._node_locks: dict[_PoolKey, threading.Lock] = {}
+        self._pool: dict[_PoolKey, _Link | SkeletonConnection] = {}
+        self._warm_errors: dict[_PoolKey, tuple[NodeError, float]] = {}
         self._closes = 0  # close() calls so far: a connection opened across one is dropped
         self._keys: dict[str, paramiko.PKey | None] = {}
         self._fabric_config = fabric_config
@@ -522,7 +531,7 @@ class Connector:
                 t.join()
             with self._lock:
                 for n in nodes:
-                    self._warm_errors.pop((n.user, n.host, n.port), None)
+                    self._warm_errors.pop(_pool_key(n), None)
 
         return wait
 
@@ -536,14 +545,14 @@ class Connector:
         conn.transport = link.transport
         conn.liveness_lock = link.liveness_lock  # one liveness probe at a time per transport
         with self._lock:
-            key = (node.user, node.host, node.port)
+            key = _pool_key(node)
             if self._pool.get(key) is link:
                 self._pool[key] = conn  # the same transport, from now on in Fabric's dress
         return conn
 
     def link(self, node: Node, *, warming: bool = False) -> _Link | SkeletonConnection:
         """A connected, pooled connection to `node` (what commands run on); NodeError."""
-        key = (node.user, node.host, node.port)
+        key = _pool_key(node)
         with self._lock:
             conn = self._pool.get(key)
             node_lock = self._node_locks.setdefault(key, threading.Lock())
@@ -630,7 +639,7 @@ class Connector:
 
     def discard(self, node: Node) -> None:
         with self._lock:
-            conn = self._pool.pop((node.user, node.host, node.port), None)
+            conn = self._pool.pop(_pool_key(node), None)
         if conn is not None:
             conn.close()
 

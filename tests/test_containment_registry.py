@@ -230,6 +230,17 @@ def _re_pointed(bed: Testbed, tmp_path: Path, policy: str, ip1: str) -> None:
     assert "node-03: hostkey-changed: HOST KEY CHANGED for node-03" in proc.stdout
     assert not marker.exists()
     assert kh.read_text() == bed.known_hosts.read_text()  # nothing recorded
+    # with node-01 itself in the same run: its checked connection never serves node-03
+    ran = bed.host("node-01").home / "ran-log"
+    ran.unlink(missing_ok=True)
+    proc = skeleton("cluster", "exec", "hostname >> ~/ran-log",
+                    "--node", "node-01,node-03", "--json", config=cfg)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    nodes = json.loads(proc.stdout)["nodes"]
+    assert nodes["node-01"]["exit_code"] == 0 and nodes["node-03"]["exit_code"] is None
+    assert nodes["node-03"]["error_kind"] == "hostkey-changed"
+    assert ran.read_text().split() == ["node-01"]  # node-01's own command, once
+    ran.unlink()
     # OpenSSH (rsync, logs --follow) checks the same pin: HostKeyAlias=node-03
     settings = load_config(cfg, env={})
     node = Node(id="node-03", host=ip1, user=settings.ssh.user,
