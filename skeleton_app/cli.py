@@ -510,11 +510,14 @@ def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
 @click.option("--user", default=None)
 @click.option("--role", "roles", multiple=True, help="Repeatable.")
 @click.option("--app-dir", default=None)
+@click.option("--credentials", is_flag=True,
+              help="Also create the node's own database role and print its DSN.")
 @_config_option
 @click.pass_context
 def nodes_add(ctx: click.Context, node_id: str, host: str, port: int | None, user: str | None,
-              roles: tuple[str, ...], app_dir: str | None, config: str | None) -> int:
-    """Add (or update) a node."""
+              roles: tuple[str, ...], app_dir: str | None, credentials: bool,
+              config: str | None) -> int:
+    """Add (or update) a node; it is approved (a target)."""
     from skeleton_app.registry import parse_node
 
     info: dict[str, Any] = {"id": node_id, "host": host, "roles": list(roles)}
@@ -524,7 +527,10 @@ def nodes_add(ctx: click.Context, node_id: str, host: str, port: int | None, use
     spec = parse_node(info)
     with _registry(ctx, config) as registry:
         created = registry.upsert_node(spec)
+        dsn = registry.issue_credentials(node_id) if credentials else None
     click.echo(f"{'added' if created else 'updated'} {node_id}")
+    if dsn:
+        click.echo(dsn)
     return 0
 
 

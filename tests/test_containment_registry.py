@@ -460,6 +460,10 @@ def test_installed_credentials_are_what_the_daemon_uses(
     assert "skeleton_node_" in dsn_file.read_text()
     printed = skeleton("nodes", "credentials", "node-02", config=cfg)
     assert printed.returncode == 0 and "user=skeleton_node_" in printed.stdout
+    added = skeleton("nodes", "add", "node-05", "10.9.9.5", "--credentials", config=cfg)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines()[0] == "added node-05"
+    assert "user=skeleton_node_" in added.stdout.splitlines()[1]
     code = ("import sys, runpy; sys.argv = ['agent']; "
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
     tb_mod.host_exec(bed, "node-01", ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
