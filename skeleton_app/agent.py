@@ -289,6 +289,10 @@ class _HealthServer(ThreadingHTTPServer):
         self.server_port = int(port)
 
 
+class _HealthServer6(_HealthServer):
+    address_family = socket.AF_INET6  # a node whose cluster address is IPv6
+
+
 class Agent:
     """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0."""
 
@@ -411,8 +415,9 @@ class Agent:
         """Listen on `health_bind`. An address this machine does not have (the node is
         reached through NAT or a port forward) falls back to loopback, with a warning:
         the controller queries /health over SSH on the node anyway."""
+        server_class = _HealthServer6 if ":" in self.health_bind else _HealthServer
         try:
-            return _HealthServer((self.health_bind, self.node.api_port), handler)
+            return server_class((self.health_bind, self.node.api_port), handler)
         except OSError as exc:
             unassigned = exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
             if not unassigned or self.health_bind in ("127.0.0.1", "::1"):
