@@ -7,6 +7,12 @@ Two implementations of one `Registry` protocol, picked by `open_registry(setting
   parameters only, a connect timeout always, rows typed into dataclasses.
 - `StaticRegistry`: the `nodes:` list of config.yaml when no DSN is configured.
 
+Who writes what (migration 0002): the operator's role owns the tables; each node's daemon
+should hold a role of its own (`issue_credentials`, `skeleton nodes credentials`), which
+row-level security confines to its own row and column rights to the columns a daemon owns
+(heartbeat, metrics, daemon state, capabilities). A row a daemon creates (`register_self`)
+is pending, never a target, until `approve`; operator writes (`upsert_node`) approve.
+
 Rows are untrusted input: a node writes its own row, and whatever else can reach the database
 can too. Every row is validated when it is read, with the rules used for config.yaml (ids and
 hosts end up in file names and on ssh command lines); a bad row is skipped with a warning
