@@ -4,11 +4,17 @@ What `skeleton cluster daemon start` starts on every node. It:
 
 1. works out which node it is: `$SKELETON_NODE_ID` (set by daemon control), else the config
    entry whose id is this machine's hostname;
-2. registers that node in the registry (an upsert: host, ports, roles from config.yaml, plus
-   capabilities: CPU count, memory, GPUs);
+2. registers that node in the registry: a new row lands `pending` until an operator approves
+   it; an existing row only gets its capabilities (CPU count, memory, GPUs) refreshed, never
+   its host, app_dir, roles or state. With its own credentials (`registry.node_dsn_file`,
+   written by `skeleton nodes credentials`) PostgreSQL itself confines it to its own row;
 3. sends a heartbeat every few seconds (last_seen, load, memory, disk, GPUs, code_version);
-4. answers `GET /health` on the node's api_port with JSON (node id, pid, started_at,
-   code_version, registry state), which status and rolling restarts use;
+4. answers `GET /health` on the node's api_port, on the node's own cluster address (see
+   `Agent._bind`): without a token just `{"status": "ok"}` (a liveness bit); with
+   `Authorization: Bearer TOKEN` the details (node id, pid, started_at, uptime, code
+   version, skeleton_app version, registry state), which rolling restarts use. The token is
+   `daemon.health_token`, else a random one; either is written to
+   `<app_dir>/.skeleton-deploy/health-token` (0600) for the node's own user (health.sh);
 5. on SIGTERM (or SIGINT) marks itself stopped and exits 0.
 
 The registry may be down, at start or at any time later: the daemon keeps running and keeps
@@ -27,11 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,7 +58,7 @@ from skeleton_app import __version__, gpu, layout
 from skeleton_app.config import Settings, load_config
 from skeleton_app.errors import ConfigError, RegistryError, SkeletonError
 from skeleton_app.nodes import Node, validate_host, validate_node_id
-from skeleton_app.registry import Registry, open_registry
+from skeleton_app.registry import Registry, open_registry, parse_dsn
 
 log = logging.getLogger("skeleton_app.agent")
 
@@ -61,7 +70,7 @@ TREE_DIGEST_MAX_FILES = 20_000  # beyond this the app dir holds data, not code: 
 ENV_NODE_ID = "SKELETON_NODE_ID"
 ENV_NODE_HOST = "SKELETON_NODE_HOST"  # the node's address when config.yaml does not list it
 ENV_INTERVAL = "SKELETON_HEARTBEAT_INTERVAL"
-ENV_HEALTH_BIND = "SKELETON_HEALTH_BIND"  # default 0.0.0.0: both health URLs must answer
+ENV_HEALTH_BIND = "SKELETON_HEALTH_BIND"  # overrides daemon.health_bind (older name)
 
 
 # ------------------------------------------------------------------------ who am I
@@ -116,8 +125,6 @@ def _address_towards_registry(settings: Settings) -> str | None:
     """Our source address on the route to the database host (a UDP connect sends nothing)."""
     if not settings.registry.dsn:
         return None
-    from skeleton_app.registry import parse_dsn
-
     try:
         target = parse_dsn(settings.registry.dsn)
         host = target.host.split(",")[0]
@@ -282,6 +289,10 @@ class _HealthServer(ThreadingHTTPServer):
         self.server_port = int(port)
 
 
+class _HealthServer6(_HealthServer):
+    address_family = socket.AF_INET6  # a node whose cluster address is IPv6
+
+
 class Agent:
     """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0."""
 
@@ -291,7 +302,8 @@ class Agent:
         node: Node,
         *,
         interval: float = DEFAULT_INTERVAL,
-        health_bind: str = "0.0.0.0",
+        health_bind: str | None = None,
+        health_token: str | None = None,
         registry_factory: Callable[[Settings], Registry] | None = None,
         app_dir: str | None = None,
     ):
@@ -302,7 +314,10 @@ class Agent:
         self.node = node
         self.interval = interval
         self.max_backoff = max(interval, min(MAX_BACKOFF, interval * 12))
-        self.health_bind = health_bind
+        # The node's own cluster address unless told otherwise (never 0.0.0.0 by default).
+        self.health_bind = health_bind or settings.daemon.health_bind or node.host
+        self.health_token = (health_token or settings.daemon.health_token
+                             or secrets.token_urlsafe(24))
         self.app_dir = app_dir or os.getcwd()
         self._registry_factory = registry_factory or (
             lambda s: open_registry(s, application_name=f"skeleton-daemon {node.id}")
@@ -318,7 +333,10 @@ class Agent:
 
     # -- state shared with the health endpoint
 
-    def health(self) -> dict[str, Any]:
+    def health(self, *, details: bool = True) -> dict[str, Any]:
+        """What /health answers: a liveness bit, or (with the token) the details."""
+        if not details:
+            return {"status": "ok"}
         with self._db_lock:
             db = dataclasses.asdict(self.db)
         return {
@@ -363,9 +381,16 @@ class Agent:
 
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/health":
-                    self._send(404, {"error": "not found", "path": self.path[:200]})
+                    self._send(404, {"error": "not found"})
                     return
-                self._send(200, agent.health())
+                self._send(200, agent.health(details=self._authorized()))
+
+            def _authorized(self) -> bool:
+                given = self.headers.get("Authorization", "")
+                scheme, _, token = given.partition(" ")
+                # Constant-time: the comparison must not leak the token byte by byte.
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), agent.health_token.encode())
 
             def _send(self, code: int, body: Mapping[str, Any]) -> None:
                 data = (json.dumps(body) + "\n").encode()
@@ -379,20 +404,47 @@ class Agent:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # health checks every few seconds would drown the log
 
-        try:
-            server = _HealthServer((self.health_bind, self.node.api_port), Handler)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve /health on {self.health_bind}:{self.node.api_port}:"
-                f" {exc.strerror} (another daemon running?)", key="daemon.api_port",
-            ) from None
+        server = self._bind(Handler)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="skeleton-health", daemon=True)
         thread.start()
         self._server = server
         return server
 
+    def _bind(self, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+        """Listen on `health_bind`. An address this machine does not have (the node is
+        reached through NAT or a port forward) falls back to loopback, with a warning:
+        the controller queries /health over SSH on the node anyway."""
+        server_class = _HealthServer6 if ":" in self.health_bind else _HealthServer
+        try:
+            return server_class((self.health_bind, self.node.api_port), handler)
+        except OSError as exc:
+            unassigned = exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
+            if not unassigned or self.health_bind in ("127.0.0.1", "::1"):
+                raise ConfigError(
+                    f"cannot serve /health on {self.health_bind}:{self.node.api_port}:"
+                    f" {exc.strerror} (another daemon running?)", key="daemon.api_port",
+                ) from None
+        log.warning("%s is not an address of this machine: /health on 127.0.0.1 only (set"
+                    " daemon.health_bind)", self.health_bind)
+        self.health_bind = "127.0.0.1"
+        return self._bind(handler)
+
+    def _write_token(self) -> None:
+        """The token for the node's own user (health.sh reads it): 0600, replaced atomically."""
+        path = Path(self.app_dir) / layout.HEALTH_TOKEN_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.health_token + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the /health token to %s: %s", path, exc.strerror)
+
     def run(self) -> int:
+        self._write_token()
         log.info("starting: node %s (%s), pid %d, code %s, health on %s:%d", self.node.id,
                  self.node.host, self.pid, self.code_version, self.health_bind,
                  self.node.api_port)
@@ -431,7 +483,10 @@ class Agent:
                         registry = self._registry_factory(self.settings)
                     if not registered:
                         caps = caps or capabilities()
-                        registry.upsert_node(self.node, capabilities=caps)
+                        if registry.register_self(self.node, capabilities=caps):
+                            log.warning("node %s registered itself: pending until an"
+                                        " operator runs `skeleton nodes approve %s`",
+                                        self.node.id, self.node.id)
                         registered = True
                     found = registry.heartbeat(
                         self.node.id, metrics=metrics(self.app_dir), daemon_state="running",
@@ -512,6 +567,25 @@ def _setup_logging(path: Path) -> list[logging.Handler]:
     return handlers
 
 
+def own_credentials(settings: Settings) -> Settings:
+    """`settings` with the node's own DSN (`registry.node_dsn_file`) when that file exists:
+    a role that may write nothing but this node's heartbeat (`skeleton nodes credentials`)."""
+    path = Path(os.path.expanduser(settings.registry.node_dsn_file))
+    try:
+        dsn = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return settings
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                          key="registry.node_dsn_file") from None
+    try:
+        parse_dsn(dsn)
+    except RegistryError as exc:
+        raise ConfigError(f"{path}: {exc}", key="registry.node_dsn_file") from None
+    return dataclasses.replace(settings, registry=dataclasses.replace(settings.registry,
+                                                                      dsn=dsn))
+
+
 def _interval_from_env(env: Mapping[str, str]) -> float:
     raw = env.get(ENV_INTERVAL)
     if not raw:
@@ -538,13 +612,14 @@ def run_daemon(
     To embed the daemon in a process of your own, build an `Agent` and call `run()`/`stop()`.
     """
     env = os.environ if env is None else env
+    settings = own_credentials(settings)
     node = resolve_node(settings, env=env)
     interval = _interval_from_env(env)
     handlers = _setup_logging(Path(settings.logs_dir_for(node)) / layout.DAEMON_LOG)
     previous: dict[signal.Signals, Any] = {}
     try:
         agent = Agent(settings, node, interval=interval,
-                      health_bind=env.get(ENV_HEALTH_BIND) or "0.0.0.0")
+                      health_bind=env.get(ENV_HEALTH_BIND) or None)
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, lambda *_: agent.stop())

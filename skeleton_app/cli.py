@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from skeleton_app.errors import SkeletonError, UsageError
+from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
 from skeleton_app.results import EXIT_USAGE
 
 SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
@@ -534,7 +534,8 @@ _config_option = click.option("--config", "-c", "config", default=None, metavar=
 
 @cli.group()
 def nodes() -> None:
-    """The node table: list, add, remove, enable, disable, import, export."""
+    """The node table: list, add, approve, credentials, remove, enable, disable, import,
+    export."""
 
 
 @nodes.command("list")
@@ -555,16 +556,17 @@ def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
         click.echo(json.dumps([{
             "id": e.node.id, "host": e.node.host, "port": e.node.port, "user": e.node.user,
             "roles": list(e.node.roles), "app_dir": e.node.app_dir, "enabled": e.enabled,
-            "daemon_state": e.daemon_state, "code_version": e.code_version,
+            "approved": e.approved, "state": e.state, "daemon_state": e.daemon_state,
+            "code_version": e.code_version,
             "seen_ago": e.seen_ago, "stale": e.is_stale(stale_after)} for e in entries],
             indent=2))
         return 0
-    rows = [[e.node.id, e.node.host, ",".join(e.node.roles), "yes" if e.enabled else "no",
+    rows = [[e.node.id, e.node.host, ",".join(e.node.roles), e.state,
              e.daemon_state or "-",
              "-" if e.seen_ago is None else f"{e.seen_ago:.0f}s ago"
              + (" (stale)" if e.is_stale(stale_after) else ""),
              (e.code_version or "-")[:12]] for e in entries]
-    render.table(None, ["node", "host", "roles", "enabled", "daemon", "heartbeat", "version"],
+    render.table(None, ["node", "host", "roles", "state", "daemon", "heartbeat", "version"],
                  rows)
     return 0
 
@@ -576,11 +578,14 @@ def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
 @click.option("--user", default=None)
 @click.option("--role", "roles", multiple=True, help="Repeatable.")
 @click.option("--app-dir", default=None)
+@click.option("--credentials", is_flag=True,
+              help="Also create the node's own database role and print its DSN.")
 @_config_option
 @click.pass_context
 def nodes_add(ctx: click.Context, node_id: str, host: str, port: int | None, user: str | None,
-              roles: tuple[str, ...], app_dir: str | None, config: str | None) -> int:
-    """Add (or update) a node."""
+              roles: tuple[str, ...], app_dir: str | None, credentials: bool,
+              config: str | None) -> int:
+    """Add (or update) a node; it is approved (a target)."""
     from skeleton_app.registry import parse_node
 
     info: dict[str, Any] = {"id": node_id, "host": host, "roles": list(roles)}
@@ -590,7 +595,10 @@ def nodes_add(ctx: click.Context, node_id: str, host: str, port: int | None, use
     spec = parse_node(info)
     with _registry(ctx, config) as registry:
         created = registry.upsert_node(spec)
+        dsn = registry.issue_credentials(node_id) if credentials else None
     click.echo(f"{'added' if created else 'updated'} {node_id}")
+    if dsn:
+        click.echo(dsn)
     return 0
 
 
@@ -598,6 +606,8 @@ def _toggle(ctx: click.Context, config: str | None, node_id: str, action: str) -
     with _registry(ctx, config) as registry:
         if action == "remove":
             found = registry.remove_node(node_id)
+        elif action == "approve":
+            found = registry.approve(node_id)
         else:
             found = registry.set_enabled(node_id, action == "enable")
     if not found:
@@ -618,9 +628,37 @@ def _node_action(action: str, help_text: str) -> None:
 
 
 for _action, _help in (("remove", "Remove a node from the table."),
+                       ("approve", "Make a node that registered itself (pending) a target."),
                        ("enable", "Target this node again."),
                        ("disable", "Stop targeting this node (it stays registered).")):
     _node_action(_action, _help)
+
+
+@nodes.command("credentials")
+@click.argument("node_id")
+@click.option("--install", is_flag=True,
+              help="Write them over SSH to the node's registry.node_dsn_file (mode 0600).")
+@_config_option
+@click.pass_context
+def nodes_credentials(ctx: click.Context, node_id: str, install: bool,
+                      config: str | None) -> int:
+    """Give NODE_ID's daemon a database role of its own (new password: the old one stops
+    working); print its DSN, or --install it on the node."""
+    if not install:
+        with _registry(ctx, config) as registry:
+            click.echo(registry.issue_credentials(node_id))
+        return 0
+    from skeleton_app.ops.credentials import install_credentials
+
+    cluster_, nodes = _select(_prepare(ctx, config, None), [node_id], (), ())
+    result = install_credentials(cluster_, nodes[0])
+    if result.error_kind is not None or result.exit_code != 0:
+        raise NodeError(result.error_kind or NodeErrorKind.ERROR,
+                        "credentials not installed (the new password is already"
+                        f" in force): {result.error or result.stderr.strip()}", node=node_id)
+    click.echo(f"installed {node_id}'s credentials in {cluster_.settings.registry.node_dsn_file}"
+               " on the node; restart its daemon to use them")
+    return 0
 
 
 @nodes.command("import")

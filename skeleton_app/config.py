@@ -34,6 +34,7 @@ from skeleton_app.nodes import (
     clip,
     expand,
     shown,
+    validate_app_dir,
     validate_host,
     validate_node_id,
     validate_port,
@@ -41,6 +42,8 @@ from skeleton_app.nodes import (
     validate_user,
 )
 from skeleton_app.ssh_config import resolve_login
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}\Z")
 
 
 def _default_user() -> str:
@@ -80,6 +83,9 @@ class RegistrySettings:
     dsn: str | None = None
     stale_after: float = 30.0
     connect_timeout: float = 5.0
+    # The node daemon's own credentials (`skeleton nodes credentials ID` writes them there):
+    # when this file exists on the node, the daemon uses its DSN instead of `dsn`.
+    node_dsn_file: str = "~/.config/skeleton/node.dsn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,11 @@ class DaemonSettings:
     stop_grace: float = 10.0
     start_grace: float = 1.0
     api_port: int = 8765
+    # /health listens on this address; null: the node's own cluster address (its `host`).
+    health_bind: str | None = None
+    # Bearer token for /health's details (pid, versions, registry state); null: the token
+    # the daemon writes to its run dir (0600), which only the node's login user can read.
+    health_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +328,11 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
             fail("jump_host", f"invalid jump host {shown(section.jump_host)}")
     if name == "app" and not section.dir.startswith("/"):
         fail("dir", f"expected an absolute path, got {shown(section.dir)}")
+    if name == "app":
+        try:
+            validate_app_dir(section.dir)
+        except ValueError as exc:
+            fail("dir", str(exc))
     if name == "deploy":
         for pattern in section.exclude:
             if _RSYNC_RULE_RE.match(pattern):
@@ -330,6 +346,14 @@ def _check_section(name: str, section: Any, sources: Mapping[str, str]) -> None:
             fail("api_port", str(exc))
         if not section.command.strip():
             fail("command", "expected a non-empty command")
+        if section.health_bind is not None:
+            try:
+                validate_host(section.health_bind)
+            except ValueError as exc:
+                fail("health_bind", str(exc))
+        if section.health_token is not None and not _TOKEN_RE.match(section.health_token):
+            # A bearer token's alphabet (RFC 6750): it goes into an HTTP header as is.
+            fail("health_token", "expected 16-256 characters of A-Z a-z 0-9 - . _ ~ + / =")
 
 
 def _build_nodes(raw: Any, source: str, ssh: SSHSettings, app: AppSettings,

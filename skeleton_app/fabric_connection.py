@@ -14,7 +14,7 @@ from fabric import Config, Connection
 
 from skeleton_app.config import SSHSettings
 from skeleton_app.nodes import Node
-from skeleton_app.ssh import alive, connect_client, tcp_connect
+from skeleton_app.ssh import alive, connect_client, host_key_pin, tcp_connect
 
 if TYPE_CHECKING:
     from skeleton_app.ssh import Connector
@@ -43,7 +43,8 @@ class SkeletonConnection(Connection):
         self.connector = connector
         self.node = node
         self.node_id = node.id if node else host
-        connector._secure(self.client)
+        # A node's key is pinned under its id (HostKeyAlias), a jump host's under its name.
+        connector._secure(self.client, host_key_pin(node, self.host) if node else None)
         # ProxyJump from ~/.ssh/config makes plain Connections (AutoAddPolicy); jump hosts
         # get exactly the same policy as the target.
         gateway: Any = getattr(self, "gateway", None)
@@ -58,7 +59,9 @@ class SkeletonConnection(Connection):
         sock: Any = self.open_gateway() if self.gateway else tcp_connect(
             self.host, int(self.port), timeout
         )
-        connect_client(self.client, host=self.host, port=int(self.port), user=self.user,
+        # With our own socket, host and port only name the known_hosts entry (see ssh._open).
+        key_name, key_port = (self.node.id, 22) if self.node else (self.host, int(self.port))
+        connect_client(self.client, host=key_name, port=key_port, user=self.user,
                        sock=sock, connect_kwargs=dict(self.connect_kwargs), timeout=timeout)
         self.transport = self.client.get_transport()
         return None

@@ -16,6 +16,8 @@ LOCK_FILE = ".skeleton-daemon.lock"  # relative to the app dir
 DEPLOY_DIR = ".skeleton-deploy"  # deploy digest and lock
 DIGEST_FILE = ".skeleton-deploy/digest"  # first word: the deployed tree's digest
 DAEMON_LOG = "skeleton-daemon.log"  # in the node's logs dir
+# The daemon's /health token (mode 0600, in the deploy state dir: deploy never touches it).
+HEALTH_TOKEN_FILE = ".skeleton-deploy/health-token"
 
 
 def pid_file(node: Node) -> str:
@@ -28,3 +30,7 @@ def lock_file(node: Node) -> str:
 
 def daemon_log(settings: Settings, node: Node) -> str:
     return posixpath.join(settings.logs_dir_for(node), DAEMON_LOG)
+
+
+def health_token_file(node: Node) -> str:
+    return posixpath.join(node.app_dir, HEALTH_TOKEN_FILE)

@@ -199,7 +199,8 @@ def start_postgres(
         _wait_ready(pg)
         if fresh:
             # Utility statements take no bind parameters: compose with quoted literals.
-            _admin_sql(pg, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            # CREATEROLE: `skeleton nodes credentials` gives each node a role of its own.
+            _admin_sql(pg, sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
                 sql.Identifier(APP_ROLE), sql.Literal(password)))
             _admin_sql(pg, sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(APP_DATABASE), sql.Identifier(APP_ROLE)))

@@ -8,8 +8,11 @@ config file, the registry (on read as well as write) and the command line.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
+import posixpath
+import pwd
 import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,6 +82,51 @@ def validate_role(value: object) -> str:
     return value
 
 
+# deploy --delete empties the app dir of whatever the source lacks, and daemon control writes
+# in it: none of these may ever be one (a hostile registry row once made `deploy --delete`
+# wipe a node's home, .ssh included). Exact matches:
+_SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+    "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys",
+    "/tmp", "/usr", "/var", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin",
+    "/usr/sbin", "/usr/share", "/var/lib", "/var/log", "/var/tmp", "/var/cache",
+})
+# ... and nothing below these (the system's own files, never an app's):
+_SYSTEM_TREES = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", "/lib32/", "/lib64/",
+                 "/proc/", "/sbin/", "/sys/", "/usr/bin/", "/usr/lib/", "/usr/sbin/")
+
+
+@functools.lru_cache(maxsize=1)
+def _home_dirs() -> frozenset[str]:
+    """Every home directory of this machine's /etc/passwd (read once per process)."""
+    try:
+        return frozenset(posixpath.normpath(e.pw_dir) for e in pwd.getpwall()
+                         if e.pw_dir.startswith("/"))
+    except OSError:
+        return frozenset()
+
+
+def validate_app_dir(value: str) -> str:
+    """Refuse an app dir that is `/`, a system path, or a home directory itself.
+
+    A home directory is an entry of /etc/passwd here, or any `/home/NAME` (the node's own
+    accounts are not in this machine's passwd). ValueError says why.
+    """
+    path = posixpath.normpath(value) if value.startswith("/") else value
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    why = None
+    if path in _SYSTEM_DIRS or path.startswith(_SYSTEM_TREES):
+        why = "a system path"
+    elif path in _home_dirs() or (path.startswith("/home/") and path.count("/") == 2):
+        why = "a home directory itself"
+    if why:
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        raise ValueError(f"invalid app_dir {shown!r}: {why}; deploy --delete would empty it"
+                         " (use a directory of its own, e.g. /home/USER/skeleton-app)")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """One cluster node, every field resolved (no None where a default exists)."""
@@ -113,6 +161,7 @@ class Node:
             raise ValueError(f"invalid app_dir {shown(self.app_dir)}: expected an absolute path")
         if "\n" in self.app_dir or "\0" in self.app_dir:
             raise ValueError("invalid app_dir: contains a newline or NUL")
+        validate_app_dir(self.app_dir)
 
 
 def fold(ids: Iterable[str]) -> str:

@@ -7,6 +7,12 @@ Two implementations of one `Registry` protocol, picked by `open_registry(setting
   parameters only, a connect timeout always, rows typed into dataclasses.
 - `StaticRegistry`: the `nodes:` list of config.yaml when no DSN is configured.
 
+Who writes what (migration 0002): the operator's role owns the tables; each node's daemon
+should hold a role of its own (`issue_credentials`, `skeleton nodes credentials`), which
+row-level security confines to its own row and column rights to the columns a daemon owns
+(heartbeat, metrics, daemon state, capabilities). A row a daemon creates (`register_self`)
+is pending, never a target, until `approve`; operator writes (`upsert_node`) approve.
+
 Rows are untrusted input: a node writes its own row, and whatever else can reach the database
 can too. Every row is validated when it is read, with the rules used for config.yaml (ids and
 hosts end up in file names and on ssh command lines); a bad row is skipped with a warning
@@ -28,11 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import json
 import logging
 import math
 import posixpath
 import re
+import secrets
 import socket
 import threading
 import time
@@ -46,13 +54,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from skeleton_app.errors import ConfigError, RegistryError, SkeletonError, UsageError
 from skeleton_app.nodes import (
     Node,
+    validate_app_dir,
     validate_host,
     validate_node_id,
     validate_port,
@@ -80,8 +90,17 @@ _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _NODE_COLUMNS = (
     "id, name, host, ssh_port, ssh_user, api_port, roles, labels, app_dir, capabilities,"
     " enabled, registered_at, updated_at, last_seen, daemon_state, daemon_pid, started_at,"
-    " code_version, metrics, extract(epoch FROM now() - last_seen)::float8 AS seen_ago"
+    " code_version, metrics, approved,"
+    " extract(epoch FROM now() - last_seen)::float8 AS seen_ago"
 )
+# What a node's own database role may write (migration 0002, `issue_credentials`): its
+# heartbeat and facts. host, app_dir, enabled, roles, approved are the operator's columns.
+_NODE_INSERT_COLUMNS = ("id", "name", "host", "ssh_port", "ssh_user", "api_port",
+                        "capabilities", "last_seen", "metrics", "daemon_state", "daemon_pid",
+                        "started_at", "code_version")
+_NODE_UPDATE_COLUMNS = ("capabilities", "last_seen", "metrics", "daemon_state", "daemon_pid",
+                        "started_at", "code_version", "updated_at")
+NODE_ROLE_PREFIX = "skeleton_node_"
 
 
 # ------------------------------------------------------------------------------ values
@@ -152,6 +171,10 @@ def _check_app_dir(value: object) -> str:
     ):
         raise FieldError("app_dir", f"invalid app_dir {_shown(value)}: expected a normalised"
                                     " absolute path other than /")
+    try:
+        validate_app_dir(value)
+    except ValueError as exc:
+        raise FieldError("app_dir", str(exc).removeprefix("invalid app_dir ")) from None
     return value
 
 
@@ -321,6 +344,7 @@ class NodeRow:
     started_at: datetime | None
     code_version: str | None
     metrics: Any
+    approved: bool
     seen_ago: float | None  # seconds since last_seen by the database's clock
 
 
@@ -339,6 +363,16 @@ class NodeEntry:
     started_at: datetime | None = None
     code_version: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    # False: the node registered itself and waits for `skeleton nodes approve ID`; it is not
+    # a target until then. Config nodes and operator-added ones are approved by definition.
+    approved: bool = True
+
+    @property
+    def state(self) -> str:
+        """What `nodes list` shows: pending (never a target), disabled, or enabled."""
+        if not self.approved:
+            return "pending"
+        return "enabled" if self.enabled else "disabled"
 
     def is_stale(self, stale_after: float) -> bool:
         """No heartbeat within `stale_after` seconds (or never). Stale nodes are still targeted."""
@@ -367,7 +401,7 @@ def row_to_entry(row: NodeRow, defaults: NodeDefaults) -> NodeEntry:
         spec=spec, node=node, enabled=row.enabled, registered_at=row.registered_at,
         last_seen=row.last_seen, seen_ago=row.seen_ago, daemon_state=row.daemon_state,
         daemon_pid=row.daemon_pid, started_at=row.started_at, code_version=row.code_version,
-        metrics=MappingProxyType(metrics),
+        metrics=MappingProxyType(metrics), approved=row.approved,
     )
 
 
@@ -658,6 +692,17 @@ class Registry(Protocol):
     def remove_node(self, node_id: str) -> bool:
         ...
 
+    def register_self(
+        self, node: Node, *, capabilities: Mapping[str, Any] | None = None
+    ) -> bool:
+        ...
+
+    def approve(self, node_id: str) -> bool:
+        ...
+
+    def issue_credentials(self, node_id: str) -> str:
+        ...
+
     def set_enabled(self, node_id: str, enabled: bool) -> bool:
         ...
 
@@ -749,10 +794,12 @@ def _as_spec(
 
 _UPSERT_SQL = """
 INSERT INTO nodes (id, name, host, ssh_port, ssh_user, api_port, roles, app_dir, labels,
-                   capabilities)
+                   capabilities, approved)
 VALUES (%(id)s, %(name)s, %(host)s, %(port)s, %(user)s, %(api_port)s, %(roles)s::text[],
-        %(app_dir)s, coalesce(%(labels)s::jsonb, '{}'), coalesce(%(capabilities)s::jsonb, '{}'))
+        %(app_dir)s, coalesce(%(labels)s::jsonb, '{}'), coalesce(%(capabilities)s::jsonb, '{}'),
+        true)
 ON CONFLICT (id) DO UPDATE SET
+    approved = true,
     name = EXCLUDED.name, host = EXCLUDED.host, ssh_port = EXCLUDED.ssh_port,
     ssh_user = EXCLUDED.ssh_user, api_port = EXCLUDED.api_port, roles = EXCLUDED.roles,
     app_dir = EXCLUDED.app_dir,
@@ -775,9 +822,52 @@ def _upsert_params(spec: NodeSpec) -> dict[str, Any]:
     }
 
 
+# Targets: enabled AND approved (a pending self-registration is never one).
 _SELECT_NODES_SQL = (
-    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE enabled OR NOT %(enabled_only)s ORDER BY id"
+    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE (enabled AND approved) OR NOT %(enabled_only)s"
+    " ORDER BY id"
 )
+
+# A daemon registering itself: a new row lands pending (the column default; a node role may
+# not even write `approved`), an existing row only gets the node's own facts. host, app_dir,
+# roles, enabled stay what the operator made them.
+_REGISTER_SELF_SQL = """
+INSERT INTO nodes (id, name, host, ssh_port, ssh_user, api_port, capabilities)
+VALUES (%(id)s, %(name)s, %(host)s, %(port)s, %(user)s, %(api_port)s,
+        coalesce(%(capabilities)s::jsonb, '{}'))
+ON CONFLICT (id) DO UPDATE SET
+    capabilities = coalesce(%(capabilities)s::jsonb, nodes.capabilities),
+    updated_at = now()
+RETURNING (xmax = 0) AS inserted
+"""
+
+
+def _node_grants(role: sql.Identifier) -> list[sql.Composed]:
+    """What a node's role may do; RLS (migration 0002) narrows every one to its own row."""
+    def columns(names: Sequence[str]) -> sql.Composed:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+    return [
+        sql.SQL("GRANT SELECT ON schema_version TO {}").format(role),
+        sql.SQL("GRANT SELECT ON nodes TO {}").format(role),
+        sql.SQL("GRANT INSERT ({}) ON nodes TO {}").format(columns(_NODE_INSERT_COLUMNS), role),
+        sql.SQL("GRANT UPDATE ({}) ON nodes TO {}").format(columns(_NODE_UPDATE_COLUMNS), role),
+    ]
+
+
+def node_role_name(dbname: str, node_id: str) -> str:
+    """The login role of node `node_id` in database `dbname`. Roles are cluster-wide in
+    PostgreSQL: the database is part of the name, so two registries on one server never
+    share a node's role (and node ids longer than a role name can be still fit)."""
+    digest = hashlib.sha256(f"{dbname}\0{node_id}".encode()).hexdigest()[:24]
+    return NODE_ROLE_PREFIX + digest
+
+
+def node_dsn(dsn: str, role: str, password: str) -> str:
+    """`dsn` with the node's role and password in place of the operator's."""
+    params = {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    params.update(user=role, password=password)
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
 # ------------------------------------------------------------------------- PostgreSQL
@@ -905,11 +995,69 @@ class PostgresRegistry:
             row = conn.execute(_UPSERT_SQL, _upsert_params(spec)).fetchone()
         return bool(row and row[0])
 
+    def register_self(
+        self, node: Node, *, capabilities: Mapping[str, Any] | None = None
+    ) -> bool:
+        """The daemon's registration of its own node: True when the row was created (it is
+        then pending until an operator approves it). An existing row keeps its host,
+        app_dir, roles and state: only the node's capabilities are refreshed."""
+        spec = _as_spec(node, None, capabilities)
+        with self._session(f"cannot register node {spec.id}") as conn:
+            row = conn.execute(_REGISTER_SELF_SQL, _upsert_params(spec)).fetchone()
+        return bool(row and row[0])
+
+    def approve(self, node_id: str) -> bool:
+        """Make a pending node a target (`skeleton nodes approve ID`). False: no such node."""
+        with self._session("cannot approve node") as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET approved = true, updated_at = now() WHERE id = %s",
+                (node_id,),
+            )
+            return cur.rowcount > 0
+
+    def issue_credentials(self, node_id: str) -> str:
+        """Create (or re-key) node `node_id`'s own login role and return its DSN.
+
+        The role may read and insert its own row only (row-level security, migration 0002)
+        and write only the columns a daemon owns (`_NODE_UPDATE_COLUMNS`). A new random
+        password each call: the previous DSN stops working. Needs CREATEROLE.
+        """
+        try:
+            validate_node_id(node_id)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        password = secrets.token_urlsafe(24)
+        with self._session(f"cannot create credentials for {node_id}") as conn, \
+                conn.transaction():
+            found = conn.execute("SELECT current_database()").fetchone()
+            role = node_role_name(str(found[0]) if found else "", node_id)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                  (role,)).fetchone()
+            # Utility statements take no bind parameters: the role is a quoted identifier
+            # and the password a quoted literal (psycopg.sql), never text pasted in.
+            verb = sql.SQL("ALTER" if exists else "CREATE")
+            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                verb, sql.Identifier(role), sql.Literal(password)))
+            conn.execute(
+                "INSERT INTO node_roles (role, node_id) VALUES (%s, %s)"
+                " ON CONFLICT (role) DO UPDATE SET node_id = EXCLUDED.node_id",
+                (role, node_id),
+            )
+            for statement in _node_grants(sql.Identifier(role)):
+                conn.execute(statement)
+        return node_dsn(self._dsn, role, password)
+
     def remove_node(self, node_id: str) -> bool:
         # Not validated: an operator must be able to delete a row whose id is garbage.
-        with self._session("cannot remove node") as conn:
+        with self._session("cannot remove node") as conn, conn.transaction():
             cur = conn.execute("DELETE FROM nodes WHERE id = %s", (node_id,))
-            return cur.rowcount > 0
+            removed = cur.rowcount > 0
+            # The node's role can no longer log in; its node_roles entry stays, so that it
+            # would still be confined to its (gone) row.
+            for (role,) in conn.execute("SELECT role FROM node_roles WHERE node_id = %s",
+                                        (node_id,)).fetchall():
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            return removed
 
     def set_enabled(self, node_id: str, enabled: bool) -> bool:
         with self._session("cannot update node") as conn:
@@ -1140,6 +1288,17 @@ class StaticRegistry:
 
     def remove_node(self, node_id: str) -> bool:
         raise self._read_only("removing a node")
+
+    def register_self(
+        self, node: Node, *, capabilities: Mapping[str, Any] | None = None
+    ) -> bool:
+        raise self._read_only("registering a node")
+
+    def approve(self, node_id: str) -> bool:
+        raise self._read_only("approving a node")
+
+    def issue_credentials(self, node_id: str) -> str:
+        raise self._read_only("a node's own credentials")
 
     def set_enabled(self, node_id: str, enabled: bool) -> bool:
         raise self._read_only("enabling or disabling a node")

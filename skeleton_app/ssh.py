@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
 import random
@@ -83,20 +84,83 @@ class HostKeyUnknown(paramiko.SSHException):
         super().__init__(hostname)
 
 
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """strict: refuse unknown hosts. accept-new: record a first-seen key (never a changed one:
-    Paramiko raises BadHostKeyException before asking us when a key is known and differs)."""
+class HostKeyTaken(HostKeyUnknown):
+    """accept-new met a node id for the first time, and the key its address presents is
+    already pinned under another name: that machine is another node already."""
 
-    def __init__(self, policy: str, known_hosts: str, store: HostKeys, lock: threading.Lock):
+    def __init__(self, hostname: str, key: paramiko.PKey, other: str):
+        super().__init__(hostname, key)
+        self.other = other
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    """Whose key a connection checks: `alias` (the node id, OpenSSH's HostKeyAlias) and the
+    address entries (`host`, `[host]:port`) trusted for an id that has no entry yet."""
+
+    alias: str
+    addresses: tuple[str, ...]
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Host keys are pinned per node id: Paramiko looks the key up under the node id (the
+    connection's `hostname` is the alias, see `Connector._open`) and refuses a different key
+    itself (BadHostKeyException), under every policy. When the id has no entry yet:
+
+    - the address's own entry (known_hosts written before ids were pinned) decides: a match
+      is trusted and recorded under the id from then on, a mismatch is a changed key;
+    - else strict refuses; accept-new records the first-seen key under the id, unless that
+      key is already pinned under another name (a machine is one node: a new registry row
+      must not borrow the identity of a node we know).
+    """
+
+    def __init__(self, policy: str, known_hosts: str, store: HostKeys, lock: threading.Lock,
+                 system: HostKeys | None = None, pin: _Pin | None = None):
         self.policy = policy
         self.known_hosts = known_hosts
         self.store = store
         self.lock = lock
+        self.system = system if system is not None else HostKeys()
+        self.pin = pin
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
+        if self.pin is not None:
+            for address in self.pin.addresses:
+                known = self.system.lookup(address) or self.store.lookup(address)
+                if known is None:
+                    continue
+                expected = known.get(key.get_name())
+                if expected != key:
+                    raise paramiko.BadHostKeyException(
+                        address, key, expected or next(iter(known.values())))
+                # Pinned from now on; a known_hosts we cannot write only costs the pin.
+                with contextlib.suppress(OSError):
+                    self._record(client, hostname, key)
+                return
         if self.policy != "accept-new":
             raise HostKeyUnknown(hostname, key)
+        if self.pin is not None:
+            other = self._pinned_elsewhere(key)
+            if other is not None:
+                raise HostKeyTaken(hostname, key, other)
+        self._record(client, hostname, key)
+
+    def _pinned_elsewhere(self, key: paramiko.PKey) -> str | None:
+        """A plain (not hashed, not address) name already holding `key`, if any."""
+        assert self.pin is not None
+        mine = {self.pin.alias, *self.pin.addresses}
+        for store in (self.system, self.store):
+            for entry in list(store._entries):
+                if entry.key is None or entry.key != key:
+                    continue
+                for name in entry.hostnames:
+                    if name not in mine and not name.startswith("|") \
+                            and not _is_address(name):
+                        return str(name)
+        return None
+
+    def _record(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         with self.lock:
             self.store.add(hostname, key.get_name(), key)
             client._host_keys.add(hostname, key.get_name(), key)
@@ -109,6 +173,33 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
+
+
+def _is_address(name: str) -> bool:
+    """`10.0.0.1`, `fd00::1` or `[10.0.0.1]:2222`: a known_hosts entry for an address."""
+    if name.startswith("[") and "]:" in name:
+        name = name[1:name.rindex("]:")]
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_key_pin(node: Node, connected_host: str | None = None) -> _Pin:
+    """The pin of a connection to `node` (through `connected_host` when ssh_config resolved
+    the node's host to another name)."""
+    hosts = dict.fromkeys([connected_host or node.host, node.host])
+    return _Pin(alias=node.id, addresses=tuple(known_host_name(h, node.port) for h in hosts))
+
+
+# Connections are pooled per node id too: a transport whose host key was checked for one
+# id must never serve another id that a registry row points at the same address.
+_PoolKey = tuple[str, str, str, int]
+
+
+def _pool_key(node: Node) -> _PoolKey:
+    return (node.id, node.user, node.host, node.port)
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -193,17 +284,27 @@ def translate(exc: BaseException, *, host: str, port: int, timeout: float,
     where = f"{host}:{port}"
     if isinstance(exc, NodeError):
         return exc
+    if isinstance(exc, HostKeyTaken):
+        return NodeError(
+            NodeErrorKind.HOSTKEY_CHANGED,
+            f"{where} presents the host key of {exc.other} ({fingerprint(exc.key)}), and node"
+            f" {exc.hostname} has no key of its own yet: refusing (one machine, one node id;"
+            " was a registry row pointed at another node?). If this is right, record the key"
+            f" under {exc.hostname}: ssh-keyscan -p {port} {host} | sed 's/^[^ ]*/"
+            f"{exc.hostname}/' >> {shlex.quote(known_hosts)}",
+        )
     if isinstance(exc, HostKeyUnknown):
         return NodeError(
             NodeErrorKind.HOSTKEY_UNKNOWN,
-            f"unknown host key for {exc.hostname} ({exc.key.get_name()} {fingerprint(exc.key)});"
+            f"unknown host key for {exc.hostname} at {where} ({exc.key.get_name()}"
+            f" {fingerprint(exc.key)});"
             f" to trust it, check the fingerprint and run: ssh-keyscan -p {port} {host} >>"
             f" {shlex.quote(known_hosts)}, or set ssh.host_key_policy: accept-new",
         )
     if isinstance(exc, paramiko.BadHostKeyException):
         return NodeError(
             NodeErrorKind.HOSTKEY_CHANGED,
-            f"HOST KEY CHANGED for {exc.hostname}: got {exc.key.get_name()}"
+            f"HOST KEY CHANGED for {exc.hostname} at {where}: got {exc.key.get_name()}"
             f" {fingerprint(exc.key)}, known_hosts has {fingerprint(exc.expected_key)}; refusing"
             " to connect (possible man-in-the-middle). If the change is expected, remove the old"
             " entry with ssh-keygen -R",
@@ -298,9 +399,9 @@ class Connector:
         self.settings = settings
         self._lock = threading.Lock()
         self._key_lock = threading.Lock()
-        self._node_locks: dict[tuple[str, str, int], threading.Lock] = {}
-        self._pool: dict[tuple[str, str, int], _Link | SkeletonConnection] = {}
-        self._warm_errors: dict[tuple[str, str, int], tuple[NodeError, float]] = {}
+        self._node_locks: dict[_PoolKey, threading.Lock] = {}
+        self._pool: dict[_PoolKey, _Link | SkeletonConnection] = {}
+        self._warm_errors: dict[_PoolKey, tuple[NodeError, float]] = {}
         self._closes = 0  # close() calls so far: a connection opened across one is dropped
         self._keys: dict[str, paramiko.PKey | None] = {}
         self._fabric_config = fabric_config
@@ -318,13 +419,13 @@ class Connector:
             with contextlib.suppress(OSError, paramiko.SSHException):
                 store.load(path)
 
-    def _secure(self, client: paramiko.SSHClient) -> None:
+    def _secure(self, client: paramiko.SSHClient, pin: _Pin | None = None) -> None:
         # Shared, parsed-once key stores (reading known_hosts per host costs at fan-out).
         client._system_host_keys = self._system_keys
         client._host_keys = self._user_keys
         client.set_missing_host_key_policy(_HostKeyPolicy(
             self.settings.host_key_policy, self.settings.known_hosts, self._user_keys,
-            self._key_lock,
+            self._key_lock, self._system_keys, pin,
         ))
 
     def _pkey(self, path: str) -> paramiko.PKey | None:
@@ -433,7 +534,7 @@ class Connector:
                 t.join()
             with self._lock:
                 for n in nodes:
-                    self._warm_errors.pop((n.user, n.host, n.port), None)
+                    self._warm_errors.pop(_pool_key(n), None)
 
         return wait
 
@@ -447,14 +548,14 @@ class Connector:
         conn.transport = link.transport
         conn.liveness_lock = link.liveness_lock  # one liveness probe at a time per transport
         with self._lock:
-            key = (node.user, node.host, node.port)
+            key = _pool_key(node)
             if self._pool.get(key) is link:
                 self._pool[key] = conn  # the same transport, from now on in Fabric's dress
         return conn
 
     def link(self, node: Node, *, warming: bool = False) -> _Link | SkeletonConnection:
         """A connected, pooled connection to `node` (what commands run on); NodeError."""
-        key = (node.user, node.host, node.port)
+        key = _pool_key(node)
         with self._lock:
             conn = self._pool.get(key)
             node_lock = self._node_locks.setdefault(key, threading.Lock())
@@ -498,13 +599,16 @@ class Connector:
         else:
             host, kwargs = plain
             client = paramiko.SSHClient()
-            self._secure(client)
+            self._secure(client, host_key_pin(node, host))
             conn = _Link(client, host, node.port)
             link = conn
 
             def connect() -> None:
                 sock = tcp_connect(host, node.port, timeout)
-                connect_client(client, host=host, port=node.port, user=node.user, sock=sock,
+                # The key is looked up under the node id (HostKeyAlias): with our own
+                # socket, Paramiko uses host and port only to name the known_hosts entry,
+                # and port 22 names it exactly `node-id`, as OpenSSH does.
+                connect_client(client, host=node.id, port=22, user=node.user, sock=sock,
                                connect_kwargs=kwargs, timeout=timeout)
                 link.transport = client.get_transport()
 
@@ -538,7 +642,7 @@ class Connector:
 
     def discard(self, node: Node) -> None:
         with self._lock:
-            conn = self._pool.pop((node.user, node.host, node.port), None)
+            conn = self._pool.pop(_pool_key(node), None)
         if conn is not None:
             conn.close()
 
@@ -775,9 +879,11 @@ def _failed(node: Node, exc: NodeError, started: float, out: _Buffer | None = No
 
 
 def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
-             extra: Iterable[str] = ()) -> list[str]:
+             extra: Iterable[str] = (), pin: bool = True) -> list[str]:
     """OpenSSH argv (without the remote command) carrying the same identity, port,
-    known_hosts, strict checking and jump host as the Paramiko side. Used by rsync -e."""
+    known_hosts, strict checking and jump host as the Paramiko side. Used by rsync -e.
+    `pin`: check the host key under the node id (HostKeyAlias), as the Paramiko side does;
+    False only for a host that is no node of ours (a plain Fabric Connection)."""
     policy = "accept-new" if settings.host_key_policy == "accept-new" else "yes"
     argv = [
         "ssh", "-p", str(node.port), "-l", node.user,
@@ -790,6 +896,8 @@ def ssh_argv(node: Node, settings: SSHSettings, *, batch: bool = True,
         "-o", "ServerAliveInterval=" + str(max(1, int(settings.keepalive))),
         "-o", "ServerAliveCountMax=3",
     ]
+    if pin:  # keys are pinned per node id, as on the Paramiko side (see _HostKeyPolicy)
+        argv += ["-o", f"HostKeyAlias={node.id}"]
     if batch:
         argv += ["-o", "BatchMode=yes"]
     identity = node.identity_file or settings.identity_file

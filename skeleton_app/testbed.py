@@ -27,7 +27,7 @@ State dir layout:
     state.json            instance, bridge, subnet, hosts (pids, veths, rates), db
     config.yaml           ready for `load_config` and every `--config`
     ssh_config            the same hosts for OpenSSH: `ssh -F STATE/ssh_config node-01`
-    id_ed25519[.pub]      the controller's key; known_hosts: `IP ssh-ed25519 ...` per host
+    id_ed25519[.pub]      the controller's key; known_hosts: `ID ...` and `IP ...` per host
     hidden-command        what `hide_command` bind-mounts over a binary (exits 127)
     host-init.py          PID 1 of every host
     db/                   PostgreSQL (`--db`, skeleton_app.localdb)
@@ -1155,7 +1155,10 @@ def _key_body(pub_line: str) -> str:
 
 
 def _write_controller_files(tb: Testbed, host_pubs: Mapping[str, str]) -> None:
-    known = "".join(f"{h.ip} {_key_body(host_pubs[h.id])}\n" for h in tb.hosts)
+    # Keys are pinned per node id (ssh.py, HostKeyAlias): one entry by id, and one by
+    # address for plain `ssh IP` and tools that do not know the ids (bench peers, pdsh).
+    known = "".join(f"{h.id} {_key_body(host_pubs[h.id])}\n{h.ip} {_key_body(host_pubs[h.id])}\n"
+                    for h in tb.hosts)
     _write(tb.known_hosts, known, 0o644)
     blocks = [
         f"# written by skeleton testbed up: ssh -F {tb.ssh_config_path} {tb.hosts[0].id}\n"

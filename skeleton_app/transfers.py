@@ -679,7 +679,9 @@ def rsync(
         sources = [os.fspath(source)]
     else:
         sources = [os.fspath(s) for s in source]
-    rsh = [*ssh_argv(node, ssh_settings, extra=ssh_opts), "--"]
+    # A plain Fabric Connection names no node: its key is checked by address, not by id.
+    pin = isinstance(connection, Node) or isinstance(getattr(connection, "node", None), Node)
+    rsh = [*ssh_argv(node, ssh_settings, extra=ssh_opts, pin=pin), "--"]
     argv = build_rsync_argv(
         sources, remote_spec(node.host, target), rsh=rsh, exclude=exclude, filters=filters,
         delete=delete, dry_run=dry_run, checksum=checksum, compress=compress,

@@ -72,10 +72,14 @@ class Daemon:
         path = self.app_dir / "logs" / "skeleton-daemon.log"
         return path.read_text() if path.exists() else ""
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self, *, token: bool = True) -> dict[str, Any] | None:
+        """/health's answer; with the daemon's token (from its 0600 file) the details."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api_port}/health")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health",
-                                        timeout=2) as r:
+            if token:
+                secret = (self.app_dir / ".skeleton-deploy" / "health-token").read_text()
+                request.add_header("Authorization", f"Bearer {secret.strip()}")
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return json.loads(r.read())  # type: ignore[no-any-return]
         except (urllib.error.URLError, OSError):
             return None
@@ -135,7 +139,8 @@ def test_daemon_registers_heartbeats_serves_health_and_stops_on_sigterm(
         db_dsn: str, start_daemon: Callable[..., Daemon]):
     d = start_daemon(db_dsn)
     first = wait_for(lambda: (e := d.entry()) and e.last_seen and e, what="registration")
-    assert first.node.host == "127.0.0.1" and first.node.roles == ("tts",)
+    # A node registering itself lands pending, and never picks its own roles (operator's).
+    assert first.node.host == "127.0.0.1" and first.node.roles == () and not first.approved
     assert first.daemon_state == "running" and first.daemon_pid == d.proc.pid
     assert first.node.api_port == d.api_port
     # Heartbeats keep coming, with the metrics the status table shows.
@@ -378,8 +383,11 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
                             for x in e.values()) and e, timeout=10, what="both registered")
     assert {i: e.node.host for i, e in seen.items()} == {h.id: h.ip for h in tb.hosts}
     first = tb.hosts[0]
-    probe = (f"import urllib.request; print(urllib.request.urlopen("
-             f"'http://{first.ip}:{settings.daemon.api_port}/health', timeout=3).read().decode())")
+    probe = ("import urllib.request; r = urllib.request.Request("
+             f"'http://{first.ip}:{settings.daemon.api_port}/health'); r.add_header("
+             "'Authorization', 'Bearer ' + open('/home/skeleton/app/.skeleton-deploy/"
+             "health-token').read().strip()); print(urllib.request.urlopen(r, timeout=3)"
+             ".read().decode())")
     health = json.loads(tb_mod.host_exec(tb, first.id, ["python3", "-c", probe]).stdout)
     assert health["node"] == first.id and health["db"]["state"] == "up"
     tb_mod.host_exec(tb, first.id, ["kill", "-TERM", str(health["pid"])])

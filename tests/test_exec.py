@@ -263,7 +263,8 @@ def test_unknown_host_key_refused_then_accept_new(testbed: Testbed, tmp_path: Pa
     assert proc.returncode == 0, proc.stdout
     host = testbed.host("node-01")
     real_key = host.host_key_pub.read_text().split()[1]
-    assert f"{host.ip} ssh-ed25519 {real_key}" in empty.read_text()
+    # recorded under the node id (pinned per id, as OpenSSH's HostKeyAlias)
+    assert f"node-01 ssh-ed25519 {real_key}" in empty.read_text()
     # and the recorded key now satisfies strict checking
     proc = skeleton("cluster", "exec", "true", "--node", "node-01", config=strict)
     assert proc.returncode == 0
@@ -274,8 +275,9 @@ def test_changed_host_key_refused_in_both_modes(testbed: Testbed, tmp_path: Path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
     lines = testbed.known_hosts.read_text().splitlines()
     ip2 = testbed.host("node-02").ip
-    forged = [ln for ln in lines if not ln.startswith(ip2 + " ")]
-    forged.append(f"{ip2} ssh-ed25519 {(tmp_path / 'wrong_key.pub').read_text().split()[1]}")
+    forged = [ln for ln in lines if not ln.startswith((ip2 + " ", "node-02 "))]
+    wrong_key = (tmp_path / "wrong_key.pub").read_text().split()[1]
+    forged += [f"{ip2} ssh-ed25519 {wrong_key}", f"node-02 ssh-ed25519 {wrong_key}"]
     kh = tmp_path / "known_hosts"
     kh.write_text("\n".join(forged) + "\n")
     for policy in ("strict", "accept-new"):
@@ -286,6 +288,7 @@ def test_changed_host_key_refused_in_both_modes(testbed: Testbed, tmp_path: Path
         assert "node-02: hostkey-changed: HOST KEY CHANGED" in proc.stdout
         assert "node-01\n" in proc.stdout and "node-03\n" in proc.stdout
     assert kh.read_text().count(ip2) == 1  # the forged entry was never replaced
+    assert kh.read_text().count("node-02 ") == 1
 
 
 def test_wrong_identity_file_is_auth_error(testbed: Testbed, tmp_path: Path) -> None:

@@ -267,7 +267,10 @@ def health_check(cluster: Cluster, node: Node, *, timeout: float,
     deadline = time.monotonic() + timeout
     while True:
         left = max(1.0, deadline - time.monotonic())
-        command = "sh -s -- " + shlex.join([f"{left:.1f}", *urls])
+        # The token file lets health.sh ask for the details (pid) that a tokenless /health
+        # does not give; the path is not secret, the token never leaves the node.
+        command = (f"SKELETON_HEALTH_TOKEN_FILE={shlex.quote(layout.health_token_file(node))}"
+                   " sh -s -- " + shlex.join([f"{left:.1f}", *urls]))
         r = cluster.connector.run(node, command, RunOptions(timeout=left + 15,
                                                             stdin=_script("health.sh")))
         if r.error_kind is not None:

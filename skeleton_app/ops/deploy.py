@@ -45,7 +45,7 @@ from typing import Any
 from skeleton_app import layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
-from skeleton_app.nodes import Node
+from skeleton_app.nodes import Node, validate_app_dir
 from skeleton_app.ops.daemon import control_node
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.secret_scan import SecretScan
@@ -305,6 +305,8 @@ def deploy(
     # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
     # more than those two). A tree that cannot be read fails here, before any node is
     # touched; the warm-up threads then end on their own.
+    for node in nodes:
+        _dest_for(p, node)  # every destination checked before any node is touched
     wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
     tree = tree_digest(p.source, p.digest_excludes)  # a dry run too: it finds private keys
     if not allow_secrets:
@@ -367,6 +369,13 @@ def _dest_for(p: DeployPlan, node: Node) -> str:
     dest = posixpath.normpath(dest)
     if dest == "/":
         raise UsageError("refusing to deploy to / (check --dest)")
+    if p.delete:
+        # --delete empties whatever the source lacks: never /, a home, or a system path,
+        # whatever a registry row or --dest says (a hostile row once wiped a node's home).
+        try:
+            validate_app_dir(dest)
+        except ValueError as exc:
+            raise UsageError(f"refusing deploy --delete on {node.id}: {exc}") from None
     return dest
 
 

@@ -4,6 +4,11 @@
 #     sh -s -- TIMEOUT URL [URL...] < health.sh
 #   TIMEOUT  seconds to keep trying (decimals allowed); each attempt is bounded by 2 s
 #   URL      tried in turn on every round (e.g. the loopback address, then the node's own)
+#   $SKELETON_HEALTH_TOKEN_FILE  (optional) the daemon's token file: when readable, the token
+#            is sent (`Authorization: Bearer`) so that /health answers with its details (pid,
+#            versions), not just the liveness bit. It never appears on a command line: curl
+#            reads the header from stdin (-K -), python3 from its environment; wget (which
+#            could only take it as an argument) goes without it.
 #
 # Uses curl, else wget, else python3 (whichever the node has). Prints, on success:
 #     state=healthy url=URL
@@ -24,25 +29,41 @@ esac
 int=${timeout%%.*}
 tenths=$((${int:-0} * 10 + 10))
 
+# python3 before wget: wget could send the token only on its command line.
 if command -v curl >/dev/null 2>&1; then
     client=curl
-elif command -v wget >/dev/null 2>&1; then
-    client=wget
 elif command -v python3 >/dev/null 2>&1; then
     client=python3
+elif command -v wget >/dev/null 2>&1; then
+    client=wget
 else
     printf 'state=error\nmessage=no curl, wget or python3 on this node to query the health endpoint\n'
     exit 2
 fi
 
 # get URL: print the body of a 2xx answer; false otherwise (the error on stderr).
+# The token is read at every attempt: a daemon starting meanwhile writes a new one.
 get() {
+    token=
+    if [ -n "${SKELETON_HEALTH_TOKEN_FILE:-}" ] && [ -r "$SKELETON_HEALTH_TOKEN_FILE" ]; then
+        IFS= read -r token <"$SKELETON_HEALTH_TOKEN_FILE" || :
+    fi
     case $client in
-        curl) curl -fsS --max-time 2 -- "$1" ;;
+        curl)
+            if [ -n "$token" ]; then
+                printf 'header = "Authorization: Bearer %s"\n' "$token" |
+                    curl -fsS --max-time 2 -K - -- "$1"
+            else
+                curl -fsS --max-time 2 -- "$1"
+            fi
+            ;;
         wget) wget -q -T 2 -O - -- "$1" ;;
         python3)
-            python3 -c 'import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+            SKELETON_HEALTH_TOKEN=$token python3 -c 'import os, sys, urllib.request
+req = urllib.request.Request(sys.argv[1])
+if os.environ.get("SKELETON_HEALTH_TOKEN"):
+    req.add_header("Authorization", "Bearer " + os.environ["SKELETON_HEALTH_TOKEN"])
+with urllib.request.urlopen(req, timeout=2) as r:
     sys.stdout.write(r.read().decode("utf-8", "replace"))' "$1"
             ;;
     esac
