@@ -7,7 +7,7 @@
     ├── RegistryError                   PostgreSQL unreachable, schema, ... -> exit 3
     ├── TestbedError                    the local test cluster could not be made
     └── NodeError                       one node could not run a command    -> exit 4
-                                        (carries a NodeErrorKind)
+                                        (carries a NodeErrorKind; `interrupted`: exit 130)
 
 Third-party errors (paramiko, socket, psycopg, invoke) are translated into these at the
 module that calls the library (`ssh.py`, `registry.py`); nothing above sees them. The CLI
@@ -75,6 +75,7 @@ class NodeErrorKind(enum.StrEnum):
     LOST = "lost"  # connection died or stopped answering mid-command
     PROTOCOL = "protocol"  # SSH negotiation failed in some other way
     LOCAL = "local"  # a local step failed (rsync missing, bad path, lock held, ...)
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C / a cancel (skeleton_app.cancel)
     ERROR = "error"  # anything else
 
 

@@ -21,6 +21,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REGISTRY = 3
 EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,17 @@ class ClusterResult(Mapping[str, NodeResult]):
         """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
         return {k: r for k, r in self._results.items() if r.error_kind is not None}
 
+    @property
+    def interrupted(self) -> Mapping[str, NodeResult]:
+        """Nodes stopped by a cancel (Ctrl-C) before they finished (a subset of `errors`)."""
+        return {k: r for k, r in self._results.items()
+                if r.error_kind == NodeErrorKind.INTERRUPTED}
+
     def exit_code(self) -> int:
-        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed."""
+        """0 all ok; 130 any node interrupted (wins); 4 any node unreachable/refused/timed
+        out; 1 any node failed."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         if self.errors:
             return EXIT_UNREACHABLE
         if self.nonzero:
