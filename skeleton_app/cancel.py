@@ -58,7 +58,8 @@ class CancelToken:
         with self._lock:
             if self._pipe is None:
                 self._pipe = os.pipe()
-                os.set_blocking(self._pipe[1], False)
+                for fd in self._pipe:
+                    os.set_blocking(fd, False)  # reset() drains it; cancel() never waits
                 if self._event.is_set():
                     os.write(self._pipe[1], b"x")
             return self._pipe[0]
@@ -73,7 +74,7 @@ class CancelToken:
 
     def _fire(self) -> None:
         with self._lock:
-            if self._pipe is not None:
+            if self._pipe is not None and self._event.is_set():  # not if reset() came first
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._pipe[1], b"x")
             callbacks = list(self._callbacks.values())
