@@ -17,12 +17,12 @@ Per node, in order (all under one lock, one SSH channel that `scripts/deploy.sh`
 6. `commit`: the new digest is written atomically (its first line is the code version that
    `cluster status` shows); then the channel closes and the lock goes.
 
-The receiving rsync on the node runs under `flock` on DEST/.skeleton-deploy/writer (through
-`--rsync-path`), and `begin` waits for that lock: a receiver whose controller was killed
-(and whose session lock went with it) is waited for, never raced. Our rsync dies with us
-(`cancel.die_with_parent`). Ctrl-C (`skeleton_app.cancel`) stops rsync at once; the node
-keeps its previous files (updates are applied only at the end of a transfer) and the result
-says per node whether it was committed before the interrupt, or not.
+The receiving rsync on the node runs under `flock` on the directory DEST/.skeleton-deploy
+(the writer lock, through `--rsync-path`), and `begin` waits for that lock: a receiver whose
+controller was killed (and whose session lock went with it) is waited for, never raced. Our
+rsync dies with us (`cancel.die_with_parent`). Ctrl-C (`skeleton_app.cancel`) stops rsync at
+once; the node keeps its previous files (updates are applied only at the end of a transfer);
+the result says per node whether it was committed before the interrupt, or not.
 
 `restart=True` stops the daemon before step 3 and starts it after step 6, per node.
 `dry_run=True` only runs `rsync --dry-run` and lists what would change (no lock, no writes).
@@ -394,7 +394,7 @@ def _sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgre
     # The receiver holds the writer lock for as long as it lives (deploy.sh's `begin` waits
     # for it): it may outlive our session, and so the session's lock, if we are killed.
     writer = None if dry_run else shlex.join(
-        ["flock", "-w", "30", f"{dest}/{STATE_DIR}/writer", "rsync"])
+        ["flock", "-w", "30", f"{dest}/{STATE_DIR}", "rsync"])
     ssh = cluster.settings.ssh
     return rsync(
         node, p.source + "/", dest + "/", settings=ssh, exclude=p.exclude, filters=p.filters,
