@@ -478,8 +478,8 @@ class TransferResult:
     def error_message(self, lines: int = 5) -> str:
         """`rsync exit 11 (error in file I/O): <last stderr lines>`."""
         if self.interrupted:
-            head = f"rsync {INTERRUPTED}"
-        elif self.timed_out:
+            return f"rsync {INTERRUPTED}"  # its own last words then only say it was killed
+        if self.timed_out:
             head = "rsync killed at its deadline"
         else:
             meaning = EXIT_MEANINGS.get(self.exit_code or 0, "")

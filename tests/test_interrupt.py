@@ -10,6 +10,7 @@ The time bounds are generous behaviour checks (the commands would run 25+ s othe
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,13 @@ from skeleton_app import testbed as tbm
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind
 from skeleton_app.testbed import Testbed
+from skeleton_app.transfers import DEFAULT_PARTIAL_DIR
+from skeleton_app.tree import tree_digest
+from tests.deploy_support import host_path, make_source, unique_app_dir, variant
 from tests.helpers import REPO, config_variant
+
+DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
+                   "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")
 
 QUICK = 10.0  # seconds: an interrupted command must be back well within this
 
@@ -155,3 +162,113 @@ def test_library_cancel_and_keyboard_interrupt_stop_the_nodes(testbed: Testbed) 
         assert not cancel.cancelled()  # cleared: the next operation runs
         _no_leftovers(testbed, ["node-04"], "sleep 25")
         assert cluster.run("echo again", nodes)["node-04"].stdout == "again\n"
+
+
+# ---------------------------------------------------------------------------- deploy
+
+
+def _noise_tree(root: Path, count: int, size: int) -> dict[str, bytes]:
+    files = {f"data/f{i}.bin": os.urandom(size) for i in range(count)}
+    make_source(root, "A")
+    for name, blob in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(blob)
+    return files
+
+
+def _rewrite(root: Path, names: Sequence[str], size: int) -> dict[str, bytes]:
+    new = {name: os.urandom(size) for name in names}
+    for name, blob in new.items():
+        (root / name).write_bytes(blob)
+    return new
+
+
+def _digest(testbed: Testbed, node: str, app_dir: str) -> str | None:
+    path = host_path(testbed, node, f"{app_dir}/.skeleton-deploy/digest")
+    return path.read_text().splitlines()[0] if path.exists() else None
+
+
+def _row(out: str, node: str) -> str:
+    return next((line for line in out.splitlines() if f" {node} " in line), "")
+
+
+def test_ctrl_c_stops_deploy_and_says_what_was_committed(testbed: Testbed,
+                                                         tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    old = _noise_tree(src, 6, 300_000)
+    app_dir = unique_app_dir("ctrl-c")
+    config = variant(testbed, tmp_path, app_dir=app_dir)
+    first = _start("cluster", "deploy", "--source", str(src), "-n", "node-0[4-5]", config=config)
+    assert _finish(first)[0] == 0
+    new = _rewrite(src, list(old), 300_000)
+    version = tree_digest(src, DIGEST_EXCLUDES).version
+    slow = host_path(testbed, "node-05", app_dir)
+    tbm.set_rate(testbed, "node-05", "1mbit")  # 1.8 MB to send: ~15 s there, instant on 04
+    try:
+        proc = _start("cluster", "deploy", "--source", str(src), "-n", "node-0[4-5]",
+                      config=config)
+        _until("node-04 committed and node-05 mid-transfer", lambda: (
+            _digest(testbed, "node-04", app_dir) == version
+            and any((slow / "data" / DEFAULT_PARTIAL_DIR).glob("*"))), proc)
+        sent = _ctrl_c(proc)
+        code, out, err = _finish(proc)
+        took = time.monotonic() - sent
+    finally:
+        tbm.set_rate(testbed, "node-05", None)
+    assert code == 130, out + err
+    assert took < QUICK, took
+    assert "✓ deployed" in _row(out, "node-04"), out  # committed before Ctrl-C: says so
+    assert "✗ interrupted" in _row(out, "node-05"), out
+    flat = re.sub(r"[\s│]+", " ", out)  # the table wraps long cells
+    assert ("interrupted: rsync stopped by Ctrl-C; nothing committed: the node keeps its"
+            " previous files") in flat, out
+    assert "aborted" not in out + err
+    # node-05: every file old, no digest (a rerun is never mistaken for up to date).
+    assert [(slow / name).read_bytes() for name in old] == list(old.values())
+    assert _digest(testbed, "node-05", app_dir) is None
+    fast = host_path(testbed, "node-04", app_dir)
+    assert [(fast / name).read_bytes() for name in new] == list(new.values())
+    _no_leftovers(testbed, ["node-05"], "rsync")
+
+    again = _start("cluster", "deploy", "--source", str(src), "-n", "node-0[4-5]",
+                   "--lock-wait", "2", config=config)
+    code, out, err = _finish(again)
+    assert code == 0, out + err
+    assert [(slow / name).read_bytes() for name in new] == list(new.values())
+    assert _digest(testbed, "node-05", app_dir) == version
+
+
+def test_killed_controller_leaves_no_writer_and_a_rerun_succeeds(testbed: Testbed,
+                                                                 tmp_path: Path) -> None:
+    """kill -9 of the controller alone (not its process group): its rsync and ssh die with
+    it, and the node's receiving rsync holds the writer lock as long as it lives, so an
+    immediate rerun waits for it instead of racing it."""
+    src = tmp_path / "src"
+    old = _noise_tree(src, 8, 300_000)
+    app_dir = unique_app_dir("kill9")
+    config = variant(testbed, tmp_path, app_dir=app_dir)
+    first = _start("cluster", "deploy", "--source", str(src), "-n", "node-06", config=config)
+    assert _finish(first)[0] == 0
+    new = _rewrite(src, list(old), 300_000)
+    root = host_path(testbed, "node-06", app_dir)
+    tbm.set_rate(testbed, "node-06", "1mbit")
+    try:
+        proc = _start("cluster", "deploy", "--source", str(src), "-n", "node-06",
+                      config=config)
+        _until("the transfer under way",
+               lambda: any((root / "data" / DEFAULT_PARTIAL_DIR).glob("*")), proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        # Its rsync and ssh are gone with it (they would write on for ~15 s otherwise).
+        _until("no rsync of that deploy on the controller", lambda: subprocess.run(
+            ["pgrep", "-f", f"{app_dir}"], capture_output=True).stdout == b"", timeout=10)
+        rerun = _start("cluster", "deploy", "--source", str(src), "-n", "node-06",
+                       "--lock-wait", "20", config=config)
+        code, out, err = _finish(rerun)
+    finally:
+        tbm.set_rate(testbed, "node-06", None)
+    assert code == 0, out + err
+    assert [(root / name).read_bytes() for name in new] == list(new.values())
+    assert _digest(testbed, "node-06", app_dir) == tree_digest(src, DIGEST_EXCLUDES).version
+    assert not list(root.rglob(DEFAULT_PARTIAL_DIR))
+    _no_leftovers(testbed, ["node-06"], "rsync")

@@ -597,6 +597,7 @@ def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: On
     elif tr.interrupted:
         message += ("; nothing committed: the node keeps its previous files (updates are"
                     " applied only at the end of a transfer)")
+        data = {**data, "files_changed": 0}  # what reached the holding dirs is not applied
     emit(DeployEvent(node.id, "failed", message=message))
     if kind is not None:
         return replace(failure(node.id, kind, message, time.monotonic() - started),
