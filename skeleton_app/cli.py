@@ -779,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         exit_(exc.exit_code)
     except SkeletonError as exc:
         click.echo(f"skeleton: error: {exc}", err=True)
-        exit_(exc.exit_code)
+        exit_(130 if cancel.cancelled() else exc.exit_code)
     except KeyboardInterrupt:
         click.echo("skeleton: interrupted", err=True)
         exit_(130)

@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from skeleton_app import cancel
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
 from skeleton_app.nodes import Node
@@ -453,8 +454,10 @@ class _Remote:
 
     def call(self, node: Node, action: str, args: Sequence[str] = (), *,
              files: Mapping[str, bytes] | None = None, timeout: float | None = None,
-             job: str | None = None, job_files: Mapping[str, bytes] | None = None) -> _Facts:
+             job: str | None = None, job_files: Mapping[str, bytes] | None = None,
+             cancellable: bool = True) -> _Facts:
         """Run one action; NodeError when the node broke, _StepFailed when the script failed.
+        `cancellable=False` for clean-up steps that must run after a Ctrl-C too.
         `files` land in this step's directory, `job_files` in RUN/JOB (where the next node
         of a chain and later steps find them). The first call to a node (or the first after
         it cleaned up) also uploads the script."""
@@ -488,7 +491,8 @@ class _Remote:
                 out.extend(data)
 
         result = self.cluster.connector.run(
-            node, command, RunOptions(timeout=timeout, stdin=_tar(upload), sink=sink))
+            node, command, RunOptions(timeout=timeout, stdin=_tar(upload), sink=sink,
+                                      cancellable=cancellable))
         if init and result.error_kind is None:
             with self._lock:
                 self.initialized.add(node.id)
@@ -1097,6 +1101,8 @@ class _Sync:
                 list(pool.map(run, jobs))
 
     def run_job(self, job: _Job, busy: Callable[[], bool]) -> None:
+        if cancel.cancelled():
+            return  # Ctrl-C: no new transfer starts (its members stay pending)
         holder = self.holders.acquire(busy)
         if holder is None:
             for t in job.members:
@@ -1140,7 +1146,7 @@ class _Sync:
 
     def _abort(self, node: Node, job: str) -> None:
         with contextlib.suppress(NodeError, _StepFailed):
-            self.remote.call(node, "abort", [job], timeout=30)
+            self.remote.call(node, "abort", [job], timeout=30, cancellable=False)
 
     def _hop_ssh(self, dst: Node, *, master: str) -> list[str]:
         """OpenSSH argv a node uses to reach peer `dst`: the node's own key and known_hosts
@@ -1293,7 +1299,8 @@ class _Sync:
         def ssh(node: Node, action: str, **kwargs: Any) -> subprocess.Popen[bytes]:
             argv = [*ssh_argv(node, self.settings.ssh, extra=["-T"]), "--", node.host,
                     self.remote.remote_command(action, job.id)]
-            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs)
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE,
+                                    preexec_fn=cancel.die_with_parent(), **kwargs)
             streams = [(proc.stderr, errs.setdefault(node.id, bytearray()), 4096)]
             if action == "recv":
                 # stdout: the member's seal report (a few bytes, once its stream has ended).
@@ -1307,6 +1314,14 @@ class _Sync:
 
         deadline = time.monotonic() + self.deadline(job.total)
         src = None
+
+        def stop_all() -> None:  # Ctrl-C: the streams stop at once (the finally reaps)
+            for proc in [*procs.values(), *([src] if src is not None else [])]:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+
+        stopping = contextlib.ExitStack()
+        stopping.enter_context(cancel.TOKEN.on_cancel(stop_all))
         try:
             for t in job.members:
                 procs[t.node.id] = ssh(t.node, "recv", stdin=subprocess.PIPE,
@@ -1363,6 +1378,7 @@ class _Sync:
                             stream.close()
             for th in readers:
                 th.join(timeout=5)
+            stopping.close()
 
     # -- finishing a target
 
@@ -1450,13 +1466,15 @@ class _Sync:
             self.holders.add(self.source)
             pending = [t for t in self.targets if t.status == "pending"]
             for round_no in range(1, MAX_ROUNDS + 1):
-                if not pending:
+                if not pending or cancel.cancelled():
                     break
                 if round_no > 1:
                     self.replan(pending)
                 self.run_jobs(self.prepare(pending))
                 pending = [t for t in self.targets if t.status == "pending"]
-            for t in pending:
+            if cancel.cancelled():
+                self._interrupted()
+            for t in (t for t in self.targets if t.status == "pending"):
                 t.fail(t.message or "did not complete", t.error_kind)
                 self.progress(t, "failed", message=t.message)
         except BaseException:
@@ -1468,6 +1486,37 @@ class _Sync:
             self._warm_wait()
         return ClusterResult([self._result(t) for t in self.targets], operation="sync-models",
                              duration=time.monotonic() - started, warnings=self.warnings)
+
+    def _interrupted(self) -> None:
+        """After a Ctrl-C: stop every transfer process of this run on the nodes, then ask each
+        target that has not reported its copy published whether it has our manifests'
+        claims (published just before the stop): the result then says exactly what was
+        published where. Nothing else is ever published: a copy is swapped into place only
+        after it was checked whole."""
+        self._abort_all()
+        names = list(self.manifests)
+
+        def settle(t: _Target) -> None:
+            if t.status not in ("pending", "failed") or (
+                    t.status == "failed" and t.error_kind != NodeErrorKind.INTERRUPTED):
+                return
+            facts = None
+            if names and t.plan is not None and t.node.id in self.remote.initialized:
+                with contextlib.suppress(NodeError, _StepFailed):
+                    facts = self.remote.call(t.node, "probe", names, timeout=30,
+                                             cancellable=False)
+            if facts is not None and all(
+                    (Manifest.from_json(n, facts.final_claims.get(n))[0] or _NONE).digest
+                    == self.manifests[n].digest for n in names):
+                t.status, t.error_kind, t.message = "synced", None, ""
+                t.moved += t.plan.need_bytes if t.plan else 0
+                return
+            t.fail(f"{cancel.INTERRUPTED}: nothing published on this node in this run"
+                   " (a partial copy stays in staging, for the next run to resume)",
+                   NodeErrorKind.INTERRUPTED)
+            self.progress(t, "failed", message=t.message)
+
+        self.parallel(settle, self.targets)
 
     def _abort_all(self) -> None:
         nodes = [n for n in (self.source, *(t.node for t in self.targets))
@@ -1486,7 +1535,8 @@ class _Sync:
                          for name, claim in self.source_claims.items()}
                 args = ["--claims"]
             with contextlib.suppress(NodeError, _StepFailed):
-                self.remote.call(node, "finish", args, files=files, timeout=30)
+                self.remote.call(node, "finish", args, files=files, timeout=30,
+                                 cancellable=False)
 
         self.parallel(finish, nodes)
 
@@ -1509,6 +1559,9 @@ class _Sync:
                               duration=t.seconds, data=data)
         return NodeResult(node=t.node.id, exit_code=1, stderr=t.message + "\n",
                           duration=t.seconds, data=data)
+
+
+_NONE = Manifest(name="", kind="", entries=(), digest="")  # no claim: matches no digest
 
 
 def _split_name(path: str) -> tuple[str, str]:
