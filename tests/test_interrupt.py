@@ -9,6 +9,7 @@ The time bounds are generous behaviour checks (the commands would run 25+ s othe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -26,8 +27,16 @@ from skeleton_app.errors import NodeErrorKind
 from skeleton_app.testbed import Testbed
 from skeleton_app.transfers import DEFAULT_PARTIAL_DIR
 from skeleton_app.tree import tree_digest
-from tests.deploy_support import host_path, make_source, unique_app_dir, variant
-from tests.helpers import REPO, config_variant
+from tests.deploy_support import (
+    daemons_stopped_after,
+    host_path,
+    make_source,
+    settings_of,
+    unique_app_dir,
+    variant,
+)
+from tests.helpers import REPO, chown_to_user, config_variant
+from tests.test_models import MIB, leftovers, make_model, models_root
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
                    "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")
@@ -272,3 +281,87 @@ def test_killed_controller_leaves_no_writer_and_a_rerun_succeeds(testbed: Testbe
     assert _digest(testbed, "node-06", app_dir) == tree_digest(src, DIGEST_EXCLUDES).version
     assert not list(root.rglob(DEFAULT_PARTIAL_DIR))
     _no_leftovers(testbed, ["node-06"], "rsync")
+
+
+# ---------------------------------------------------------------------------- daemon, logs
+
+
+def test_ctrl_c_stops_a_rolling_restart_between_batches(testbed: Testbed,
+                                                        tmp_path: Path) -> None:
+    config = variant(testbed, tmp_path, port=8791, daemon={"start_grace": 2})
+    src = make_source(tmp_path / "src", "A")  # the stand-in daemon, deployed first
+    deployed = _start("cluster", "deploy", "--source", str(src), "-n", "node-0[1-4]",
+                      config=config)
+    assert _finish(deployed)[0] == 0
+    with daemons_stopped_after(settings_of(config)):
+        proc = _start("cluster", "daemon", "restart", "--batch", "1", "-n", "node-0[1-4]",
+                      config=config)
+        # Each restart takes its start grace (2 s): Ctrl-C once node-01's daemon runs.
+        _until("node-01 restarted", lambda: bool(_procs(testbed, "node-01", "standin.py 8791")),
+               proc)
+        sent = _ctrl_c(proc)
+        code, out, err = _finish(proc)
+        took = time.monotonic() - sent
+        assert code == 130, out + err
+        assert took < QUICK, took
+        flat = re.sub(r"[\s│]+", " ", out)
+        assert "interrupted: the rollout stopped; not restarted:" in flat, out
+        assert "node-04 - not reached (rollout stopped)" in flat, out
+        assert re.search(r"node-01 ✓ \d+", flat), out
+        # The batch in flight finished its restart (never a daemon left stopped half-way);
+        # no batch started after the Ctrl-C.
+        assert _procs(testbed, "node-04", "standin.py 8791") == ""
+        assert _procs(testbed, "node-01", "standin.py 8791")
+        _no_leftovers(testbed, ["node-01", "node-02", "node-03", "node-04"], "daemon.sh")
+
+
+def test_ctrl_c_stops_logs_follow_and_its_remote_tails(testbed: Testbed,
+                                                       tmp_path: Path) -> None:
+    logdir = f"logs-{os.urandom(4).hex()}"
+    config = config_variant(testbed, tmp_path / "logs.yaml", app={"logs_dir": logdir},
+                            logs={"files": [f"{logdir}/*.log"]})
+    for host in ("node-02", "node-03"):
+        path = testbed.host(host).app_dir / logdir / "skeleton-daemon.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("first\n")
+        chown_to_user(path.parent)
+    proc = _start("cluster", "logs", "--follow", "-n", "node-0[2-3]", config=config)
+    _until("tails on both nodes", lambda: all(
+        _procs(testbed, h, "tail") for h in ("node-02", "node-03")), proc)
+    sent = _ctrl_c(proc)
+    code, out, err = _finish(proc)
+    assert time.monotonic() - sent < QUICK
+    assert code == 0, out + err  # Ctrl-C is how --follow ends
+    assert "node-02: first" in out and "node-03: first" in out
+    _no_leftovers(testbed, ["node-02", "node-03"], "tail|skeleton-logs")
+
+
+# ---------------------------------------------------------------------------- sync-models
+
+
+def test_ctrl_c_mid_chain_publishes_nothing_and_leaves_nothing(make_testbed: Callable[...,
+                                                                                    Testbed],
+                                                               tmp_path: Path) -> None:
+    bed = make_testbed(3, rate="20mbit")  # 24 MiB: ~10 s a link
+    make_model(bed, "node-01", "models", "big", size=24 * MIB)
+    staged = models_root(bed, "node-02", "models") / ".skeleton-staging" / "big" / "weights.bin"
+    proc = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-3]",
+                  "--json", config=bed.config_path)
+    _until("node-02 receiving", lambda: staged.exists() and staged.stat().st_size > 2 * MIB,
+           proc, timeout=60)
+    sent = _ctrl_c(proc)
+    code, out, err = _finish(proc)
+    took = time.monotonic() - sent
+    assert code == 130, out + err
+    assert took < QUICK, took
+    data = json.loads(out)
+    for host in ("node-02", "node-03"):
+        node = data["nodes"][host]
+        assert node["error_kind"] == "interrupted", node
+        assert "nothing published on this node" in node["error"]
+        assert node["data"]["status"] == "failed"  # never "synced"/"done" when it was not
+        assert not (models_root(bed, host, "models") / "big").exists()
+    # No chain process, relay, control master or run dir left on any node.
+    for host in bed.ids:
+        assert leftovers(bed, host) == [], host
+        assert _procs(bed, host, "tar |ssh ") == "", host
