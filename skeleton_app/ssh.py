@@ -612,6 +612,10 @@ class Connector:
         signalled = False
         interrupted = False
         watch = [TOKEN.fileno()] if options.cancellable else []
+        if watch and TOKEN.cancelled:  # Ctrl-C while this node was connecting: never start
+            channel.close()
+            return _failed(node, NodeError(NodeErrorKind.INTERRUPTED,
+                                           f"{INTERRUPTED} before it started"), started)
         try:
             channel.exec_command(command)
             if options.stdin is not None:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
+
 from skeleton_app import cancel
 from skeleton_app import testbed as tbm
 from skeleton_app.cluster import Cluster
@@ -92,6 +94,53 @@ def _no_leftovers(testbed: Testbed, hosts: Sequence[str], pattern: str) -> None:
         while (left := _procs(testbed, host, pattern)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert left == "", f"{host}: {left}"
+
+
+# ---------------------------------------------------------------------------- the token
+
+
+def test_token_wakes_waiters_selectors_and_callbacks_then_resets() -> None:
+    import select
+
+    token = cancel.CancelToken()
+    fd = token.fileno()
+    fired: list[str] = []
+    with token.on_cancel(lambda: fired.append("stop")):
+        assert select.select([fd], [], [], 0)[0] == []
+        threading.Timer(0.1, token.cancel).start()
+        assert token.wait(10) and token.cancelled
+        _until("the callback", lambda: fired == ["stop"], timeout=5)
+        assert select.select([fd], [], [], 5)[0] == [fd]
+        token.cancel()  # twice: callbacks run once
+        time.sleep(0.1)
+        assert fired == ["stop"]
+    token.reset()
+    assert not token.cancelled and select.select([fd], [], [], 0)[0] == []
+    with token.on_cancel(lambda: fired.append("late")):
+        pass
+    assert fired == ["stop"]  # a callback whose block ended never runs
+
+
+def test_executor_turns_keyboard_interrupt_into_a_cancel_of_its_workers() -> None:
+    stopped = threading.Event()
+
+    def worker() -> None:
+        # Like a node's command: runs until the token says stop.
+        if cancel.TOKEN.wait(30):
+            stopped.set()
+
+    main = threading.get_ident()
+    threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        with cancel.executor(2, "t") as pool:
+            pool.submit(worker)
+            time.sleep(30)
+        raise AssertionError("no KeyboardInterrupt")
+    except KeyboardInterrupt:
+        pass
+    assert stopped.is_set() and time.monotonic() - t0 < QUICK
+    assert not cancel.cancelled()  # cleared once the workers were gone
 
 
 # ---------------------------------------------------------------------------- exec
@@ -339,14 +388,14 @@ def test_ctrl_c_stops_logs_follow_and_its_remote_tails(testbed: Testbed,
 # ---------------------------------------------------------------------------- sync-models
 
 
-def test_ctrl_c_mid_chain_publishes_nothing_and_leaves_nothing(make_testbed: Callable[...,
-                                                                                    Testbed],
-                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [(), ("--relay",)], ids=["chain", "relay"])
+def test_ctrl_c_mid_sync_publishes_nothing_and_leaves_nothing(
+        make_testbed: Callable[..., Testbed], how: tuple[str, ...]) -> None:
     bed = make_testbed(3, rate="20mbit")  # 24 MiB: ~10 s a link
     make_model(bed, "node-01", "models", "big", size=24 * MIB)
     staged = models_root(bed, "node-02", "models") / ".skeleton-staging" / "big" / "weights.bin"
     proc = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-3]",
-                  "--json", config=bed.config_path)
+                  "--json", *how, config=bed.config_path)
     _until("node-02 receiving", lambda: staged.exists() and staged.stat().st_size > 2 * MIB,
            proc, timeout=60)
     sent = _ctrl_c(proc)

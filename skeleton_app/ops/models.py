@@ -1501,7 +1501,10 @@ class _Sync:
                     t.status == "failed" and t.error_kind != NodeErrorKind.INTERRUPTED):
                 return
             facts = None
-            if names and t.plan is not None and t.node.id in self.remote.initialized:
+            if names and t.plan is not None:
+                # It may have published and removed its run dir before the stop: upload
+                # the script again (`_finish` removes what this probe makes).
+                self.remote.finished([t.node])
                 with contextlib.suppress(NodeError, _StepFailed):
                     facts = self.remote.call(t.node, "probe", names, timeout=30,
                                              cancellable=False)
