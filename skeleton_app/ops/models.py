@@ -802,8 +802,8 @@ class _Sync:
     def parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.fanout, len(items)),
-                                thread_name_prefix="models") as pool:
+        # cancel.executor: a KeyboardInterrupt here stops the nodes' work before it goes up.
+        with cancel.executor(min(self.fanout, len(items)), "models") as pool:
             return list(pool.map(fn, items))
 
     def model_bytes(self) -> int:
@@ -877,7 +877,7 @@ class _Sync:
                 problem.append(exc)
 
         total = sum(st.size for path, st in facts.entries.items() if st.kind == "f")
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="source") as pool:
+        with cancel.executor(2, "source") as pool:
             hashing = pool.submit(hash_source) if to_hash else None
             probing = pool.submit(self.preflight, names, total) if early is None else None
             if hashing is not None:
@@ -1097,7 +1097,7 @@ class _Sync:
                     self._active_jobs -= 1
 
         if jobs:
-            with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="job") as pool:
+            with cancel.executor(len(jobs), "job") as pool:
                 list(pool.map(run, jobs))
 
     def run_job(self, job: _Job, busy: Callable[[], bool]) -> None:
