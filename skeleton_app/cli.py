@@ -12,6 +12,10 @@ Exit codes of every `skeleton cluster` command (`errors.ExitCode`):
     3  registry/database error; nothing ran
     4  some node was unreachable, refused the connection or its key, or timed out
        (wins over 1)
+  130  interrupted by Ctrl-C: the work on the nodes was stopped (wins over all)
+
+Ctrl-C during a `cluster` command stops the work on the nodes (`skeleton_app.cancel`) and
+the command reports what was done where; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
@@ -140,7 +144,33 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @cli.group()
 def cluster() -> None:
     """Operations on the cluster's nodes (exit codes: 0 ok, 1 failed, 2 usage, 3 registry,
-    4 unreachable)."""
+    4 unreachable, 130 interrupted)."""
+    if _handle_sigint:
+        _install_sigint()
+
+
+# Set by `main()` when it runs as the `skeleton` command (not inside someone's process).
+_handle_sigint = False
+
+
+def _install_sigint() -> None:
+    """First Ctrl-C: cancel (every node's command is stopped, the command reports and exits
+    130). Second: exit at once. Written with os.write: the handler interrupts the main
+    thread, which may be inside a write to the same stream."""
+    import os
+    import signal
+
+    from skeleton_app import cancel
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        if cancel.cancelled():
+            os.write(2, b"skeleton: interrupted again: exiting now\n")
+            os._exit(130)
+        os.write(2, b"skeleton: interrupted: stopping the work on the nodes"
+                    b" (Ctrl-C again to quit at once)\n")
+        cancel.cancel()
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 @cluster.command("exec")
@@ -480,9 +510,12 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
     cluster_, nodes = _select(state, node_specs, roles, exclude)
     arguments = {"lines": lines, "since": since, "grep": pattern, "follow": follow}
     if follow:
+        from skeleton_app import cancel
+
         printer = render.NodeLines()
         result = logs_op.follow_logs(cluster_, nodes, on_line=printer.line, lines=lines,
                                      since=since_at, grep=pattern, on_error=printer.error)
+        cancel.reset()  # Ctrl-C is how --follow ends: not an interruption (exit 0)
         if as_json:
             click.echo(result.to_json())
     else:
@@ -835,9 +868,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Called without `argv` (the `skeleton` command itself) it ends the process with
     `_exit_now`; with `argv` (from Python) it raises SystemExit as usual."""
+    global _handle_sigint
+    from skeleton_app import cancel
+
     exit_: Callable[[int], NoReturn] = _exit_now
     if argv is not None:
         exit_ = sys.exit
+    else:
+        _handle_sigint = True
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="skeleton",
                       standalone_mode=False)
@@ -851,10 +889,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         exit_(exc.exit_code)
     except SkeletonError as exc:
         click.echo(f"skeleton: error: {exc}", err=True)
-        exit_(exc.exit_code)
+        exit_(130 if cancel.cancelled() else exc.exit_code)
     except KeyboardInterrupt:
         click.echo("skeleton: interrupted", err=True)
         exit_(130)
+    if cancel.cancelled():
+        exit_(130)  # what ran was stopped, and the output said where
     exit_(rv if isinstance(rv, int) else 0)
 
 

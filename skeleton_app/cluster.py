@@ -4,6 +4,10 @@
 over at most `fanout` threads, and gathers one `NodeResult` per node into a
 `ClusterResult`; an exception in one node's function becomes that node's result and never
 hides another's.
+
+Ctrl-C (or `Cluster.cancel()`, see `skeleton_app.cancel`): no node starts after it, running
+nodes stop theirs and come back `interrupted`; a KeyboardInterrupt in the waiting thread
+does the same before it goes on up.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
+from skeleton_app import cancel
 from skeleton_app.config import Settings, check_identity_files, load_config
 from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
 from skeleton_app.nodes import Node, select
@@ -38,6 +43,9 @@ def fan_out(
 
     def guarded(node: Node) -> NodeResult:
         t0 = time.monotonic()
+        if cancel.cancelled():
+            return failure(node.id, NodeErrorKind.INTERRUPTED,
+                           f"{cancel.INTERRUPTED} before it started")
         try:
             return fn(node)
         except NodeError as exc:
@@ -46,24 +54,18 @@ def fan_out(
             return failure(node.id, NodeErrorKind.ERROR, f"{type(exc).__name__}: {exc}",
                            time.monotonic() - t0)
 
+    # Even one node runs in a worker: the waiting thread must stay free to take Ctrl-C.
     workers = max(1, min(fanout, len(nodes)))
-    if workers == 1:
-        for node in nodes:
-            r = guarded(node)
-            results[node.id] = r
-            if on_result:
-                on_result(r)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fanout") as pool:
-            pending: dict[Future[NodeResult], Node] = {pool.submit(guarded, n): n for n in nodes}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    node = pending.pop(fut)
-                    r = fut.result()
-                    results[node.id] = r
-                    if on_result:
-                        on_result(r)
+    with cancel.executor(workers, "fanout") as pool:
+        pending: dict[Future[NodeResult], Node] = {pool.submit(guarded, n): n for n in nodes}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                node = pending.pop(fut)
+                r = fut.result()
+                results[node.id] = r
+                if on_result:
+                    on_result(r)
     ordered = [results[n.id] for n in nodes]
     return ClusterResult(ordered, operation=operation, duration=time.monotonic() - started,
                          warnings=warnings)
@@ -156,6 +158,11 @@ class Cluster:
         connector = self.connector
         return self.map(lambda node: connector.run(node, command, options), nodes,
                         fanout=fanout, operation=operation, on_result=on_result)
+
+    def cancel(self) -> None:
+        """Stop what runs on the nodes now (from another thread or a signal handler): the
+        process-wide token of `skeleton_app.cancel`; `skeleton_app.cancel.reset()` clears it."""
+        cancel.cancel()
 
     def connection(self, ref: str | Node) -> Any:
         """A connected Fabric `Connection` (pooled) with our host-key policy and timeouts."""

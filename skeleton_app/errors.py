@@ -7,7 +7,8 @@
     ├── RegistryError                   PostgreSQL unreachable, schema, ... -> exit 3
     ├── TestbedError                    the local test cluster could not be made
     └── NodeError                       one node could not run a command    -> exit 4
-                                        (carries a NodeErrorKind; LOCAL: exit 1)
+                                        (carries a NodeErrorKind; LOCAL: exit 1;
+                                        `interrupted`: exit 130)
 
 `ExitCode` is the one definition of the exit codes; the classes above and
 `results.ClusterResult.exit_code()` both use it.
@@ -30,6 +31,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage or configuration error; nothing ran
     REGISTRY = 3  # registry/database error; nothing ran
     UNREACHABLE = 4  # some node unreachable, refused, auth, host key, timed out: wins over 1
+    INTERRUPTED = 130  # stopped by Ctrl-C, as a shell reports a command ended by SIGINT: wins
 
 
 class SkeletonError(Exception):
@@ -88,12 +90,16 @@ class NodeErrorKind(enum.StrEnum):
     LOST = "lost"  # connection died or stopped answering mid-command
     PROTOCOL = "protocol"  # SSH negotiation failed in some other way
     LOCAL = "local"  # a local step failed (rsync missing, bad path, lock held, ...)
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C / a cancel (skeleton_app.cancel)
     ERROR = "error"  # anything else
 
     @property
     def exit_code(self) -> ExitCode:
         """LOCAL: the node answered but could not do it (deploy lock held, rsync missing):
-        a failed node, 1. Every other kind: it could not be reached or broke, 4."""
+        a failed node, 1. INTERRUPTED: stopped by Ctrl-C, 130. Every other kind: it could
+        not be reached or broke, 4."""
+        if self is NodeErrorKind.INTERRUPTED:
+            return ExitCode.INTERRUPTED
         return ExitCode.FAILED if self is NodeErrorKind.LOCAL else ExitCode.UNREACHABLE
 
 

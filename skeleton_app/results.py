@@ -24,6 +24,7 @@ EXIT_FAILED = ExitCode.FAILED
 EXIT_USAGE = ExitCode.USAGE
 EXIT_REGISTRY = ExitCode.REGISTRY
 EXIT_UNREACHABLE = ExitCode.UNREACHABLE
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +152,18 @@ class ClusterResult(Mapping[str, NodeResult]):
         """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
         return {k: r for k, r in self._results.items() if r.error_kind is not None}
 
+    @property
+    def interrupted(self) -> Mapping[str, NodeResult]:
+        """Nodes stopped by a cancel (Ctrl-C) before they finished (a subset of `errors`)."""
+        return {k: r for k, r in self._results.items()
+                if r.error_kind == NodeErrorKind.INTERRUPTED}
+
     def exit_code(self) -> ExitCode:
-        """0 all ok; 4 any node unreachable/refused/timed out (wins); 1 any node failed, or
-        refused for a precondition (error kind LOCAL: deploy lock held, rsync missing)."""
+        """0 all ok; 130 any node interrupted (wins); 4 any node unreachable/refused/timed
+        out; 1 any node failed, or refused for a precondition (error kind LOCAL: deploy lock
+        held, rsync missing)."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
         kinds = {r.error_kind for r in self._results.values() if r.error_kind is not None}
         if any(kind.exit_code == ExitCode.UNREACHABLE for kind in kinds):
             return ExitCode.UNREACHABLE

@@ -54,6 +54,7 @@ from paramiko.common import (
 from paramiko.hostkeys import HostKeys
 from paramiko.message import Message
 
+from skeleton_app.cancel import INTERRUPTED, TOKEN
 from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
@@ -72,6 +73,9 @@ OutputSink = Callable[[str, str, bytes], None]  # (node id, "stdout"|"stderr", c
 
 _KILL_AFTER = 3.0  # seconds between TERM and KILL when a command overruns its timeout
 _CONFIRM_KILL = 3.0  # seconds to wait for the node to report the kill before giving up
+# On a cancel (Ctrl-C): SIGINT at once, then SIGTERM, SIGKILL, and the channel is closed at
+# the last step whether or not the node confirmed: the command returns within ~1 s.
+_CANCEL_STEPS = ((0.0, "INT"), (0.3, "TERM"), (0.6, "KILL"), (1.0, ""))
 _BUFFER_HEAD = 64 * 1024
 _BUFFER_TAIL = 64 * 1024
 _PREAUTH_RETRIES = 6
@@ -387,6 +391,9 @@ class RunOptions:
     timeout: float | None = None  # None: settings.command_timeout
     stdin: bytes | None = None
     sink: OutputSink | None = None
+    # False for clean-up steps that must run even after a cancel (unlocking, removing a
+    # run dir): they are bounded by their timeout instead.
+    cancellable: bool = True
 
 
 class Connector:
@@ -668,6 +675,9 @@ class Connector:
         started = time.monotonic()
         timeout = self.settings.command_timeout if options.timeout is None else options.timeout
         for attempt in (1, 2):
+            if options.cancellable and TOKEN.cancelled:
+                return _failed(node, NodeError(NodeErrorKind.INTERRUPTED,
+                                               f"{INTERRUPTED} before it started"), started)
             try:
                 conn = self.link(node)
             except NodeError as exc:
@@ -707,6 +717,12 @@ class Connector:
             (started + timeout + _KILL_AFTER + _CONFIRM_KILL, ""),
         ]
         signalled = False
+        interrupted = False
+        watch = [TOKEN.fileno()] if options.cancellable else []
+        if watch and TOKEN.cancelled:  # Ctrl-C while this node was connecting: never start
+            channel.close()
+            return _failed(node, NodeError(NodeErrorKind.INTERRUPTED,
+                                           f"{INTERRUPTED} before it started"), started)
         try:
             channel.exec_command(command)
             if options.stdin is not None:
@@ -719,13 +735,19 @@ class Connector:
                 wait = keepalive
                 if deadlines:
                     wait = min(wait, max(0.0, deadlines[0][0] - now))
+                if watch and TOKEN.cancelled:
+                    # Ctrl-C: the command's process group gets INT, TERM, KILL in turn.
+                    watch = []
+                    interrupted = signalled = True
+                    deadlines = [(now + after, name) for after, name in _CANCEL_STEPS]
+                    continue
                 if channel.eof_received and not (channel.recv_ready()
                                                  or channel.recv_stderr_ready()):
                     # After EOF Paramiko's pipe stays readable forever: selecting on it would
                     # spin. Only the exit status (or the close) is still to come.
-                    ready = channel.status_event.wait(wait)
+                    ready = channel.status_event.wait(min(wait, 0.2) if watch else wait)
                 else:
-                    ready = bool(select.select([fd], [], [], wait)[0])
+                    ready = fd in select.select([fd, *watch], [], [], wait)[0]
                 got = _drain(channel.recv_ready, channel.recv, out, sink, node.id, "stdout")
                 got |= _drain(channel.recv_stderr_ready, channel.recv_stderr, err, sink,
                               node.id, "stderr")
@@ -738,6 +760,13 @@ class Connector:
                     last_heard = now
                 if deadlines and now >= deadlines[0][0]:
                     _, signal_name = deadlines.pop(0)
+                    if not signal_name and interrupted:
+                        # The node did not confirm within the second: the channel closes
+                        # (sshd then hangs up on what is left of the session).
+                        return _failed(node, NodeError(
+                            NodeErrorKind.INTERRUPTED,
+                            f"{INTERRUPTED}; SIGINT, SIGTERM, SIGKILL sent, not confirmed by"
+                            " the node"), started, out, err)
                     if not signal_name:
                         self.discard(node)
                         return _failed(node, NodeError(
@@ -767,6 +796,10 @@ class Connector:
             return _failed(node, nerr, started, out, err)
         finally:
             channel.close()
+        if interrupted:
+            return _failed(node, NodeError(
+                NodeErrorKind.INTERRUPTED, f"{INTERRUPTED}; the command was stopped on the node"
+                f" (exit {status})" if status != -1 else f"{INTERRUPTED}"), started, out, err)
         if signalled:
             return _failed(node, NodeError(
                 NodeErrorKind.TIMEOUT,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from skeleton_app.cancel import INTERRUPTED, TOKEN, die_with_parent
 from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 from skeleton_app.nodes import Node
@@ -459,6 +460,7 @@ class TransferResult:
     duration: float = 0.0
     timed_out: bool = False
     output: tuple[str, ...] = field(default=(), repr=False)  # stdout lines that were not items
+    interrupted: bool = False  # stopped by Ctrl-C / a cancel (skeleton_app.cancel)
 
     @property
     def ok(self) -> bool:
@@ -475,6 +477,8 @@ class TransferResult:
 
     def error_message(self, lines: int = 5) -> str:
         """`rsync exit 11 (error in file I/O): <last stderr lines>`."""
+        if self.interrupted:
+            return f"rsync {INTERRUPTED}"  # its own last words then only say it was killed
         if self.timed_out:
             head = "rsync killed at its deadline"
         else:
@@ -513,6 +517,8 @@ def classify_failure(result: TransferResult, node: str = "") -> tuple[NodeErrorK
     missing remote rsync as exit 12 or 127 with the remote shell's "not found" on stderr.
     """
     where = f"on {node}" if node else "on the node"
+    if result.interrupted:
+        return NodeErrorKind.INTERRUPTED, result.error_message()
     if result.timed_out:
         return NodeErrorKind.TIMEOUT, result.error_message()
     if disk_full(result):
@@ -551,8 +557,10 @@ def run_rsync(
     """Run an rsync argv (from `build_rsync_argv`), streaming its output into the parsers.
 
     `timeout` bounds the whole run (wall clock): rsync is killed at the deadline. rsync stays in
-    our process group, so Ctrl-C stops it with us. The environment gets LC_ALL=C: counters and
-    escapes then look the same on every machine (names are unescaped by `decode_name`).
+    our process group, so Ctrl-C stops it with us; a cancel (`skeleton_app.cancel`) stops it
+    too, and it dies with this process (`die_with_parent`). The environment gets LC_ALL=C:
+    counters and escapes then look the same on every machine (names are unescaped by
+    `decode_name`).
     """
     if shutil.which(argv[0]) is None:
         raise NodeError(NodeErrorKind.LOCAL,
@@ -561,7 +569,7 @@ def run_rsync(
     parser = OutputParser(on_change=on_change, on_progress=on_progress)
     started = time.monotonic()
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env, preexec_fn=die_with_parent())
     err = bytearray()
 
     def read_stderr() -> None:
@@ -585,12 +593,13 @@ def run_rsync(
         timer.daemon = True
         timer.start()
     try:
-        assert proc.stdout is not None
-        out_fd = proc.stdout.fileno()
-        for chunk in iter(lambda: os.read(out_fd, 65536), b""):
-            parser.feed(chunk)
-        parser.close()
-        code = proc.wait()
+        with TOKEN.on_cancel(lambda: _stop(proc)):
+            assert proc.stdout is not None
+            out_fd = proc.stdout.fileno()
+            for chunk in iter(lambda: os.read(out_fd, 65536), b""):
+                parser.feed(chunk)
+            parser.close()
+            code = proc.wait()
     finally:
         if timer:
             timer.cancel()
@@ -609,6 +618,8 @@ def run_rsync(
         duration=time.monotonic() - started,
         timed_out=killed.is_set(),
         output=tuple(parser.other),
+        # rsync exits 20 on SIGINT: the terminal's Ctrl-C may reach it before our handler.
+        interrupted=not killed.is_set() and (TOKEN.cancelled or code == 20),
     )
 
 

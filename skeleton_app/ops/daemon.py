@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from skeleton_app import layout
+from skeleton_app import cancel, layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, UsageError
@@ -182,8 +182,11 @@ def _timeout(settings: Settings) -> float:
     return d.stop_grace + d.start_grace + 30.0
 
 
-def control_node(cluster: Cluster, node: Node, action: str) -> NodeResult:
-    """Run `action` (start, stop, status) for one node's daemon; never raises for the node."""
+def control_node(cluster: Cluster, node: Node, action: str, *,
+                 cancellable: bool = True) -> NodeResult:
+    """Run `action` (start, stop, status) for one node's daemon; never raises for the node.
+    `cancellable=False`: runs even after a Ctrl-C (a restart that stopped a daemon brings
+    it back)."""
     from skeleton_app.ssh import RunOptions
 
     if action not in ("start", "stop", "status"):
@@ -192,11 +195,12 @@ def control_node(cluster: Cluster, node: Node, action: str) -> NodeResult:
     started = time.monotonic()
     if settings.daemon.manager == "systemd":
         command = systemctl_command(settings, action)
-        r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings)))
+        r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings),
+                                                            cancellable=cancellable))
         return _systemd_result(r, action, settings, started)
     command = "sh -s -- " + shlex.join(_process_args(settings, node, action))
     r = cluster.connector.run(node, command, RunOptions(
-        timeout=_timeout(settings), stdin=_script("daemon.sh")))
+        timeout=_timeout(settings), stdin=_script("daemon.sh"), cancellable=cancellable))
     if r.error_kind is not None:
         return r
     reply = parse_reply(r.stdout)
@@ -234,15 +238,17 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult:
         from skeleton_app.ssh import RunOptions
 
         r = cluster.connector.run(node, systemctl_command(settings, "restart"),
-                                  RunOptions(timeout=_timeout(settings)))
+                                  RunOptions(timeout=_timeout(settings), cancellable=False))
         r = _systemd_result(r, "restart", settings, started)
         return replace(r, data={**r.data, "action": "restart"})
-    stop = control_node(cluster, node, "stop")
+    # A restart once begun runs to its end (bounded by its timeouts) even if Ctrl-C comes:
+    # a daemon stopped and never started again is worse than a rollout a second later.
+    stop = control_node(cluster, node, "stop", cancellable=False)
     if not stop.ok:
         return replace(stop, data={**stop.data, "action": "restart",
                                    "summary": "stop failed: " + str(stop.data.get("summary")
                                                                     or stop.summary())})
-    start = control_node(cluster, node, "start")
+    start = control_node(cluster, node, "start", cancellable=False)
     data = dict(start.data)
     data.update(action="restart", stopped_pid=stop.data.get("pid"),
                 summary=f"{describe('stop', parse_reply(stop.stdout))}, then "
@@ -369,6 +375,11 @@ def daemon_control(
     warnings: list[str] = []
     for i in range(0, len(nodes), batch):
         group = nodes[i:i + batch]
+        if cancel.cancelled():
+            # Ctrl-C: the batch in flight finished its restarts; no new batch starts.
+            warnings.append(f"interrupted: the rollout stopped; not restarted:"
+                            f" {fold(n.id for n in nodes[i:])}")
+            break
         part = cluster.map(one, group, fanout=min(batch, fanout or batch),
                            operation=f"daemon {action}", on_result=on_result)
         results.extend(part.values())

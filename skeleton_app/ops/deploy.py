@@ -17,6 +17,13 @@ Per node, in order (all under one lock, one SSH channel that `scripts/deploy.sh`
 6. `commit`: the new digest is written atomically (its first line is the code version that
    `cluster status` shows); then the channel closes and the lock goes.
 
+The receiving rsync on the node runs under `flock` on the directory DEST/.skeleton-deploy
+(the writer lock, through `--rsync-path`), and `begin` waits for that lock: a receiver whose
+controller was killed (and whose session lock went with it) is waited for, never raced. Our
+rsync dies with us (`cancel.die_with_parent`). Ctrl-C (`skeleton_app.cancel`) stops rsync at
+once; the node keeps its previous files (updates are applied only at the end of a transfer);
+the result says per node whether it was committed before the interrupt, or not.
+
 `restart=True` stops the daemon before step 3 and starts it after step 6, per node.
 `dry_run=True` only runs `rsync --dry-run` and lists what would change (no lock, no writes).
 
@@ -42,7 +49,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from skeleton_app import layout
+from skeleton_app import cancel, layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 from skeleton_app.nodes import Node, validate_app_dir
@@ -148,10 +155,15 @@ class _Session:
                 err.node = node.id
                 raise err from exc
 
-    def read_line(self, timeout: float) -> str | None:
-        """The next line, None at EOF; NodeError(TIMEOUT/LOST) when none comes in time."""
+    def read_line(self, timeout: float, *, cancellable: bool = True) -> str | None:
+        """The next line, None at EOF; NodeError(TIMEOUT/LOST) when none comes in time,
+        NodeError(INTERRUPTED) on a cancel (unless `cancellable` is false)."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
+            if cancellable and cancel.cancelled():
+                raise NodeError(NodeErrorKind.INTERRUPTED, f"{cancel.INTERRUPTED} before any"
+                                " change (waiting for the node's deploy helper)",
+                                node=self.node.id)
             if self._eof:
                 if self._buf:
                     line, self._buf = self._buf, b""
@@ -162,7 +174,7 @@ class _Session:
                 raise NodeError(NodeErrorKind.TIMEOUT,
                                 f"the node's deploy helper did not answer within {timeout:g}s",
                                 node=self.node.id)
-            self.channel.settimeout(left)
+            self.channel.settimeout(min(left, 0.25))  # a cancel is seen within 0.25 s
             try:
                 data = self.channel.recv(4096)
             except TimeoutError:
@@ -183,9 +195,9 @@ class _Session:
             raise NodeError(NodeErrorKind.LOST, f"connection lost: {exc}",
                             node=self.node.id) from exc
 
-    def request(self, lines: Sequence[str], timeout: float) -> str:
+    def request(self, lines: Sequence[str], timeout: float, *, cancellable: bool = True) -> str:
         self.send(lines)
-        reply = self.read_line(timeout)
+        reply = self.read_line(timeout, cancellable=cancellable)
         if reply is None:
             raise NodeError(NodeErrorKind.LOST, "the node's deploy helper exited early"
                             + self.stderr_tail(), node=self.node.id)
@@ -407,11 +419,16 @@ def _sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgre
     opts: list[str] = []
     if dry_run and supports("--mkpath"):
         opts.append("--mkpath")  # a first dry run to a fresh node must not fail on the path
+    # The receiver holds the writer lock for as long as it lives (deploy.sh's `begin` waits
+    # for it): it may outlive our session, and so the session's lock, if we are killed.
+    writer = None if dry_run else shlex.join(
+        ["flock", "-w", "30", f"{dest}/{STATE_DIR}", "rsync"])
     ssh = cluster.settings.ssh
     return rsync(
         node, p.source + "/", dest + "/", settings=ssh, exclude=p.exclude, filters=p.filters,
         delete=p.delete, dry_run=dry_run, checksum=p.checksum, rsync_opts=opts,
         io_timeout=int(ssh.command_timeout), on_change=on_change, on_progress=on_progress,
+        rsync_path=writer,
     )
 
 
@@ -494,6 +511,10 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             if reply == "error=rsync-missing":
                 return fail(NodeErrorKind.LOCAL, f"rsync is not installed on {node.id}"
                             " (needed on every node: apt-get install rsync)", base)
+            if reply == "error=writer-busy":
+                return fail(NodeErrorKind.LOCAL, "an rsync of an earlier deploy (whose"
+                            " controller died) is still writing on this node; try again",
+                            base)
             if reply != "ok":
                 return fail(NodeErrorKind.ERROR, f"deploy helper: {reply}", base)
 
@@ -522,19 +543,28 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                 if full:
                     _remove_partials(cluster, node, dest)
                 failed = _rsync_failed(node, tr, data, emit, started, full=full)
+            elif cancel.cancelled():
+                failed = fail(NodeErrorKind.INTERRUPTED, f"{cancel.INTERRUPTED} after the"
+                              " transfer: the new files are in place, but not committed"
+                              " (after commands not run); the next deploy completes it",
+                              data)
             else:
                 failed = _run_afters(cluster, node, p, dest, data, emit, started)
             if failed is not None:
                 if p.restart:
                     # The daemon was stopped for this deploy: bring it back on what is there
-                    # (after a failed transfer, the old files) rather than leave it down.
-                    again = control_node(cluster, node, "start")
+                    # (after a failed transfer, the old files) rather than leave it down,
+                    # Ctrl-C or not.
+                    again = control_node(cluster, node, "start", cancellable=False)
                     failed = replace(failed, data={**failed.data,
                                                    "daemon_start": dict(again.data)})
                 return failed
             emit(DeployEvent(node.id, "commit"))
             lines = digest_lines(tree, delete=p.delete, owner=p.owner, source=p.source)
-            reply = session.request(["commit", *lines, "."], helper_timeout)
+            # Once sent, the commit's answer is awaited even after a Ctrl-C: the result
+            # must say truthfully whether this node was committed.
+            reply = session.request(["commit", *lines, "."], helper_timeout,
+                                    cancellable=False)
             if reply != "ok":
                 emit(DeployEvent(node.id, "failed", message=reply))
                 return done(exit_code=1, stderr=f"deployed, but {reply}\n", data=data)
@@ -592,6 +622,10 @@ def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: On
     if full or disk_full(tr):
         message = ("destination disk full: " + message + "; nothing was put in place"
                    " (updates are applied only at the end of a transfer)")
+    elif tr.interrupted:
+        message += ("; nothing committed: the node keeps its previous files (updates are"
+                    " applied only at the end of a transfer)")
+        data = {**data, "files_changed": 0}  # what reached the holding dirs is not applied
     emit(DeployEvent(node.id, "failed", message=message))
     if kind is not None:
         return replace(failure(node.id, kind, message, time.monotonic() - started),

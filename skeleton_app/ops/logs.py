@@ -49,7 +49,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from skeleton_app import layout
+from skeleton_app import cancel, layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.nodes import Node, validate_node_id
@@ -619,8 +619,9 @@ def follow_logs(
     stop: threading.Event | None = None,
     on_error: Callable[[str, str], None] | None = None,
 ) -> ClusterResult:
-    """Stream new log lines of every node to `on_line(node, line)` until `stop` is set or
-    KeyboardInterrupt; then stop every remote process. One NodeResult per node: exit 0 when
+    """Stream new log lines of every node to `on_line(node, line)` until `stop` is set, a
+    cancel (`skeleton_app.cancel`, the CLI's Ctrl-C) or KeyboardInterrupt; then stop every
+    remote process. One NodeResult per node: exit 0 when
     it streamed until stopped, an error when it could not be reached or dropped out."""
     count = _lines_default(cluster, lines)
     since_at = None if since is None else _since_epoch(since)
@@ -661,8 +662,10 @@ def follow_logs(
         argv = [*ssh_argv(node, cluster.settings.ssh, extra=["-T"]), "--", node.host, remote]
         # A session of its own: Ctrl-C stops us, and we stop the nodes in order (closing
         # stdin), instead of ssh dying on the same SIGINT and looking like a failed node.
+        # It dies with us too (even by SIGKILL), and the node script with its stdin.
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=cancel.die_with_parent())
         procs[node.id] = proc
         for fn in (pump, drain):
             th = threading.Thread(target=fn, args=(node, proc), daemon=True,
@@ -670,7 +673,8 @@ def follow_logs(
             th.start()
             threads.append(th)
     try:
-        while not stop.is_set() and any(p.poll() is None for p in procs.values()):
+        while (not stop.is_set() and not cancel.cancelled()
+               and any(p.poll() is None for p in procs.values())):
             stop.wait(0.2)
     except KeyboardInterrupt:
         pass

@@ -96,6 +96,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from skeleton_app import cancel
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
 from skeleton_app.nodes import Node
@@ -488,8 +489,10 @@ class _Remote:
 
     def call(self, node: Node, action: str, args: Sequence[str] = (), *,
              files: Mapping[str, bytes] | None = None, timeout: float | None = None,
-             job: str | None = None, job_files: Mapping[str, bytes] | None = None) -> _Facts:
+             job: str | None = None, job_files: Mapping[str, bytes] | None = None,
+             cancellable: bool = True) -> _Facts:
         """Run one action; NodeError when the node broke, _StepFailed when the script failed.
+        `cancellable=False` for clean-up steps that must run after a Ctrl-C too.
         `files` land in this step's directory, `job_files` in RUN/JOB (where the next node
         of a chain and later steps find them). The first call to a node (or the first after
         it cleaned up) also uploads the script."""
@@ -523,7 +526,8 @@ class _Remote:
                 out.extend(data)
 
         result = self.cluster.connector.run(
-            node, command, RunOptions(timeout=timeout, stdin=_tar(upload), sink=sink))
+            node, command, RunOptions(timeout=timeout, stdin=_tar(upload), sink=sink,
+                                      cancellable=cancellable))
         if init and result.error_kind is None:
             with self._lock:
                 self.initialized.add(node.id)
@@ -834,8 +838,8 @@ class _Sync:
     def parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.fanout, len(items)),
-                                thread_name_prefix="models") as pool:
+        # cancel.executor: a KeyboardInterrupt here stops the nodes' work before it goes up.
+        with cancel.executor(min(self.fanout, len(items)), "models") as pool:
             return list(pool.map(fn, items))
 
     def model_bytes(self) -> int:
@@ -912,7 +916,7 @@ class _Sync:
                 problem.append(exc)
 
         total = sum(st.size for path, st in facts.entries.items() if st.kind == "f")
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="source") as pool:
+        with cancel.executor(2, "source") as pool:
             hashing = pool.submit(hash_source) if to_hash else None
             probing = pool.submit(self.preflight, names, total) if early is None else None
             if hashing is not None:
@@ -1144,10 +1148,12 @@ class _Sync:
                     self._active_jobs -= 1
 
         if jobs:
-            with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="job") as pool:
+            with cancel.executor(len(jobs), "job") as pool:
                 list(pool.map(run, jobs))
 
     def run_job(self, job: _Job, busy: Callable[[], bool]) -> None:
+        if cancel.cancelled():
+            return  # Ctrl-C: no new transfer starts (its members stay pending)
         holder = self.holders.acquire(busy)
         if holder is None:
             for t in job.members:
@@ -1218,7 +1224,7 @@ class _Sync:
 
     def _abort(self, node: Node, job: str) -> None:
         with contextlib.suppress(NodeError, _StepFailed):
-            self.remote.call(node, "abort", [job], timeout=30)
+            self.remote.call(node, "abort", [job], timeout=30, cancellable=False)
 
     def _hop_ssh(self, dst: Node, *, master: str) -> list[str]:
         """OpenSSH argv a node uses to reach peer `dst`: the node's own key and known_hosts
@@ -1383,7 +1389,8 @@ class _Sync:
         def ssh(node: Node, action: str, **kwargs: Any) -> subprocess.Popen[bytes]:
             argv = [*ssh_argv(node, self.settings.ssh, extra=["-T"]), "--", node.host,
                     self.remote.remote_command(action, job.id)]
-            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs)
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE,
+                                    preexec_fn=cancel.die_with_parent(), **kwargs)
             streams = [(proc.stderr, errs.setdefault(node.id, bytearray()), 4096)]
             if action == "recv":
                 # stdout: the member's seal report (a few bytes, once its stream has ended).
@@ -1397,6 +1404,14 @@ class _Sync:
 
         deadline = time.monotonic() + self.deadline(job.total)
         src = None
+
+        def stop_all() -> None:  # Ctrl-C: the streams stop at once (the finally reaps)
+            for proc in [*procs.values(), *([src] if src is not None else [])]:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+
+        stopping = contextlib.ExitStack()
+        stopping.enter_context(cancel.TOKEN.on_cancel(stop_all))
         try:
             for t in job.members:
                 procs[t.node.id] = ssh(t.node, "recv", stdin=subprocess.PIPE,
@@ -1461,6 +1476,7 @@ class _Sync:
                             stream.close()
             for th in readers:
                 th.join(timeout=5)
+            stopping.close()
 
     # -- finishing a target
 
@@ -1553,7 +1569,7 @@ class _Sync:
             self.holders.add(self.source)
             pending = [t for t in self.targets if t.status == "pending"]
             for round_no in range(1, MAX_ROUNDS + 1):
-                if not pending:
+                if not pending or cancel.cancelled():
                     break
                 if round_no > 1:
                     self.replan(pending)
@@ -1565,7 +1581,9 @@ class _Sync:
                                " list; the run was stopped")
                         self.progress(t, "failed", message=t.message)
                     pending = []
-            for t in pending:
+            if cancel.cancelled():
+                self._interrupted()
+            for t in (t for t in self.targets if t.status == "pending"):
                 t.fail(t.message or "did not complete", t.error_kind)
                 self.progress(t, "failed", message=t.message)
         except BaseException:
@@ -1577,6 +1595,40 @@ class _Sync:
             self._warm_wait()
         return ClusterResult([self._result(t) for t in self.targets], operation="sync-models",
                              duration=time.monotonic() - started, warnings=self.warnings)
+
+    def _interrupted(self) -> None:
+        """After a Ctrl-C: stop every transfer process of this run on the nodes, then ask each
+        target that has not reported its copy published whether it has our manifests'
+        claims (published just before the stop): the result then says exactly what was
+        published where. Nothing else is ever published: a copy is swapped into place only
+        after it was checked whole."""
+        self._abort_all()
+        names = list(self.manifests)
+
+        def settle(t: _Target) -> None:
+            if t.status not in ("pending", "failed") or (
+                    t.status == "failed" and t.error_kind != NodeErrorKind.INTERRUPTED):
+                return
+            facts = None
+            if names and t.plan is not None:
+                # It may have published and removed its run dir before the stop: upload
+                # the script again (`_finish` removes what this probe makes).
+                self.remote.finished([t.node])
+                with contextlib.suppress(NodeError, _StepFailed):
+                    facts = self.remote.call(t.node, "probe", names, timeout=30,
+                                             cancellable=False)
+            if facts is not None and all(
+                    (Manifest.from_json(n, facts.final_claims.get(n))[0] or _NONE).digest
+                    == self.manifests[n].digest for n in names):
+                t.status, t.error_kind, t.message = "synced", None, ""
+                t.moved += t.plan.need_bytes if t.plan else 0
+                return
+            t.fail(f"{cancel.INTERRUPTED}: nothing published on this node in this run"
+                   " (a partial copy stays in staging, for the next run to resume)",
+                   NodeErrorKind.INTERRUPTED)
+            self.progress(t, "failed", message=t.message)
+
+        self.parallel(settle, self.targets)
 
     def _abort_all(self) -> None:
         nodes = [n for n in (self.source, *(t.node for t in self.targets))
@@ -1595,7 +1647,8 @@ class _Sync:
                          for name, claim in self.source_claims.items()}
                 args = ["--claims"]
             with contextlib.suppress(NodeError, _StepFailed):
-                self.remote.call(node, "finish", args, files=files, timeout=30)
+                self.remote.call(node, "finish", args, files=files, timeout=30,
+                                 cancellable=False)
 
         self.parallel(finish, nodes)
 
@@ -1624,6 +1677,9 @@ def _full_size(st: _Stat | None, entry: Entry | None) -> bool:
     """A staged regular file at the manifest's size (complete, so its hash was compared)."""
     return (st is not None and entry is not None and st.kind == entry.kind == "f"
             and st.size == entry.size)
+
+
+_NONE = Manifest(name="", kind="", entries=(), digest="")  # no claim: matches no digest
 
 
 def _split_name(path: str) -> tuple[str, str]:

@@ -10,7 +10,10 @@
 #
 # The lock is flock(1) on DEST/.skeleton-deploy/lock, held by this shell until it exits. It exits
 # when the controller closes stdin, or when the SSH connection dies (stdin then ends as well):
-# a killed deploy never leaves a stale lock behind.
+# a killed deploy never leaves a stale lock behind. The receiving rsync runs under
+# `flock DEST/.skeleton-deploy` (the directory itself: the writer lock, taken through the
+# controller's --rsync-path): it may outlive a killed controller's session by a moment, so
+# `begin` waits for that lock too before any write.
 #
 # Output, one `key=value` per line:
 #     state=locked | state=busy | state=error
@@ -20,9 +23,10 @@
 #     ready                        (locked: requests are read from now on)
 # Requests on stdin, one per line, each answered by one line:
 #     own       record the owner (a deploy that holds the lock for long)  -> ok | error=...
-#     begin     record the owner, check that RSYNC runs, then remove the digest (a deploy that
-#               dies from here on must not be mistaken for a finished one)
-#                                                              -> ok | error=rsync-missing | error=...
+#     begin     record the owner, wait (WAIT seconds) for the writer lock, check that RSYNC
+#               runs, then remove the digest (a deploy that dies from here on must not be
+#               mistaken for a finished one)
+#                                      -> ok | error=writer-busy | error=rsync-missing | error=...
 #     commit    the following lines, up to a line holding only ".", become the new digest,
 #               written atomically                             -> ok | error=...
 #     (EOF)     exit 0; the lock goes with this shell
@@ -94,6 +98,10 @@ while IFS= read -r request; do
             ;;
         begin)
             own
+            if ! flock -w "$wait" "$state_dir" true; then
+                printf 'error=writer-busy\n'
+                continue
+            fi
             # The binary may exist and still fail (a broken install, a stub): run it.
             if ! "$rsync_cmd" --version >/dev/null 2>&1; then
                 printf 'error=rsync-missing\n'
