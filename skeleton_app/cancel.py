@@ -41,6 +41,7 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: dict[int, Callable[[], None]] = {}
+        self._final: dict[int, Callable[[], None]] = {}
         self._next = 0
         self._pipe: tuple[int, int] | None = None
 
@@ -107,6 +108,37 @@ class CancelToken:
         finally:
             with self._lock:
                 self._callbacks.pop(key, None)
+
+
+    @contextlib.contextmanager
+    def on_exit(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Run `callback` if the process is made to exit while the block runs (a second
+        Ctrl-C, `last_words`): the last chance to stop a node's command (a SIGKILL request)
+        when there is no time left for the polite sequence."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._final[key] = callback
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._final.pop(key, None)
+
+    def last_words(self, timeout: float = 0.3) -> None:
+        """Run every `on_exit` callback, in a thread of its own (this may be a signal
+        handler, interrupting a thread that holds a lock they need), for at most `timeout`
+        seconds in all."""
+        callbacks = list(self._final.values())  # a copy without the lock: see above
+
+        def run() -> None:
+            for callback in callbacks:
+                with contextlib.suppress(Exception):
+                    callback()
+
+        worker = threading.Thread(target=run, daemon=True, name="last-words")
+        worker.start()
+        worker.join(timeout)
 
 
 TOKEN = CancelToken()

@@ -165,6 +165,7 @@ def _install_sigint() -> None:
     def on_sigint(_signum: int, _frame: object) -> None:
         if cancel.cancelled():
             os.write(2, b"skeleton: interrupted again: exiting now\n")
+            cancel.TOKEN.last_words()  # a SIGKILL to every command still running on a node
             os._exit(130)
         os.write(2, b"skeleton: interrupted: stopping the work on the nodes"
                     b" (Ctrl-C again to quit at once)\n")

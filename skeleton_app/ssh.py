@@ -273,12 +273,55 @@ def connect_client(client: paramiko.SSHClient, *, host: str, port: int, user: st
         raise
 
 
-def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
+def tcp_connect(host: str, port: int, timeout: float, *,
+                cancellable: bool = False) -> socket.socket:
+    """A TCP connection; `cancellable`: a cancel (Ctrl-C) ends the wait at once with an
+    INTERRUPTED NodeError (a blackholed node would hold the command for connect_timeout)."""
+    if cancellable:
+        sock = _connect_or_cancel(host, port, timeout)
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
     # Measured: Paramiko's handshake and small commands are ~3x faster without Nagle.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return sock
+
+
+def _connect_or_cancel(host: str, port: int, timeout: float) -> socket.socket:
+    """socket.create_connection, waiting in select() on the socket and the cancel token."""
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    for family, kind, proto, _, addr in socket.getaddrinfo(host, port,
+                                                           type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                left = max(0.0, deadline - time.monotonic())
+                writable = select.select([TOKEN.fileno()], [sock], [], left)[1]
+                if TOKEN.cancelled:
+                    raise NodeError(NodeErrorKind.INTERRUPTED, f"{INTERRUPTED} while connecting")
+                if not writable:
+                    raise TimeoutError("timed out")  # what create_connection raises
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.settimeout(timeout)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last or OSError(f"no address for {host}")
+
+
+def _shut(sock: socket.socket) -> None:
+    """Break a handshake in progress (its reads end at once); the owner closes the socket."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def translate(exc: BaseException, *, host: str, port: int, timeout: float,
@@ -560,8 +603,10 @@ class Connector:
                 self._pool[key] = conn  # the same transport, from now on in Fabric's dress
         return conn
 
-    def link(self, node: Node, *, warming: bool = False) -> _Link | SkeletonConnection:
-        """A connected, pooled connection to `node` (what commands run on); NodeError."""
+    def link(self, node: Node, *, warming: bool = False,
+             cancellable: bool = True) -> _Link | SkeletonConnection:
+        """A connected, pooled connection to `node` (what commands run on); NodeError.
+        `cancellable`: a cancel (Ctrl-C) breaks off a connect in progress (INTERRUPTED)."""
         key = _pool_key(node)
         with self._lock:
             conn = self._pool.get(key)
@@ -581,7 +626,7 @@ class Connector:
             if conn is not None and conn.is_connected and conn.transport.is_active():
                 return conn
             try:
-                conn = self._open(node)
+                conn = self._open(node, cancellable=cancellable)
             except NodeError as exc:
                 if warming:  # for the command that may be waiting for this attempt
                     with self._lock:
@@ -595,8 +640,9 @@ class Connector:
             raise NodeError(NodeErrorKind.ERROR, "the connector was closed while connecting",
                             node=node.id)
 
-    def _open(self, node: Node) -> _Link | SkeletonConnection:
-        """Connect to `node` (retrying handshakes that sshd's MaxStartups dropped)."""
+    def _open(self, node: Node, *, cancellable: bool = True) -> _Link | SkeletonConnection:
+        """Connect to `node` (retrying handshakes that sshd's MaxStartups dropped). With
+        `cancellable`, a cancel ends the TCP connect or the handshake at once."""
         timeout = self.settings.connect_timeout
         plain = self._plain(node)
         conn: _Link | SkeletonConnection
@@ -611,12 +657,14 @@ class Connector:
             link = conn
 
             def connect() -> None:
-                sock = tcp_connect(host, node.port, timeout)
+                sock = tcp_connect(host, node.port, timeout, cancellable=cancellable)
                 # The key is looked up under the node id (HostKeyAlias): with our own
                 # socket, Paramiko uses host and port only to name the known_hosts entry,
                 # and port 22 names it exactly `node-id`, as OpenSSH does.
-                connect_client(client, host=node.id, port=22, user=node.user, sock=sock,
-                               connect_kwargs=kwargs, timeout=timeout)
+                with (TOKEN.on_cancel(lambda: _shut(sock)) if cancellable
+                      else contextlib.nullcontext()):
+                    connect_client(client, host=node.id, port=22, user=node.user, sock=sock,
+                                   connect_kwargs=kwargs, timeout=timeout)
                 link.transport = client.get_transport()
 
         started = time.monotonic()
@@ -627,6 +675,9 @@ class Connector:
                 return conn
             except Exception as exc:
                 conn.close()
+                if cancellable and TOKEN.cancelled:
+                    raise NodeError(NodeErrorKind.INTERRUPTED, f"{INTERRUPTED} while connecting",
+                                    node=node.id) from exc
                 elapsed = time.monotonic() - started
                 attempt += 1
                 if (_is_preauth_reset(exc, elapsed, timeout) and attempt < _PREAUTH_RETRIES
@@ -679,7 +730,7 @@ class Connector:
                 return _failed(node, NodeError(NodeErrorKind.INTERRUPTED,
                                                f"{INTERRUPTED} before it started"), started)
             try:
-                conn = self.link(node)
+                conn = self.link(node, cancellable=options.cancellable)
             except NodeError as exc:
                 return _failed(node, exc, started)
             try:
@@ -723,6 +774,9 @@ class Connector:
             channel.close()
             return _failed(node, NodeError(NodeErrorKind.INTERRUPTED,
                                            f"{INTERRUPTED} before it started"), started)
+        # Forced to exit (a second Ctrl-C) mid-command: one last SIGKILL for the command.
+        final = contextlib.ExitStack()
+        final.enter_context(TOKEN.on_exit(lambda: _send_signal(channel, "KILL")))
         try:
             channel.exec_command(command)
             if options.stdin is not None:
@@ -795,6 +849,7 @@ class Connector:
                 nerr = NodeError(NodeErrorKind.LOST, nerr.message)
             return _failed(node, nerr, started, out, err)
         finally:
+            final.close()
             channel.close()
         if interrupted:
             return _failed(node, NodeError(

@@ -166,24 +166,46 @@ def test_ctrl_c_stops_exec_on_every_node(testbed: Testbed) -> None:
     _no_leftovers(testbed, ["node-02", "node-03"], "sleep 25")
 
 
-def test_second_ctrl_c_exits_at_once(testbed: Testbed, tmp_path: Path) -> None:
-    # A node that drops our packets: the connect waits its full timeout (30 s here), which
-    # the first Ctrl-C does not cut short; the second ends the process at once.
-    config = config_variant(testbed, tmp_path / "slow.yaml", ssh={"connect_timeout": 30})
-    tbm.blackhole(testbed, "node-06")
+def test_ctrl_c_breaks_off_a_connect_in_progress(testbed: Testbed, tmp_path: Path) -> None:
+    """A node whose SYN-ACKs vanish (blackholed towards the controller) would hold the
+    command for the whole connect_timeout: Ctrl-C ends that wait too."""
+    config = config_variant(testbed, tmp_path / "slow-connect.yaml",
+                            ssh={"connect_timeout": 40})
+    tbm.blackhole(testbed, "node-05")
     try:
-        proc = _start("cluster", "exec", "true", "-n", "node-06", config=config)
-        time.sleep(1.5)  # inside the connect by now
-        _ctrl_c(proc)
-        time.sleep(0.5)
-        assert proc.poll() is None  # the first one waits for the connect
+        proc = _start("cluster", "exec", "sleep 25", "-n", "node-0[4-5]", config=config)
+        _until("sleep on node-04", lambda: bool(_procs(testbed, "node-04", "sleep 25")), proc)
         sent = _ctrl_c(proc)
-        code, _, err = _finish(proc)
-        assert time.monotonic() - sent < QUICK
+        code, out, err = _finish(proc)
+        took = time.monotonic() - sent
     finally:
-        tbm.clear_blackhole(testbed, "node-06")
+        tbm.clear_blackhole(testbed, "node-05")
+    assert code == 130, out + err
+    assert took < QUICK, took  # not the 40 s connect timeout
+    lines = [ln for ln in out.splitlines() if "interrupted: stopped by Ctrl-C" in ln]
+    assert any(ln.startswith(("node-05:", "node-[04-05]:")) for ln in lines), out
+    assert any(ln.startswith(("node-04:", "node-[04-05]:")) for ln in lines), out
+    _no_leftovers(testbed, ["node-04"], "sleep 25")
+
+
+def test_second_ctrl_c_exits_at_once(testbed: Testbed) -> None:
+    # A command that ignores SIGINT and SIGTERM: the first Ctrl-C has to escalate to SIGKILL
+    # (at +0.6 s) before the node lets go; a second Ctrl-C inside that window ends the
+    # process at once, by its own handler's path.
+    proc = _start("cluster", "exec", "trap '' INT TERM; sleep 25", "-n", "node-06",
+                  config=testbed.config_path)
+    _until("sleep on node-06", lambda: bool(_procs(testbed, "node-06", "sleep 25")), proc)
+    _ctrl_c(proc)
+    time.sleep(0.2)
+    assert proc.poll() is None  # the first one is still stopping the node
+    sent = _ctrl_c(proc)
+    code, _, err = _finish(proc)
+    assert time.monotonic() - sent < QUICK
     assert code == 130, err
     assert "interrupted again: exiting now" in err
+    # The first Ctrl-C's SIGKILL went out before the exit, or sshd ends the session when our
+    # connection drops: either way nothing is left running.
+    _no_leftovers(testbed, ["node-06"], "sleep 25")
 
 
 def test_library_cancel_and_keyboard_interrupt_stop_the_nodes(testbed: Testbed) -> None:
