@@ -33,6 +33,13 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
 * When a node in a chain dies, the nodes before it finish (its predecessor drains the stream
   instead of blocking), the nodes after it are stopped, re-planned from what they already
   hold, and served in the next round (at most MAX_ROUNDS) from the holders that exist by then.
+* A hop that cannot be opened (no route, a changed host key between two nodes) marks only
+  that *pair* (sender -> receiver) as unusable, with its cause ("host key changed between
+  node-04 and node-05"). The next round orders chains so that no failed pair is a hop (a node
+  that failed to open connections goes last, and is pushed to rather than pulling), and takes
+  no holder known unable to reach the first receiver. A target no peer can serve goes
+  through the controller (relay) automatically: every holder failed it, or the network
+  failed both into and out of it (a node cut off from its peers), or it is the last round.
 
 Integrity
 ---------
@@ -809,6 +816,8 @@ def hop_cause(opener: str, peer: str, why: str) -> tuple[str, bool]:
     if why == "host key not known":
         return f"{opener} does not know the host key of {peer}", False
     network = "Permission denied" not in why
+    if why == "Invalid argument":
+        why = "no route (a blackhole route: Invalid argument)"  # what connect(2) says then
     return f"{opener} cannot reach {peer}: {why[0].lower()}{why[1:]}", network
 
 
@@ -1836,8 +1845,9 @@ def summary_rows(result: ClusterResult) -> list[list[str]]:
             how = r.stderr.strip()
         else:
             how = "; ".join(d.get("via", [])) or "-"
-        if d.get("rerouted"):
-            how += f"; routed around: {'; '.join(d['rerouted'])}"
+        rerouted = [r for r in d.get("rerouted", []) if r not in how]  # a relay names them
+        if rerouted:
+            how += f"; routed around: {'; '.join(rerouted)}"
         if d.get("repaired"):
             how += f"; repaired: {', '.join(d['repaired'][:3])}"
             how += f" and {len(d['repaired']) - 3} more" if len(d["repaired"]) > 3 else ""
