@@ -1845,7 +1845,8 @@ def summary_rows(result: ClusterResult) -> list[list[str]]:
             how = r.stderr.strip()
         else:
             how = "; ".join(d.get("via", [])) or "-"
-        rerouted = [r for r in d.get("rerouted", []) if r not in how]  # a relay names them
+        # Hops routed around; a relay's own line names them already.
+        rerouted = [cause for cause in d.get("rerouted", []) if cause not in how]
         if rerouted:
             how += f"; routed around: {'; '.join(rerouted)}"
         if d.get("repaired"):
