@@ -91,17 +91,19 @@ def test_chains_avoid_failed_pairs_and_keep_the_fast_path(fast_cluster: Cluster)
     ids = [[t.node.id for t in chain] for chain in sync._chains(targets)]
     assert ids == [["node-02", "node-03", "node-04", "node-05", "node-06"]]  # unchanged
     # node-04 failed to open node-05: it goes last, and no hop is 04 -> 05.
-    sync._hop_failed(targets[2].node, targets[3].node, targets[2].node,
-                     "cannot reach peer 4: host key changed")
+    sync._hop_failed(targets[2].node, targets[3].node, "cannot reach peer 4: host key changed")
     ids = [[t.node.id for t in chain] for chain in sync._chains(targets)]
     assert ids == [["node-02", "node-03", "node-05", "node-06", "node-04"]]
     assert sync.warnings == ["host key changed between node-04 and node-05; routed around it"]
     assert sync._stranded(targets[3]) == ""  # other holders may reach node-05
-    # Every holder failed node-05: no peer can reach it, it is relayed.
-    sync._hop_failed(nodes[0], targets[3].node, nodes[0],
-                     "cannot reach peer 4: Connection refused")
-    assert sync._stranded(targets[3]) == ("host key changed between node-04 and node-05;"
-                                          " node-01 cannot reach node-05: connection refused")
+    # The only holder cannot push to node-05: it may still pull.
+    sync._hop_failed(nodes[0], targets[3].node, "cannot reach peer 4: Connection refused")
+    assert sync._stranded(targets[3]) == ""
+    # Nor can it pull: no peer can serve it, it is relayed.
+    sync._hop_failed(targets[3].node, nodes[0], "cannot reach peer 0: Connection refused")
+    assert sync._stranded(targets[3]) == (
+        "host key changed between node-04 and node-05; node-01 cannot reach node-05:"
+        " connection refused; node-05 cannot reach node-01: connection refused")
 
 
 # ---------------------------------------------------------------------------- real hosts
@@ -146,16 +148,8 @@ def test_changed_host_key_between_two_nodes(testbed: Testbed, fast_cluster: Clus
     """node-04 holds a wrong host key for node-05: the hop is refused (never accepted), the
     message names the pair, and node-05 is served by another holder."""
     model = make_model(testbed, "node-01", rel, "m")
-    known = testbed.host("node-04").home / ".ssh" / "known_hosts"
-    original = known.read_text()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(tmp_path / "other")], check=True)
-    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
-    lines = [f"{line.split()[0]} {other}" if line.startswith("node-05,") else line
-             for line in original.splitlines()]
-    assert lines != original.splitlines()
+    known, original = _wrong_key(testbed, "node-04", "node-05", tmp_path)
     try:
-        known.write_text("\n".join(lines) + "\n")  # in place: owner and mode stay
         result = sync_models(fast_cluster, source_node="node-01",
                              targets=fast_cluster.select(["node-0[2-6]"]), models_path=rel,
                              model="m")
@@ -173,6 +167,40 @@ def test_changed_host_key_between_two_nodes(testbed: Testbed, fast_cluster: Clus
         assert len(data["via"]) == 1 and "node-04" not in data["via"][0], data
     rows = {row[0]: row[-1] for row in mops.summary_rows(result)}
     assert f"routed around: {cause}" in rows["node-05"]
+
+
+def _wrong_key(bed: Testbed, host: str, peer: str, tmp_path: Path) -> tuple[Path, str]:
+    """Give `host` a wrong host key for `peer` in its known_hosts: (the file, its content
+    before, to restore)."""
+    known = bed.host(host).home / ".ssh" / "known_hosts"
+    original = known.read_text()
+    key = tmp_path / f"other-{peer}"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True)
+    other = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+    lines = [f"{line.split()[0]} {other}" if line.startswith(f"{peer},") else line
+             for line in original.splitlines()]
+    assert lines != original.splitlines()
+    known.write_text("\n".join(lines) + "\n")  # in place: owner and mode stay
+    return known, original
+
+
+def test_single_target_that_cannot_pull_is_pushed_to(testbed: Testbed, fast_cluster: Cluster,
+                                                     rel: str, tmp_path: Path) -> None:
+    """node-02 holds a wrong key for the source: its pull is refused; the source pushes."""
+    model = make_model(testbed, "node-01", rel, "m", size=MIB)
+    known, original = _wrong_key(testbed, "node-02", "node-01", tmp_path)
+    try:
+        result = sync_models(fast_cluster, source_node="node-01",
+                             targets=fast_cluster.select(["node-02"]), models_path=rel,
+                             model="m")
+    finally:
+        known.write_text(original)
+    assert result.exit_code() == 0, result.to_json()
+    data = result["node-02"].data
+    assert data["via"] == ["rsync from node-01", "chain from node-01"], data
+    assert data["rerouted"] == ["host key changed between node-02 and node-01"], data
+    assert tree(models_root(testbed, "node-02", rel) / "m") == expected_tree(model)
 
 
 def test_node_no_peer_can_reach_is_relayed(testbed: Testbed, fast_cluster: Cluster,

@@ -34,12 +34,13 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
   instead of blocking), the nodes after it are stopped, re-planned from what they already
   hold, and served in the next round (at most MAX_ROUNDS) from the holders that exist by then.
 * A hop that cannot be opened (no route, a changed host key between two nodes) marks only
-  that *pair* (sender -> receiver) as unusable, with its cause ("host key changed between
-  node-04 and node-05"). The next round orders chains so that no failed pair is a hop (a node
-  that failed to open connections goes last, and is pushed to rather than pulling), and takes
-  no holder known unable to reach the first receiver. A target no peer can serve goes
-  through the controller (relay) automatically: every holder failed it, or the network
-  failed both into and out of it (a node cut off from its peers), or it is the last round.
+  that *pair* (the node that opened -> its peer) as unusable, with its cause ("host key
+  changed between node-04 and node-05"). The next round orders chains so that no failed pair
+  is a hop (a node that failed to open connections goes last, and is pushed to rather than
+  pulling), and takes no holder whose connection to the first receiver failed. A target no
+  peer can serve goes through the controller (relay) automatically: no holder could push to
+  it and it could not pull, or the network failed both into and out of it (a node cut off
+  from its peers), or it is the last round.
 
 Integrity
 ---------
@@ -797,12 +798,11 @@ _HOP_FAILURE = re.compile(r"cannot reach peer ([0-9]+): (.*)")
 
 @dataclass(frozen=True, slots=True)
 class _HopFailure:
-    """Bytes cannot flow from `sender` to `receiver` over SSH: `opener` (the one of them that
-    opens the connection: the sender of a chain, the receiver of a pull) failed to."""
+    """`opener` could not open its SSH connection to `peer` (the sender of a chain opens it
+    to the receiver, the receiver of a pull to the holder). The other direction may work."""
 
-    sender: str
-    receiver: str
     opener: str
+    peer: str
     cause: str  # names the pair: "host key changed between node-04 and node-05"
     network: bool  # the network failed (not a key or login): the node may be cut off
 
@@ -1153,8 +1153,7 @@ class _Sync:
                 receiver = nxt.get(t.node.id)
                 if exc.code == 4 and receiver is not None:
                     # Ready, but its chain breaks after it.
-                    t.hop_error = (self._hop_failed(t.node, receiver, t.node, exc.message)
-                                   or exc.message)
+                    t.hop_error = self._hop_failed(t.node, receiver, exc.message) or exc.message
                 else:
                     t.fail(exc.message)
 
@@ -1198,41 +1197,45 @@ class _Sync:
 
     # -- routing around failed hops
 
-    def _hop_failed(self, sender: Node, receiver: Node, opener: Node, message: str) -> str:
-        """Record that `sender` cannot stream to `receiver` (from a step's exit-4 message);
-        returns the cause, naming the pair ("" when the step failed otherwise)."""
+    def _hop_failed(self, opener: Node, peer: Node, message: str) -> str:
+        """Record that `opener` cannot open a connection to `peer` (from a step's exit-4
+        message); returns the cause, naming the pair ("" when the step failed otherwise)."""
         found = _HOP_FAILURE.search(message)
         if found is None:
             return ""
-        peer = receiver if opener.id == sender.id else sender
         cause, network = hop_cause(opener.id, peer.id, found.group(2))
         with self._hop_lock:
-            if (sender.id, receiver.id) not in self.hop_failures:
+            if (opener.id, peer.id) not in self.hop_failures:
                 self.warnings.append(f"{cause}; routed around it")
-            self.hop_failures[(sender.id, receiver.id)] = _HopFailure(
-                sender.id, receiver.id, opener.id, cause, network)
+            self.hop_failures[(opener.id, peer.id)] = _HopFailure(opener.id, peer.id, cause,
+                                                                  network)
         return cause
 
-    def _bad(self, sender: Node, receiver: Node) -> bool:
-        return (sender.id, receiver.id) in self.hop_failures
+    def _bad(self, opener: Node, peer: Node) -> bool:
+        """`opener` failed to open a connection to `peer` in this run."""
+        return (opener.id, peer.id) in self.hop_failures
 
     def _opened_badly(self, t: _Target) -> bool:
         """`t` failed to open a connection to a peer in this run."""
         return any(f.opener == t.node.id for f in self.hop_failures.values())
 
     def _stranded(self, t: _Target) -> str:
-        """Why no peer can serve `t` (its failed hops), or "" while one may. Stranded: every
-        holder failed to reach it, or the network failed both into and out of it (a node cut
-        off from its peers: trying each holder would cost a connect timeout each), or this is
-        the last round."""
-        into = [f for f in self.hop_failures.values() if f.receiver == t.node.id]
-        if not into:
+        """Why no peer can serve `t` (its failed hops), or "" while one may. Stranded: no
+        holder could push to it and it could not pull (from every holder, or the network
+        failed its own connections), or the network failed both into and out of it (a node
+        cut off from its peers: trying each holder would cost a connect timeout each), or
+        this is the last round."""
+        me = t.node.id
+        into = [f for f in self.hop_failures.values() if f.peer == me]
+        out = [f for f in self.hop_failures.values() if f.opener == me]
+        if not into and not out:
             return ""
-        cut_in = any(f.network and f.opener != t.node.id for f in into)
-        cut_out = any(f.network and f.opener == t.node.id for f in self.hop_failures.values())
-        if (self.round_no >= MAX_ROUNDS or self.holders.ids() <= {f.sender for f in into}
-                or (cut_in and cut_out)):
-            return "; ".join(dict.fromkeys(f.cause for f in into))
+        holders = self.holders.ids()
+        cut_in, cut_out = any(f.network for f in into), any(f.network for f in out)
+        no_push = bool(into) and holders <= {f.opener for f in into}
+        no_pull = bool(out) and (holders <= {f.peer for f in out} or cut_out)
+        if self.round_no >= MAX_ROUNDS or (no_push and no_pull) or (cut_in and cut_out):
+            return "; ".join(dict.fromkeys(f.cause for f in [*into, *out]))
         return ""
 
     def _chains(self, members: list[_Target]) -> list[list[_Target]]:
@@ -1280,8 +1283,12 @@ class _Sync:
         head = next((t for t in job.members if t.status == "pending"), None)
 
         def usable(node: Node) -> bool:
-            # A holder known unable to reach the first receiver is not asked again.
-            return job.mode == "relay" or head is None or not self._bad(node, head.node)
+            # A pair whose connection failed is not tried again (the other direction may be).
+            if job.mode == "relay" or head is None:
+                return True
+            if job.mode == "pull":
+                return not self._bad(head.node, node)
+            return not self._bad(node, head.node)
 
         holder = self.holders.acquire(busy, usable)
         if holder is None:
@@ -1302,8 +1309,8 @@ class _Sync:
             if isinstance(exc, _StepFailed) and exc.code == 4 and head is not None:
                 # The holder could not reach the first receiver (chain), or a puller the
                 # holder: that pair is out, the job is re-planned in the next round.
-                opener = head.node if job.mode == "pull" else holder
-                cause = self._hop_failed(holder, head.node, opener, exc.message)
+                cause = (self._hop_failed(head.node, holder, exc.message) if job.mode == "pull"
+                         else self._hop_failed(holder, head.node, exc.message))
                 if cause:
                     note = cause
                     self._rerouted(job.members, cause)
