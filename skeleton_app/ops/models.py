@@ -33,6 +33,14 @@ senders still needs log2(N+1) full transfers in a row when the model is one big 
 * When a node in a chain dies, the nodes before it finish (its predecessor drains the stream
   instead of blocking), the nodes after it are stopped, re-planned from what they already
   hold, and served in the next round (at most MAX_ROUNDS) from the holders that exist by then.
+* A hop that cannot be opened (no route, a changed host key between two nodes) marks only
+  that *pair* (the node that opened -> its peer) as unusable, with its cause ("host key
+  changed between node-04 and node-05"). The next round orders chains so that no failed pair
+  is a hop (a node that failed to open connections goes last, and is pushed to rather than
+  pulling), and takes no holder whose connection to the first receiver failed. A target no
+  peer can serve goes through the controller (relay) automatically: no holder could push to
+  it and it could not pull, or the network failed both into and out of it (a node cut off
+  from its peers), or it is the last round.
 
 Integrity
 ---------
@@ -84,6 +92,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import secrets
 import shlex
 import subprocess
@@ -728,6 +737,8 @@ class _Target:
     message: str = ""
     job: str = ""  # the job it is prepared for in this round
     hop_error: str = ""  # prepared, but could not connect to the next node of its chain
+    rerouted: list[str] = field(default_factory=list)  # hop failures routed around
+    relay_why: str = ""  # set when no peer could reach it: relayed through the controller
 
     def fail(self, message: str, kind: NodeErrorKind | None = None) -> None:
         self.status = "failed"
@@ -755,12 +766,21 @@ class _Holders:
             self._nodes.pop(node.id, None)
             self._cond.notify_all()
 
-    def acquire(self, busy: Callable[[], bool]) -> Node | None:
+    def ids(self) -> set[str]:
+        with self._cond:
+            return set(self._nodes)
+
+    def acquire(self, busy: Callable[[], bool],
+                usable: Callable[[Node], bool] | None = None) -> Node | None:
         """The least loaded holder with a free slot; waits while `busy()` says other jobs may
-        still free one or add a holder. None when there is no holder at all."""
+        still free one or add a holder. None when there is no holder at all, or none that is
+        `usable` (one known unable to reach the receiver: the next round re-plans it)."""
         with self._cond:
             while True:
-                free = [n for n in self._nodes.values() if self._load[n.id] < self.cap]
+                nodes = [n for n in self._nodes.values() if usable is None or usable(n)]
+                if self._nodes and not nodes:
+                    return None
+                free = [n for n in nodes if self._load[n.id] < self.cap]
                 if free:
                     node = min(free, key=lambda n: self._load[n.id])
                     self._load[node.id] += 1
@@ -773,6 +793,36 @@ class _Holders:
         with self._cond:
             self._load[node.id] = max(0, self._load.get(node.id, 0) - 1)
             self._cond.notify_all()
+
+
+# models.sh's exit-4 message when a node could not open its connection to a peer; the cause
+# is ssh's own last line, or "host key changed" / "host key not known".
+_HOP_FAILURE = re.compile(r"cannot reach peer ([0-9]+): (.*)")
+
+
+@dataclass(frozen=True, slots=True)
+class _HopFailure:
+    """`opener` could not open its SSH connection to `peer` (the sender of a chain opens it
+    to the receiver, the receiver of a pull to the holder). The other direction may work."""
+
+    opener: str
+    peer: str
+    cause: str  # names the pair: "host key changed between node-04 and node-05"
+    network: bool  # the network failed (not a key or login): the node may be cut off
+
+
+def hop_cause(opener: str, peer: str, why: str) -> tuple[str, bool]:
+    """(a message naming the pair and the cause, whether the network failed) for models.sh's
+    reason `why` that `opener` could not open its connection to `peer`."""
+    why = why.strip().rstrip(".") or "ssh failed"
+    if why == "host key changed":
+        return f"host key changed between {opener} and {peer}", False
+    if why == "host key not known":
+        return f"{opener} does not know the host key of {peer}", False
+    network = "Permission denied" not in why
+    if why == "Invalid argument":
+        why = "no route (a blackhole route: Invalid argument)"  # what connect(2) says then
+    return f"{opener} cannot reach {peer}: {why[0].lower()}{why[1:]}", network
 
 
 @dataclass
@@ -820,6 +870,10 @@ class _Sync:
         self.warnings: list[str] = []
         self._active_jobs = 0
         self.offender: str | None = None  # a holder that broke its manifest (run_job)
+        # Pairs that failed in this run: never planned again, routed around (see jobs()).
+        self.hop_failures: dict[tuple[str, str], _HopFailure] = {}
+        self._hop_lock = threading.Lock()
+        self.round_no = 1
         self._warm_wait: Callable[[], None] = lambda: None
         self._early = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early")
         self._jobs_lock = threading.Lock()
@@ -1100,8 +1154,10 @@ class _Sync:
             except NodeError as exc:
                 t.fail(exc.message, exc.kind)
             except _StepFailed as exc:
-                if exc.code == 4:
-                    t.hop_error = exc.message  # ready, but its chain breaks after it
+                receiver = nxt.get(t.node.id)
+                if exc.code == 4 and receiver is not None:
+                    # Ready, but its chain breaks after it.
+                    t.hop_error = self._hop_failed(t.node, receiver, exc.message) or exc.message
                 else:
                     t.fail(exc.message)
 
@@ -1112,7 +1168,9 @@ class _Sync:
 
     def jobs(self, ready: list[_Target]) -> list[_Job]:
         """Group targets by the files they need: a chain (or relay) per group, a pull for a
-        target alone with its needs."""
+        target alone with its needs. Pairs that failed earlier in the run are routed around:
+        chains are ordered (and split) so that no failed pair is a hop, and a target no peer
+        can reach goes through the controller (relay)."""
         groups: dict[tuple[str, ...], list[_Target]] = {}
         for t in ready:
             assert t.plan is not None
@@ -1124,13 +1182,87 @@ class _Sync:
             files = [p for p, _, _ in plan.need]
             total = sum(size for _, size, _ in plan.need)
             if self.relay:
-                mode = "relay"
-            elif len(members) == 1:
-                mode = "pull"
-            else:
-                mode = "chain"
-            jobs.append(_Job(self.remote.next_id("j"), members, files, total, mode))
+                jobs.append(_Job(self.remote.next_id("j"), members, files, total, "relay"))
+                continue
+            stranded = []
+            for t in members:
+                t.relay_why = self._stranded(t)
+                if t.relay_why:
+                    stranded.append(t)
+            if stranded:
+                jobs.append(_Job(self.remote.next_id("j"), stranded, files, total, "relay"))
+            for chain in self._chains([t for t in members if not t.relay_why]):
+                # A target alone pulls, unless it failed to open connections itself: then
+                # the holder pushes (a chain of one).
+                mode = ("pull" if len(chain) == 1 and not self._opened_badly(chain[0])
+                        else "chain")
+                jobs.append(_Job(self.remote.next_id("j"), chain, files, total, mode))
         return jobs
+
+    # -- routing around failed hops
+
+    def _hop_failed(self, opener: Node, peer: Node, message: str) -> str:
+        """Record that `opener` cannot open a connection to `peer` (from a step's exit-4
+        message); returns the cause, naming the pair ("" when the step failed otherwise)."""
+        found = _HOP_FAILURE.search(message)
+        if found is None:
+            return ""
+        cause, network = hop_cause(opener.id, peer.id, found.group(2))
+        with self._hop_lock:
+            if (opener.id, peer.id) not in self.hop_failures:
+                self.warnings.append(f"{cause}; routed around it")
+            self.hop_failures[(opener.id, peer.id)] = _HopFailure(opener.id, peer.id, cause,
+                                                                  network)
+        return cause
+
+    def _bad(self, opener: Node, peer: Node) -> bool:
+        """`opener` failed to open a connection to `peer` in this run."""
+        return (opener.id, peer.id) in self.hop_failures
+
+    def _opened_badly(self, t: _Target) -> bool:
+        """`t` failed to open a connection to a peer in this run."""
+        return any(f.opener == t.node.id for f in self.hop_failures.values())
+
+    def _stranded(self, t: _Target) -> str:
+        """Why no peer can serve `t` (its failed hops), or "" while one may. Stranded: no
+        holder could push to it and it could not pull (from every holder, or the network
+        failed its own connections), or the network failed both into and out of it (a node
+        cut off from its peers: trying each holder would cost a connect timeout each), or
+        this is the last round."""
+        me = t.node.id
+        into = [f for f in self.hop_failures.values() if f.peer == me]
+        out = [f for f in self.hop_failures.values() if f.opener == me]
+        if not into and not out:
+            return ""
+        holders = self.holders.ids()
+        cut_in, cut_out = any(f.network for f in into), any(f.network for f in out)
+        no_push = bool(into) and holders <= {f.opener for f in into}
+        no_pull = bool(out) and (holders <= {f.peer for f in out} or cut_out)
+        if self.round_no >= MAX_ROUNDS or (no_push and no_pull) or (cut_in and cut_out):
+            return "; ".join(dict.fromkeys(f.cause for f in [*into, *out]))
+        return ""
+
+    def _chains(self, members: list[_Target]) -> list[list[_Target]]:
+        """`members` as chains in which no hop is a pair that failed. Without failures: one
+        chain in the targets' order (the fast path). Members that failed to open connections
+        go last, where they forward to nobody."""
+        rest = sorted(members, key=lambda t: (self._opened_badly(t), self.index[t.node.id]))
+        chains = []
+        while rest:
+            chain = [rest.pop(0)]
+            while True:
+                nxt = next((m for m in rest if not self._bad(chain[-1].node, m.node)), None)
+                if nxt is None:
+                    break
+                rest.remove(nxt)
+                chain.append(nxt)
+            chains.append(chain)
+        return chains
+
+    def _rerouted(self, targets: Iterable[_Target], cause: str) -> None:
+        for t in targets:
+            if cause not in t.rerouted:
+                t.rerouted.append(cause)
 
     def run_jobs(self, jobs: list[_Job]) -> None:
         with self._jobs_lock:
@@ -1154,10 +1286,20 @@ class _Sync:
     def run_job(self, job: _Job, busy: Callable[[], bool]) -> None:
         if cancel.cancelled():
             return  # Ctrl-C: no new transfer starts (its members stay pending)
-        holder = self.holders.acquire(busy)
+        head = next((t for t in job.members if t.status == "pending"), None)
+
+        def usable(node: Node) -> bool:
+            # A pair whose connection failed is not tried again (the other direction may be).
+            if job.mode == "relay" or head is None:
+                return True
+            if job.mode == "pull":
+                return not self._bad(head.node, node)
+            return not self._bad(node, head.node)
+
+        holder = self.holders.acquire(busy, usable)
         if holder is None:
             for t in job.members:
-                t.message = "no node holding the model is reachable any more"
+                t.message = t.message or "no node holding the model is reachable any more"
             return
         started = time.monotonic()
         note = ""
@@ -1170,6 +1312,14 @@ class _Sync:
                 note = self._chain(job, holder)
         except (NodeError, _StepFailed) as exc:
             note = str(exc)
+            if isinstance(exc, _StepFailed) and exc.code == 4 and head is not None:
+                # The holder could not reach the first receiver (chain), or a puller the
+                # holder: that pair is out, the job is re-planned in the next round.
+                cause = (self._hop_failed(head.node, holder, exc.message) if job.mode == "pull"
+                         else self._hop_failed(holder, head.node, exc.message))
+                if cause:
+                    note = cause
+                    self._rerouted(job.members, cause)
             # Did the sender die? Then it serves nobody else.
             self._check_holder(holder)
         finally:
@@ -1183,7 +1333,9 @@ class _Sync:
                   for t in job.members}
         hostile = next((why for state, why in states.values() if state == "hostile"), None)
         for t in job.members:
-            t.via.append(f"{how} {holder.id}")
+            t.via.append(f"{how} {holder.id}" + (f": no peer could reach it ({t.relay_why})"
+                                                 if job.mode == "relay" and t.relay_why
+                                                 else ""))
             state, why = states[self.index[t.node.id]]
             if state == "published":
                 self._published(t, elapsed)
@@ -1305,6 +1457,7 @@ class _Sync:
         if cut is not None:
             for t in members[cut + 1:]:
                 t.message = members[cut].hop_error
+            self._rerouted(members[cut + 1:], members[cut].hop_error)
             members = members[:cut + 1]
             self.remote.call(members[-1].node, "upload", job=job.id,
                              job_files={"job.sh": self._job_sh(job.id, None,
@@ -1571,6 +1724,7 @@ class _Sync:
             for round_no in range(1, MAX_ROUNDS + 1):
                 if not pending or cancel.cancelled():
                     break
+                self.round_no = round_no
                 if round_no > 1:
                     self.replan(pending)
                 self.run_jobs(self.prepare(pending))
@@ -1657,7 +1811,7 @@ class _Sync:
             "status": t.status, "source": self.source.id, "models": t.models,
             "bytes": t.moved, "seconds": round(t.seconds, 3),
             "rate": round(t.moved / t.seconds, 1) if t.seconds > 0 else 0.0,
-            "via": t.via, "repaired": t.repaired,
+            "via": t.via, "repaired": t.repaired, "rerouted": t.rerouted,
             "path": self.paths[t.node.id],
         }
         if t.status in ("synced", "up-to-date"):
@@ -1754,6 +1908,10 @@ def summary_rows(result: ClusterResult) -> list[list[str]]:
             how = r.stderr.strip()
         else:
             how = "; ".join(d.get("via", [])) or "-"
+        # Hops routed around; a relay's own line names them already.
+        rerouted = [cause for cause in d.get("rerouted", []) if cause not in how]
+        if rerouted:
+            how += f"; routed around: {'; '.join(rerouted)}"
         if d.get("repaired"):
             how += f"; repaired: {', '.join(d['repaired'][:3])}"
             how += f" and {len(d['repaired']) - 3} more" if len(d["repaired"]) > 3 else ""

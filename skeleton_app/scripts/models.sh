@@ -37,7 +37,8 @@
 #                       peer IDX in the background (it is likely to be needed soon).
 #     prepare STEP [JOB]  rm.lst, mkdir.lst, link.lst (pairs), symlink.lst (pairs), sclaims/*;
 #                       then, if JOB forwards, the connection to its next node (exit 4 if
-#                       that fails: the staging directory is ready all the same)
+#                       that fails, "cannot reach peer IDX: CAUSE" (see hop_cause): the
+#                       staging directory is ready all the same)
 #     send STEP JOB     tar the files in JOB/send.lst and stream them to the next node
 #     send-stdout STEP JOB   the same, to stdout (the controller relays it)
 #     recv STEP JOB     extract a stream from stdin into staging, forwarding it if HAS_NEXT,
@@ -254,7 +255,7 @@ prepare() {
     done
     printf 'staged\0%s\0' "$(du -sb -- "./$STAGE" | cut -f1)"
     if [ "${HAS_NEXT:-0}" = 1 ]; then
-        connect "$NEXT" || die 4 "cannot open an SSH connection to the next node"
+        connect "$NEXT" || die 4 "cannot reach peer $NEXT: $(hop_cause "$NEXT")"
     fi
 }
 
@@ -304,24 +305,53 @@ connect_background() {
     # A subshell that re-opens its own fds: dash does not apply the redirections of a
     # backgrounded *function call* to it, and the controller's channel would stay open
     # until the handshake is over.
+    rm -f "$RUN_DIR/connect-$1.rc"
     (
         exec </dev/null >/dev/null 2>&1
         connect_retry "$1"
+        echo "$?" >"$RUN_DIR/connect-$1.rc"
     ) &
     echo "$!" >"$RUN_DIR/connect-$1.pid"
 }
 
 # connect IDX: the master to peer IDX, waiting for a background attempt first (two masters
-# racing for one socket would cost a second handshake).
+# racing for one socket would cost a second handshake). A background attempt that failed is
+# not repeated (it already retried what is worth retrying; a second try of an unreachable
+# peer would cost another connect timeout).
 connect() {
     if [ -f "$RUN_DIR/connect-$1.pid" ]; then
         pid=$(cat "$RUN_DIR/connect-$1.pid")
         while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
         rm -f "$RUN_DIR/connect-$1.pid"
+        rc=$(cat "$RUN_DIR/connect-$1.rc" 2>/dev/null)
+        rm -f "$RUN_DIR/connect-$1.rc"
+        if [ -n "$rc" ] && [ "$rc" != 0 ]; then
+            tail -n 3 "$RUN_DIR/connect-$1.err" >&2
+            return 1
+        fi
     fi
     connect_retry "$1" && return 0
     tail -n 3 "$RUN_DIR/connect-$1.err" >&2
     return 1
+}
+
+# hop_cause IDX: in a few words, why the last connection to peer IDX failed: "host key
+# changed", "host key not known", or ssh's last line without its "ssh: connect to host H
+# port P: " prefix. Printable characters only, at most 200.
+hop_cause() {
+    f=$RUN_DIR/connect-$1.err
+    if grep -qE 'IDENTIFICATION HAS CHANGED|Host key for .* has changed' "$f" 2>/dev/null
+    then
+        echo "host key changed"
+    elif grep -qE 'Host key verification failed|No [^ ]+ host key is known' "$f" 2>/dev/null
+    then
+        echo "host key not known"
+    else
+        line=$(grep -v '^[[:space:]]*$' "$f" 2>/dev/null | tail -n 1 | tr -cd '[:print:]' |
+            cut -c 1-200)
+        line=${line##*: }
+        echo "${line:-ssh failed}"
+    fi
 }
 
 send_tar() {
@@ -337,7 +367,7 @@ send() {
     echo "$$" >"$job/send.pid"
     [ "${HAS_NEXT:-0}" = 1 ] || die 2 "send needs a next node"
     # Usually open already (ControlMaster=auto then only checks it).
-    connect "$NEXT" || die 4 "cannot open an SSH connection to the next node"
+    connect "$NEXT" || die 4 "cannot reach peer $NEXT: $(hop_cause "$NEXT")"
     { send_tar 2>"$job/tar.err"; echo "$?" >"$job/tar.rc"; } |
         hop_send "$NEXT" "$NEXT_CMD" >"$job/down.out" 2>"$job/hop.err"
     rc=$?
@@ -558,7 +588,7 @@ pull() {
     enter_m
     lock 5
     echo "$$" >"$job/pull.pid"
-    connect "$PEER" || die 4 "cannot open an SSH connection to the holder"
+    connect "$PEER" || die 4 "cannot reach peer $PEER: $(hop_cause "$PEER")"
     # rsync's own output stays in files: stdout carries only our records.
     pull_rsync "--files-from=$job/pull.lst" >"$job/rsync.out" 2>"$job/rsync.err"
     rc=$?
