@@ -3,12 +3,13 @@
 Each test writes a config.yaml whose single node is this machine on 127.0.0.1 with a free
 api_port, and starts `python -m skeleton_app.agent` with SKELETON_NODE_ID, the way daemon
 control starts it on a node, and with the node's own DSN in SKELETON_NODE_DSN (credentials
-issued by the operator's registry): the daemon never uses config.yaml's `registry.dsn`. The end-to-end run on the testbed hosts lives with the daemon
-control tests.
+issued by the operator's registry): the daemon never uses config.yaml's `registry.dsn`.
+The end-to-end run on the testbed hosts lives with the daemon control tests.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -222,10 +223,14 @@ def test_daemon_refuses_a_dsn_that_is_not_its_nodes_role(
     refused on connect, nothing written, said once."""
     with PostgresRegistry(db_dsn, defaults=TEST_DEFAULTS) as reg:
         others = reg.issue_credentials("agent-02")
+
+    def refused(daemon: Daemon) -> dict[str, Any] | None:
+        health = daemon.health()
+        return health if health and health["db"]["state"] == "refused" else None
+
     for own, whose in ((db_dsn, "not a node's role"), (others, "node agent-02's")):
         d = start_daemon(db_dsn, own=own)
-        health = wait_for(lambda: (h := d.health()) and h["db"]["state"] == "refused" and h,
-                          what="the DSN refused")
+        health = wait_for(functools.partial(refused, d), what="the DSN refused")
         assert whose in health["db"]["error"], health
         time.sleep(INTERVAL * 5)
         assert d.entry() is None and d.proc.poll() is None  # /health still served

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -491,3 +492,70 @@ def test_installed_credentials_are_what_the_daemon_uses(
     finally:
         if isinstance(pid, int):
             tb_mod.host_exec(bed, "node-01", ["kill", "-TERM", str(pid)], check=False)
+
+
+# ------------------------------------------------------------------ the daemon's DSN
+
+
+def _daemon_logins(bed: Testbed) -> dict[str, set[str]]:
+    """Per daemon (application_name), the PostgreSQL users of its open connections."""
+    assert bed.db is not None
+    out: dict[str, set[str]] = {}
+    with psycopg.connect(bed.db.dsn, autocommit=True, connect_timeout=5) as conn:
+        for app, user in conn.execute(
+                "SELECT application_name, usename FROM pg_stat_activity"
+                " WHERE application_name LIKE 'skeleton-daemon %'"):
+            out.setdefault(app.removeprefix("skeleton-daemon "), set()).add(user)
+    return out
+
+
+def test_daemons_use_their_own_role_never_the_deployed_operator_dsn(
+        make_testbed: Callable[..., Testbed]) -> None:
+    """The real daemon, from the hosts' own venv, started by `cluster daemon start` with the
+    testbed's config (registry.dsn: the operator's, password included). node-01 has the
+    credentials `testbed up` installed and heartbeats as its own role; node-02's were
+    removed: it never connects, serves /health, and its log says what to run. Once the
+    operator installs them, its restarted daemon registers as its own role."""
+    from tests.deploy_support import daemons_stopped_after
+    from tests.helpers import bootstrap_testbed
+
+    bed = make_testbed(2, db=True)
+    bootstrap_testbed(bed)
+    cfg = bed.config_path
+    settings = load_config(cfg, env={})
+    assert settings.registry.dsn and urlsplit(settings.registry.dsn).password  # operator's
+    dsn_files = {h.id: h.home / ".config" / "skeleton" / "node.dsn" for h in bed.hosts}
+    assert all(p.stat().st_mode & 0o077 == 0 for p in dsn_files.values())
+    dsn_files["node-02"].unlink()
+    log2 = bed.host("node-02").app_dir / "logs" / "skeleton-daemon.log"
+
+    def beat(node_id: str) -> Any:
+        return _nodes(cfg)[node_id]["daemon_state"] == "running"
+
+    with daemons_stopped_after(settings):
+        proc = skeleton("cluster", "daemon", "start", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for _ in range(60):
+            if beat("node-01") and log2.exists() and "--install" in log2.read_text():
+                break
+            time.sleep(0.5)
+        assert beat("node-01") and not beat("node-02")
+        logins = _daemon_logins(bed)
+        assert set(logins) == {"node-01"}, logins  # node-02: no connection at all
+        assert all(u.startswith("skeleton_node_") for u in logins["node-01"]), logins
+        assert "on the controller, run `skeleton nodes credentials node-02 --install`" \
+            in log2.read_text()
+
+        proc = skeleton("nodes", "credentials", "node-02", "--install", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = skeleton("cluster", "daemon", "restart", "-n", "node-02", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for _ in range(60):
+            if beat("node-02"):
+                break
+            time.sleep(0.5)
+        assert beat("node-02")
+        logins = _daemon_logins(bed)
+        assert set(logins) == {"node-01", "node-02"}, logins
+        assert logins["node-01"] != logins["node-02"]  # a role per node
+        assert all(u.startswith("skeleton_node_") for us in logins.values() for u in us)
