@@ -41,7 +41,7 @@ from skeleton_app.registry import NodeSpec, PostgresRegistry
 from skeleton_app.testbed import Testbed
 from skeleton_app.transfers import classify_failure, rsync
 from tests.db_fixtures import TEST_DEFAULTS
-from tests.helpers import config_variant, skeleton
+from tests.helpers import bootstrap_testbed, config_variant, skeleton
 
 # What a hostile node tries with its own credentials, from its own host. Each must fail.
 HOSTILE_WRITES = {
@@ -414,12 +414,13 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
     pid that rolling restarts compare."""
     bed = make_testbed(2)
     host = bed.host("node-01")
+    python = bootstrap_testbed(bed)  # the host's own venv (it never sees the controller's)
     code = ("import sys, runpy; sys.argv = ['agent']; "
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
     tb_mod.host_exec(bed, host.id, ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
                      input=bed.config_path.read_text())
     launch = ("cd /home/skeleton/app && setsid"
-              f" {sys.executable} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
+              f" {python} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
     tb_mod.host_exec(bed, host.id, ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
     settings = load_config(bed.config_path, env={})
     port = settings.daemon.api_port
@@ -469,8 +470,9 @@ def test_installed_credentials_are_what_the_daemon_uses(
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
     tb_mod.host_exec(bed, "node-01", ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
                      input=cfg.read_text())
+    python = bootstrap_testbed(bed)  # the host's own venv (it never sees the controller's)
     launch = ("cd /home/skeleton/app && SKELETON_HEARTBEAT_INTERVAL=0.5 setsid"
-              f" {sys.executable} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
+              f" {python} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
     tb_mod.host_exec(bed, "node-01", ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
     assert bed.db is not None
     pid = None
@@ -517,7 +519,6 @@ def test_daemons_use_their_own_role_never_the_deployed_operator_dsn(
     removed: it never connects, serves /health, and its log says what to run. Once the
     operator installs them, its restarted daemon registers as its own role."""
     from tests.deploy_support import daemons_stopped_after
-    from tests.helpers import bootstrap_testbed
 
     bed = make_testbed(2, db=True)
     bootstrap_testbed(bed)
