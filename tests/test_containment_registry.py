@@ -115,8 +115,9 @@ def test_a_node_writes_only_its_own_heartbeat_with_its_own_credentials(
         dsn = reg.issue_credentials("node-02")
     before = _rows(bed)
     writes = {k: v.format(ip1=ip1, ip2=ip2) for k, v in HOSTILE_WRITES.items()}
+    python = bootstrap_testbed(bed)  # the host's own psycopg: it never sees the controller's
     proc = tb_mod.host_exec(bed, "node-02",
-                            [sys.executable, "-c", _HOSTILE_SCRIPT, dsn, json.dumps(writes)])
+                            [python, "-c", _HOSTILE_SCRIPT, dsn, json.dumps(writes)])
     out = json.loads(proc.stdout)
     refused = {k: v for k, v in out.items() if k in writes}
     # 42501: insufficient privilege, raised by column rights and row-level security alike
@@ -176,7 +177,8 @@ def test_a_self_registered_node_is_pending_until_approved(
             "from skeleton_app.nodes import Node;"
             "r = PostgresRegistry(sys.argv[1], defaults=NodeDefaults(user='skeleton'));"
             "print(r.register_self(Node(id='node-07', host=sys.argv[2])))")
-    proc = tb_mod.host_exec(bed, "node-02", [sys.executable, "-c", code, dsn, ip2])
+    python = bootstrap_testbed(bed)  # the host's own skeleton_app, as its daemon has
+    proc = tb_mod.host_exec(bed, "node-02", [python, "-c", code, dsn, ip2])
     assert proc.stdout.strip() == "True"
     listed = _nodes(cfg)
     assert listed["node-07"]["state"] == "pending" and listed["node-07"]["approved"] is False
@@ -440,7 +442,7 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
         assert listening == [f"{ip_hex}:{port:04X}"]
         probe = (f"import urllib.request; print(urllib.request.urlopen("
                  f"'http://{host.ip}:{port}/health', timeout=3).read().decode())")
-        seen = tb_mod.host_exec(bed, "node-02", [sys.executable, "-c", probe]).stdout
+        seen = tb_mod.host_exec(bed, "node-02", ["python3", "-c", probe]).stdout
         assert json.loads(seen) == {"status": "ok"}
     finally:
         # By the pid it reported (inside the host's PID namespace); without one, the
