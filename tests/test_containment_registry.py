@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
