@@ -623,28 +623,31 @@ def own_credentials(settings: Settings, *, env: Mapping[str, str] | None = None)
     Never `registry.dsn` as configured: that is the operator's, with rights on every row."""
     env = os.environ if env is None else env
     dsn = env.get(ENV_NODE_DSN, "").strip()
-    key = ENV_NODE_DSN
-    if not dsn:
-        dsn, key = _read_node_dsn(settings.registry.node_dsn_file), "registry.node_dsn_file"
     if dsn:
         try:
             parse_dsn(dsn)
         except RegistryError as exc:
-            raise ConfigError(str(exc), key=key) from None
+            raise ConfigError(str(exc), source=ENV_NODE_DSN) from None
+    else:
+        dsn = _read_node_dsn(os.path.expanduser(settings.registry.node_dsn_file))
     return dataclasses.replace(settings, registry=dataclasses.replace(settings.registry,
                                                                       dsn=dsn or None))
 
 
-def _read_node_dsn(node_dsn_file: str) -> str:
-    """The node DSN file's content ('' when it does not exist)."""
-    path = Path(os.path.expanduser(node_dsn_file))
+def _read_node_dsn(path: str) -> str:
+    """The node DSN file's content, checked ('' when the file does not exist)."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        dsn = Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return ""
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}",
                           key="registry.node_dsn_file") from None
+    try:
+        parse_dsn(dsn)
+    except RegistryError as exc:
+        raise ConfigError(f"{path}: {exc}", key="registry.node_dsn_file") from None
+    return dsn
 
 
 def _interval_from_env(env: Mapping[str, str]) -> float:

@@ -468,3 +468,21 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
     text = wait_for(lambda: (t := log()).rstrip().endswith("INFO stopped") and t,
                     what="the daemon's last log line")
     assert "registry up" in text and f"marked {first.id} stopped" in text
+
+
+def test_own_credentials_come_from_the_node_never_from_registry_dsn(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    dsn_file = tmp_path / "node.dsn"
+    path.write_text(yaml.safe_dump({"registry": {"dsn": "host=db user=operator",
+                                                 "node_dsn_file": str(dsn_file)}}))
+    settings = load_config(path, env={})
+    assert agent.own_credentials(settings, env={}).registry.dsn is None  # no file: none
+    dsn_file.write_text("host=db user=skeleton_node_x\n")
+    assert agent.own_credentials(settings, env={}).registry.dsn == "host=db user=skeleton_node_x"
+    env = {"SKELETON_NODE_DSN": "host=db user=from_env"}
+    assert agent.own_credentials(settings, env=env).registry.dsn == "host=db user=from_env"
+    dsn_file.write_text("host=db port=0\n")
+    with pytest.raises(ConfigError, match=r"node\.dsn: malformed registry DSN"):
+        agent.own_credentials(settings, env={})
+    with pytest.raises(ConfigError, match="SKELETON_NODE_DSN"):
+        agent.own_credentials(settings, env={"SKELETON_NODE_DSN": "port=x"})
