@@ -613,7 +613,7 @@ def _setup_logging(path: Path) -> list[logging.Handler]:
 
 
 def _missing_hint(node_id: str) -> str:
-    return (f"on the controller, run `skeleton nodes credentials {node_id} --install` (the"
+    return (f"On the controller, run `skeleton nodes credentials {node_id} --install` (the"
             f" node's own DSN, in registry.node_dsn_file; or set {ENV_NODE_DSN})")
 
 

@@ -545,7 +545,7 @@ def test_daemons_use_their_own_role_never_the_deployed_operator_dsn(
         logins = _daemon_logins(bed)
         assert set(logins) == {"node-01"}, logins  # node-02: no connection at all
         assert all(u.startswith("skeleton_node_") for u in logins["node-01"]), logins
-        assert "on the controller, run `skeleton nodes credentials node-02 --install`" \
+        assert "On the controller, run `skeleton nodes credentials node-02 --install`" \
             in log2.read_text()
 
         proc = skeleton("nodes", "credentials", "node-02", "--install", config=cfg)
