@@ -6,8 +6,12 @@ What `skeleton cluster daemon start` starts on every node. It:
    entry whose id is this machine's hostname;
 2. registers that node in the registry: a new row lands `pending` until an operator approves
    it; an existing row only gets its capabilities (CPU count, memory, GPUs) refreshed, never
-   its host, app_dir, roles or state. With its own credentials (`registry.node_dsn_file`,
-   written by `skeleton nodes credentials`) PostgreSQL itself confines it to its own row;
+   its host, app_dir, roles or state. It connects only with the node's own credentials
+   (`$SKELETON_NODE_DSN`, else `registry.node_dsn_file`, written by `skeleton nodes
+   credentials ID --install`), so PostgreSQL itself confines it to its own row. It never uses
+   `registry.dsn` / `SKELETON_DATABASE_URL` (the operator's, which may rewrite every row),
+   and checks on every connection that its role is this node's own, else it refuses the DSN.
+   Without credentials it serves /health only and says once, in its log, what to run;
 3. sends a heartbeat every few seconds (last_seen, load, memory, disk, GPUs, code_version);
 4. answers `GET /health` on the node's api_port, on the node's own cluster address (see
    `Agent._bind`): without a token just `{"status": "ok"}` (a liveness bit); with
@@ -56,9 +60,9 @@ from typing import Any
 
 from skeleton_app import __version__, gpu, layout
 from skeleton_app.config import Settings, load_config
-from skeleton_app.errors import ConfigError, RegistryError, SkeletonError
+from skeleton_app.errors import ConfigError, ForeignRoleError, RegistryError, SkeletonError
 from skeleton_app.nodes import Node, validate_host, validate_node_id
-from skeleton_app.registry import Registry, open_registry, parse_dsn
+from skeleton_app.registry import PostgresRegistry, Registry, open_registry, parse_dsn
 
 log = logging.getLogger("skeleton_app.agent")
 
@@ -71,6 +75,7 @@ ENV_NODE_ID = "SKELETON_NODE_ID"
 ENV_NODE_HOST = "SKELETON_NODE_HOST"  # the node's address when config.yaml does not list it
 ENV_INTERVAL = "SKELETON_HEARTBEAT_INTERVAL"
 ENV_HEALTH_BIND = "SKELETON_HEALTH_BIND"  # overrides daemon.health_bind (older name)
+ENV_NODE_DSN = "SKELETON_NODE_DSN"  # the node's own DSN; else registry.node_dsn_file
 
 
 # ------------------------------------------------------------------------ who am I
@@ -260,7 +265,8 @@ def metrics(app_dir: str) -> dict[str, Any]:
 class DbState:
     """The registry as the daemon last saw it (shared with the health thread)."""
 
-    state: str = "unknown"  # unknown | up | down | none (no database configured)
+    # unknown | up | down | none (no credentials of its own) | refused (not a node's role)
+    state: str = "unknown"
     since: str = ""
     error: str | None = None
     last_heartbeat: str | None = None
@@ -294,7 +300,13 @@ class _HealthServer6(_HealthServer):
 
 
 class Agent:
-    """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0."""
+    """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0.
+
+    `settings.registry.dsn` must be the node's own DSN (`run_daemon` puts it there from
+    `own_credentials`); any other role is refused on connect (ForeignRoleError, logged once).
+    `missing_credentials`: the config names a registry but this node has no DSN of its own,
+    so the log says what to run.
+    """
 
     def __init__(
         self,
@@ -306,6 +318,7 @@ class Agent:
         health_token: str | None = None,
         registry_factory: Callable[[Settings], Registry] | None = None,
         app_dir: str | None = None,
+        missing_credentials: bool = False,
     ):
         if interval <= 0:
             raise ConfigError(f"expected a positive number, got {interval!r}",
@@ -325,8 +338,10 @@ class Agent:
         self.pid = os.getpid()
         self.started = datetime.now(UTC)
         self.code_version = code_version(self.app_dir, exclude=settings.deploy.exclude)
+        self.missing_credentials = missing_credentials and not settings.registry.dsn
         self.db = DbState(state="unknown" if settings.registry.dsn else "none",
-                          since=_now_iso())
+                          since=_now_iso(),
+                          error=_missing_hint(node.id) if self.missing_credentials else None)
         self._db_lock = threading.Lock()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -467,11 +482,16 @@ class Agent:
         return 0
 
     def _heartbeat_loop(self) -> None:
+        if self.missing_credentials:
+            log.warning("no registry credentials of this node's own: serving /health only."
+                        " %s, then restart the daemon", _missing_hint(self.node.id))
+            return
         if not self.settings.registry.dsn:
             log.info("no registry configured (registry.dsn / SKELETON_DATABASE_URL):"
                      " serving /health only")
             return
         registry: Registry | None = None
+        verified = False
         registered = False
         backoff = self.interval
         caps: dict[str, Any] | None = None
@@ -481,6 +501,9 @@ class Agent:
                 try:
                     if registry is None:
                         registry = self._registry_factory(self.settings)
+                    if not verified:
+                        self._check_role(registry)
+                        verified = True
                     if not registered:
                         caps = caps or capabilities()
                         if registry.register_self(self.node, capabilities=caps):
@@ -506,6 +529,10 @@ class Agent:
                         self.db.heartbeats += 1
                     self._set_db("up")
                     backoff = self.interval
+                except ForeignRoleError as exc:
+                    self._set_db("refused", str(exc))
+                    log.error("%s", exc)
+                    return
                 except SkeletonError as exc:
                     # Re-register after an outage: the database may have been replaced.
                     registered = False
@@ -522,8 +549,25 @@ class Agent:
                 with contextlib.suppress(Exception):
                     registry.close()
 
+    def _check_role(self, registry: Registry) -> None:
+        """ForeignRoleError unless the DSN logs in as this node's own role. Row-level
+        security confines a node role; any other role (the operator's) would let a
+        compromised node rewrite every row, so the daemon writes nothing with it."""
+        if not isinstance(registry, PostgresRegistry):
+            return  # a registry injected by an embedding program: its own business
+        role, owner = registry.node_of_login()
+        if owner == self.node.id:
+            return
+        whose = f"node {owner}'s" if owner else "not a node's role (the operator's?)"
+        raise ForeignRoleError(
+            f"refusing the registry DSN: it logs in as {role}, {whose}; a daemon writes only"
+            f" with node {self.node.id}'s own role. {_missing_hint(self.node.id)}, then"
+            " restart the daemon")
+
     def _mark_stopped(self) -> None:
-        if not self.settings.registry.dsn:
+        with self._db_lock:
+            refused = self.db.state == "refused"
+        if not self.settings.registry.dsn or refused:
             return
         # A fresh connection with a short timeout: the heartbeat's may be the stuck one, and
         # the whole stop must fit in daemon control's grace period (10 s by default).
@@ -536,6 +580,7 @@ class Agent:
         try:
             registry = self._registry_factory(quick)
             try:
+                self._check_role(registry)  # never verified if the database was always down
                 registry.mark_stopped(self.node.id)
             finally:
                 registry.close()
@@ -567,14 +612,34 @@ def _setup_logging(path: Path) -> list[logging.Handler]:
     return handlers
 
 
-def own_credentials(settings: Settings) -> Settings:
-    """`settings` with the node's own DSN (`registry.node_dsn_file`) when that file exists:
-    a role that may write nothing but this node's heartbeat (`skeleton nodes credentials`)."""
-    path = Path(os.path.expanduser(settings.registry.node_dsn_file))
+def _missing_hint(node_id: str) -> str:
+    return (f"On the controller, run `skeleton nodes credentials {node_id} --install` (the"
+            f" node's own DSN, in registry.node_dsn_file; or set {ENV_NODE_DSN})")
+
+
+def own_credentials(settings: Settings, *, env: Mapping[str, str] | None = None) -> Settings:
+    """`settings` whose registry DSN is the node's own: `$SKELETON_NODE_DSN`, else the
+    `registry.node_dsn_file` (`skeleton nodes credentials ID --install`), else none at all.
+    Never `registry.dsn` as configured: that is the operator's, with rights on every row."""
+    env = os.environ if env is None else env
+    dsn = env.get(ENV_NODE_DSN, "").strip()
+    if dsn:
+        try:
+            parse_dsn(dsn)
+        except RegistryError as exc:
+            raise ConfigError(str(exc), source=ENV_NODE_DSN) from None
+    else:
+        dsn = _read_node_dsn(os.path.expanduser(settings.registry.node_dsn_file))
+    return dataclasses.replace(settings, registry=dataclasses.replace(settings.registry,
+                                                                      dsn=dsn or None))
+
+
+def _read_node_dsn(path: str) -> str:
+    """The node DSN file's content, checked ('' when the file does not exist)."""
     try:
-        dsn = path.read_text(encoding="utf-8").strip()
+        dsn = Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        return settings
+        return ""
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}",
                           key="registry.node_dsn_file") from None
@@ -582,8 +647,7 @@ def own_credentials(settings: Settings) -> Settings:
         parse_dsn(dsn)
     except RegistryError as exc:
         raise ConfigError(f"{path}: {exc}", key="registry.node_dsn_file") from None
-    return dataclasses.replace(settings, registry=dataclasses.replace(settings.registry,
-                                                                      dsn=dsn))
+    return dsn
 
 
 def _interval_from_env(env: Mapping[str, str]) -> float:
@@ -612,14 +676,16 @@ def run_daemon(
     To embed the daemon in a process of your own, build an `Agent` and call `run()`/`stop()`.
     """
     env = os.environ if env is None else env
-    settings = own_credentials(settings)
-    node = resolve_node(settings, env=env)
+    own = own_credentials(settings, env=env)
+    # The configured DSN only routes (which of our addresses faces the database host).
+    node = resolve_node(own if own.registry.dsn else settings, env=env)
     interval = _interval_from_env(env)
     handlers = _setup_logging(Path(settings.logs_dir_for(node)) / layout.DAEMON_LOG)
     previous: dict[signal.Signals, Any] = {}
     try:
-        agent = Agent(settings, node, interval=interval,
-                      health_bind=env.get(ENV_HEALTH_BIND) or None)
+        agent = Agent(own, node, interval=interval,
+                      health_bind=env.get(ENV_HEALTH_BIND) or None,
+                      missing_credentials=bool(settings.registry.dsn))
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, lambda *_: agent.stop())

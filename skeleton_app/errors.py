@@ -5,6 +5,7 @@
     │   ├── ConfigError                 bad config file / env / flag        -> exit 2
     │   └── SelectionError              --node/--role/--exclude matched nothing
     ├── RegistryError                   PostgreSQL unreachable, schema, ... -> exit 3
+    │   └── ForeignRoleError            a daemon's DSN is not its node's own role
     ├── TestbedError                    the local test cluster could not be made
     └── NodeError                       one node could not run a command    -> exit 4
                                         (carries a NodeErrorKind; LOCAL: exit 1;
@@ -70,6 +71,11 @@ class RegistryError(SkeletonError):
     """The node registry (PostgreSQL) could not be used. Nothing ran."""
 
     exit_code = ExitCode.REGISTRY
+
+
+class ForeignRoleError(RegistryError):
+    """A node daemon's registry DSN logs in as a role that is not that node's own (the
+    operator's, or another node's): the daemon writes nothing with it."""
 
 
 class TestbedError(SkeletonError):

@@ -1015,6 +1015,16 @@ class PostgresRegistry:
             )
             return cur.rowcount > 0
 
+    def node_of_login(self) -> tuple[str, str | None]:
+        """(this connection's role, the node it belongs to): None when the role is not a
+        node's own (`issue_credentials`), e.g. the operator's, which may write every row."""
+        with self._session("cannot check the registry role") as conn:
+            row = conn.execute("SELECT current_user::text,"
+                               " skeleton_node_of(current_user)").fetchone()
+        if row is None:  # a SELECT without FROM always returns its row
+            raise RegistryError(f"registry {self._target}: cannot check the registry role")
+        return str(row[0]), None if row[1] is None else str(row[1])
+
     def issue_credentials(self, node_id: str) -> str:
         """Create (or re-key) node `node_id`'s own login role and return its DSN.
 

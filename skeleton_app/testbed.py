@@ -131,6 +131,7 @@ __all__ = [
 USER = "skeleton"  # the login user on every test host
 HOME = "/home/skeleton"
 APP_DIR = "/home/skeleton/app"
+NODE_DSN_FILE = ".config/skeleton/node.dsn"  # under HOME: registry.node_dsn_file's default
 WHEELHOUSE = ".wheelhouse"  # in a checkout: wheels ./scripts/setup pre-builds for bootstrap
 SSHD = "/usr/sbin/sshd"
 SUBNET_PREFIX = "10.213"  # 10.213.INSTANCE.0/24: nothing else on these machines uses it
@@ -1121,17 +1122,36 @@ def _build(
 
 def _seed_registry(tb: Testbed) -> None:
     """With a DSN configured, commands take their nodes from the database only: create the
-    schema and register the hosts, so the testbed is usable before any daemon runs."""
+    schema and register the hosts, so the testbed is usable before any daemon runs. Each
+    host gets its own credentials (what `skeleton nodes credentials ID --install` writes):
+    a daemon never uses the operator's DSN of config.yaml."""
     from skeleton_app.config import load_config
     from skeleton_app.registry import import_nodes, init_schema, open_registry
 
     assert tb.db is not None
     init_schema(tb.db.dsn)
     settings = load_config(tb.config_path, env={})
+    account = pwd.getpwnam(USER)
     with open_registry(settings) as registry:
         import_nodes(registry, [
             {"id": h.id, "host": h.ip, "roles": list(h.roles)} for h in tb.hosts
         ], source=str(tb.config_path))
+        for host in tb.hosts:
+            _write_node_dsn(host, registry.issue_credentials(host.id), account)
+
+
+def _write_node_dsn(host: TestbedHost, dsn: str, account: pwd.struct_passwd) -> None:
+    """The node's DSN at the default `registry.node_dsn_file` inside the host, 0600 from
+    the start (it holds a password), owned by the node user."""
+    owner = (account.pw_uid, account.pw_gid)
+    path = host.home / NODE_DSN_FILE
+    for parent in (path.parent.parent, path.parent):
+        parent.mkdir(mode=0o700, exist_ok=True)
+        os.chown(parent, *owner)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(dsn + "\n")
+    os.chown(path, *owner)
 
 
 def _keygen(path: Path, comment: str) -> str:

@@ -41,7 +41,7 @@ from skeleton_app.errors import UsageError
 from skeleton_app.transfers import RsyncFilter
 
 _DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
-_CACHE_FORMAT = 2  # 2: entries carry the secret verdict
+_CACHE_FORMAT = 3  # 2: entries carry the secret verdict; 3: DSN passwords count as secrets
 _RACY = 2.0  # seconds
 _CACHE_MAX_AGE = 30 * 86400  # cache files of trees not deployed for this long are removed
 

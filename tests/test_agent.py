@@ -2,12 +2,14 @@
 
 Each test writes a config.yaml whose single node is this machine on 127.0.0.1 with a free
 api_port, and starts `python -m skeleton_app.agent` with SKELETON_NODE_ID, the way daemon
-control starts it on a node. The end-to-end run on the testbed hosts lives with the daemon
-control tests.
+control starts it on a node, and with the node's own DSN in SKELETON_NODE_DSN (credentials
+issued by the operator's registry): the daemon never uses config.yaml's `registry.dsn`.
+The end-to-end run on the testbed hosts lives with the daemon control tests.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -100,7 +102,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     def start(dsn: str | None, *, node_id: str = "agent-01", env_node_id: str | None = None,
               app_dir: Path | None = None, extra_nodes: list[dict[str, Any]] | None = None,
-              connect_timeout: float = 2) -> Daemon:
+              connect_timeout: float = 2, own: str | bool = True,
+              env_extra: dict[str, str] | None = None) -> Daemon:
+        """`dsn`: the operator's, in config.yaml. `own`: True issues the node its own
+        credentials from it (SKELETON_NODE_DSN), a string is that DSN, False none."""
         app = app_dir or tmp_path / f"app-{len(started)}"
         app.mkdir(parents=True, exist_ok=True)
         api_port = free_port()
@@ -117,6 +122,12 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         env.update(SKELETON_NODE_ID=env_node_id if env_node_id is not None else node_id,
                    SKELETON_HEARTBEAT_INTERVAL=str(INTERVAL),
                    SKELETON_HEALTH_BIND="127.0.0.1")
+        if own is True and dsn is not None:
+            with PostgresRegistry(dsn, defaults=TEST_DEFAULTS, connect_timeout=2) as reg:
+                own = reg.issue_credentials(node_id)
+        if isinstance(own, str):
+            env["SKELETON_NODE_DSN"] = own
+        env.update(env_extra or {})
         proc = subprocess.Popen(
             [sys.executable, "-m", "skeleton_app.agent", "--config", str(path)],
             cwd=app, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -174,6 +185,61 @@ def test_daemon_registers_heartbeats_serves_health_and_stops_on_sigterm(
     assert "registry up" in d.log and "marked agent-01 stopped" in d.log
 
 
+def daemon_logins(dsn: str, node_id: str) -> list[str]:
+    """The PostgreSQL users of the daemon's open connections (by its application_name)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT usename FROM pg_stat_activity WHERE application_name = %s",
+            (f"skeleton-daemon {node_id}",))]
+
+
+def test_daemon_heartbeats_as_its_own_role(db_dsn: str, start_daemon: Callable[..., Daemon]):
+    d = start_daemon(db_dsn)
+    wait_for(lambda: (h := d.health()) and h["db"]["state"] == "up", what="registry up")
+    users = daemon_logins(db_dsn, "agent-01")
+    assert users and all(u.startswith("skeleton_node_") for u in users), users
+    assert d.terminate() == 0
+
+
+def test_daemon_never_uses_the_operators_dsn(db_dsn: str, start_daemon: Callable[..., Daemon]):
+    """Only the deployed config (registry.dsn, even SKELETON_DATABASE_URL): no connection at
+    all, /health only, and one log line saying what to run."""
+    d = start_daemon(db_dsn, own=False, env_extra={"SKELETON_DATABASE_URL": db_dsn})
+    health = wait_for(d.health, what="/health")
+    assert health["db"]["state"] == "none"
+    assert "skeleton nodes credentials agent-01 --install" in health["db"]["error"]
+    time.sleep(INTERVAL * 5)  # several heartbeat periods: still nothing
+    assert daemon_logins(db_dsn, "agent-01") == []
+    assert d.entry() is None  # nothing registered
+    assert d.terminate() == 0
+    assert d.log.count("skeleton nodes credentials agent-01 --install") == 1
+    assert "no registry credentials of this node's own" in d.log
+    assert "marked agent-01 stopped" not in d.log and "registry up" not in d.log
+
+
+def test_daemon_refuses_a_dsn_that_is_not_its_nodes_role(
+        db_dsn: str, start_daemon: Callable[..., Daemon]):
+    """The operator's DSN copied into the node's DSN file, or another node's credentials:
+    refused on connect, nothing written, said once."""
+    with PostgresRegistry(db_dsn, defaults=TEST_DEFAULTS) as reg:
+        others = reg.issue_credentials("agent-02")
+
+    def refused(daemon: Daemon) -> dict[str, Any] | None:
+        health = daemon.health()
+        return health if health and health["db"]["state"] == "refused" else None
+
+    for own, whose in ((db_dsn, "not a node's role"), (others, "node agent-02's")):
+        d = start_daemon(db_dsn, own=own)
+        health = wait_for(functools.partial(refused, d), what="the DSN refused")
+        assert whose in health["db"]["error"], health
+        time.sleep(INTERVAL * 5)
+        assert d.entry() is None and d.proc.poll() is None  # /health still served
+        assert d.terminate() == 0
+        assert d.log.count("refusing the registry DSN") == 1, d.log
+        assert "skeleton nodes credentials agent-01 --install" in d.log
+        assert "marked agent-01 stopped" not in d.log
+
+
 def test_daemon_survives_postgresql_restart_and_resumes_heartbeats(
         make_postgres: Callable[..., LocalPostgres], start_daemon: Callable[..., Daemon]):
     pg = make_postgres()
@@ -200,7 +266,8 @@ def test_daemon_survives_postgresql_restart_and_resumes_heartbeats(
 
 def test_daemon_starts_while_the_database_is_down(start_daemon: Callable[..., Daemon]):
     port = free_port()
-    d = start_daemon(f"postgresql://skeleton:pw@127.0.0.1:{port}/skeleton")
+    down = f"postgresql://skeleton:pw@127.0.0.1:{port}/skeleton"
+    d = start_daemon(down, own=down)
     health = wait_for(lambda: (h := d.health()) and h["db"]["state"] == "down" and h,
                       what="health reporting the registry down")
     assert f"127.0.0.1:{port}" in health["db"]["error"]
@@ -401,3 +468,21 @@ def test_daemons_on_testbed_hosts_register_by_hostname_and_stop(make_testbed: An
     text = wait_for(lambda: (t := log()).rstrip().endswith("INFO stopped") and t,
                     what="the daemon's last log line")
     assert "registry up" in text and f"marked {first.id} stopped" in text
+
+
+def test_own_credentials_come_from_the_node_never_from_registry_dsn(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    dsn_file = tmp_path / "node.dsn"
+    path.write_text(yaml.safe_dump({"registry": {"dsn": "host=db user=operator",
+                                                 "node_dsn_file": str(dsn_file)}}))
+    settings = load_config(path, env={})
+    assert agent.own_credentials(settings, env={}).registry.dsn is None  # no file: none
+    dsn_file.write_text("host=db user=skeleton_node_x\n")
+    assert agent.own_credentials(settings, env={}).registry.dsn == "host=db user=skeleton_node_x"
+    env = {"SKELETON_NODE_DSN": "host=db user=from_env"}
+    assert agent.own_credentials(settings, env=env).registry.dsn == "host=db user=from_env"
+    dsn_file.write_text("host=db port=0\n")
+    with pytest.raises(ConfigError, match=r"node\.dsn: malformed registry DSN"):
+        agent.own_credentials(settings, env={})
+    with pytest.raises(ConfigError, match="SKELETON_NODE_DSN"):
+        agent.own_credentials(settings, env={"SKELETON_NODE_DSN": "port=x"})

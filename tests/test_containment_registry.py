@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -40,7 +40,7 @@ from skeleton_app.registry import NodeSpec, PostgresRegistry
 from skeleton_app.testbed import Testbed
 from skeleton_app.transfers import classify_failure, rsync
 from tests.db_fixtures import TEST_DEFAULTS
-from tests.helpers import config_variant, skeleton
+from tests.helpers import bootstrap_testbed, config_variant, skeleton
 
 # What a hostile node tries with its own credentials, from its own host. Each must fail.
 HOSTILE_WRITES = {
@@ -114,8 +114,9 @@ def test_a_node_writes_only_its_own_heartbeat_with_its_own_credentials(
         dsn = reg.issue_credentials("node-02")
     before = _rows(bed)
     writes = {k: v.format(ip1=ip1, ip2=ip2) for k, v in HOSTILE_WRITES.items()}
+    python = bootstrap_testbed(bed)  # the host's own psycopg: it never sees the controller's
     proc = tb_mod.host_exec(bed, "node-02",
-                            [sys.executable, "-c", _HOSTILE_SCRIPT, dsn, json.dumps(writes)])
+                            [python, "-c", _HOSTILE_SCRIPT, dsn, json.dumps(writes)])
     out = json.loads(proc.stdout)
     refused = {k: v for k, v in out.items() if k in writes}
     # 42501: insufficient privilege, raised by column rights and row-level security alike
@@ -175,7 +176,8 @@ def test_a_self_registered_node_is_pending_until_approved(
             "from skeleton_app.nodes import Node;"
             "r = PostgresRegistry(sys.argv[1], defaults=NodeDefaults(user='skeleton'));"
             "print(r.register_self(Node(id='node-07', host=sys.argv[2])))")
-    proc = tb_mod.host_exec(bed, "node-02", [sys.executable, "-c", code, dsn, ip2])
+    python = bootstrap_testbed(bed)  # the host's own skeleton_app, as its daemon has
+    proc = tb_mod.host_exec(bed, "node-02", [python, "-c", code, dsn, ip2])
     assert proc.stdout.strip() == "True"
     listed = _nodes(cfg)
     assert listed["node-07"]["state"] == "pending" and listed["node-07"]["approved"] is False
@@ -413,12 +415,13 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
     pid that rolling restarts compare."""
     bed = make_testbed(2)
     host = bed.host("node-01")
+    python = bootstrap_testbed(bed)  # the host's own venv (it never sees the controller's)
     code = ("import sys, runpy; sys.argv = ['agent']; "
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
     tb_mod.host_exec(bed, host.id, ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
                      input=bed.config_path.read_text())
     launch = ("cd /home/skeleton/app && setsid"
-              f" {sys.executable} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
+              f" {python} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
     tb_mod.host_exec(bed, host.id, ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
     settings = load_config(bed.config_path, env={})
     port = settings.daemon.api_port
@@ -438,7 +441,7 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
         assert listening == [f"{ip_hex}:{port:04X}"]
         probe = (f"import urllib.request; print(urllib.request.urlopen("
                  f"'http://{host.ip}:{port}/health', timeout=3).read().decode())")
-        seen = tb_mod.host_exec(bed, "node-02", [sys.executable, "-c", probe]).stdout
+        seen = tb_mod.host_exec(bed, "node-02", ["python3", "-c", probe]).stdout
         assert json.loads(seen) == {"status": "ok"}
     finally:
         # By the pid it reported (inside the host's PID namespace); without one, the
@@ -468,8 +471,9 @@ def test_installed_credentials_are_what_the_daemon_uses(
             "runpy.run_module('skeleton_app.agent', run_name='__main__')")
     tb_mod.host_exec(bed, "node-01", ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
                      input=cfg.read_text())
+    python = bootstrap_testbed(bed)  # the host's own venv (it never sees the controller's)
     launch = ("cd /home/skeleton/app && SKELETON_HEARTBEAT_INTERVAL=0.5 setsid"
-              f" {sys.executable} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
+              f" {python} -c {json.dumps(code)} </dev/null >/dev/null 2>&1 &")
     tb_mod.host_exec(bed, "node-01", ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
     assert bed.db is not None
     pid = None
@@ -491,3 +495,69 @@ def test_installed_credentials_are_what_the_daemon_uses(
     finally:
         if isinstance(pid, int):
             tb_mod.host_exec(bed, "node-01", ["kill", "-TERM", str(pid)], check=False)
+
+
+# ------------------------------------------------------------------ the daemon's DSN
+
+
+def _daemon_logins(bed: Testbed) -> dict[str, set[str]]:
+    """Per daemon (application_name), the PostgreSQL users of its open connections."""
+    assert bed.db is not None
+    out: dict[str, set[str]] = {}
+    with psycopg.connect(bed.db.dsn, autocommit=True, connect_timeout=5) as conn:
+        for app, user in conn.execute(
+                "SELECT application_name, usename FROM pg_stat_activity"
+                " WHERE application_name LIKE 'skeleton-daemon %'"):
+            out.setdefault(app.removeprefix("skeleton-daemon "), set()).add(user)
+    return out
+
+
+def test_daemons_use_their_own_role_never_the_deployed_operator_dsn(
+        make_testbed: Callable[..., Testbed]) -> None:
+    """The real daemon, from the hosts' own venv, started by `cluster daemon start` with the
+    testbed's config (registry.dsn: the operator's, password included). node-01 has the
+    credentials `testbed up` installed and heartbeats as its own role; node-02's were
+    removed: it never connects, serves /health, and its log says what to run. Once the
+    operator installs them, its restarted daemon registers as its own role."""
+    from tests.deploy_support import daemons_stopped_after
+
+    bed = make_testbed(2, db=True)
+    bootstrap_testbed(bed)
+    cfg = bed.config_path
+    settings = load_config(cfg, env={})
+    assert settings.registry.dsn and urlsplit(settings.registry.dsn).password  # operator's
+    dsn_files = {h.id: h.home / ".config" / "skeleton" / "node.dsn" for h in bed.hosts}
+    assert all(p.stat().st_mode & 0o077 == 0 for p in dsn_files.values())
+    dsn_files["node-02"].unlink()
+    log2 = bed.host("node-02").app_dir / "logs" / "skeleton-daemon.log"
+
+    def beat(node_id: str) -> Any:
+        return _nodes(cfg)[node_id]["daemon_state"] == "running"
+
+    with daemons_stopped_after(settings):
+        proc = skeleton("cluster", "daemon", "start", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for _ in range(60):
+            if beat("node-01") and log2.exists() and "--install" in log2.read_text():
+                break
+            time.sleep(0.5)
+        assert beat("node-01") and not beat("node-02")
+        logins = _daemon_logins(bed)
+        assert set(logins) == {"node-01"}, logins  # node-02: no connection at all
+        assert all(u.startswith("skeleton_node_") for u in logins["node-01"]), logins
+        assert "On the controller, run `skeleton nodes credentials node-02 --install`" \
+            in log2.read_text()
+
+        proc = skeleton("nodes", "credentials", "node-02", "--install", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = skeleton("cluster", "daemon", "restart", "-n", "node-02", config=cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for _ in range(60):
+            if beat("node-02"):
+                break
+            time.sleep(0.5)
+        assert beat("node-02")
+        logins = _daemon_logins(bed)
+        assert set(logins) == {"node-01", "node-02"}, logins
+        assert logins["node-01"] != logins["node-02"]  # a role per node
+        assert all(u.startswith("skeleton_node_") for us in logins.values() for u in us)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from skeleton_app import testbed as tbm
 from skeleton_app.cluster import Cluster
@@ -584,10 +585,14 @@ def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Test
 
 
 def _project_tree(dest: Path, config: Path) -> Path:
-    """The real code tree the seed deploys: the package and the config.yaml beside it."""
+    """The real code tree the seed deploys: the package and the config.yaml beside it,
+    without the operator's registry DSN (deploy refuses to send its password; the daemons
+    use their own credentials, which `testbed up --db` installed on the hosts)."""
     shutil.copytree(REPO / "skeleton_app", dest / "skeleton_app",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(config, dest / "config.yaml")
+    data = yaml.safe_load(config.read_text())
+    data.get("registry", {}).pop("dsn", None)
+    (dest / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
 
 

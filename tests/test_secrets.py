@@ -139,3 +139,94 @@ def test_verdicts_are_found_by_the_digest_walk_and_cached_with_the_hashes(
     (src / "app/main.py").write_text(f"{BEGIN} PRIVATE KEY-----\n")
     (src / "keys/deploy_key").write_text("no longer a key\n")
     assert tree.tree_digest(src).secrets == ("app/main.py",)
+
+
+# ------------------------------------------------------------------ the operator's DSN
+
+# Built from parts, so that this file does not look like a DSN with a password itself.
+OPERATOR_DSN = "postgresql://skeleton:" + "s3cret" + "@10.9.9.9:5432/skeleton"
+
+
+def test_a_dsn_with_a_password_is_a_secret_one_without_is_not() -> None:
+    pw = "pass" + "word"
+    secret = {
+        "config.yaml": f"registry:\n  stale_after: 30\n  dsn: {OPERATOR_DSN}\n",
+        "flow.yml": f'registry: {{dsn: "{OPERATOR_DSN}"}}\n',
+        "kv.yaml": f"registry:\n  dsn: 'host=db user=x {pw}=s3cret dbname=y'\n",
+        ".env": f"SKELETON_DATABASE_URL={OPERATOR_DSN}\n",
+        "run.sh": f"export DATABASE_URL='host=db {pw}=x'\n",
+    }
+    for name, text in secret.items():
+        assert looks_secret(name, text.encode()), name
+    fine = {
+        "config.yaml": "registry:\n  dsn: postgresql://skeleton@db/skeleton\n  # peer auth\n",
+        "null.yaml": "registry:\n  dsn: null\n",
+        "kv.yaml": "registry:\n  dsn: host=db user=x dbname=y\n",
+        "code.py": f"def connect(dsn: str, {pw}: str) -> None: ...\n",
+        "urls.yaml": "mirror: https://user:tok@example.org/x\n",
+    }
+    for name, text in fine.items():
+        assert not looks_secret(name, text.encode()), name
+    # A config file's registry section may come late: read beyond the 8 KiB head.
+    late = "# " + "x" * 100 + "\n"
+    assert looks_secret("config.yaml", (late * 200 + secret["config.yaml"]).encode())
+
+
+def test_deploy_refuses_a_config_holding_the_operators_dsn_and_caches_the_verdict(
+        testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.yaml with `registry.dsn` holding a password: refused before anything is sent,
+    naming the file and where the DSN belongs; excluded or --allow-secrets it goes; a DSN
+    without a password goes; the verdict is cached like the keys' (no read on a rerun)."""
+    src = make_source(tmp_path / "src", "A")
+    (src / "config.yaml").write_text(f"app:\n  dir: /x\nregistry:\n  dsn: {OPERATOR_DSN}\n")
+    app_dir = unique_app_dir("dsn")
+    config = variant(testbed, tmp_path, app_dir=app_dir)
+    for extra in ((), ("--dry-run",)):
+        proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-01", *extra,
+                        config=config)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr == (
+            "skeleton: error: deploy: refusing to send a database password: config.yaml"
+            " (keep the DSN on the controller, in SKELETON_DATABASE_URL or a config file"
+            " outside the tree (nodes use their own: `skeleton nodes credentials ID"
+            " --install`); or exclude it in deploy.exclude, or pass --allow-secrets)\n"
+        ), proc.stderr
+        assert not host_path(testbed, "node-01", app_dir).exists()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tree, "_RACY", 0.0)  # files written just now may be cached
+    tree.tree_digest(src)  # warm, then: the verdict comes without reading the file
+
+    def no_reading(name: str, path: str) -> bool:
+        raise AssertionError(f"read {path}")
+
+    with monkeypatch.context() as m:
+        m.setattr(secret_scan, "is_secret_file", no_reading)
+        assert tree.tree_digest(src).secrets == ("config.yaml",)
+
+    # Keys and a password together: one line naming both kinds.
+    _keygen(src / "id_ed25519")
+    proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-01", config=config)
+    assert proc.returncode == 2
+    assert ("refusing to send private key material: id_ed25519; and a database password:"
+            " config.yaml (") in proc.stderr
+    (src / "id_ed25519").unlink()
+
+    excluded = variant(testbed, tmp_path, app_dir=app_dir, name="excluded.yaml",
+                       deploy={"exclude": [".venv/", "__pycache__/", "*.pyc", ".git/",
+                                           "logs/", "/config.yaml"]})
+    proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-01", config=excluded)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = host_path(testbed, "node-01", app_dir)
+    assert (root / "VERSION").is_file() and not (root / "config.yaml").exists()
+
+    proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-01",
+                    "--allow-secrets", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert OPERATOR_DSN in (root / "config.yaml").read_text()
+
+    # The DSN kept out of the file (peer auth, ~/.pgpass, SKELETON_DATABASE_URL): fine.
+    (src / "config.yaml").write_text("registry:\n  dsn: postgresql://skeleton@db/skeleton\n")
+    proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-01", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "s3cret" not in (root / "config.yaml").read_text()

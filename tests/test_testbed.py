@@ -559,6 +559,17 @@ def test_named_hosts_with_roles_and_a_database(make_testbed: MakeTestbed) -> Non
     python = bootstrap_testbed(tb)
     proc = ssh(tb, tb.host("beta").ip, shlex.join([python, "-c", probe, tb.db.host_dsn]))
     assert proc.stdout.strip() == "skeleton"
+    # Each host has its own credentials for its daemon (never the operator's DSN above):
+    # a node role of its own, in the default registry.node_dsn_file, readable by it alone.
+    roles = set()
+    for host in tb.hosts:
+        dsn = ssh(tb, host.ip, "cat ~/.config/skeleton/node.dsn").stdout.strip()
+        proc = ssh(tb, host.ip, shlex.join([python, "-c", probe, dsn]))
+        assert proc.stdout.strip().startswith("skeleton_node_"), proc.stdout + proc.stderr
+        roles.add(proc.stdout.strip())
+        st = (host.home / ".config" / "skeleton" / "node.dsn").stat()
+        assert st.st_mode & 0o077 == 0 and st.st_uid == (host.home / ".ssh").stat().st_uid
+    assert len(roles) == 2
     text = tb.config_path.read_text()
     assert tb.db.host_dsn in text and tb.gateway in tb.db.host_dsn
     tb_mod.down(tb.state_dir)

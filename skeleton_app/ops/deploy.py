@@ -275,7 +275,7 @@ def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
     digest_excludes = (*exclude, f"{DEFAULT_PARTIAL_DIR}/")
     tree = tree_digest(src, digest_excludes) if digest and not dry_run else None
     if tree is not None and not allow_secrets:
-        _refuse_secrets(tree)
+        _refuse_secrets(tree, src)
     return DeployPlan(
         source=src, dest=dest, exclude=exclude, filters=filters,
         delete=settings.deploy.delete if delete is None else delete, dry_run=dry_run,
@@ -322,7 +322,7 @@ def deploy(
     wait = cluster.connector.warm(nodes[:fanout or cluster.settings.ssh.fanout])
     tree = tree_digest(p.source, p.digest_excludes)  # a dry run too: it finds private keys
     if not allow_secrets:
-        _refuse_secrets(tree)
+        _refuse_secrets(tree, p.source)
     if not dry_run:
         p = replace(p, digest=tree)
     emit = _emitter(on_progress)
@@ -333,10 +333,11 @@ def deploy(
     return result
 
 
-def _refuse_secrets(tree: TreeDigest) -> None:
-    """Private key material in the tree: UsageError naming the files, nothing is sent."""
+def _refuse_secrets(tree: TreeDigest, source: str) -> None:
+    """Private keys or a database password in the tree: UsageError naming the files,
+    nothing is sent."""
     if tree.secrets:
-        raise UsageError(SecretScan(tree.secrets).refusal())
+        raise UsageError(SecretScan.of(source, tree.secrets).refusal())
 
 
 def _emitter(on_progress: OnProgress | None) -> OnProgress:
