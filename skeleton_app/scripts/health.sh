@@ -75,7 +75,18 @@ while :; do
     for url in "$@"; do
         # stderr joins the body: on success the clients print nothing there, and on failure
         # it is the error to report.
+        had_token=0
+        if [ -n "${SKELETON_HEALTH_TOKEN_FILE:-}" ] && [ -s "$SKELETON_HEALTH_TOKEN_FILE" ]; then
+            had_token=1
+        fi
         if body=$(get "$url" 2>&1); then
+            # Sent without a token, yet the daemon has one now: it started between our look
+            # at its token file and the request (it writes the file before it serves). Ask
+            # again with the token, for the details (pid) a rolling restart compares.
+            if [ "$had_token" = 0 ] && [ -n "${SKELETON_HEALTH_TOKEN_FILE:-}" ] &&
+                [ -s "$SKELETON_HEALTH_TOKEN_FILE" ] && again=$(get "$url" 2>&1); then
+                body=$again
+            fi
             printf 'state=healthy url=%s\n--- begin body\n%s\n--- end body\n' "$url" "$body"
             exit 0
         fi
