@@ -753,6 +753,25 @@ class Connector:
             return self._drive(conn, node, channel, command, timeout, options, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def hold(self, node: Node, command: str) -> Callable[[], None] | None:
+        """Start `command` on `node` on a channel of its own whose stdin stays open; returns
+        what closes it, or None if the node could not be reached. The node side reads EOF
+        when that is called, and also when this process dies, however (the kernel closes the
+        socket, sshd ends the session): a lease that needs no renewal traffic."""
+        try:
+            conn = self.link(node, cancellable=False)
+            channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
+            channel.exec_command(command)
+        except Exception:  # no lease then: the run still works, as it did before
+            return None
+
+        def close() -> None:
+            with contextlib.suppress(Exception):
+                channel.shutdown_write()
+                channel.close()
+
+        return close
+
     def _drive(self, conn: _Link | SkeletonConnection, node: Node, channel: paramiko.Channel,
                command: str, timeout: float | None, options: RunOptions,
                started: float) -> NodeResult:

@@ -474,6 +474,58 @@ def _nul_list(items: Iterable[str]) -> bytes:
     return b"".join(item.encode("utf-8", "surrogateescape") + b"\0" for item in items)
 
 
+def _lease_command(run_dir: str) -> str:
+    """The node side of a run's lease (see _Leases): wait for EOF on stdin, then do what
+    `models.sh finish` does (stop the run's process groups recorded in its run dir, close its
+    control masters, remove the run dir). Nothing is written back: the channel may be gone."""
+    run = shlex.quote(run_dir)
+    return (f"exec >/dev/null 2>&1; trap '' HUP; cat;"
+            f" if [ -f {run}/{SCRIPT} ]; then sh {run}/{SCRIPT} finish {run}/lease; fi;"
+            f" rm -rf -- {run}")
+
+
+class _Leases:
+    """The run's lease on each node it touches: one channel per node, opened with the node's
+    first step (on the pooled connection: no handshake, a few ms, off the critical path),
+    whose end the node watches. An honest run closes them after its own clean-up; a
+    controller killed with SIGKILL closes them too (its sockets go with it), and every node
+    then stops what the run left there within about a second, instead of letting the chain
+    stream on and its control masters linger for ControlPersist's 120 s."""
+
+    def __init__(self, cluster: Cluster, run_dir: str):
+        self.cluster = cluster
+        self.command = _lease_command(run_dir)
+        self._lock = threading.Lock()
+        self._closers: dict[str, Callable[[], None] | None] = {}  # None while opening
+        self._released = False
+
+    def take(self, node: Node) -> None:
+        with self._lock:
+            if self._released or node.id in self._closers:
+                return
+            self._closers[node.id] = None
+        threading.Thread(target=self._open, args=(node,), daemon=True,
+                         name="models-lease").start()
+
+    def _open(self, node: Node) -> None:
+        # A connector injected for scripts or tests may have no `hold`: no lease then.
+        hold = getattr(self.cluster.connector, "hold", None)
+        close = hold(node, self.command) if hold is not None else None
+        with self._lock:
+            if not self._released:
+                self._closers[node.id] = close
+                return
+        if close is not None:  # the run ended while this one was opening
+            close()
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+            closers = [c for c in self._closers.values() if c is not None]
+        for close in closers:
+            close()
+
+
 class _Remote:
     """Runs models.sh steps on nodes: uploads its inputs as a tar on stdin, collects its
     NUL-separated answer byte for byte (NodeResult.stdout is text and may be truncated)."""
@@ -487,6 +539,7 @@ class _Remote:
         self._step = 0
         self._lock = threading.Lock()
         self.initialized: set[str] = set()
+        self.leases = _Leases(cluster, self.run_dir)
 
     def next_id(self, prefix: str) -> str:
         with self._lock:
@@ -510,6 +563,7 @@ class _Remote:
         step = self.next_id("s")
         upload: dict[str, bytes] = {}
         if init:
+            self.leases.take(node)
             upload[SCRIPT] = _script()
             upload["env.sh"] = self.env(node)
             upload["hops.sh"] = self.hops(node)
@@ -1746,6 +1800,7 @@ class _Sync:
         finally:
             self._early.shutdown()
             self._finish()
+            self.remote.leases.release()  # after finish: the nodes find nothing left to do
             self._warm_wait()
         return ClusterResult([self._result(t) for t in self.targets], operation="sync-models",
                              duration=time.monotonic() - started, warnings=self.warnings)
