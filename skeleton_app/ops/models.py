@@ -486,42 +486,40 @@ def _lease_command(run_dir: str) -> str:
 
 class _Leases:
     """The run's lease on each node it touches: one channel per node, opened with the node's
-    first step (on the pooled connection: no handshake, a few ms, off the critical path),
-    whose end the node watches. An honest run closes them after its own clean-up; a
-    controller killed with SIGKILL closes them too (its sockets go with it), and every node
-    then stops what the run left there within about a second, instead of letting the chain
-    stream on and its control masters linger for ControlPersist's 120 s."""
+    first step (on the pooled connection that step uses: no handshake of its own, and the
+    channel opens in the background), whose end the node watches. An honest run closes them
+    after its own clean-up; a controller killed with SIGKILL closes them too (its sockets go
+    with it), and every node then stops what the run left there within about a second,
+    instead of letting the chain stream on and its control masters linger for
+    ControlPersist's 120 s."""
 
     def __init__(self, cluster: Cluster, run_dir: str):
         self.cluster = cluster
         self.command = _lease_command(run_dir)
         self._lock = threading.Lock()
-        self._closers: dict[str, Callable[[], None] | None] = {}  # None while opening
+        self._closers: dict[str, Callable[[], None]] = {}
         self._released = False
 
-    def take(self, node: Node) -> None:
+    def take(self, node: Node, *, cancellable: bool) -> None:
+        """Before the node's first step: NodeError if it cannot be reached (as the step)."""
         with self._lock:
             if self._released or node.id in self._closers:
                 return
-            self._closers[node.id] = None
-        threading.Thread(target=self._open, args=(node,), daemon=True,
-                         name="models-lease").start()
-
-    def _open(self, node: Node) -> None:
         # A connector injected for scripts or tests may have no `hold`: no lease then.
         hold = getattr(self.cluster.connector, "hold", None)
-        close = hold(node, self.command) if hold is not None else None
+        if hold is None:
+            return
+        close = hold(node, self.command, cancellable=cancellable)
         with self._lock:
-            if not self._released:
+            if not self._released and node.id not in self._closers:
                 self._closers[node.id] = close
                 return
-        if close is not None:  # the run ended while this one was opening
-            close()
+        close()  # released meanwhile, or another thread took this node's lease first
 
     def release(self) -> None:
         with self._lock:
             self._released = True
-            closers = [c for c in self._closers.values() if c is not None]
+            closers = list(self._closers.values())
         for close in closers:
             close()
 
@@ -563,7 +561,7 @@ class _Remote:
         step = self.next_id("s")
         upload: dict[str, bytes] = {}
         if init:
-            self.leases.take(node)
+            self.leases.take(node, cancellable=cancellable)
             upload[SCRIPT] = _script()
             upload["env.sh"] = self.env(node)
             upload["hops.sh"] = self.hops(node)
