@@ -438,8 +438,9 @@ def test_ctrl_c_mid_sync_publishes_nothing_and_leaves_nothing(
         assert _procs(bed, host, "tar |ssh ") == "", host
 
 
+@pytest.mark.parametrize("how", [(), ("--relay",)], ids=["chain", "relay"])
 def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succeeds(
-        make_testbed: Callable[..., Testbed]) -> None:
+        make_testbed: Callable[..., Testbed], how: tuple[str, ...]) -> None:
     """SIGKILL of the controller's whole process group while the chain streams: no Ctrl-C
     clean-up runs, yet every node (source and targets) stops the run's streams, closes its
     control masters and removes its run dir within seconds (the run's lease, models.sh)."""
@@ -447,7 +448,7 @@ def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succe
     model = make_model(bed, "node-01", "models", "big", size=24 * MIB)
     last = models_root(bed, "node-04", "models") / ".skeleton-staging" / "big" / "weights.bin"
     proc = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-4]",
-                  config=bed.config_path)
+                  *how, config=bed.config_path)
     # The end of the chain receiving: every hop streams, every master is open.
     _until("node-04 receiving", lambda: last.exists() and last.stat().st_size > 2 * MIB,
            proc, timeout=60)
@@ -461,7 +462,7 @@ def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succe
     _until("nothing of the run on any node", clean, timeout=20)
     assert last.stat().st_size < 24 * MIB  # it was stopped, not left to finish
     rerun = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-4]",
-                   "--json", config=bed.config_path)
+                   "--json", *how, config=bed.config_path)
     code, out, err = _finish(rerun, timeout=120)
     assert code == 0, out + err
     for host in ("node-02", "node-03", "node-04"):
