@@ -753,6 +753,46 @@ class Connector:
             return self._drive(conn, node, channel, command, timeout, options, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def hold(self, node: Node, command: str, *, cancellable: bool = True) -> Callable[[], None]:
+        """Start `command` on `node` on a channel of its own whose stdin stays open, and return
+        what closes it. The node side reads EOF when that is called, and also when this
+        process dies, however (the kernel closes the socket, sshd ends the session): a lease
+        without renewal traffic. Connects as `run` does (NodeError if the node cannot be
+        reached: a command that follows then finds the pooled connection, never a second
+        connect timeout); the channel itself opens in the background, off the caller's path.
+        """
+        conn = self.link(node, cancellable=cancellable)
+        lock = threading.Lock()
+        held: list[paramiko.Channel] = []
+        closed = threading.Event()
+
+        def shut(channel: paramiko.Channel) -> None:
+            with contextlib.suppress(Exception):
+                channel.shutdown_write()
+                channel.close()
+
+        def open_channel() -> None:
+            try:
+                channel = conn.transport.open_session(timeout=self.settings.connect_timeout)
+                channel.exec_command(command)
+            except Exception:  # no lease then: the work still runs, as it did before
+                return
+            with lock:
+                if not closed.is_set():
+                    held.append(channel)
+                    return
+            shut(channel)  # closed while it was opening
+
+        def close() -> None:
+            with lock:
+                closed.set()
+                channels = list(held)
+            for channel in channels:
+                shut(channel)
+
+        threading.Thread(target=open_channel, daemon=True, name="ssh-hold").start()
+        return close
+
     def _drive(self, conn: _Link | SkeletonConnection, node: Node, channel: paramiko.Channel,
                command: str, timeout: float | None, options: RunOptions,
                started: float) -> NodeResult:

@@ -38,7 +38,7 @@ from tests.deploy_support import (
     variant,
 )
 from tests.helpers import REPO, chown_to_user, config_variant
-from tests.test_models import MIB, leftovers, make_model, models_root
+from tests.test_models import MIB, expected_tree, leftovers, make_model, models_root, tree
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
                    "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")
@@ -436,3 +436,37 @@ def test_ctrl_c_mid_sync_publishes_nothing_and_leaves_nothing(
     for host in bed.ids:
         assert leftovers(bed, host) == [], host
         assert _procs(bed, host, "tar |ssh ") == "", host
+
+
+@pytest.mark.parametrize("how", [(), ("--relay",)], ids=["chain", "relay"])
+def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succeeds(
+        make_testbed: Callable[..., Testbed], how: tuple[str, ...]) -> None:
+    """SIGKILL of the controller's whole process group while the chain streams: no Ctrl-C
+    clean-up runs, yet every node (source and targets) stops the run's streams, closes its
+    control masters and removes its run dir within seconds (the run's lease, models.sh)."""
+    bed = make_testbed(4, rate="20mbit")  # 24 MiB: ~10 s a link; masters persist 120 s
+    model = make_model(bed, "node-01", "models", "big", size=24 * MIB)
+    last = models_root(bed, "node-04", "models") / ".skeleton-staging" / "big" / "weights.bin"
+    proc = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-4]",
+                  *how, config=bed.config_path)
+    # The end of the chain receiving: every hop streams, every master is open.
+    _until("node-04 receiving", lambda: last.exists() and last.stat().st_size > 2 * MIB,
+           proc, timeout=60)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+    def clean() -> bool:
+        return all(leftovers(bed, h) == [] and _procs(bed, h, "tar |tee |ssh |rsync ") == ""
+                   for h in bed.ids)
+
+    _until("nothing of the run on any node", clean, timeout=20)
+    assert last.stat().st_size < 24 * MIB  # it was stopped, not left to finish
+    rerun = _start("cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-4]",
+                   "--json", *how, config=bed.config_path)
+    code, out, err = _finish(rerun, timeout=120)
+    assert code == 0, out + err
+    for host in ("node-02", "node-03", "node-04"):
+        assert json.loads(out)["nodes"][host]["data"]["status"] == "synced", out
+        assert tree(models_root(bed, host, "models") / "big") == expected_tree(model), host
+    for host in bed.ids:
+        assert leftovers(bed, host) == [], host

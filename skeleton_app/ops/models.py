@@ -474,6 +474,69 @@ def _nul_list(items: Iterable[str]) -> bytes:
     return b"".join(item.encode("utf-8", "surrogateescape") + b"\0" for item in items)
 
 
+def _lease_command(run_dir: str) -> str:
+    """The node side of a run's lease (see _Leases): wait for EOF on stdin, then do what
+    `models.sh finish` does (stop the run's process groups recorded in its run dir, close its
+    control masters, remove the run dir). Nothing is written back: the channel may be gone."""
+    run = shlex.quote(run_dir)
+    return (f"exec >/dev/null 2>&1; trap '' HUP; cat;"
+            f" if [ -f {run}/{SCRIPT} ]; then sh {run}/{SCRIPT} finish {run}/lease; fi;"
+            f" rm -rf -- {run}")
+
+
+# Step failures after which the connection (and with it the node's lease) may be gone.
+_BROKEN = frozenset({NodeErrorKind.LOST, NodeErrorKind.UNREACHABLE, NodeErrorKind.REFUSED,
+                     NodeErrorKind.PROTOCOL, NodeErrorKind.ERROR, NodeErrorKind.TIMEOUT})
+
+
+class _Leases:
+    """The run's lease on each node it touches: one channel per node, opened with the node's
+    first step (on the pooled connection that step uses: no handshake of its own, and the
+    channel opens in the background), whose end the node watches. An honest run closes them
+    after its own clean-up; a controller killed with SIGKILL closes them too (its sockets go
+    with it), and every node then stops what the run left there within about a second,
+    instead of letting the chain stream on and its control masters linger for
+    ControlPersist's 120 s."""
+
+    def __init__(self, cluster: Cluster, run_dir: str):
+        self.cluster = cluster
+        self.command = _lease_command(run_dir)
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
+        self._held: set[str] = set()  # nodes whose lease is believed to be open
+        self._released = False
+
+    def take(self, node: Node, *, cancellable: bool) -> None:
+        """Before the node's first step: NodeError if it cannot be reached (as the step)."""
+        with self._lock:
+            if self._released or node.id in self._held:
+                return
+        # A connector injected for scripts or tests may have no `hold`: no lease then.
+        hold = getattr(self.cluster.connector, "hold", None)
+        if hold is None:
+            return
+        close = hold(node, self.command, cancellable=cancellable)
+        with self._lock:
+            if not self._released and node.id not in self._held:
+                self._held.add(node.id)
+                self._closers.append(close)
+                return
+        close()  # released meanwhile, or another thread took this node's lease first
+
+    def lapse(self, node: Node) -> None:
+        """The node's connection broke: its lease may have ended with it (and the node
+        cleaned up), so its next step takes a new one. The old one is closed at release."""
+        with self._lock:
+            self._held.discard(node.id)
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+            closers, self._closers = self._closers, []
+        for close in closers:
+            close()
+
+
 class _Remote:
     """Runs models.sh steps on nodes: uploads its inputs as a tar on stdin, collects its
     NUL-separated answer byte for byte (NodeResult.stdout is text and may be truncated)."""
@@ -487,6 +550,8 @@ class _Remote:
         self._step = 0
         self._lock = threading.Lock()
         self.initialized: set[str] = set()
+        self.leases = _Leases(cluster, self.run_dir)
+        self._lapsed: set[str] = set()  # initialized, but the connection broke since
 
     def next_id(self, prefix: str) -> str:
         with self._lock:
@@ -506,10 +571,11 @@ class _Remote:
         of a chain and later steps find them). The first call to a node (or the first after
         it cleaned up) also uploads the script."""
         with self._lock:
-            init = node.id not in self.initialized
+            init = node.id not in self.initialized or node.id in self._lapsed
         step = self.next_id("s")
         upload: dict[str, bytes] = {}
         if init:
+            self.leases.take(node, cancellable=cancellable)
             upload[SCRIPT] = _script()
             upload["env.sh"] = self.env(node)
             upload["hops.sh"] = self.hops(node)
@@ -540,6 +606,8 @@ class _Remote:
         if init and result.error_kind is None:
             with self._lock:
                 self.initialized.add(node.id)
+                self._lapsed.discard(node.id)
+        self._note_broken(node, result)
         if action == "finish" and result.error_kind is None and result.exit_code == 0:
             self.finished([node])
         if result.error_kind is not None:
@@ -560,8 +628,18 @@ class _Remote:
             for node in nodes:
                 self.initialized.discard(node.id)
 
+    def _note_broken(self, node: Node, result: NodeResult) -> None:
+        if result.error_kind in _BROKEN:
+            # The lease may have ended with the connection, and the node's run dir with it:
+            # the next step uploads the script again, under a new lease.
+            self.leases.lapse(node)
+            with self._lock:
+                self._lapsed.add(node.id)
+
     def shell(self, node: Node, command: str, timeout: float = 15.0) -> NodeResult:
-        return self.cluster.connector.run(node, command, RunOptions(timeout=timeout))
+        result = self.cluster.connector.run(node, command, RunOptions(timeout=timeout))
+        self._note_broken(node, result)
+        return result
 
     def job_dir(self, job: str) -> str:
         return f"{self.run_dir}/{job}"
@@ -1746,6 +1824,7 @@ class _Sync:
         finally:
             self._early.shutdown()
             self._finish()
+            self.remote.leases.release()  # after finish: the nodes find nothing left to do
             self._warm_wait()
         return ClusterResult([self._result(t) for t in self.targets], operation="sync-models",
                              duration=time.monotonic() - started, warnings=self.warnings)

@@ -49,6 +49,12 @@
 #     publish STEP      delete rmx.lst, then swap each name in pub.lst into place with its claim
 #     finish STEP [--claims]  close master connections, write fclaims/* (source cache), remove RUN
 #
+# The run's lease: with its first step on a node the controller also starts, on a channel of
+# its own, `cat` on stdin followed by `finish` (skeleton_app/ops/models.py _lease_command).
+# The channel ends when the controller closes it after its clean-up, or when the controller
+# dies (even by SIGKILL: its sockets close with it); `finish` then stops whatever of the run
+# still runs here (by the pids recorded in RUN, never by name) and removes RUN.
+#
 # Exit codes: 0 ok, 1 failed, 2 bad arguments, 3 busy (another transfer holds the lock),
 # 4 the next node / the holder could not be reached. POSIX sh (dash) plus GNU coreutils,
 # findutils, tar, flock; every expansion is quoted.
