@@ -44,11 +44,13 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -299,6 +301,21 @@ class _HealthServer6(_HealthServer):
     address_family = socket.AF_INET6  # a node whose cluster address is IPv6
 
 
+def _saved_token(path: Path) -> str | None:
+    """The token in the daemon's own token file, if it is a regular file of ours holding one
+    (never followed through a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        token = fh.read(256).strip()
+    return token if re.fullmatch(r"[A-Za-z0-9_\-.~+/=]{16,200}", token) else None
+
+
 class Agent:
     """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0.
 
@@ -329,9 +346,12 @@ class Agent:
         self.max_backoff = max(interval, min(MAX_BACKOFF, interval * 12))
         # The node's own cluster address unless told otherwise (never 0.0.0.0 by default).
         self.health_bind = health_bind or settings.daemon.health_bind or node.host
-        self.health_token = (health_token or settings.daemon.health_token
-                             or secrets.token_urlsafe(24))
         self.app_dir = app_dir or os.getcwd()
+        # A restarted daemon keeps the token its predecessor wrote: a health check that read
+        # the file just before the restart still gets the details (pid) it compares.
+        self.health_token = (health_token or settings.daemon.health_token
+                             or _saved_token(Path(self.app_dir) / layout.HEALTH_TOKEN_FILE)
+                             or secrets.token_urlsafe(24))
         self._registry_factory = registry_factory or (
             lambda s: open_registry(s, application_name=f"skeleton-daemon {node.id}")
         )

@@ -64,3 +64,20 @@ def test_a_token_written_between_read_and_request_still_gets_the_details(
     body = out.split("--- begin body\n", 1)[1].split("\n--- end body", 1)[0]
     assert json.loads(body) == {"status": "ok", "node": "node-01", "pid": 4242}
     assert seen == ["", f"Bearer {TOKEN}"]  # asked again, now with the token
+
+
+def test_a_restarted_daemon_keeps_its_predecessors_token(tmp_path: Path) -> None:
+    """The token file is reused (a health check that read it just before a restart still
+    gets the details); a link or junk there is never taken."""
+    from skeleton_app.agent import _saved_token
+
+    path = tmp_path / "health-token"
+    path.write_text("tok_" + "a" * 28 + "\n")
+    assert _saved_token(path) == "tok_" + "a" * 28
+    path.write_text("short\n")
+    assert _saved_token(path) is None
+    path.unlink()
+    assert _saved_token(path) is None
+    (tmp_path / "elsewhere").write_text("b" * 32)
+    path.symlink_to(tmp_path / "elsewhere")
+    assert _saved_token(path) is None
