@@ -17,7 +17,8 @@ What `skeleton cluster daemon start` starts on every node. It:
    `Agent._bind`): without a token just `{"status": "ok"}` (a liveness bit); with
    `Authorization: Bearer TOKEN` the details (node id, pid, started_at, uptime, code
    version, skeleton_app version, registry state), which rolling restarts use. The token is
-   `daemon.health_token`, else a random one; either is written to
+   `daemon.health_token`, else the one in the token file (kept across restarts), else a
+   random one; it is written to
    `<app_dir>/.skeleton-deploy/health-token` (0600) for the node's own user (health.sh);
 5. on SIGTERM (or SIGINT) marks itself stopped and exits 0.
 
