@@ -6,6 +6,7 @@ import os
 import pwd
 import subprocess
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,18 @@ def bootstrap_testbed(bed: Testbed) -> str:
         result = bootstrap(cluster, cluster.nodes)
     assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
     return f"{tbm.APP_DIR}/.venv/bin/python"
+
+
+def plant_clustershell_groups(cfgdir: Path, groups: str) -> None:
+    """A ClusterShell groups config in `cfgdir` (for CLUSTERSHELL_CFGDIR) whose groups are the
+    `NAME: NODES` lines of `groups` (`all:` answers wildcards): what /etc/clustershell could
+    hold, for the tests proving skeleton never consults it."""
+    (cfgdir / "groups.conf").write_text(textwrap.dedent("""
+        [Main]
+        default: local
+        [local]
+        map: sed -n 's/^$GROUP:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
+        all: sed -n 's/^all:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
+        list: sed -n 's/^\\([^:]*\\):.*/\\1/p' $CFGDIR/groups.txt
+    """))
+    (cfgdir / "groups.txt").write_text(groups)

@@ -26,6 +26,7 @@ from skeleton_app.nodes import (
     validate_host_list,
     validate_node_id,
 )
+from tests.helpers import plant_clustershell_groups
 
 NODES = tuple(
     [Node(id=f"linux-{i:02d}", host=f"10.0.0.{i}", user="u",
@@ -227,16 +228,8 @@ CLUSTERSHELL_PROBE = textwrap.dedent("""
 def test_clustershell_group_sources_are_never_consulted(tmp_path: Path) -> None:
     """A ClusterShell groups config (as /etc/clustershell would hold) that resolves @stt, @ops
     and every wildcard to all nodes: ClusterShell itself obeys it, our selection does not."""
-    (tmp_path / "groups.conf").write_text(textwrap.dedent("""
-        [Main]
-        default: local
-        [local]
-        map: sed -n 's/^$GROUP:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
-        all: sed -n 's/^all:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
-        list: sed -n 's/^\\([^:]*\\):.*/\\1/p' $CFGDIR/groups.txt
-    """))
-    (tmp_path / "groups.txt").write_text(
-        "stt: n-[01-04],evil\nops: n-[01-04]\nall: n-[01-04],n-0evil\n")
+    plant_clustershell_groups(tmp_path,
+                              "stt: n-[01-04],evil\nops: n-[01-04]\nall: n-[01-04],n-0evil\n")
     env = {**os.environ, "CLUSTERSHELL_CFGDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", CLUSTERSHELL_PROBE], env=env,
                           capture_output=True, text=True, timeout=60)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from skeleton_app.testbed import Testbed
-from tests.helpers import REPO, config_variant, skeleton
+from tests.helpers import REPO, config_variant, plant_clustershell_groups, skeleton
 
 BIN = Path(sys.executable).parent
 ALL = ["node-01", "node-02", "node-03", "node-04", "node-05", "node-06"]
@@ -30,15 +29,7 @@ ALL = ["node-01", "node-02", "node-03", "node-04", "node-05", "node-06"]
 def clustershell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """CLUSTERSHELL_CFGDIR pointing at groups that would select every host."""
     cfg = tmp_path_factory.mktemp("clustershell")
-    (cfg / "groups.conf").write_text(textwrap.dedent("""
-        [Main]
-        default: local
-        [local]
-        map: sed -n 's/^$GROUP:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
-        all: sed -n 's/^all:\\(.*\\)/\\1/p' $CFGDIR/groups.txt
-        list: sed -n 's/^\\([^:]*\\):.*/\\1/p' $CFGDIR/groups.txt
-    """))
-    (cfg / "groups.txt").write_text("".join(
+    plant_clustershell_groups(cfg, "".join(
         f"{name}: node-[01-06]\n" for name in ("stt", "ops", "nosuch", "all")))
     env = {"CLUSTERSHELL_CFGDIR": str(cfg)}
     probe = subprocess.run(
