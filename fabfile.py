@@ -28,9 +28,9 @@ from typing import Any
 from fabric import Connection, task
 from invoke import Exit
 
-from skeleton_app import render
+from skeleton_app.app.views import common as render
+from skeleton_app.app.views.deploy import daemon_text, deploy_text
 from skeleton_app.cluster import Cluster
-from skeleton_app.deploy_view import daemon_text, deploy_text
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node, validate_fab_argv
 from skeleton_app.ops import status as status_op

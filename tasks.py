@@ -6,7 +6,7 @@
     inv bootstrap --node linux-05
 
 Thin: every task selects nodes, calls the same library operation as `skeleton cluster ...`
-(`skeleton_app.ops`), renders with the same renderer (`skeleton_app.render`, `deploy_view`)
+(`skeleton_app.ops`), renders with the same views (`skeleton_app.app.views`)
 and exits with the same code (the contract in cli.py: 0 ok, 1 some node failed, 2 usage,
 3 registry, 4 unreachable). A `SkeletonError` becomes one line on stderr and its exit code,
 as in `cli.main`. `--node`, `--role` and `--exclude` are repeatable and comma-separated.
@@ -23,20 +23,20 @@ from typing import Any, NoReturn
 
 from invoke import Context, Exit, task
 
-from skeleton_app import render
-from skeleton_app.cluster import Cluster
-from skeleton_app.deploy_view import (
+from skeleton_app.app.views import common as render
+from skeleton_app.app.views.deploy import (
     DeployProgress,
     SyncModelsProgress,
     daemon_text,
     deploy_text,
 )
+from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.ops import bootstrap as bootstrap_op
 from skeleton_app.ops import logs as logs_op
-from skeleton_app.ops import models as models_op
 from skeleton_app.ops import status as status_op
+from skeleton_app.ops import sync_models as models_op
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.ops.deploy import deploy as deploy_op
 from skeleton_app.ops.run import exec_command

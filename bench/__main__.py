@@ -27,7 +27,7 @@ from bench import cases, peers, report
 from bench.cases import MiB, Plan
 from bench.measure import BenchError
 from bench.report import Case
-from skeleton_app import testbed
+from skeleton_app.testing import testbed
 
 
 @contextlib.contextmanager

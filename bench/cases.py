@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import latency, peers
 from bench.measure import BenchError, Command, CpuMeter, Sample, interleaved, run_process
 from bench.report import Case, Goal, Row
-from skeleton_app.testbed import USER, Testbed
+from skeleton_app.testing.testbed import USER, Testbed
 
 MiB = 1024 * 1024
 LINK_RATE = "200mbit"

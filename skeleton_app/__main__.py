@@ -1,5 +1,5 @@
 """`python -m skeleton_app ...` is the `skeleton` command."""
 
-from skeleton_app.cli import main
+from skeleton_app.app.cli import main
 
 main()

@@ -24,6 +24,7 @@ from skeleton_app.config import Settings, check_identity_files, load_config
 from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
 from skeleton_app.nodes import Node, select
 from skeleton_app.results import ClusterResult, NodeResult, failure
+from skeleton_app.ssh.runner import Runner
 
 NodeFn = Callable[[Node], NodeResult]
 
@@ -75,7 +76,7 @@ class Cluster:
     """Settings, the known nodes, and a pooled SSH connector. Close it (or use `with`)."""
 
     def __init__(self, settings: Settings, nodes: Sequence[Node] | None = None, *,
-                 connector: Any = None, warnings: Iterable[str] = ()):
+                 connector: Runner | None = None, warnings: Iterable[str] = ()):
         self.settings = settings
         self.nodes: tuple[Node, ...] = tuple(settings.nodes if nodes is None else nodes)
         self.warnings: tuple[str, ...] = tuple(warnings)
@@ -109,10 +110,10 @@ class Cluster:
         return cls(settings, nodes, warnings=warnings)
 
     @property
-    def connector(self) -> Any:
+    def connector(self) -> Runner:
         with self._lock:
             if self._connector is None:
-                from skeleton_app.ssh import Connector  # paramiko only when needed
+                from skeleton_app.ssh.pool import Connector  # paramiko only when needed
 
                 self._connector = Connector(self.settings.ssh)
             return self._connector
@@ -152,7 +153,7 @@ class Cluster:
             stdin: bytes | None = None, sink: Any = None, operation: str = "exec",
             on_result: Callable[[NodeResult], None] | None = None) -> ClusterResult:
         """Run a shell command on the nodes in parallel (bounded by fanout)."""
-        from skeleton_app.ssh import RunOptions
+        from skeleton_app.ssh.runner import RunOptions
 
         options = RunOptions(timeout=timeout, stdin=stdin, sink=sink)
         connector = self.connector

@@ -41,7 +41,7 @@ from skeleton_app.nodes import (
     validate_role,
     validate_user,
 )
-from skeleton_app.ssh_config import resolve_login
+from skeleton_app.ssh.openssh_config import resolve_login
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,256}\Z")
 

@@ -1,6 +1,6 @@
 """Parse what `nvidia-smi --query-gpu` prints into typed values.
 
-The status probe (`scripts/status.sh`) runs `nvidia-smi` with `QUERY_ARGS` and hands back its exit
+The status probe (`payloads/status.sh`) runs `nvidia-smi` with `QUERY_ARGS` and hands back its exit
 code and output; `report_from_command` turns that pair into a `GpuReport`:
 
     exit 127 (no nvidia-smi on PATH)    -> GpuReport.missing()   a node without a GPU

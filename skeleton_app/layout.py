@@ -11,7 +11,7 @@ from skeleton_app.config import Settings
 from skeleton_app.nodes import Node
 
 PID_FILE = ".skeleton-daemon.pid"  # relative to the app dir; `PID START_TIME BOOT_ID`
-# The daemon holds an exclusive flock on it for its whole life (scripts/daemon.sh).
+# The daemon holds an exclusive flock on it for its whole life (payloads/daemon.sh).
 LOCK_FILE = ".skeleton-daemon.lock"  # relative to the app dir
 DEPLOY_DIR = ".skeleton-deploy"  # deploy digest and lock
 DIGEST_FILE = ".skeleton-deploy/digest"  # first word: the deployed tree's digest

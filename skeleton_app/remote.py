@@ -28,7 +28,7 @@ from skeleton_app.config import Settings, load_config
 from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
 from skeleton_app.nodes import Node, validate_host
 from skeleton_app.results import NodeResult
-from skeleton_app.ssh import RunOptions
+from skeleton_app.ssh.runner import RunOptions
 
 
 class CommandResult(tuple[int, str, str]):

@@ -18,7 +18,7 @@ cluster, so `cluster deploy` refuses such a tree unless the files are excluded o
 Key files start with their header, so the head is enough; a config-like file (`.yaml`,
 `.yml`, `.env`, `.conf`, `.ini`, `.toml`, `.cfg`) is read up to CONFIG_BYTES (config.yaml's
 own size limit), as its registry section may come late. The tree walk that digests the
-deploy (skeleton_app.tree) applies this rule to every file it sends and caches the verdict
+deploy (skeleton_app.transfers.tree) applies this rule to every file it sends and caches the verdict
 with the file's hash (same key: size, mtime, ctime, inode, device), so the check costs a
 no-change redeploy nothing: one walk, no file read. Separate walks cost 50 ms more for 2,000
 files here.

@@ -1,4 +1,4 @@
-"""Shared fixtures: real test hosts (skeleton_app.testbed) and the settings that reach them.
+"""Shared fixtures: real test hosts (skeleton_app.testing.testbed) and the settings that reach them.
 
     testbed        session-wide, 6 hosts (node-01..node-06); every test may use it, and a
                    test that breaks a host must restore it (the fault injectors all undo)
@@ -21,19 +21,19 @@ from typing import Any
 
 import pytest
 
-from skeleton_app import testbed as tb_mod
 from skeleton_app.config import Settings, load_config
-from skeleton_app.testbed import Testbed
-from tests.helpers import bootstrap_testbed
+from skeleton_app.testing import testbed as tb_mod
+from skeleton_app.testing.testbed import Testbed
+from tests.support.helpers import bootstrap_testbed
 
-pytest_plugins = ["tests.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
+pytest_plugins = ["tests.support.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
 
 SESSION_HOSTS = 6
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_dir() -> Iterator[Path]:
-    """The deploy hash cache (skeleton_app.tree) of this session's many temporary trees goes
+    """The deploy hash cache of this session's many temporary trees goes
     to a directory of the session's own, not to the user's ~/.cache; the CLI subprocesses
     inherit it."""
     with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp:
@@ -110,3 +110,21 @@ def settings(testbed: Testbed) -> Settings:
 def node_python(testbed: Testbed) -> str:
     """The session hosts' own virtualenv Python, bootstrapped once for the session."""
     return bootstrap_testbed(testbed)
+
+
+# Markers by what a test needs (registered in pyproject.toml), so `pytest -m "not root"` runs
+# the part that needs no namespaces or sshd hosts in seconds.
+_ROOT_FIXTURES = {"testbed", "make_testbed", "settings", "node_python"}
+_PG_FIXTURES = {"postgres", "make_postgres", "empty_dsn", "db_dsn", "registry"}
+_ROOT_DIRS = {"integration"}
+_PG_DIRS = {"registry"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = set(Path(str(item.path)).relative_to(Path(__file__).parent).parts[:-1])
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if parts & _ROOT_DIRS or fixtures & _ROOT_FIXTURES:
+            item.add_marker(pytest.mark.root)
+        if parts & _PG_DIRS or fixtures & _PG_FIXTURES:
+            item.add_marker(pytest.mark.postgres)

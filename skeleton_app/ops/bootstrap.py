@@ -9,7 +9,7 @@ project and its dependencies, installed from wheels built here (nodes need no in
    its tree, so the deployed tree never gets setuptools' build/ and *.egg-info. The result is
    cached under $XDG_CACHE_HOME/skeleton_app/ by source digest and inputs: an unchanged
    project is not built again.
-2. per node, in parallel (scripts/bootstrap.sh):
+2. per node, in parallel (payloads/bootstrap.sh):
    - probe, one round trip: the node's Python (version, implementation, machine, libc) and
      the digest of its last bootstrap. Same digest: nothing else happens ("up to date").
      A Python older than a wheel's Requires-Python, or a wheel whose tags this interpreter
@@ -43,17 +43,18 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from skeleton_app import payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.transfers import rsync
-from skeleton_app.tree import cache_dir, tree_digest, walk_tree
+from skeleton_app.transfers.tree import cache_dir, tree_digest, walk_tree
 
 VENV = ".venv"
 WHEELS_DIR = ".venv/.skeleton-wheels"  # relative to the app dir
@@ -379,12 +380,12 @@ def bootstrap(
 
 
 def _script() -> bytes:
-    return (resources.files("skeleton_app") / "scripts" / "bootstrap.sh").read_bytes()
+    return payloads.data("bootstrap.sh")
 
 
 def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
                     force: bool) -> NodeResult:
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     started = time.monotonic()
 
@@ -423,7 +424,7 @@ _StepFailure = NodeResult | tuple[int, str] | None
 
 def _push(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
     """The wheelhouse to the node's `.venv/.skeleton-wheels/` (rsync; stale wheels go)."""
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     wheels = posixpath.join(node.app_dir, WHEELS_DIR)
     made = cluster.connector.run(node, shlex.join(["mkdir", "-p", "--", wheels]),
@@ -440,7 +441,7 @@ def _push(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
 
 def _install(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
     """bootstrap.sh install: the venv, pip from its wheel, the project; then the digest."""
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     install = cluster.connector.run(node, "sh -s -- " + shlex.join(
         ["install", node.app_dir, house.python, house.digest, house.pip.file,

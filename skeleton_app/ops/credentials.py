@@ -13,7 +13,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
 from skeleton_app.registry import open_registry
 from skeleton_app.results import NodeResult
-from skeleton_app.ssh import RunOptions
+from skeleton_app.ssh.runner import RunOptions
 
 # `~/` is expanded by the node's shell (the path is the node user's); the rest is quoted.
 _SCRIPT = """set -eu

@@ -1,6 +1,6 @@
 """`cluster daemon start|stop|restart|status`: the node daemon under a process manager or systemd.
 
-`process` manager (the default, no systemd needed): `skeleton_app/scripts/daemon.sh` is sent on
+`process` manager (the default, no systemd needed): `skeleton_app/payloads/daemon.sh` is sent on
 stdin with its arguments quoted (`sh -s -- ACTION APP_DIR PID_FILE LOG_FILE LOCK_FILE ...`); it
 starts `daemon.command` (any command) in the app dir fully detached (setsid, stdin from
 /dev/null, output to `logs_dir/skeleton-daemon.log`), with `SKELETON_NODE_ID` set (paths from
@@ -12,7 +12,7 @@ the lock file for its whole life, so a lost or corrupt pid file never loses trac
 prompt (sudo or polkit) is an error at once, never a hang.
 
 `restart(batch=K, wait_healthy=True)` restarts K nodes at a time, waits for each node's
-`GET /health` (queried on the node, `scripts/health.sh`) to answer from the new process, and
+`GET /health` (queried on the node, `payloads/health.sh`) to answer from the new process, and
 stops at the first node that does not come back: the nodes after it are left untouched.
 """
 
@@ -24,10 +24,9 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
 
-from skeleton_app import cancel, layout
+from skeleton_app import cancel, layout, payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, UsageError
@@ -75,7 +74,7 @@ def log_file(settings: Settings, node: Node) -> str:
 
 
 def _script(name: str) -> bytes:
-    return (resources.files("skeleton_app") / "scripts" / name).read_bytes()
+    return payloads.data(name)
 
 
 # ------------------------------------------------------------------------ parsing replies
@@ -187,7 +186,7 @@ def control_node(cluster: Cluster, node: Node, action: str, *,
     """Run `action` (start, stop, status) for one node's daemon; never raises for the node.
     `cancellable=False`: runs even after a Ctrl-C (a restart that stopped a daemon brings
     it back)."""
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     if action not in ("start", "stop", "status"):
         raise UsageError(f"unknown daemon action {action!r} (expected start, stop or status)")
@@ -235,7 +234,7 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult:
     settings = cluster.settings
     started = time.monotonic()
     if settings.daemon.manager == "systemd":
-        from skeleton_app.ssh import RunOptions
+        from skeleton_app.ssh.runner import RunOptions
 
         r = cluster.connector.run(node, systemctl_command(settings, "restart"),
                                   RunOptions(timeout=_timeout(settings), cancellable=False))
@@ -264,7 +263,7 @@ def health_check(cluster: Cluster, node: Node, *, timeout: float,
     """Wait (on the node, one round trip) until `GET /health` on the node's api_port answers;
     when the body carries a `pid` and `expect_pid` is known, it must be that one (an answer
     from another process is not the restarted daemon)."""
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     urls = [f"http://127.0.0.1:{node.api_port}/health"]
     if node.host not in ("127.0.0.1", "localhost"):

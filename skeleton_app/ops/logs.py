@@ -5,7 +5,7 @@
 
 Per node the sources are the daemon log (`<logs_dir>/skeleton-daemon.log`), every file the
 `logs.files` globs match (relative to the node's app dir) and, when `daemon.manager` is
-systemd, the unit's journal. Filtering happens on the node (`skeleton_app/scripts/logs.sh`,
+systemd, the unit's journal. Filtering happens on the node (`skeleton_app/payloads/logs.sh`,
 sent on stdin; every value is an argument, nothing is evaluated): `since`, then `grep`, then
 the last `lines` lines of each source. Only the result crosses the network.
 
@@ -45,16 +45,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from skeleton_app import cancel, layout
+from skeleton_app import cancel, layout, payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.nodes import Node, validate_node_id
 from skeleton_app.results import ClusterResult, NodeResult, failure
-from skeleton_app.ssh import RunOptions, ssh_argv
+from skeleton_app.ssh.pool import ssh_argv
+from skeleton_app.ssh.runner import RunOptions
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -174,7 +174,7 @@ class LogSource:
 
 
 def _script() -> bytes:
-    return (resources.files("skeleton_app") / "scripts" / SCRIPT).read_bytes()
+    return payloads.data(SCRIPT)
 
 
 def _node_args(cluster: Cluster, node: Node, mode: str, lines: int, since: float | None,

@@ -1,6 +1,6 @@
 """`cluster status`: one round trip per node, a small sh probe sent on stdin.
 
-The probe (scripts/status.sh) reports daemon state, load, memory, GPUs, disk, uptime and
+The probe (payloads/status.sh) reports daemon state, load, memory, GPUs, disk, uptime and
 the deployed code version; nothing is left on the node. With a registry, the heartbeat
 age and code version the daemon reported are joined in, and the snapshot is written back.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from skeleton_app import layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
+from skeleton_app.ops.status_probe import NodeStatus, parse_status, probe_args, probe_script
 from skeleton_app.results import ClusterResult, NodeResult
-from skeleton_app.status import NodeStatus, parse_status, probe_args, probe_script
 
 
 def probe_command(cluster: Cluster, node: Node) -> str:
@@ -31,7 +31,7 @@ def probe_command(cluster: Cluster, node: Node) -> str:
 def status(cluster: Cluster, nodes: Sequence[Node], *, timeout: float | None = 30.0,
            fanout: int | None = None) -> ClusterResult:
     """Probe every node; each NodeResult carries `data["status"]` (a NodeStatus) when it ran."""
-    from skeleton_app.ssh import RunOptions
+    from skeleton_app.ssh.runner import RunOptions
 
     script = probe_script().encode()
     connector = cluster.connector
@@ -58,7 +58,7 @@ def rows(result: ClusterResult, nodes: Sequence[Node],
          registry: Mapping[str, Mapping[str, Any]] | None = None,
          stale_after: float = 30.0) -> tuple[list[str], list[list[str]]]:
     """The status table: columns and one row per node (unreachable nodes are rows too)."""
-    from skeleton_app.status import (
+    from skeleton_app.ops.status_probe import (
         daemon_cell,
         disk_cell,
         format_duration,

@@ -1,0 +1,211 @@
+"""Rendering deploy, daemon and sync-models results for people: live per-node progress
+displays (Rich) and the summaries. Node-supplied text goes through `render.sanitize` like all
+node output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from skeleton_app.app.views.common import console, sanitize, table
+from skeleton_app.nodes import Node
+from skeleton_app.ops.deploy import DeployEvent
+from skeleton_app.results import ClusterResult
+
+_PHASES = {
+    "lock": "locking", "stop": "stopping daemon", "sync": "syncing", "after": "after commands",
+    "commit": "committing", "start": "starting daemon", "done": "done",
+    "unchanged": "up to date", "failed": "FAILED",
+}
+
+
+class DeployProgress:
+    """One line per node: phase, a bar of the transfer's percent, files seen, bytes.
+
+    Use as a context manager and pass `update` as the deploy's `on_progress`. Draws only on a
+    terminal (stderr by default), so pipes and `--json` stay clean.
+    """
+
+    def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
+                 force: bool = False):
+        import sys
+
+        target = file or sys.stderr
+        self.enabled = force or target.isatty()
+        self._tasks: dict[str, Any] = {}
+        if not self.enabled:
+            return  # piped: no display, and no need to import Rich's progress machinery
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._console = console(target)
+        self._progress = Progress(
+            TextColumn("{task.fields[node]:<16}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[phase]:<16}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self._console,
+            transient=False,
+        )
+        for node in nodes:
+            self._tasks[node.id] = self._progress.add_task(
+                "", total=100, node=node.id, phase="waiting", detail="")
+
+    def __enter__(self) -> DeployProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, event: DeployEvent) -> None:
+        task = self._tasks.get(event.node)
+        if task is None or not self.enabled:
+            return
+        fields: dict[str, Any] = {"phase": _PHASES.get(event.phase, event.phase)}
+        detail = []
+        if event.files:
+            detail.append(f"{event.files} files")
+        if event.bytes is not None:
+            detail.append(_bytes(event.bytes))
+        if event.phase == "failed" and event.message:
+            detail = [sanitize(event.message)[:60]]
+        fields["detail"] = " ".join(detail)
+        completed = event.percent
+        if event.phase in ("done", "unchanged", "commit", "after", "start"):
+            completed = 100
+        self._progress.update(task, completed=completed, **fields)
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{n}B"  # pragma: no cover
+
+
+def deploy_text(result: ClusterResult, out: IO[str], *, list_changes: bool = False,
+                started: float | None = None) -> None:
+    """A row per node (result, files changed, bytes sent, time), then the totals; with
+    `list_changes` (dry runs) each node's changes first."""
+    dry = result.operation.endswith("dry-run")
+    if list_changes:
+        for node, r in result.items():
+            changes = r.data.get("changes") or []
+            if not r.ok and not changes:
+                continue
+            out.write(f"---------------- {node}: {len(changes)} change(s)"
+                      f"{' would be made' if dry else ''} ----------------\n")
+            for c in changes:
+                out.write(f"  {c['item']:<11} {sanitize(c['path'])}\n")
+            more = int(r.data.get("changes_total") or 0) - len(changes)
+            if more > 0:
+                out.write(f"  ... and {more} more\n")
+    rows = []
+    files = sent = 0
+    for node, r in result.items():
+        changed = int(r.data.get("files_changed") or 0)
+        nbytes = int(r.data.get("bytes_sent") or 0)
+        files += changed
+        sent += nbytes
+        if r.error_kind is not None:
+            outcome = f"✗ {r.error_kind.value}: {r.error}"
+        elif not r.ok:
+            message = r.data.get("message") or (r.stderr.strip().splitlines() or [""])[-1]
+            outcome = f"✗ exit {r.exit_code}: {message}"
+        elif r.data.get("unchanged"):
+            outcome = "✓ up to date"
+        else:
+            outcome = "✓ would change" if dry else "✓ deployed"
+        rows.append([node, outcome, str(changed), _bytes(nbytes), f"{r.duration:.2f}s",
+                     str(r.data.get("version") or "")])
+    table(None, ["node", "result", "files changed", "bytes sent", "time", "version"], rows,
+          file=out)
+    elapsed = result.duration if started is None else time.monotonic() - started
+    ok = len(result.ok)
+    out.write(f"{ok}/{len(result)} node(s) ok; {files} file(s) changed, {_bytes(sent)} sent,"
+              f" {elapsed:.2f}s\n")
+    for warning in result.warnings:
+        out.write(f"warning: {sanitize(warning)}\n")
+
+
+def daemon_text(result: ClusterResult, nodes: Sequence[Node], out: IO[str]) -> None:
+    """A row per selected node: outcome, pid, what happened (nodes a stopped rollout never
+    reached say so)."""
+    rows = []
+    for node in nodes:
+        r = result.get(node.id)
+        if r is None:
+            rows.append([node.id, "-", "", "not reached (rollout stopped)"])
+            continue
+        if r.error_kind is not None:
+            rows.append([node.id, "✗", "", f"{r.error_kind.value}: {r.error}"])
+            continue
+        pid = r.data.get("pid")
+        summary = str(r.data.get("summary") or r.summary())
+        tail = r.data.get("log_tail") or []
+        if tail:
+            summary += "\n" + "\n".join(f"  | {line}" for line in tail[-10:])
+        rows.append([node.id, "✓" if r.ok else "✗", str(pid) if pid else "", summary])
+    table(None, ["node", "ok", "pid", "daemon"], rows, file=out)
+    for warning in result.warnings:
+        out.write(f"warning: {sanitize(warning)}\n")
+
+
+class SyncModelsProgress:
+    """sync-models progress per target on stderr: Rich bars on a terminal, otherwise one line
+    per event except the frequent transfer/preflight/verify ticks. Use as a context manager
+    and pass `update` as the sync's `on_progress`; with `enabled=False` (--json) it is silent.
+    """
+
+    def __init__(self, *, enabled: bool, file: IO[str] | None = None):
+        import sys
+
+        self.enabled = enabled
+        self.file = file or sys.stderr
+        self.tty = enabled and self.file.isatty()
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> SyncModelsProgress:
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[state]}"),
+                console=console(self.file))
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, event: Any) -> None:  # an ops.models.SyncProgress
+        if not self.enabled:
+            return
+        if self._progress is None:
+            if event.phase not in ("transfer", "preflight", "verify"):
+                self.file.write(f"{event.node}: {sanitize(event.message or event.phase)}\n")
+                self.file.flush()
+            return
+        task = self._tasks.get(event.node)
+        if task is None:
+            task = self._progress.add_task(event.node, total=event.total or None, state="")
+            self._tasks[event.node] = task
+        self._progress.update(task, completed=event.done, total=event.total or None,
+                              state=sanitize(event.message or event.phase))

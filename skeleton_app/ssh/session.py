@@ -1,0 +1,115 @@
+"""A line conversation with a command on one node, over a pooled connection (`Connector.session`).
+
+Reconnects once when the pooled transport was closed by the peer, and translates errors with
+the same table as `Connector.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from skeleton_app import cancel
+from skeleton_app.errors import NodeError, NodeErrorKind
+from skeleton_app.nodes import Node
+from skeleton_app.ssh.pool import translate
+
+if TYPE_CHECKING:
+    from skeleton_app.ssh.pool import Connector
+
+
+class LineSession:
+    """A command on one node over one channel whose stdin stays open: a line conversation.
+
+    `Connector.run` is request/response (stdin is sent whole, then closed); deploy's lock must
+    live exactly as long as the deploy, so deploy.sh talks over one of these.
+    """
+
+    def __init__(self, connector: Connector, node: Node, command: str, *, what: str = "helper"):
+        self.node = node
+        self.what = what  # how errors name the command: "the node's deploy helper exited"
+        self._buf = b""
+        self._eof = False
+        timeout = connector.settings.connect_timeout
+        for attempt in (1, 2):
+            conn = connector.link(node)  # NodeError when unreachable
+            try:
+                self.channel = conn.transport.open_session(timeout=timeout)
+                self.channel.exec_command(command)
+                return
+            except Exception as exc:
+                connector.discard(node)
+                # A pooled transport the peer closed (sshd restarted): reconnect once.
+                if attempt == 1 and not conn.transport.is_active():
+                    continue
+                err = translate(exc, host=node.host, port=node.port, timeout=timeout)
+                err.node = node.id
+                raise err from exc
+
+    def read_line(self, timeout: float, *, cancellable: bool = True) -> str | None:
+        """The next line, None at EOF; NodeError(TIMEOUT/LOST) when none comes in time,
+        NodeError(INTERRUPTED) on a cancel (unless `cancellable` is false)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if cancellable and cancel.cancelled():
+                raise NodeError(NodeErrorKind.INTERRUPTED, f"{cancel.INTERRUPTED} before any"
+                                f" change (waiting for the node's {self.what})",
+                                node=self.node.id)
+            if self._eof:
+                if self._buf:
+                    line, self._buf = self._buf, b""
+                    return line.decode("utf-8", "replace")
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NodeError(NodeErrorKind.TIMEOUT,
+                                f"the node's {self.what} did not answer within {timeout:g}s",
+                                node=self.node.id)
+            self.channel.settimeout(min(left, 0.25))  # a cancel is seen within 0.25 s
+            try:
+                data = self.channel.recv(4096)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                raise NodeError(NodeErrorKind.LOST, f"connection lost: {exc}",
+                                node=self.node.id) from exc
+            if not data:
+                self._eof = True
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def send(self, lines: Sequence[str]) -> None:
+        try:
+            self.channel.sendall(("".join(f"{line}\n" for line in lines)).encode())
+        except Exception as exc:
+            raise NodeError(NodeErrorKind.LOST, f"connection lost: {exc}",
+                            node=self.node.id) from exc
+
+    def request(self, lines: Sequence[str], timeout: float, *, cancellable: bool = True) -> str:
+        self.send(lines)
+        reply = self.read_line(timeout, cancellable=cancellable)
+        if reply is None:
+            raise NodeError(NodeErrorKind.LOST, f"the node's {self.what} exited early"
+                            + self.stderr_tail(), node=self.node.id)
+        return reply
+
+    def stderr_tail(self) -> str:
+        with contextlib.suppress(Exception):
+            if self.channel.recv_stderr_ready():
+                text = self.channel.recv_stderr(4096).decode("utf-8", "replace").strip()
+                if text:
+                    return ": " + text.splitlines()[-1]
+        return ""
+
+    def close(self) -> None:
+        """Close stdin (deploy.sh exits, the lock goes), wait briefly for that, close."""
+        with contextlib.suppress(Exception):
+            self.channel.shutdown_write()
+            deadline = time.monotonic() + 5
+            while not self.channel.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        with contextlib.suppress(Exception):
+            self.channel.close()
