@@ -86,7 +86,7 @@ def _seconds(value: str, flag: str) -> float:
 
 
 def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any], node: Node,
-            result: ClusterResult) -> None:
+            result: ClusterResult[Any]) -> None:
     """Journal the run as the CLI and `inv` do (when a registry is configured, never failing
     the task), then stop fab with the contract's code when the host failed."""
     warning = journal_run(cluster.settings, operation, arguments, [node.id], result)

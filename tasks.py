@@ -109,7 +109,7 @@ def _count(value: str | None, flag: str) -> int | None:
 
 
 def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any],
-            nodes: Sequence[Node], result: ClusterResult) -> NoReturn:
+            nodes: Sequence[Node], result: ClusterResult[Any]) -> NoReturn:
     """Journal the run when a registry is configured (never failing the task), then exit
     with the contract's code."""
     warning = journal_run(cluster.settings, operation, arguments, [n.id for n in nodes], result)

@@ -26,7 +26,7 @@ from skeleton_app.nodes import Node, select
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.ssh.runner import Runner
 
-NodeFn = Callable[[Node], NodeResult]
+NodeFn = Callable[[Node], NodeResult[Any]]
 
 
 def fan_out(
@@ -35,14 +35,14 @@ def fan_out(
     *,
     fanout: int,
     operation: str = "",
-    on_result: Callable[[NodeResult], None] | None = None,
+    on_result: Callable[[NodeResult[Any]], None] | None = None,
     warnings: Iterable[str] = (),
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Run `fn(node)` for every node with at most `fanout` in flight; collect every result."""
     started = time.monotonic()
-    results: dict[str, NodeResult] = {}
+    results: dict[str, NodeResult[Any]] = {}
 
-    def guarded(node: Node) -> NodeResult:
+    def guarded(node: Node) -> NodeResult[Any]:
         t0 = time.monotonic()
         if cancel.cancelled():
             return failure(node.id, NodeErrorKind.INTERRUPTED,
@@ -58,7 +58,7 @@ def fan_out(
     # Even one node runs in a worker: the waiting thread must stay free to take Ctrl-C.
     workers = max(1, min(fanout, len(nodes)))
     with cancel.executor(workers, "fanout") as pool:
-        pending: dict[Future[NodeResult], Node] = {pool.submit(guarded, n): n for n in nodes}
+        pending: dict[Future[NodeResult[Any]], Node] = {pool.submit(guarded, n): n for n in nodes}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -141,7 +141,7 @@ class Cluster:
 
     def map(self, fn: NodeFn, nodes: Sequence[Node] | None = None, *,
             fanout: int | None = None, operation: str = "",
-            on_result: Callable[[NodeResult], None] | None = None) -> ClusterResult:
+            on_result: Callable[[NodeResult[Any]], None] | None = None) -> ClusterResult[Any]:
         return fan_out(
             self.nodes if nodes is None else nodes, fn,
             fanout=fanout or self.settings.ssh.fanout, operation=operation,
@@ -151,7 +151,7 @@ class Cluster:
     def run(self, command: str, nodes: Sequence[Node] | None = None, *,
             timeout: float | None = None, fanout: int | None = None,
             stdin: bytes | None = None, sink: Any = None, operation: str = "exec",
-            on_result: Callable[[NodeResult], None] | None = None) -> ClusterResult:
+            on_result: Callable[[NodeResult[Any]], None] | None = None) -> ClusterResult[Any]:
         """Run a shell command on the nodes in parallel (bounded by fanout)."""
         from skeleton_app.ssh.runner import RunOptions
 

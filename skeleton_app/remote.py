@@ -38,9 +38,9 @@ class CommandResult(tuple[int, str, str]):
     `error_kind` set.
     """
 
-    result: NodeResult
+    result: NodeResult[Any]
 
-    def __new__(cls, result: NodeResult) -> CommandResult:
+    def __new__(cls, result: NodeResult[Any]) -> CommandResult:
         code = result.exit_code if result.exit_code is not None else -1
         err = result.stderr if result.error_kind is None else (
             f"{result.error_kind.value}: {result.error}")
@@ -105,7 +105,7 @@ class SSHExecutor:
                     api_port=self.settings.daemon.api_port)
 
     def run_sync(self, host: str | Node, command: str, *, timeout: float | None = None,
-                 stdin: bytes | None = None) -> NodeResult:
+                 stdin: bytes | None = None) -> NodeResult[Any]:
         return self.cluster.connector.run(self.node(host), command,
                                           RunOptions(timeout=timeout, stdin=stdin))
 

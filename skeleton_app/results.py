@@ -2,6 +2,11 @@
 
 A node's failure is data, never an exception that hides its siblings. The three views
 (`ok`, `nonzero`, `errors`) never overlap and together cover every node.
+
+An operation's own per-node facts travel as a typed, frozen *outcome* (`NodeResult.outcome`:
+a `StatusReport`, a `DeployOutcome`, ...), never as string keys: `ClusterResult[StatusReport]`
+says what a view may read. Outcomes give their JSON form with `as_dict()`; `to_dict` and
+`jsonable` below are the one place results become JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from skeleton_app.errors import ExitCode, NodeErrorKind
 from skeleton_app.nodes import fold
@@ -27,9 +32,20 @@ EXIT_UNREACHABLE = ExitCode.UNREACHABLE
 EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 
+class Outcome(Protocol):
+    """An operation's typed per-node facts: a frozen dataclass with its JSON form."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+OutcomeT = TypeVar("OutcomeT")  # the operation's outcome type (None for plain commands)
+
+
 @dataclass(frozen=True, slots=True)
-class NodeResult:
-    """What happened on one node. `exit_code` is None when the command never completed."""
+class NodeResult(Generic[OutcomeT]):
+    """What happened on one node. `exit_code` is None when the command never completed;
+    `outcome` is the operation's typed report for the node (None when it has none, e.g. the
+    node was unreachable)."""
 
     node: str
     exit_code: int | None = None
@@ -42,7 +58,8 @@ class NodeResult:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     truncated: bool = False
-    data: Mapping[str, Any] = field(default_factory=dict)  # operation-specific extras
+    data: Mapping[str, Any] = field(default_factory=dict)  # legacy extras; prefer `outcome`
+    outcome: OutcomeT | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,7 +86,7 @@ class NodeResult:
             "stdout_bytes": self.stdout_bytes,
             "stderr_bytes": self.stderr_bytes,
             "truncated": self.truncated,
-            "data": jsonable(self.data),
+            "data": jsonable(self.outcome if self.outcome is not None else self.data),
         }
 
 
@@ -98,31 +115,34 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def failure(node: str, kind: NodeErrorKind, message: str, duration: float = 0.0) -> NodeResult:
+def failure(node: str, kind: NodeErrorKind, message: str,
+            duration: float = 0.0) -> NodeResult[Any]:
+    """A node where the operation never ran or broke: it has no outcome, so it fits any
+    `ClusterResult[OutcomeT]`."""
     return NodeResult(node=node, error_kind=kind, error=message, duration=duration)
 
 
-class ClusterResult(Mapping[str, NodeResult]):
+class ClusterResult(Mapping[str, NodeResult[OutcomeT]], Generic[OutcomeT]):
     """An immutable mapping node id -> NodeResult, in selection order."""
 
     __slots__ = ("_results", "duration", "operation", "warnings")
 
     def __init__(
         self,
-        results: Iterable[NodeResult],
+        results: Iterable[NodeResult[OutcomeT]],
         *,
         operation: str = "",
         duration: float = 0.0,
         warnings: Iterable[str] = (),
     ):
-        self._results: Mapping[str, NodeResult] = MappingProxyType(
+        self._results: Mapping[str, NodeResult[OutcomeT]] = MappingProxyType(
             {r.node: r for r in results}
         )
         self.operation = operation
         self.duration = duration
         self.warnings: tuple[str, ...] = tuple(warnings)
 
-    def __getitem__(self, node: str) -> NodeResult:
+    def __getitem__(self, node: str) -> NodeResult[OutcomeT]:
         return self._results[node]
 
     def __iter__(self) -> Iterator[str]:
@@ -138,22 +158,22 @@ class ClusterResult(Mapping[str, NodeResult]):
         )
 
     @property
-    def ok(self) -> Mapping[str, NodeResult]:
+    def ok(self) -> Mapping[str, NodeResult[OutcomeT]]:
         """Nodes that ran the command and exited 0."""
         return {k: r for k, r in self._results.items() if r.ok}
 
     @property
-    def nonzero(self) -> Mapping[str, NodeResult]:
+    def nonzero(self) -> Mapping[str, NodeResult[OutcomeT]]:
         """Nodes that ran the command and exited non-zero."""
         return {k: r for k, r in self._results.items() if r.ran and r.exit_code != 0}
 
     @property
-    def errors(self) -> Mapping[str, NodeResult]:
+    def errors(self) -> Mapping[str, NodeResult[OutcomeT]]:
         """Nodes where the command never ran or broke: unreachable, refused, timeout, ..."""
         return {k: r for k, r in self._results.items() if r.error_kind is not None}
 
     @property
-    def interrupted(self) -> Mapping[str, NodeResult]:
+    def interrupted(self) -> Mapping[str, NodeResult[OutcomeT]]:
         """Nodes stopped by a cancel (Ctrl-C) before they finished (a subset of `errors`)."""
         return {k: r for k, r in self._results.items()
                 if r.error_kind == NodeErrorKind.INTERRUPTED}
@@ -186,8 +206,12 @@ class ClusterResult(Mapping[str, NodeResult]):
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
+    def outcomes(self) -> Mapping[str, OutcomeT]:
+        """Node id -> outcome, for the nodes that have one, in selection order."""
+        return {k: r.outcome for k, r in self._results.items() if r.outcome is not None}
 
-def gather_output(result: ClusterResult) -> list[tuple[str, str]]:
+
+def gather_output(result: ClusterResult[Any]) -> list[tuple[str, str]]:
     """Group identical stdout (+stderr) across nodes: [(folded node set, text)], clush -b style.
 
     Nodes that printed nothing are left out: there is nothing to show for them.
@@ -202,7 +226,7 @@ def gather_output(result: ClusterResult) -> list[tuple[str, str]]:
     return [(fold(nodes), text) for text, nodes in groups.items()]
 
 
-def group_exit_codes(result: ClusterResult) -> list[tuple[int, str]]:
+def group_exit_codes(result: ClusterResult[Any]) -> list[tuple[int, str]]:
     codes: dict[int, list[str]] = {}
     for node, r in result.items():
         if r.ran and r.exit_code is not None:
@@ -210,7 +234,7 @@ def group_exit_codes(result: ClusterResult) -> list[tuple[int, str]]:
     return [(code, fold(nodes)) for code, nodes in sorted(codes.items())]
 
 
-def group_errors(result: ClusterResult) -> list[tuple[str, str]]:
+def group_errors(result: ClusterResult[Any]) -> list[tuple[str, str]]:
     """[(folded node set, 'kind: message')] for nodes that never ran or broke."""
     msgs: dict[str, list[str]] = {}
     for node, r in result.errors.items():

@@ -365,8 +365,8 @@ def bootstrap(
     wheelhouse: str | os.PathLike[str] | None = None,
     force: bool = False,
     fanout: int | None = None,
-    on_result: Callable[[NodeResult], None] | None = None,
-) -> ClusterResult:
+    on_result: Callable[[NodeResult[Any]], None] | None = None,
+) -> ClusterResult[Any]:
     """Make or update `<app_dir>/.venv` on every node, in parallel (bounded by fanout).
 
     Per node result: exit 0 installed or up to date (`data["state"]`: "installed" or
@@ -384,13 +384,13 @@ def _script() -> bytes:
 
 
 def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
-                    force: bool) -> NodeResult:
+                    force: bool) -> NodeResult[Any]:
     from skeleton_app.ssh.runner import RunOptions
 
     started = time.monotonic()
 
     def done(state: str, py: NodePython | None, message: str = "",
-             code: int = 0) -> NodeResult:
+             code: int = 0) -> NodeResult[Any]:
         data = {"state": state, "python": py.version_text if py else None,
                 "digest": house.digest, "message": message}
         return NodeResult(node=node.id, exit_code=code, duration=time.monotonic() - started,
@@ -419,7 +419,7 @@ def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
 
 # A step's failure: the node's result when it could not run (unreachable, lost), else
 # (exit code, one-line message); None when it went well.
-_StepFailure = NodeResult | tuple[int, str] | None
+_StepFailure = NodeResult[Any] | tuple[int, str] | None
 
 
 def _push(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
@@ -470,7 +470,7 @@ def _tail(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def summary_rows(result: ClusterResult) -> list[list[str]]:
+def summary_rows(result: ClusterResult[Any]) -> list[list[str]]:
     """Rows for the summary table: node, state, Python, time, message."""
     rows = []
     for node, r in result.items():
@@ -483,7 +483,7 @@ def summary_rows(result: ClusterResult) -> list[list[str]]:
     return rows
 
 
-def failures(result: ClusterResult) -> Iterable[str]:
+def failures(result: ClusterResult[Any]) -> Iterable[str]:
     """One line per node that did not end with a usable virtualenv."""
     for node, r in result.items():
         if not r.ok:

@@ -8,6 +8,7 @@ atomically: a daemon restarted afterwards reads it (`agent.own_credentials`).
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
@@ -26,7 +27,7 @@ mv -f -- "$file.tmp.$$" "$file"
 """
 
 
-def install_credentials(cluster: Cluster, node: Node) -> NodeResult:
+def install_credentials(cluster: Cluster, node: Node) -> NodeResult[Any]:
     """Issue `node` a new role password (the old DSN stops working) and write its DSN to
     `registry.node_dsn_file` on the node; the NodeResult says how the write went.
     RegistryError/ConfigError (nothing written) when the registry cannot issue it."""

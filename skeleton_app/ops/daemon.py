@@ -37,7 +37,7 @@ ACTIONS = ("start", "stop", "restart", "status")
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\Z")
 _ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-OnResult = Callable[[NodeResult], None]
+OnResult = Callable[[NodeResult[Any]], None]
 
 
 # ------------------------------------------------------------------------ the daemon's identity
@@ -182,7 +182,7 @@ def _timeout(settings: Settings) -> float:
 
 
 def control_node(cluster: Cluster, node: Node, action: str, *,
-                 cancellable: bool = True) -> NodeResult:
+                 cancellable: bool = True) -> NodeResult[Any]:
     """Run `action` (start, stop, status) for one node's daemon; never raises for the node.
     `cancellable=False`: runs even after a Ctrl-C (a restart that stopped a daemon brings
     it back)."""
@@ -210,8 +210,8 @@ def control_node(cluster: Cluster, node: Node, action: str, *,
                    data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
 
 
-def _systemd_result(r: NodeResult, action: str, settings: Settings,
-                    started: float) -> NodeResult:
+def _systemd_result(r: NodeResult[Any], action: str, settings: Settings,
+                    started: float) -> NodeResult[Any]:
     if r.error_kind is not None:
         return r
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
@@ -229,7 +229,7 @@ def _systemd_result(r: NodeResult, action: str, settings: Settings,
                    data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
 
 
-def restart_node(cluster: Cluster, node: Node) -> NodeResult:
+def restart_node(cluster: Cluster, node: Node) -> NodeResult[Any]:
     """Stop then start one node's daemon (systemd: `systemctl restart`)."""
     settings = cluster.settings
     started = time.monotonic()
@@ -259,7 +259,7 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult:
 
 
 def health_check(cluster: Cluster, node: Node, *, timeout: float,
-                 expect_pid: int | None = None) -> NodeResult:
+                 expect_pid: int | None = None) -> NodeResult[Any]:
     """Wait (on the node, one round trip) until `GET /health` on the node's api_port answers;
     when the body carries a `pid` and `expect_pid` is known, it must be that one (an answer
     from another process is not the restarted daemon)."""
@@ -334,7 +334,7 @@ def daemon_control(
     health_timeout: float = 30.0,
     fanout: int | None = None,
     on_result: OnResult | None = None,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """start | stop | restart | status the daemon on `nodes`.
 
     start, stop and status run on every node in parallel (bounded by fanout); start and stop
@@ -356,7 +356,7 @@ def daemon_control(
     if cluster.settings.daemon.manager == "systemd":
         systemctl_command(cluster.settings, "status")
 
-    def one(node: Node) -> NodeResult:
+    def one(node: Node) -> NodeResult[Any]:
         if action == "restart":
             r = restart_node(cluster, node)
         else:
@@ -370,7 +370,7 @@ def daemon_control(
                            on_result=on_result)
 
     started = time.monotonic()
-    results: list[NodeResult] = []
+    results: list[NodeResult[Any]] = []
     warnings: list[str] = []
     for i in range(0, len(nodes), batch):
         group = nodes[i:i + batch]
@@ -394,7 +394,8 @@ def daemon_control(
                          duration=time.monotonic() - started, warnings=warnings)
 
 
-def _with_health(cluster: Cluster, node: Node, r: NodeResult, timeout: float) -> NodeResult:
+def _with_health(cluster: Cluster, node: Node, r: NodeResult[Any],
+                 timeout: float) -> NodeResult[Any]:
     pid = r.data.get("pid") if isinstance(r.data.get("pid"), int) else None
     h = health_check(cluster, node, timeout=timeout, expect_pid=pid)
     data = dict(r.data)

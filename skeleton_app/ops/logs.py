@@ -502,7 +502,7 @@ def collect_logs(
     timeout: float | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_line: int = DEFAULT_MAX_LINE,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Gather every node's filtered logs into OUT/<node>.log and OUT/merged.log.
 
     `lines` defaults to `logs.lines`; `since` is epoch seconds or what `parse_since` takes.
@@ -526,7 +526,7 @@ def collect_logs(
     gathered: dict[str, tuple[str, list[LogSource]]] = {}
     lock = threading.Lock()
 
-    def one(node: Node) -> NodeResult:
+    def one(node: Node) -> NodeResult[Any]:
         if node.id == MERGED.removesuffix(".log"):
             return failure(node.id, NodeErrorKind.LOCAL,
                            f"node id {node.id!r} would overwrite {MERGED}; not collected")
@@ -618,7 +618,7 @@ def follow_logs(
     grep: str | None = None,
     stop: threading.Event | None = None,
     on_error: Callable[[str, str], None] | None = None,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Stream new log lines of every node to `on_line(node, line)` until `stop` is set, a
     cancel (`skeleton_app.cancel`, the CLI's Ctrl-C) or KeyboardInterrupt; then stop every
     remote process. One NodeResult per node: exit 0 when
@@ -715,7 +715,7 @@ def follow_logs(
                          duration=time.monotonic() - started)
 
 
-def summary_rows(result: ClusterResult) -> list[list[str]]:
+def summary_rows(result: ClusterResult[Any]) -> list[list[str]]:
     """Rows for the CLI table: node, lines, sources, state."""
     rows = []
     for node, r in result.items():

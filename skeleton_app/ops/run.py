@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node, validate_node_id
@@ -81,7 +82,7 @@ def exec_command(
     fanout: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     on_line: LineSink | None = None,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Run `command` (exactly as typed) on `nodes`; full output to `out_dir` if given."""
     writer = _OutDir(Path(out_dir)) if out_dir else None
     splitter = _LineSplitter(on_line) if on_line else None

@@ -29,14 +29,14 @@ def probe_command(cluster: Cluster, node: Node) -> str:
 
 
 def status(cluster: Cluster, nodes: Sequence[Node], *, timeout: float | None = 30.0,
-           fanout: int | None = None) -> ClusterResult:
+           fanout: int | None = None) -> ClusterResult[Any]:
     """Probe every node; each NodeResult carries `data["status"]` (a NodeStatus) when it ran."""
     from skeleton_app.ssh.runner import RunOptions
 
     script = probe_script().encode()
     connector = cluster.connector
 
-    def one(node: Node) -> NodeResult:
+    def one(node: Node) -> NodeResult[Any]:
         r = connector.run(node, probe_command(cluster, node),
                           RunOptions(timeout=timeout, stdin=script))
         if r.error_kind is not None:
@@ -54,7 +54,7 @@ def heartbeat_age(last_seen: float | None, now: float | None = None) -> float | 
     return max(0.0, (now or time.time()) - last_seen)
 
 
-def rows(result: ClusterResult, nodes: Sequence[Node],
+def rows(result: ClusterResult[Any], nodes: Sequence[Node],
          registry: Mapping[str, Mapping[str, Any]] | None = None,
          stale_after: float = 30.0) -> tuple[list[str], list[list[str]]]:
     """The status table: columns and one row per node (unreachable nodes are rows too)."""
@@ -93,7 +93,7 @@ def rows(result: ClusterResult, nodes: Sequence[Node],
     return columns, table
 
 
-def registry_snapshot(cluster: Cluster, result: ClusterResult
+def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
                       ) -> dict[str, dict[str, Any]] | None:
     """With a registry: write the snapshot back and return heartbeat facts per node.
 

@@ -736,7 +736,7 @@ class Registry(Protocol):
     ) -> int | None:
         ...
 
-    def record_node_results(self, run_id: int | None, result: ClusterResult) -> None:
+    def record_node_results(self, run_id: int | None, result: ClusterResult[Any]) -> None:
         ...
 
     def list_runs(self, *, limit: int = 20) -> tuple[RunRecord, ...]:
@@ -1185,7 +1185,7 @@ class PostgresRegistry:
         assert row is not None  # INSERT ... RETURNING always returns the row
         return int(row[0])
 
-    def record_node_results(self, run_id: int | None, result: ClusterResult) -> None:
+    def record_node_results(self, run_id: int | None, result: ClusterResult[Any]) -> None:
         """Journal each node's outcome and close the run. `run_id=None` is a no-op."""
         if run_id is None:
             return
@@ -1343,7 +1343,7 @@ class StaticRegistry:
     ) -> int | None:
         return None  # nothing configured to record into: not a failure
 
-    def record_node_results(self, run_id: int | None, result: ClusterResult) -> None:
+    def record_node_results(self, run_id: int | None, result: ClusterResult[Any]) -> None:
         return None
 
     def list_runs(self, *, limit: int = 20) -> tuple[RunRecord, ...]:
@@ -1372,7 +1372,7 @@ def record_result(
     operation: str,
     arguments: Mapping[str, Any],
     selection: Sequence[str],
-    result: ClusterResult,
+    result: ClusterResult[Any],
     *,
     who: str | None = None,
 ) -> int | None:
@@ -1393,7 +1393,7 @@ def record_result(
 
 
 def journal_run(settings: Settings, operation: str, arguments: Mapping[str, Any],
-                selection: Sequence[str], result: ClusterResult) -> str | None:
+                selection: Sequence[str], result: ClusterResult[Any]) -> str | None:
     """What every front end (the CLI, `inv`, `fab`) does after an operation: journal it when a
     registry is configured, never failing the command. Returns the warning line to print when
     the run could not be recorded (the operation's own exit code stands), else None."""

@@ -715,7 +715,7 @@ class Connector:
 
     # -- running commands -------------------------------------------------------------
 
-    def run(self, node: Node, command: str, options: RunOptions = _DEFAULT_RUN) -> NodeResult:
+    def run(self, node: Node, command: str, options: RunOptions = _DEFAULT_RUN) -> NodeResult[Any]:
         """Run `command` on `node`; always returns a NodeResult, never raises for node faults."""
         started = time.monotonic()
         timeout = self.settings.command_timeout if options.timeout is None else options.timeout
@@ -796,7 +796,7 @@ class Connector:
 
     def _drive(self, conn: _Link | SkeletonConnection, node: Node, channel: paramiko.Channel,
                command: str, timeout: float | None, options: RunOptions,
-               started: float) -> NodeResult:
+               started: float) -> NodeResult[Any]:
         out, err = _Buffer(), _Buffer()
         sink = options.sink
         keepalive = self.settings.keepalive
@@ -998,7 +998,7 @@ def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes], buffer: _Buf
 
 
 def _failed(node: Node, exc: NodeError, started: float, out: _Buffer | None = None,
-            err: _Buffer | None = None) -> NodeResult:
+            err: _Buffer | None = None) -> NodeResult[Any]:
     return NodeResult(
         node=node.id, error_kind=exc.kind, error=exc.message,
         duration=time.monotonic() - started,

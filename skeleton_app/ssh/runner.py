@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
@@ -49,7 +49,7 @@ class Runner(Protocol):
     """Runs commands on nodes. Node faults come back as data (`NodeResult`) from `run`; the
     other methods raise `NodeError`."""
 
-    def run(self, node: Node, command: str, options: RunOptions = ...) -> NodeResult: ...
+    def run(self, node: Node, command: str, options: RunOptions = ...) -> NodeResult[Any]: ...
 
     def session(self, node: Node, command: str, *, what: str = "helper") -> Session: ...
 

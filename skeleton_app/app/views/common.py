@@ -23,7 +23,7 @@ def sanitize(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def exec_text(result: ClusterResult, out: IO[str]) -> None:
+def exec_text(result: ClusterResult[Any], out: IO[str]) -> None:
     """clush -b style: each distinct output once under its folded node set, then exit codes
     and errors, one line per group."""
     for nodes, text in gather_output(result):
@@ -37,7 +37,7 @@ def exec_text(result: ClusterResult, out: IO[str]) -> None:
     error_lines(result, out)
 
 
-def error_lines(result: ClusterResult, out: IO[str]) -> None:
+def error_lines(result: ClusterResult[Any], out: IO[str]) -> None:
     """One line per group of nodes that never ran or broke: `linux-[01-02]: kind: reason`."""
     for nodes, message in group_errors(result):
         out.write(f"{nodes}: {sanitize(message)}\n")
@@ -103,7 +103,7 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
     console(file).print(t)
 
 
-def status_json(result: ClusterResult,
+def status_json(result: ClusterResult[Any],
                 registry: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """`cluster status --json`: the result, each node's `data` holding its probed status and,
     with a registry, what the registry knows of it (heartbeat, code version)."""

@@ -91,7 +91,7 @@ def _bytes(n: int) -> str:
     return f"{n}B"  # pragma: no cover
 
 
-def deploy_text(result: ClusterResult, out: IO[str], *, list_changes: bool = False,
+def deploy_text(result: ClusterResult[Any], out: IO[str], *, list_changes: bool = False,
                 started: float | None = None) -> None:
     """A row per node (result, files changed, bytes sent, time), then the totals; with
     `list_changes` (dry runs) each node's changes first."""
@@ -136,7 +136,7 @@ def deploy_text(result: ClusterResult, out: IO[str], *, list_changes: bool = Fal
         out.write(f"warning: {sanitize(warning)}\n")
 
 
-def daemon_text(result: ClusterResult, nodes: Sequence[Node], out: IO[str]) -> None:
+def daemon_text(result: ClusterResult[Any], nodes: Sequence[Node], out: IO[str]) -> None:
     """A row per selected node: outcome, pid, what happened (nodes a stopped rollout never
     reached say so)."""
     rows = []

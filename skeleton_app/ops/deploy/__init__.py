@@ -196,9 +196,9 @@ def deploy(
     on_progress: OnProgress | None = None,
     lock_wait: float = LOCK_WAIT,
     fanout: int | None = None,
-    on_result: Callable[[NodeResult], None] | None = None,
+    on_result: Callable[[NodeResult[Any]], None] | None = None,
     allow_secrets: bool = False,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Push `source` (default `deploy.source`) to `dest` (default each node's app dir) on
     every node in parallel, bounded by fanout. One node's failure never stops the others.
 
@@ -341,7 +341,7 @@ def _transfer_data(tr: TransferResult) -> dict[str, Any]:
     }
 
 
-def _deploy_node(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult:
+def _deploy_node(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult[Any]:
     try:
         return _deploy_one(cluster, node, p, emit)
     except NodeError as exc:
@@ -350,15 +350,15 @@ def _deploy_node(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) 
         raise
 
 
-def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult:
+def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> NodeResult[Any]:
     started = time.monotonic()
     dest = _dest_for(p, node)
     base: dict[str, Any] = {"dest": dest, "dry_run": p.dry_run}
 
-    def done(**kw: Any) -> NodeResult:
+    def done(**kw: Any) -> NodeResult[Any]:
         return NodeResult(node=node.id, duration=time.monotonic() - started, **kw)
 
-    def fail(kind: NodeErrorKind, message: str, data: dict[str, Any]) -> NodeResult:
+    def fail(kind: NodeErrorKind, message: str, data: dict[str, Any]) -> NodeResult[Any]:
         emit(DeployEvent(node.id, "failed", message=message))
         return replace(failure(node.id, kind, message, time.monotonic() - started), data=data)
 
@@ -435,7 +435,7 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             tr = _sync(cluster, node, p, dest, emit, dry_run=False)
             data = {**base, "unchanged": False, **_transfer_data(tr)}
             listing = _listing(tr.changes)
-            failed: NodeResult | None = None
+            failed: NodeResult[Any] | None = None
             if not tr.ok:
                 full = disk_full(tr) or (tr.exit_code == 11 and _out_of_space(cluster, node,
                                                                              dest))
@@ -482,7 +482,7 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
 
 
 def _run_afters(cluster: Cluster, node: Node, p: DeployPlan, dest: str,
-                data: dict[str, Any], emit: OnProgress, started: float) -> NodeResult | None:
+                data: dict[str, Any], emit: OnProgress, started: float) -> NodeResult[Any] | None:
     """Run `deploy.after` in order; the first failure is returned as the node's result."""
     for command_line in p.after:
         emit(DeployEvent(node.id, "after", message=command_line))
@@ -513,7 +513,7 @@ def _out_of_space(cluster: Cluster, node: Node, dest: str) -> bool:
 
 
 def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: OnProgress,
-                  started: float, *, full: bool = False) -> NodeResult:
+                  started: float, *, full: bool = False) -> NodeResult[Any]:
     kind, message = classify_failure(tr, node.id)
     if full and not disk_full(tr):
         kind = None  # the node answered: its disk is full, the connection is fine
@@ -534,8 +534,8 @@ def _rsync_failed(node: Node, tr: TransferResult, data: dict[str, Any], emit: On
                       data={**data, "message": message})
 
 
-def _daemon_failed(node: Node, what: str, r: NodeResult, data: dict[str, Any],
-                   emit: OnProgress, started: float) -> NodeResult:
+def _daemon_failed(node: Node, what: str, r: NodeResult[Any], data: dict[str, Any],
+                   emit: OnProgress, started: float) -> NodeResult[Any]:
     summary = str(r.data.get("summary") or r.summary())
     message = f"daemon {what} failed: {summary}"
     emit(DeployEvent(node.id, "failed", message=message))
@@ -545,7 +545,7 @@ def _daemon_failed(node: Node, what: str, r: NodeResult, data: dict[str, Any],
                    data={**data, "message": message}, duration=time.monotonic() - started)
 
 
-def _run_after(cluster: Cluster, node: Node, dest: str, command_line: str) -> NodeResult:
+def _run_after(cluster: Cluster, node: Node, dest: str, command_line: str) -> NodeResult[Any]:
     from skeleton_app.ssh.runner import RunOptions
 
     # The command runs exactly as configured, in DEST; SKELETON_NODE_ID tells it where it is.
@@ -565,7 +565,7 @@ def _remove_partials(cluster: Cluster, node: Node, dest: str) -> None:
     cluster.connector.run(node, line, RunOptions(timeout=60))
 
 
-def iter_changes(result: ClusterResult) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_changes(result: ClusterResult[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(node, change) pairs of a deploy result, for listings."""
     for node, r in result.items():
         for change in r.data.get("changes", ()):

@@ -628,7 +628,7 @@ class _Remote:
             for node in nodes:
                 self.initialized.discard(node.id)
 
-    def _note_broken(self, node: Node, result: NodeResult) -> None:
+    def _note_broken(self, node: Node, result: NodeResult[Any]) -> None:
         if result.error_kind in _BROKEN:
             # The lease may have ended with the connection, and the node's run dir with it:
             # the next step uploads the script again, under a new lease.
@@ -636,7 +636,7 @@ class _Remote:
             with self._lock:
                 self._lapsed.add(node.id)
 
-    def shell(self, node: Node, command: str, timeout: float = 15.0) -> NodeResult:
+    def shell(self, node: Node, command: str, timeout: float = 15.0) -> NodeResult[Any]:
         result = self.cluster.connector.run(node, command, RunOptions(timeout=timeout))
         self._note_broken(node, result)
         return result
@@ -1793,7 +1793,7 @@ class _Sync:
 
     # -- the whole run
 
-    def run(self) -> ClusterResult:
+    def run(self) -> ClusterResult[Any]:
         started = time.monotonic()
         try:
             self.read_source()
@@ -1885,7 +1885,7 @@ class _Sync:
 
         self.parallel(finish, nodes)
 
-    def _result(self, t: _Target) -> NodeResult:
+    def _result(self, t: _Target) -> NodeResult[Any]:
         data: dict[str, Any] = {
             "status": t.status, "source": self.source.id, "models": t.models,
             "bytes": t.moved, "seconds": round(t.seconds, 3),
@@ -1975,7 +1975,7 @@ def _summary(data: Mapping[str, Any]) -> str:
     return text
 
 
-def summary_rows(result: ClusterResult) -> list[list[str]]:
+def summary_rows(result: ClusterResult[Any]) -> list[list[str]]:
     """Rows for a summary table: node, status, bytes moved, time, rate, how (or why not)."""
     rows = []
     for node, r in result.items():
@@ -2017,7 +2017,7 @@ def sync_models(
     on_progress: ProgressFn | None = None,
     streams_per_sender: int = DEFAULT_STREAMS_PER_SENDER,
     timeout: float | None = None,
-) -> ClusterResult:
+) -> ClusterResult[Any]:
     """Spread `model` (default: every model) from `source_node` to `targets` (default: every
     other node). One NodeResult per target; `data["status"]` is up-to-date, synced, repaired,
     refused or failed. Raises NodeError when the source cannot be read (nothing transferred)
