@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skeleton_app import cancel
 from skeleton_app.config import Settings, check_identity_files, load_config
@@ -25,6 +25,9 @@ from skeleton_app.errors import NodeError, NodeErrorKind, SelectionError
 from skeleton_app.nodes import Node, select
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.ssh.runner import Runner
+
+if TYPE_CHECKING:
+    from skeleton_app.ssh.pool import Connector
 
 NodeFn = Callable[[Node], NodeResult[Any]]
 
@@ -168,7 +171,7 @@ class Cluster:
     def connection(self, ref: str | Node) -> Any:
         """A connected Fabric `Connection` (pooled) with our host-key policy and timeouts."""
         node = ref if isinstance(ref, Node) else self.node(ref)
-        return self.connector.connection(node)
+        return self._ssh().connection(node)
 
     def group(self, spec: str | Sequence[str] = (), *, roles: Sequence[str] = ()) -> Any:
         """A Fabric `ThreadingGroup` of our (unopened) connections for the selected nodes."""
@@ -177,8 +180,17 @@ class Cluster:
         patterns = [spec] if isinstance(spec, str) else list(spec)
         chosen = self.select(patterns, roles=roles)
         return ThreadingGroup.from_connections(
-            [self.connector.new_connection(n) for n in chosen]
+            [self._ssh().new_connection(n) for n in chosen]
         )
+
+    def _ssh(self) -> Connector:
+        """The SSH connector itself, for the Fabric face (a fake runner has none)."""
+        from skeleton_app.ssh.pool import Connector
+
+        connector = self.connector
+        if not isinstance(connector, Connector):
+            raise TypeError(f"Fabric connections need the SSH connector, not {connector!r}")
+        return connector
 
     def close(self) -> None:
         if self._connector is not None:

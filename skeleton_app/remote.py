@@ -149,7 +149,7 @@ class SSHExecutor:
         node = self.node(host)
 
         def go() -> None:
-            conn = self.cluster.connector.connection(node)
+            conn = self.cluster.connection(node)
             try:
                 if direction == "to":
                     conn.put(os.fspath(local), remote)

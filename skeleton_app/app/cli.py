@@ -34,7 +34,7 @@ SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresse
                   " @ROLE; repeatable, comma-separated.")
 
 
-class Seconds(click.ParamType):
+class Seconds(click.ParamType[float, Any]):
     """A finite number of seconds, at most a year (click's FloatRange lets `nan` through
     every bound, and `inf` overflowed the node's timeouts: exit 4 instead of 2)."""
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from skeleton_app.ssh.pool import Connector
 
 
-class SkeletonConnection(Connection):
+class SkeletonConnection(Connection):  # type: ignore[misc]  # Fabric ships no types
     """A Fabric `Connection` with our host-key policy, finite timeouts and TCP_NODELAY.
 
     Usable anywhere Fabric expects a Connection (`.run`, `.put`, Invoke task bodies).

@@ -48,7 +48,9 @@ def _parsed() -> Any | None:
             _cache[key] = None
         else:
             # paramiko_import first: Paramiko without Invoke (it imports paramiko.config).
-            from skeleton_app.ssh.paramiko_import import paramiko
+            import paramiko
+
+            from skeleton_app.ssh import paramiko_import  # noqa: F401
 
             config = paramiko.SSHConfig()
             try:

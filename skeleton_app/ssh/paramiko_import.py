@@ -33,5 +33,5 @@ if "paramiko" not in sys.modules and "invoke" not in sys.modules:
     finally:
         del sys.modules["invoke"]
     if getattr(paramiko.config, "invoke", False) is None:  # the ImportError branch ran
-        paramiko.config.invoke = _LazyInvoke()  # type: ignore[assignment]
-        paramiko.config.invoke_import_error = None  # type: ignore[assignment]
+        paramiko.config.invoke = _LazyInvoke()
+        paramiko.config.invoke_import_error = None

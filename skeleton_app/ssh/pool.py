@@ -82,7 +82,7 @@ _BUFFER_TAIL = 64 * 1024
 _PREAUTH_RETRIES = 6
 
 
-class HostKeyUnknown(paramiko.SSHException):
+class HostKeyUnknown(paramiko.SSHException):  # type: ignore[misc]  # paramiko: untyped
     def __init__(self, hostname: str, key: paramiko.PKey):
         self.hostname = hostname
         self.key = key
@@ -107,7 +107,7 @@ class _Pin:
     addresses: tuple[str, ...]
 
 
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # untyped
     """Host keys are pinned per node id: Paramiko looks the key up under the node id (the
     connection's `hostname` is the alias, see `Connector._open`) and refuses a different key
     itself (BadHostKeyException), under every policy. When the id has no entry yet:
@@ -208,7 +208,7 @@ def _pool_key(node: Node) -> _PoolKey:
 
 
 def fingerprint(key: paramiko.PKey) -> str:
-    return key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
+    return str(key.fingerprint if hasattr(key, "fingerprint") else key.get_name())
 
 
 def known_host_name(host: str, port: int) -> str:

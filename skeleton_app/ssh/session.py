@@ -101,7 +101,7 @@ class LineSession:
             if self.channel.recv_stderr_ready():
                 text = self.channel.recv_stderr(4096).decode("utf-8", "replace").strip()
                 if text:
-                    return ": " + text.splitlines()[-1]
+                    return ": " + str(text.splitlines()[-1])
         return ""
 
     def close(self) -> None:
