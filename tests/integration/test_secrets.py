@@ -117,7 +117,7 @@ def test_what_counts_as_a_secret(tmp_path: Path) -> None:
     assert not looks_secret("README.md", f"the header {BEGIN} CERTIFICATE-----".encode())
     # The project itself (source, tests, docs) is deployable: it names no key.
     caches = (".venv/", ".git/", ".wheelhouse/", "build/", ".mypy_cache/", ".pytest_cache/",
-              ".ruff_cache/")
+              ".ruff_cache/", "bench/.peers/")
     assert tree.tree_digest(REPO, caches, cache=False).secrets == ()
 
 
