@@ -143,6 +143,10 @@ class DaemonOutcome:
         return self.reply.pid if self.reply is not None else None
 
     @property
+    def signal(self) -> str | None:
+        return self.reply.signal if self.reply is not None else None
+
+    @property
     def message(self) -> str | None:
         return self.reply.message if self.reply is not None else None
 
