@@ -28,8 +28,10 @@ from typing import Any
 from fabric import Connection, task
 from invoke import Exit
 
-from skeleton_app.app.views import common as render
-from skeleton_app.app.views.deploy import daemon_text, deploy_text
+from skeleton_app.app.views import status as status_view
+from skeleton_app.app.views.daemon import daemon_text
+from skeleton_app.app.views.deploy import deploy_text
+from skeleton_app.app.views.exec import exec_text
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node, validate_fab_argv
@@ -102,7 +104,7 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
             raise UsageError("--command is required")
         seconds = _seconds(timeout, "--timeout") or None
         result = exec_command(cluster, command, [node], timeout=seconds)
-        render.exec_text(result, sys.stdout)
+        exec_text(result, sys.stdout)
     _finish(cluster, "exec", {"command": command, "timeout": seconds}, node, result)
 
 
@@ -128,10 +130,10 @@ def status(c: Connection, json: bool = False, config: str | None = None) -> None
         result = status_op.status(cluster, [node])
         registry_rows = status_op.registry_snapshot(cluster, result)
         if json:
-            print(render.status_json(result, registry_rows))
+            print(status_view.status_json(result, registry_rows))
         else:
-            render.table(None, *status_op.rows(result, [node], registry_rows,
-                                               cluster.settings.registry.stale_after))
+            status_view.status_text(result, [node], registry_rows,
+                                    cluster.settings.registry.stale_after)
     _finish(cluster, "status", {}, node, result)
 
 

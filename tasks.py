@@ -24,12 +24,11 @@ from typing import Any, NoReturn
 from invoke import Context, Exit, task
 
 from skeleton_app.app.views import common as render
-from skeleton_app.app.views.deploy import (
-    DeployProgress,
-    SyncModelsProgress,
-    daemon_text,
-    deploy_text,
-)
+from skeleton_app.app.views import status as status_view
+from skeleton_app.app.views.bootstrap import bootstrap_text, failures
+from skeleton_app.app.views.daemon import daemon_text
+from skeleton_app.app.views.deploy import DeployProgress, SyncModelsProgress, deploy_text
+from skeleton_app.app.views.exec import exec_text
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
@@ -145,7 +144,7 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
         elif stream:
             render.error_lines(result, sys.stdout)
         else:
-            render.exec_text(result, sys.stdout)
+            exec_text(result, sys.stdout)
         _finish(cluster, "exec", {"command": command, "timeout": timeout}, nodes, result)
 
 
@@ -159,10 +158,10 @@ def status(c: Context, node: list[str] | None = None, role: list[str] | None = N
         result = status_op.status(cluster, nodes)
         registry_rows = status_op.registry_snapshot(cluster, result)
         if json:
-            print(render.status_json(result, registry_rows))
+            print(status_view.status_json(result, registry_rows))
         else:
-            render.table(None, *status_op.rows(result, nodes, registry_rows,
-                                               cluster.settings.registry.stale_after))
+            status_view.status_text(result, nodes, registry_rows,
+                                    cluster.settings.registry.stale_after)
         _finish(cluster, "status", {}, nodes, result)
 
 
@@ -223,9 +222,8 @@ def bootstrap(c: Context, node: list[str] | None = None, role: list[str] | None 
         if json:
             print(result.to_json())
         else:
-            render.table(None, ["node", "state", "python", "time", "message"],
-                         bootstrap_op.summary_rows(result))
-            for line in bootstrap_op.failures(result):
+            bootstrap_text(result)
+            for line in failures(result):
                 print(f"skeleton: {render.sanitize(line)}", file=sys.stderr)
         _finish(cluster, "bootstrap", {"source": source, "force": force}, nodes, result)
 

@@ -189,6 +189,7 @@ def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: t
              timeout: float | None, stream: bool, as_json: bool, out_dir: str | None) -> int:
     """Run COMMAND on every selected node, in parallel."""
     from skeleton_app.app.views import common as render
+    from skeleton_app.app.views.exec import exec_text
     from skeleton_app.ops.run import exec_command
 
     state = _prepare(ctx, config, fanout)
@@ -204,7 +205,7 @@ def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: t
     elif stream:
         render.error_lines(result, sys.stdout)
     else:
-        render.exec_text(result, sys.stdout)
+        exec_text(result, sys.stdout)
     _record(state, cluster_, "exec", {"command": command, "timeout": timeout},
             [n.id for n in nodes], result)
     return int(result.exit_code())
@@ -219,6 +220,7 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
                as_json: bool) -> int:
     """Daemon, load, memory, GPU and disk of every selected node (one round trip each)."""
     from skeleton_app.app.views import common as render
+    from skeleton_app.app.views import status as status_view
     from skeleton_app.ops import status as status_op
 
     state = _prepare(ctx, config, fanout)
@@ -228,11 +230,10 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     result = status_op.status(cluster_, nodes, fanout=fanout)
     registry_rows = status_op.registry_snapshot(cluster_, result)
     if as_json:
-        click.echo(render.status_json(result, registry_rows))
+        click.echo(status_view.status_json(result, registry_rows))
     else:
-        columns, rows = status_op.rows(result, nodes, registry_rows,
-                                       cluster_.settings.registry.stale_after)
-        render.table(None, columns, rows)
+        status_view.status_text(result, nodes, registry_rows,
+                                cluster_.settings.registry.stale_after)
     _record(state, cluster_, "status", {}, [n.id for n in nodes], result)
     return int(result.exit_code())
 
@@ -311,7 +312,8 @@ def bootstrap_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str,
                   as_json: bool) -> int:
     """Make each node's app dir .venv (project and dependencies, from wheels built here)."""
     from skeleton_app.app.views import common as render
-    from skeleton_app.ops.bootstrap import bootstrap, failures, summary_rows
+    from skeleton_app.app.views.bootstrap import bootstrap_text, failures
+    from skeleton_app.ops.bootstrap import bootstrap
 
     state = _prepare(ctx, config, fanout)
     cluster_, nodes = _select(state, node_specs, roles, exclude)
@@ -320,8 +322,7 @@ def bootstrap_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str,
     if as_json:
         click.echo(result.to_json())
     else:
-        render.table(None, ["node", "state", "python", "time", "message"],
-                     summary_rows(result))
+        bootstrap_text(result)
         for line in failures(result):
             click.echo(f"skeleton: {render.sanitize(line)}", err=True)
     _record(state, cluster_, "bootstrap", {"source": source, "force": force},
@@ -340,7 +341,7 @@ def _daemon(ctx: click.Context, action: str, config: str | None, node_specs: tup
             roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
             as_json: bool, batch: int | None = None, wait_healthy: bool = False,
             health_timeout: float = 30.0) -> int:
-    from skeleton_app.app.views.deploy import daemon_text
+    from skeleton_app.app.views.daemon import daemon_text
     from skeleton_app.ops.daemon import daemon_control
 
     state = _prepare(ctx, config, fanout)

@@ -24,6 +24,9 @@ project and its dependencies, installed from wheels built here (nodes need no in
 The digest covers every wheel's name and RECORD (the hashes of the files it installs, so a
 rebuilt but identical project wheel counts as unchanged), the extra requirements and the
 interpreter name.
+
+Each node's outcome is a `BootstrapOutcome` (state, the node's Python, the digest, a one-line
+message); the replies of bootstrap.sh are in the payload framing (`payloads.framing`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +55,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import UsageError
 from skeleton_app.nodes import Node
+from skeleton_app.payloads import framing
 from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.transfers import rsync
 from skeleton_app.transfers.tree import cache_dir, tree_digest, walk_tree
@@ -357,6 +361,21 @@ def check_python(house: Wheelhouse, py: NodePython) -> str | None:
 # ------------------------------------------------------------------------ the operation
 
 
+@dataclass(frozen=True, slots=True)
+class BootstrapOutcome:
+    """One node's bootstrap: `state` installed, up-to-date or failed; `python` the node's
+    interpreter version (None when it was never learnt); `message` why it failed."""
+
+    state: str
+    python: str | None
+    digest: str
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "python": self.python, "digest": self.digest,
+                "message": self.message}
+
+
 def bootstrap(
     cluster: Cluster,
     nodes: Sequence[Node],
@@ -365,13 +384,13 @@ def bootstrap(
     wheelhouse: str | os.PathLike[str] | None = None,
     force: bool = False,
     fanout: int | None = None,
-    on_result: Callable[[NodeResult[Any]], None] | None = None,
-) -> ClusterResult[Any]:
+    on_result: Callable[[NodeResult[BootstrapOutcome]], None] | None = None,
+) -> ClusterResult[BootstrapOutcome]:
     """Make or update `<app_dir>/.venv` on every node, in parallel (bounded by fanout).
 
-    Per node result: exit 0 installed or up to date (`data["state"]`: "installed" or
+    Per node result: exit 0 installed or up to date (`outcome.state`: "installed" or
     "up-to-date"); exit 1 when the node's Python cannot take the wheels or pip failed there
-    (`data["message"]`, one line); `errors` when unreachable. `force` installs even where
+    (`outcome.message`, one line); `errors` when unreachable. `force` installs even where
     the digest says up to date. UsageError (nothing sent) when the wheels cannot be built.
     """
     house = build_wheelhouse(cluster.settings, source=source, wheelhouse=wheelhouse)
@@ -379,25 +398,21 @@ def bootstrap(
                        fanout=fanout, operation="bootstrap", on_result=on_result)
 
 
-def _script() -> bytes:
-    return payloads.data("bootstrap.sh")
-
-
 def _bootstrap_node(cluster: Cluster, node: Node, house: Wheelhouse,
-                    force: bool) -> NodeResult[Any]:
+                    force: bool) -> NodeResult[BootstrapOutcome]:
     from skeleton_app.ssh.runner import RunOptions
 
     started = time.monotonic()
 
     def done(state: str, py: NodePython | None, message: str = "",
-             code: int = 0) -> NodeResult[Any]:
-        data = {"state": state, "python": py.version_text if py else None,
-                "digest": house.digest, "message": message}
+             code: int = 0) -> NodeResult[BootstrapOutcome]:
+        outcome = BootstrapOutcome(state=state, python=py.version_text if py else None,
+                                   digest=house.digest, message=message)
         return NodeResult(node=node.id, exit_code=code, duration=time.monotonic() - started,
-                          stderr=message + "\n" if message else "", data=data)
+                          stderr=message + "\n" if message else "", outcome=outcome)
 
-    probe = cluster.connector.run(node, "sh -s -- " + shlex.join(
-        ["probe", node.app_dir, house.python]), RunOptions(timeout=60, stdin=_script()))
+    command, script = payloads.invocation("bootstrap.sh", "probe", node.app_dir, house.python)
+    probe = cluster.connector.run(node, command, RunOptions(timeout=60, stdin=script))
     if not probe.ok:
         return probe if probe.error_kind else done(
             "failed", None, f"probe failed: {_tail(probe.stderr or probe.stdout)}", 1)
@@ -443,10 +458,11 @@ def _install(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
     """bootstrap.sh install: the venv, pip from its wheel, the project; then the digest."""
     from skeleton_app.ssh.runner import RunOptions
 
-    install = cluster.connector.run(node, "sh -s -- " + shlex.join(
-        ["install", node.app_dir, house.python, house.digest, house.pip.file,
-         house.project.file, *house.requires]),
-        RunOptions(timeout=cluster.settings.ssh.command_timeout, stdin=_script()))
+    command, script = payloads.invocation(
+        "bootstrap.sh", "install", node.app_dir, house.python, house.digest, house.pip.file,
+        house.project.file, *house.requires)
+    install = cluster.connector.run(
+        node, command, RunOptions(timeout=cluster.settings.ssh.command_timeout, stdin=script))
     if install.error_kind is not None:
         return install
     values = _values(install.stdout)
@@ -457,36 +473,13 @@ def _install(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
 
 
 def _values(text: str) -> dict[str, str]:
+    """The reply's keys; the first of a repeated key wins."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.isidentifier() and key not in values:
-            values[key] = value.strip()
+    for key, value in framing.parse(text).pairs:
+        values.setdefault(key, value.strip())
     return values
 
 
 def _tail(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-def summary_rows(result: ClusterResult[Any]) -> list[list[str]]:
-    """Rows for the summary table: node, state, Python, time, message."""
-    rows = []
-    for node, r in result.items():
-        d = r.data
-        state = "failed" if r.error_kind is not None else str(d.get("state", "failed"))
-        state = state.replace("-", " ")  # "up to date"
-        message = r.summary() if r.error_kind is not None else str(d.get("message") or "")
-        rows.append([node, state, str(d.get("python") or "-"), f"{r.duration:.1f}s",
-                     message or "-"])
-    return rows
-
-
-def failures(result: ClusterResult[Any]) -> Iterable[str]:
-    """One line per node that did not end with a usable virtualenv."""
-    for node, r in result.items():
-        if not r.ok:
-            text = r.summary() if r.error_kind is not None else str(r.data.get("message"))
-            yield f"{node}: {text}"
-

@@ -14,6 +14,9 @@ prompt (sudo or polkit) is an error at once, never a hang.
 `restart(batch=K, wait_healthy=True)` restarts K nodes at a time, waits for each node's
 `GET /health` (queried on the node, `payloads/health.sh`) to answer from the new process, and
 stops at the first node that does not come back: the nodes after it are left untouched.
+
+Each node's outcome is a `DaemonOutcome` (the script's or systemctl's reply, a summary for
+people, and the health check when one ran); `health_check` alone gives a `HealthOutcome`.
 """
 
 from __future__ import annotations
@@ -22,22 +25,23 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from skeleton_app import cancel, layout, payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, UsageError
 from skeleton_app.nodes import Node, fold, validate_node_id
+from skeleton_app.payloads import framing
 from skeleton_app.results import ClusterResult, NodeResult
 
 ACTIONS = ("start", "stop", "restart", "status")
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\Z")
 _ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-OnResult = Callable[[NodeResult[Any]], None]
+OnResult = Callable[[NodeResult["DaemonOutcome"]], None]
 
 
 # ------------------------------------------------------------------------ the daemon's identity
@@ -73,10 +77,6 @@ def log_file(settings: Settings, node: Node) -> str:
     return layout.daemon_log(settings, node)
 
 
-def _script(name: str) -> bytes:
-    return payloads.data(name)
-
-
 # ------------------------------------------------------------------------ parsing replies
 
 
@@ -97,34 +97,81 @@ class DaemonReply:
 
 
 def parse_reply(text: str) -> DaemonReply:
-    """Parse daemon.sh's output (header in the script). Never raises: garbage -> state error."""
-    state = "error"
-    pid: int | None = None
-    sig: str | None = None
-    messages: list[str] = []
-    tail: list[str] = []
-    in_tail = False
-    for line in text.splitlines():
-        if in_tail:
-            if line == "--- end log_tail":
-                in_tail = False
-            else:
-                tail.append(line)
-        elif line == "--- begin log_tail":
-            in_tail = True
-        elif line.startswith("state="):
-            for token in line.split():
-                key, _, value = token.partition("=")
-                if key == "state":
-                    state = value
-                elif key == "pid" and value.isascii() and value.isdigit():
-                    pid = int(value)
-                elif key == "signal":
-                    sig = value
-        elif line.startswith("message="):
-            messages.append(line[len("message="):])
-    return DaemonReply(state=state, pid=pid, signal=sig,
-                       message="; ".join(messages) or None, log_tail=tuple(tail))
+    """Parse daemon.sh's reply (header in the script; the framing in `payloads.framing`).
+    Never raises: garbage -> state error."""
+    frame = framing.parse(text)
+    head = framing.fields("state", frame.get("state"))
+    pid = head.get("pid", "")
+    return DaemonReply(state=head.get("state", "error"),
+                       pid=int(pid) if pid.isascii() and pid.isdigit() else None,
+                       signal=head.get("signal"),
+                       message="; ".join(frame.all("message")) or None,
+                       log_tail=tuple((frame.block("log_tail") or "").splitlines()))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthOutcome:
+    """What `GET /health` said on the node: `health` is the JSON body (None when the check
+    could not run at all), `message` why it is not healthy."""
+
+    healthy: bool
+    health: Mapping[str, Any] | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "health": self.health, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOutcome:
+    """One node's daemon action: the reply (None when a restart's stop never got one), a line
+    for people, the pid a restart stopped, and the health check when one ran."""
+
+    action: str
+    summary: str
+    reply: DaemonReply | None = None
+    restarted: bool = False  # a process-manager restart: it stopped `stopped_pid` first
+    stopped_pid: int | None = None
+    health: HealthOutcome | None = None
+
+    @property
+    def state(self) -> str | None:
+        return self.reply.state if self.reply is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.reply.pid if self.reply is not None else None
+
+    @property
+    def signal(self) -> str | None:
+        return self.reply.signal if self.reply is not None else None
+
+    @property
+    def message(self) -> str | None:
+        return self.reply.message if self.reply is not None else None
+
+    @property
+    def log_tail(self) -> tuple[str, ...]:
+        return self.reply.log_tail if self.reply is not None else ()
+
+    @property
+    def healthy(self) -> bool | None:
+        return self.health.healthy if self.health is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form: the reply's keys flat beside action and summary; stopped_pid for a
+        restart, healthy and health only when a health check ran."""
+        data: dict[str, Any] = {"action": self.action}
+        if self.reply is not None:
+            data.update(self.reply.as_dict())
+        data["summary"] = self.summary
+        if self.restarted:
+            data["stopped_pid"] = self.stopped_pid
+        if self.health is not None:
+            data["healthy"] = self.health.healthy
+            if self.health.health is not None:
+                data["health"] = dict(self.health.health)
+        return data
 
 
 def describe(action: str, reply: DaemonReply) -> str:
@@ -182,10 +229,18 @@ def _timeout(settings: Settings) -> float:
 
 
 def control_node(cluster: Cluster, node: Node, action: str, *,
-                 cancellable: bool = True) -> NodeResult[Any]:
+                 cancellable: bool = True) -> NodeResult[DaemonOutcome]:
     """Run `action` (start, stop, status) for one node's daemon; never raises for the node.
     `cancellable=False`: runs even after a Ctrl-C (a restart that stopped a daemon brings
     it back)."""
+    r = _control(cluster, node, action, cancellable=cancellable)
+    # ops/deploy still reads the outcome's JSON form from `data` (its `daemon_stop` and
+    # `daemon_start` keys): mirrored here until deploy reads `outcome`.
+    return replace(r, data=r.outcome.as_dict()) if r.outcome is not None else r
+
+
+def _control(cluster: Cluster, node: Node, action: str, *,
+             cancellable: bool = True) -> NodeResult[DaemonOutcome]:
     from skeleton_app.ssh.runner import RunOptions
 
     if action not in ("start", "stop", "status"):
@@ -197,21 +252,21 @@ def control_node(cluster: Cluster, node: Node, action: str, *,
         r = cluster.connector.run(node, command, RunOptions(timeout=_timeout(settings),
                                                             cancellable=cancellable))
         return _systemd_result(r, action, settings, started)
-    command = "sh -s -- " + shlex.join(_process_args(settings, node, action))
+    command, script = payloads.invocation("daemon.sh", *_process_args(settings, node, action))
     r = cluster.connector.run(node, command, RunOptions(
-        timeout=_timeout(settings), stdin=_script("daemon.sh"), cancellable=cancellable))
+        timeout=_timeout(settings), stdin=script, cancellable=cancellable))
     if r.error_kind is not None:
         return r
     reply = parse_reply(r.stdout)
     if reply.state == "error" and not reply.message and r.stderr.strip():
         reply = replace(reply, message=r.stderr.strip().splitlines()[-1])
     # The exit code stays daemon.sh's: 0 done, 1 failed, 3 status of a stopped daemon (LSB).
-    return replace(r, duration=time.monotonic() - started,
-                   data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
+    return replace(r, duration=time.monotonic() - started, outcome=DaemonOutcome(
+        action=action, summary=describe(action, reply), reply=reply))
 
 
 def _systemd_result(r: NodeResult[Any], action: str, settings: Settings,
-                    started: float) -> NodeResult[Any]:
+                    started: float) -> NodeResult[DaemonOutcome]:
     if r.error_kind is not None:
         return r
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
@@ -225,11 +280,11 @@ def _systemd_result(r: NodeResult[Any], action: str, settings: Settings,
     elif r.exit_code != 0 and r.stderr.strip():
         message = r.stderr.strip().splitlines()[-1]
     reply = DaemonReply(state=state, message=message)
-    return replace(r, duration=time.monotonic() - started,
-                   data={"action": action, **reply.as_dict(), "summary": describe(action, reply)})
+    return replace(r, duration=time.monotonic() - started, outcome=DaemonOutcome(
+        action=action, summary=describe(action, reply), reply=reply))
 
 
-def restart_node(cluster: Cluster, node: Node) -> NodeResult[Any]:
+def restart_node(cluster: Cluster, node: Node) -> NodeResult[DaemonOutcome]:
     """Stop then start one node's daemon (systemd: `systemctl restart`)."""
     settings = cluster.settings
     started = time.monotonic()
@@ -238,28 +293,29 @@ def restart_node(cluster: Cluster, node: Node) -> NodeResult[Any]:
 
         r = cluster.connector.run(node, systemctl_command(settings, "restart"),
                                   RunOptions(timeout=_timeout(settings), cancellable=False))
-        r = _systemd_result(r, "restart", settings, started)
-        return replace(r, data={**r.data, "action": "restart"})
+        return _systemd_result(r, "restart", settings, started)
     # A restart once begun runs to its end (bounded by its timeouts) even if Ctrl-C comes:
     # a daemon stopped and never started again is worse than a rollout a second later.
-    stop = control_node(cluster, node, "stop", cancellable=False)
+    stop = _control(cluster, node, "stop", cancellable=False)
     if not stop.ok:
-        return replace(stop, data={**stop.data, "action": "restart",
-                                   "summary": "stop failed: " + str(stop.data.get("summary")
-                                                                    or stop.summary())})
-    start = control_node(cluster, node, "start", cancellable=False)
-    data = dict(start.data)
-    data.update(action="restart", stopped_pid=stop.data.get("pid"),
-                summary=f"{describe('stop', parse_reply(stop.stdout))}, then "
-                        f"{data.get('summary') or start.summary()}")
-    return replace(start, duration=time.monotonic() - started, data=data)
+        said = stop.outcome.summary if stop.outcome is not None else stop.summary()
+        return replace(stop, outcome=DaemonOutcome(
+            action="restart", summary="stop failed: " + said,
+            reply=stop.outcome.reply if stop.outcome is not None else None))
+    start = _control(cluster, node, "start", cancellable=False)
+    stopped = stop.outcome.reply if stop.outcome is not None else None
+    said = start.outcome.summary if start.outcome is not None else start.summary()
+    return replace(start, duration=time.monotonic() - started, outcome=DaemonOutcome(
+        action="restart", summary=f"{describe('stop', parse_reply(stop.stdout))}, then {said}",
+        reply=start.outcome.reply if start.outcome is not None else None,
+        restarted=True, stopped_pid=stopped.pid if stopped is not None else None))
 
 
 # ------------------------------------------------------------------------ health
 
 
 def health_check(cluster: Cluster, node: Node, *, timeout: float,
-                 expect_pid: int | None = None) -> NodeResult[Any]:
+                 expect_pid: int | None = None) -> NodeResult[HealthOutcome]:
     """Wait (on the node, one round trip) until `GET /health` on the node's api_port answers;
     when the body carries a `pid` and `expect_pid` is known, it must be that one (an answer
     from another process is not the restarted daemon)."""
@@ -274,14 +330,14 @@ def health_check(cluster: Cluster, node: Node, *, timeout: float,
         left = max(1.0, deadline - time.monotonic())
         # The token file lets health.sh ask for the details (pid) that a tokenless /health
         # does not give; the path is not secret, the token never leaves the node.
-        command = (f"SKELETON_HEALTH_TOKEN_FILE={shlex.quote(layout.health_token_file(node))}"
-                   " sh -s -- " + shlex.join([f"{left:.1f}", *urls]))
-        r = cluster.connector.run(node, command, RunOptions(timeout=left + 15,
-                                                            stdin=_script("health.sh")))
+        command, script = payloads.invocation("health.sh", f"{left:.1f}", *urls)
+        command = (f"SKELETON_HEALTH_TOKEN_FILE={shlex.quote(layout.health_token_file(node))} "
+                   + command)
+        r = cluster.connector.run(node, command, RunOptions(timeout=left + 15, stdin=script))
         if r.error_kind is not None:
             return r
-        body = _section(r.stdout, "body")
-        info = _json(body)
+        frame = framing.parse(r.stdout)
+        info = _json(frame.block("body") or "")
         healthy = r.exit_code == 0
         if healthy and expect_pid is not None and isinstance(info.get("pid"), int) \
                 and info["pid"] != expect_pid:
@@ -291,26 +347,9 @@ def health_check(cluster: Cluster, node: Node, *, timeout: float,
                 continue
             message = f"/health answers from pid {info['pid']}, not the new daemon {expect_pid}"
         else:
-            message = _field(r.stdout, "message") or ""
+            message = frame.first("message") or ""
         return replace(r, exit_code=0 if healthy else 1,
-                       data={"healthy": healthy, "health": info, "message": message})
-
-
-def _section(text: str, name: str) -> str:
-    lines = text.splitlines()
-    try:
-        start = lines.index(f"--- begin {name}") + 1
-        end = lines.index(f"--- end {name}", start)
-    except ValueError:
-        return ""
-    return "\n".join(lines[start:end])
-
-
-def _field(text: str, key: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith(key + "="):
-            return line[len(key) + 1:]
-    return None
+                       outcome=HealthOutcome(healthy=healthy, health=info, message=message))
 
 
 def _json(body: str) -> dict[str, Any]:
@@ -334,7 +373,7 @@ def daemon_control(
     health_timeout: float = 30.0,
     fanout: int | None = None,
     on_result: OnResult | None = None,
-) -> ClusterResult[Any]:
+) -> ClusterResult[DaemonOutcome]:
     """start | stop | restart | status the daemon on `nodes`.
 
     start, stop and status run on every node in parallel (bounded by fanout); start and stop
@@ -356,11 +395,9 @@ def daemon_control(
     if cluster.settings.daemon.manager == "systemd":
         systemctl_command(cluster.settings, "status")
 
-    def one(node: Node) -> NodeResult[Any]:
-        if action == "restart":
-            r = restart_node(cluster, node)
-        else:
-            r = control_node(cluster, node, action)
+    def one(node: Node) -> NodeResult[DaemonOutcome]:
+        r = (restart_node(cluster, node) if action == "restart"
+             else _control(cluster, node, action))
         if wait_healthy and r.ok and action in ("restart", "start"):
             r = _with_health(cluster, node, r, health_timeout)
         return r
@@ -370,7 +407,7 @@ def daemon_control(
                            on_result=on_result)
 
     started = time.monotonic()
-    results: list[NodeResult[Any]] = []
+    results: list[NodeResult[DaemonOutcome]] = []
     warnings: list[str] = []
     for i in range(0, len(nodes), batch):
         group = nodes[i:i + batch]
@@ -394,18 +431,20 @@ def daemon_control(
                          duration=time.monotonic() - started, warnings=warnings)
 
 
-def _with_health(cluster: Cluster, node: Node, r: NodeResult[Any],
-                 timeout: float) -> NodeResult[Any]:
-    pid = r.data.get("pid") if isinstance(r.data.get("pid"), int) else None
-    h = health_check(cluster, node, timeout=timeout, expect_pid=pid)
-    data = dict(r.data)
-    if h.error_kind is not None:
-        return replace(h, data={**data, "healthy": False})
-    data.update(healthy=h.data.get("healthy"), health=h.data.get("health"))
-    if not h.data.get("healthy"):
-        data["summary"] = f"{data.get('summary', '')}; not healthy: {h.data.get('message')}"
-        return replace(r, exit_code=1, data=data,
-                       stderr=(r.stderr + f"not healthy: {h.data.get('message')}\n"),
-                       duration=r.duration + h.duration)
-    data["summary"] = f"{data.get('summary', '')}; healthy"
-    return replace(r, data=data, duration=r.duration + h.duration)
+def _with_health(cluster: Cluster, node: Node, r: NodeResult[DaemonOutcome],
+                 timeout: float) -> NodeResult[DaemonOutcome]:
+    outcome = r.outcome or DaemonOutcome(action="", summary="")
+    h = health_check(cluster, node, timeout=timeout, expect_pid=outcome.pid)
+    if h.error_kind is not None or h.outcome is None:
+        failed = HealthOutcome(healthy=False, message=h.error or "")
+        # The node's failure (unreachable, timeout...) with the daemon's outcome kept.
+        return replace(cast("NodeResult[Any]", h), outcome=replace(outcome, health=failed))
+    if not h.outcome.healthy:
+        why = f"not healthy: {h.outcome.message}"
+        return replace(r, exit_code=1, stderr=r.stderr + why + "\n",
+                       duration=r.duration + h.duration,
+                       outcome=replace(outcome, health=h.outcome,
+                                       summary=f"{outcome.summary}; {why}"))
+    return replace(r, duration=r.duration + h.duration,
+                   outcome=replace(outcome, health=h.outcome,
+                                   summary=f"{outcome.summary}; healthy"))

@@ -6,7 +6,6 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node, validate_node_id
@@ -82,8 +81,9 @@ def exec_command(
     fanout: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     on_line: LineSink | None = None,
-) -> ClusterResult[Any]:
-    """Run `command` (exactly as typed) on `nodes`; full output to `out_dir` if given."""
+) -> ClusterResult[None]:
+    """Run `command` (exactly as typed) on `nodes`; full output to `out_dir` if given. exec
+    has no outcome of its own: each node's output and exit code are the result."""
     writer = _OutDir(Path(out_dir)) if out_dir else None
     splitter = _LineSplitter(on_line) if on_line else None
     if writer:

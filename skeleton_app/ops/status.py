@@ -1,51 +1,78 @@
 """`cluster status`: one round trip per node, a small sh probe sent on stdin.
 
 The probe (payloads/status.sh) reports daemon state, load, memory, GPUs, disk, uptime and
-the deployed code version; nothing is left on the node. With a registry, the heartbeat
-age and code version the daemon reported are joined in, and the snapshot is written back.
+the deployed code version; nothing is left on the node. Each node's outcome is a
+`StatusReport`. With a registry, the heartbeat age and code version the daemon reported are
+joined in (`with_registry`), and the snapshot is written back (`registry_snapshot`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from skeleton_app import layout
+from skeleton_app import layout, payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
-from skeleton_app.ops.status_probe import NodeStatus, parse_status, probe_args, probe_script
+from skeleton_app.ops.status_probe import SCRIPT_NAME, NodeStatus, parse_status, probe_args
 from skeleton_app.results import ClusterResult, NodeResult
 
 
-def probe_command(cluster: Cluster, node: Node) -> str:
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """One node's status: what the probe saw (None when it could not run) and, once joined
+    in by `with_registry`, what the registry knows of the node (heartbeat, code version)."""
+
+    status: NodeStatus | None = None
+    registry: Mapping[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status.as_dict() if self.status is not None else None,
+                "registry": dict(self.registry) if self.registry is not None else None}
+
+
+def probe_invocation(cluster: Cluster, node: Node) -> tuple[str, bytes]:
+    """(command, stdin) that probe `node`."""
     daemon = cluster.settings.daemon
     args = probe_args(node.app_dir, manager=daemon.manager, pid_file=layout.pid_file(node),
                       lock_file=layout.lock_file(node), unit=daemon.unit,
                       user_unit=daemon.user_unit)
-    return "sh -s -- " + shlex.join(args)
+    return payloads.invocation(SCRIPT_NAME, *args)
 
 
 def status(cluster: Cluster, nodes: Sequence[Node], *, timeout: float | None = 30.0,
-           fanout: int | None = None) -> ClusterResult[Any]:
-    """Probe every node; each NodeResult carries `data["status"]` (a NodeStatus) when it ran."""
+           fanout: int | None = None) -> ClusterResult[StatusReport]:
+    """Probe every node; each NodeResult that ran carries a `StatusReport` as its outcome."""
     from skeleton_app.ssh.runner import RunOptions
 
-    script = probe_script().encode()
     connector = cluster.connector
 
-    def one(node: Node) -> NodeResult[Any]:
-        r = connector.run(node, probe_command(cluster, node),
-                          RunOptions(timeout=timeout, stdin=script))
+    def one(node: Node) -> NodeResult[StatusReport]:
+        command, script = probe_invocation(cluster, node)
+        r = connector.run(node, command, RunOptions(timeout=timeout, stdin=script))
         if r.error_kind is not None:
             return r
-        parsed = parse_status(r.stdout)
         # The probe always exits 0; a non-zero exit means sh itself could not run it.
-        return dataclasses.replace(r, data={"status": parsed})
+        return replace(r, outcome=StatusReport(status=parse_status(r.stdout)))
 
     return cluster.map(one, nodes, fanout=fanout, operation="status")
+
+
+def with_registry(result: ClusterResult[StatusReport],
+                  registry: Mapping[str, Mapping[str, Any]] | None
+                  ) -> ClusterResult[StatusReport]:
+    """`result` with each node's registry facts joined into its StatusReport (every node gets
+    one, unreachable nodes included, so the JSON has the same keys for all)."""
+    if registry is None:
+        return result
+    joined = []
+    for node_id, r in result.items():
+        report = r.outcome or StatusReport()
+        joined.append(replace(r, outcome=replace(report, registry=registry.get(node_id))))
+    return ClusterResult(joined, operation=result.operation, duration=result.duration,
+                         warnings=result.warnings)
 
 
 def heartbeat_age(last_seen: float | None, now: float | None = None) -> float | None:
@@ -54,46 +81,7 @@ def heartbeat_age(last_seen: float | None, now: float | None = None) -> float | 
     return max(0.0, (now or time.time()) - last_seen)
 
 
-def rows(result: ClusterResult[Any], nodes: Sequence[Node],
-         registry: Mapping[str, Mapping[str, Any]] | None = None,
-         stale_after: float = 30.0) -> tuple[list[str], list[list[str]]]:
-    """The status table: columns and one row per node (unreachable nodes are rows too)."""
-    from skeleton_app.ops.status_probe import (
-        daemon_cell,
-        disk_cell,
-        format_duration,
-        gpu_cell,
-        load_cell,
-        mem_cell,
-    )
-
-    columns = ["node", "host", "daemon", "load", "memory", "gpu", "disk"]
-    if registry is not None:
-        columns += ["heartbeat", "version"]
-    table: list[list[str]] = []
-    for node in nodes:
-        r = result[node.id]
-        st: NodeStatus | None = r.data.get("status") if r.error_kind is None else None
-        if st is None:
-            reason = r.summary() if r.error_kind is not None else f"probe failed: {r.summary()}"
-            row = [node.id, node.host, "✗", reason, "", "", ""]
-        else:
-            row = [node.id, node.host, daemon_cell(st), load_cell(st), mem_cell(st),
-                   gpu_cell(st.gpu), disk_cell(st)]
-        if registry is not None:
-            reg = registry.get(node.id, {})
-            age = heartbeat_age(reg.get("last_seen"))
-            beat = "-" if age is None else format_duration(age) + " ago"
-            if age is not None and age > stale_after:
-                beat += " (stale)"
-            version = (st.code_version if st and st.code_version else None) or reg.get(
-                "code_version") or "-"
-            row += [beat, str(version)[:12]]
-        table.append(row)
-    return columns, table
-
-
-def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
+def registry_snapshot(cluster: Cluster, result: ClusterResult[StatusReport]
                       ) -> dict[str, dict[str, Any]] | None:
     """With a registry: write the snapshot back and return heartbeat facts per node.
 
@@ -111,10 +99,9 @@ def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
         return {}
     try:
         facts = registry.heartbeats([*result])
-        for node_id, r in result.items():
-            st = r.data.get("status")
-            if st is not None:
-                registry.record_status(node_id, st.as_dict())
+        for node_id, report in result.outcomes().items():
+            if report.status is not None:
+                registry.record_status(node_id, report.status.as_dict())
         return facts
     except RegistryError:
         return {}

@@ -128,8 +128,8 @@ def test_start_status_stop_are_idempotent(testbed: Testbed, tmp_path: Path) -> N
         pids = {}
         for node in nodes:
             r = result[node.id]
-            assert r.data["state"] == "started"
-            pid = r.data["pid"]
+            assert r.outcome.state == "started"
+            pid = r.outcome.pid
             pids[node.id] = pid
             pid_file = host_path(testbed, node.id, f"{app_dir}/.skeleton-daemon.pid")
             assert pid_file.read_text().split()[0] == str(pid)
@@ -145,24 +145,24 @@ def test_start_status_stop_are_idempotent(testbed: Testbed, tmp_path: Path) -> N
 
         again = daemon_control(cluster, nodes, "start")
         assert again.exit_code() == 0
-        assert {n: r.data["state"] for n, r in again.items()} == dict.fromkeys(pids,
+        assert {n: r.outcome.state for n, r in again.items()} == dict.fromkeys(pids,
                                                                                "already-running")
-        assert {n: r.data["pid"] for n, r in again.items()} == pids
+        assert {n: r.outcome.pid for n, r in again.items()} == pids
 
         status = daemon_control(cluster, nodes, "status")
         assert status.exit_code() == 0
-        assert all(r.data["state"] == "running" for r in status.values())
+        assert all(r.outcome.state == "running" for r in status.values())
 
         stopped = daemon_control(cluster, nodes, "stop")
         assert stopped.exit_code() == 0
         for node in nodes:
-            assert stopped[node.id].data["state"] == "stopped"
-            assert stopped[node.id].data["signal"] == "TERM"
+            assert stopped[node.id].outcome.state == "stopped"
+            assert stopped[node.id].outcome.signal == "TERM"
             assert _node_proc(testbed, node.id, pids[node.id], "cmdline") == ""
             assert not host_path(testbed, node.id, f"{app_dir}/.skeleton-daemon.pid").exists()
         twice = daemon_control(cluster, nodes, "stop")
         assert twice.exit_code() == 0
-        assert all(r.data["state"] == "not-running" for r in twice.values())
+        assert all(r.outcome.state == "not-running" for r in twice.values())
         down = daemon_control(cluster, nodes, "status")
         assert down.exit_code() == 1  # status of a stopped daemon: LSB exit 3 on each node
         assert all(r.exit_code == 3 for r in down.values())
@@ -193,11 +193,11 @@ def test_stale_pid_file_counts_as_stopped(testbed: Testbed, tmp_path: Path) -> N
     with daemons_stopped_after(settings) as cluster:
         node = cluster.select(["node-03"])
         status = daemon_control(cluster, node, "status")
-        assert status["node-03"].data["state"] == "not-running"
-        assert "stale pid file" in status["node-03"].data["message"]
+        assert status["node-03"].outcome.state == "not-running"
+        assert "stale pid file" in status["node-03"].outcome.message
         started = daemon_control(cluster, node, "start")
-        assert started.exit_code() == 0 and started["node-03"].data["state"] == "started"
-        assert pid_file.read_text().split()[0] == str(started["node-03"].data["pid"])
+        assert started.exit_code() == 0 and started["node-03"].outcome.state == "started"
+        assert pid_file.read_text().split()[0] == str(started["node-03"].outcome.pid)
 
 
 def test_pid_file_of_an_unrelated_process_is_left_alone(testbed: Testbed,
@@ -217,17 +217,17 @@ def test_pid_file_of_an_unrelated_process_is_left_alone(testbed: Testbed,
                                 f"{_boot_id(testbed)}\n")
             stopped = daemon_control(cluster, [node], "stop")
             assert stopped.exit_code() == 0
-            assert stopped["node-04"].data["state"] == "not-running"
-            assert "left alone" in stopped["node-04"].data["message"]
+            assert stopped["node-04"].outcome.state == "not-running"
+            assert "left alone" in stopped["node-04"].outcome.message
             assert "sleep" in _node_proc(testbed, "node-04", pid, "cmdline")  # still alive
             # Its pid, recycled: a record with another start time.
             pid_file.write_text(f"{pid} {_start_time(testbed, 'node-04', pid) + 1} "
                                 f"{_boot_id(testbed)}\n")
             status = daemon_control(cluster, [node], "status")
-            assert status["node-04"].data["state"] == "not-running"
+            assert status["node-04"].outcome.state == "not-running"
             started = daemon_control(cluster, [node], "start")
-            assert started["node-04"].data["state"] == "started"
-            assert started["node-04"].data["pid"] != pid
+            assert started["node-04"].outcome.state == "started"
+            assert started["node-04"].outcome.pid != pid
             assert "sleep" in _node_proc(testbed, "node-04", pid, "cmdline")
         finally:
             cluster.connector.run(node, f"kill {pid}")
@@ -238,7 +238,7 @@ def _all_started_healthy(cluster: Cluster) -> tuple[tuple[Node, ...], dict[str, 
     nodes = cluster.select([])
     first = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
     assert first.exit_code() == 0, first.to_json()
-    return nodes, {n: r.data["pid"] for n, r in first.items()}
+    return nodes, {n: r.outcome.pid for n, r in first.items()}
 
 
 def test_rolling_restart_waits_for_health(testbed: Testbed, tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_rolling_restart_stops_at_the_first_node_that_does_not_come_back(
         assert "node-03 did not come back healthy" in proc.stdout
         assert "not restarted: node-[05-06]" in proc.stdout
         after = daemon_control(cluster, nodes, "status")
-        pids = {n: r.data["pid"] for n, r in after.items()}
+        pids = {n: r.outcome.pid for n, r in after.items()}
         for node in ("node-01", "node-02", "node-03", "node-04"):
             assert pids[node] != old[node], node  # restarted (batches 1 and 2)
         for node in ("node-05", "node-06"):
@@ -279,7 +279,7 @@ def test_rolling_restart_stops_at_the_first_node_that_does_not_come_back(
         result = daemon_control(cluster, nodes, "restart", batch=1, wait_healthy=True,
                                 health_timeout=2)
         assert list(result) == ["node-01", "node-02", "node-03"]
-        assert result["node-03"].exit_code == 1 and not result["node-03"].data["healthy"]
+        assert result["node-03"].exit_code == 1 and not result["node-03"].outcome.healthy
         assert "node-03" in result.warnings[0] and "node-[04-06]" in result.warnings[0]
 
 
@@ -311,7 +311,7 @@ def test_any_daemon_command_works(testbed: Testbed, tmp_path: Path) -> None:
         started = daemon_control(cluster, nodes, "start", wait_healthy=True, health_timeout=10)
         assert started.exit_code() == 0, started.to_json()
         for node in nodes:
-            pid = started[node.id].data["pid"]
+            pid = started[node.id].outcome.pid
             cmdline = _node_proc(testbed, node.id, pid, "cmdline")
             assert "srv.py 8781" in cmdline and "skeleton" not in cmdline
         status = skeleton("cluster", "daemon", "status", "-n", "node-0[1-2]", config=config)
@@ -319,8 +319,8 @@ def test_any_daemon_command_works(testbed: Testbed, tmp_path: Path) -> None:
         stopped = daemon_control(cluster, nodes, "stop")
         assert stopped.exit_code() == 0
         for node in nodes:
-            assert stopped[node.id].data["state"] == "stopped"
-            assert _node_proc(testbed, node.id, started[node.id].data["pid"], "cmdline") == ""
+            assert stopped[node.id].outcome.state == "stopped"
+            assert _node_proc(testbed, node.id, started[node.id].outcome.pid, "cmdline") == ""
 
 
 @pytest.mark.parametrize("corruption", ["-1", "0", "1", "garbage", "deleted", "recycled"])
@@ -333,7 +333,7 @@ def test_a_corrupt_pid_file_never_orphans_the_daemon(testbed: Testbed, tmp_path:
         node = cluster.select(["node-05"])[0]
         first = daemon_control(cluster, [node], "start", wait_healthy=True, health_timeout=10)
         assert first.exit_code() == 0, first.to_json()
-        pid = first["node-05"].data["pid"]
+        pid = first["node-05"].outcome.pid
         pid_file = host_path(testbed, "node-05", f"{app_dir}/.skeleton-daemon.pid")
         r = cluster.connector.run(node, "setsid -f sleep 2345.5 </dev/null >/dev/null 2>&1;"
                                         " sleep 0.2; pgrep -n -f 'sleep 2345.5'")
@@ -347,17 +347,17 @@ def test_a_corrupt_pid_file_never_orphans_the_daemon(testbed: Testbed, tmp_path:
             else:
                 pid_file.write_text(f"{corruption}\n")
             status = daemon_control(cluster, [node], "status")
-            assert status["node-05"].data["state"] == "running", status.to_json()
-            assert status["node-05"].data["pid"] == pid
+            assert status["node-05"].outcome.state == "running", status.to_json()
+            assert status["node-05"].outcome.pid == pid
             stopped = daemon_control(cluster, [node], "stop")
-            assert stopped["node-05"].data["state"] == "stopped", stopped.to_json()
-            assert stopped["node-05"].data["pid"] == pid
+            assert stopped["node-05"].outcome.state == "stopped", stopped.to_json()
+            assert stopped["node-05"].outcome.pid == pid
             assert _node_proc(testbed, "node-05", pid, "cmdline") == ""
             assert "sleep" in _node_proc(testbed, "node-05", decoy, "cmdline")  # spared
             again = daemon_control(cluster, [node], "start", wait_healthy=True,
                                    health_timeout=10)
             assert again.exit_code() == 0, again.to_json()  # the port was free again
-            assert again["node-05"].data["state"] == "started"
+            assert again["node-05"].outcome.state == "started"
         finally:
             cluster.connector.run(node, f"kill {decoy}")
 
@@ -412,19 +412,19 @@ def test_systemd_manager_with_sudo_never_waits_for_a_password(testbed: Testbed,
             result = daemon_control(cluster, target, "start")
             assert time.monotonic() - started < 10  # a prompt would have hung until timeout
             r = result[node]
-            assert r.exit_code == 1 and "password" in r.data["message"]
-            assert "NOPASSWD" in r.data["message"]
+            assert r.exit_code == 1 and "password" in r.outcome.message
+            assert "NOPASSWD" in r.outcome.message
 
             tbm.host_exec(testbed, node, ["touch", "/usr/local/bin/.nopasswd"])
-            assert daemon_control(cluster, target, "start")[node].data["state"] == "active"
+            assert daemon_control(cluster, target, "start")[node].outcome.state == "active"
             status = daemon_control(cluster, target, "status")
-            assert status.exit_code() == 0 and status[node].data["state"] == "active"
+            assert status.exit_code() == 0 and status[node].outcome.state == "active"
             restarted = daemon_control(cluster, target, "restart")
-            assert restarted[node].data["state"] == "active"
+            assert restarted[node].outcome.state == "active"
             stopped = daemon_control(cluster, target, "stop")
             assert stopped.exit_code() == 0
             down = daemon_control(cluster, target, "status")
-            assert down.exit_code() == 1 and down[node].data["state"] == "inactive"
+            assert down.exit_code() == 1 and down[node].outcome.state == "inactive"
             calls = (home / "systemctl.log").read_text().splitlines()
             assert "--no-ask-password start -- skeleton-daemon" in calls
             assert "--no-ask-password stop -- skeleton-daemon" in calls
@@ -440,8 +440,8 @@ def test_health_check_reports_a_silent_node(testbed: Testbed, settings: Settings
         started = time.monotonic()
         r = health_check(cluster, node, timeout=1.5)
         assert time.monotonic() - started < 10
-        assert r.exit_code == 1 and r.data["healthy"] is False
-        assert "8799" in r.data["message"]
+        assert r.exit_code == 1 and r.outcome.healthy is False
+        assert "8799" in r.outcome.message
 
 
 def test_stop_escalates_to_sigkill_after_the_grace_period(testbed: Testbed,
@@ -454,9 +454,9 @@ def test_stop_escalates_to_sigkill_after_the_grace_period(testbed: Testbed,
         node = cluster.select(["node-02"])
         started = daemon_control(cluster, node, "start")
         assert started.exit_code() == 0, started.to_json()
-        pid = started["node-02"].data["pid"]
+        pid = started["node-02"].outcome.pid
         stopped = daemon_control(cluster, node, "stop")
         assert stopped.exit_code() == 0
-        assert stopped["node-02"].data["state"] == "stopped"
-        assert stopped["node-02"].data["signal"] == "KILL"
+        assert stopped["node-02"].outcome.state == "stopped"
+        assert stopped["node-02"].outcome.signal == "KILL"
         assert _node_proc(testbed, "node-02", pid, "cmdline") == ""

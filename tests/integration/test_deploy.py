@@ -464,11 +464,11 @@ def test_end_to_end_version_a_then_b_with_restart(testbed: Testbed, tmp_path: Pa
         version_a = _version(src)
         status = status_op.status(cluster, nodes)
         for node in nodes:
-            st = status[node.id].data["status"]
+            st = status[node.id].outcome.status
             assert st.daemon_running is True and st.code_version == version_a
             health = health_check(cluster, node, timeout=5)
-            assert health.data["health"]["version"] == "A"
-            assert health.data["health"]["node"] == node.id
+            assert health.outcome.health["version"] == "A"
+            assert health.outcome.health["node"] == node.id
 
         (src / "VERSION").write_text("B\n")
         (src / "app/main.py").write_text("VERSION = 'B'\n")
@@ -483,12 +483,12 @@ def test_end_to_end_version_a_then_b_with_restart(testbed: Testbed, tmp_path: Pa
             data = deployed["nodes"][node.id]["data"]
             assert data["daemon_stop"]["state"] == "stopped"
             assert data["daemon_start"]["state"] == "started"
-            st = status[node.id].data["status"]
+            st = status[node.id].outcome.status
             assert st.daemon_running is True and st.code_version == version_b
             assert st.daemon_pid == data["daemon_start"]["pid"]
             health = health_check(cluster, node, timeout=10)
-            assert health.data["health"]["version"] == "B"
-            assert health.data["health"]["code_version"] == version_b
+            assert health.outcome.health["version"] == "B"
+            assert health.outcome.health["code_version"] == version_b
 
         # The seed's rolling deployment, by chaining commands: stop, deploy, start, status.
         (src / "VERSION").write_text("C\n")
@@ -498,7 +498,7 @@ def test_end_to_end_version_a_then_b_with_restart(testbed: Testbed, tmp_path: Pa
                      ("daemon", "status", "-n", "node-01")):
             proc = skeleton("cluster", *args, config=config)
             assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-        assert health_check(cluster, nodes[0], timeout=10).data["health"]["version"] == "C"
+        assert health_check(cluster, nodes[0], timeout=10).outcome.health["version"] == "C"
         result = daemon_control(cluster, nodes, "status")
         assert result.exit_code() == 0
 
@@ -575,13 +575,13 @@ def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Test
             tbm.unhide_command(testbed, "node-02", "/usr/bin/rsync")
         assert result.exit_code() == 1  # rsync missing on node-02: failed, not unreachable
         assert result["node-01"].ok
-        assert result["node-01"].data["daemon_start"]["pid"] != first["node-01"].data["pid"]
-        assert health_check(cluster, nodes[0], timeout=10).data["health"]["version"] == "B"
+        assert result["node-01"].data["daemon_start"]["pid"] != first["node-01"].outcome.pid
+        assert health_check(cluster, nodes[0], timeout=10).outcome.health["version"] == "B"
         assert "rsync is not installed on node-02" in (result["node-02"].error or "")
         # node-02's daemon was never stopped: same process, still the old version.
         status = daemon_control(cluster, [nodes[1]], "status")
-        assert status["node-02"].data["pid"] == first["node-02"].data["pid"]
-        assert health_check(cluster, nodes[1], timeout=10).data["health"]["version"] == "A"
+        assert status["node-02"].outcome.pid == first["node-02"].outcome.pid
+        assert health_check(cluster, nodes[1], timeout=10).outcome.health["version"] == "A"
 
 
 def _project_tree(dest: Path, config: Path) -> Path:
@@ -622,7 +622,7 @@ def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path,
             health = started[node.id]["data"]["health"]
             assert health["node"] == node.id and health["code_version"] == version_a
             assert health["pid"] == started[node.id]["data"]["pid"]
-            st = status[node.id].data["status"]
+            st = status[node.id].outcome.status
             assert st.daemon_running is True and st.daemon_pid == health["pid"]
             assert st.code_version == version_a
 
@@ -633,11 +633,11 @@ def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path,
         assert version_b != version_a
         for node in nodes:
             health = health_check(cluster, node, timeout=20)
-            assert health.ok, health.data
-            assert health.data["health"]["code_version"] == version_b
-            assert health.data["health"]["pid"] != started[node.id]["data"]["pid"]
+            assert health.ok, health.outcome
+            assert health.outcome.health["code_version"] == version_b
+            assert health.outcome.health["pid"] != started[node.id]["data"]["pid"]
         status = status_op.status(cluster, nodes)
-        assert {r.data["status"].code_version for r in status.values()} == {version_b}
+        assert {r.outcome.status.code_version for r in status.values()} == {version_b}
 
 
 

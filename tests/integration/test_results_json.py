@@ -1,8 +1,9 @@
 """Every operation's result is JSON: `ClusterResult.to_json()` (what `--json` prints) works for
 status, exec, deploy, daemon, sync-models and logs, typed values in `data` included.
 
-The first test needs no host (a NodeStatus and a DaemonReply, as the operations put them in
-`data`); the others run each operation on the session testbed and read the JSON back."""
+The first test needs no host (typed values, a NodeStatus and a DaemonReply among them, in the
+legacy `data` field; the typed outcomes are tested in tests/unit/test_to_json.py); the others
+run each operation on the session testbed and read the JSON back."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from skeleton_app.app.views.status import rows
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
-from skeleton_app.ops.status import rows, status
+from skeleton_app.ops.status import status
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
 from tests.support.helpers import skeleton
@@ -43,7 +44,7 @@ def test_status_probe_values_per_node(settings: Settings, testbed: Testbed) -> N
         result = status(cluster, nodes)
     assert result.exit_code() == 0
     for node in nodes:
-        st = result[node.id].data["status"]
+        st = result[node.id].outcome.status
         assert st.hostname == node.id  # each host its own UTS namespace
         assert st.complete
         assert st.load is not None and st.mem_total and st.mem_available

@@ -431,9 +431,9 @@ def test_daemon_on_a_host_health_on_its_address_details_for_health_check(
     try:
         with Cluster(settings) as cluster:
             r = health_check(cluster, node, timeout=20)
-            assert r.exit_code == 0, r.data
-            pid = r.data["health"]["pid"]
-            assert isinstance(pid, int) and r.data["health"]["node"] == host.id
+            assert r.exit_code == 0, r.outcome
+            pid = r.outcome.health["pid"]
+            assert isinstance(pid, int) and r.outcome.health["node"] == host.id
         tcp = tb_mod.host_exec(bed, host.id, ["cat", "/proc/net/tcp"]).stdout.splitlines()[1:]
         listening = [ln.split()[1] for ln in tcp
                      if ln.split()[3] == "0A" and int(ln.split()[1].split(":")[1], 16) == port]

@@ -1,6 +1,7 @@
 """Daemon control for the `process` manager: the real payloads/daemon.sh under dash, real daemons.
 
-Every case runs the script as it is sent over SSH (`sh -s -- ARGS`, script on stdin, stdout and
+Every case runs the script as it is sent over SSH (`sh -s -- ARGS`, the script with its prelude
+on stdin, as `payloads.data` gives it, stdout and
 stderr on pipes) in a session of its own, so that a stray group signal could never reach pytest.
 Daemons detach from the script, so their parent becomes the nearest "child subreaper": the
 `node` fixture makes this process one for the duration of a test, then kills and reaps every
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from skeleton_app import payloads
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "skeleton_app" / "payloads"
 SCRIPT = SCRIPTS / "daemon.sh"
@@ -163,7 +166,7 @@ class Node:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        out, err = proc.communicate(SCRIPT.read_bytes(), timeout=30)
+        out, err = proc.communicate(payloads.data("daemon.sh"), timeout=30)
         elapsed = time.monotonic() - before
         return parse_reply(proc.returncode, out.decode(), err.decode(), elapsed)
 
@@ -223,14 +226,17 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 
 
-def test_pid_checks_are_the_same_in_both_scripts() -> None:
-    # status.sh and daemon.sh are sent separately, so each carries its own copy of the checks
-    # that decide "is our daemon running": they must never disagree.
-    pattern = re.compile(r"# --- shared: pid checks.*?# --- end shared ---", re.DOTALL)
-    daemon_part = pattern.search(SCRIPT.read_text())
-    status_part = pattern.search((SCRIPTS / "status.sh").read_text())
-    assert daemon_part and status_part
-    assert daemon_part.group() == status_part.group()
+def test_both_scripts_send_the_shared_pid_checks() -> None:
+    # status.sh and daemon.sh must never disagree on "is our daemon running": both take the
+    # checks from prelude.sh (the loader puts it in front), and neither defines them itself.
+    prelude = (SCRIPTS / "prelude.sh").read_text()
+    for name in ("daemon.sh", "status.sh"):
+        own = (SCRIPTS / name).read_text()
+        assert own.startswith(payloads.USES_PRELUDE + "\n"), name
+        assert payloads.text(name) == prelude + own
+        for function in ("read_stat", "read_record", "is_ours", "lock_held", "find_daemon"):
+            assert re.search(rf"^{function}\(\)", prelude, re.MULTILINE), function
+            assert not re.search(rf"^{function}\(\)", own, re.MULTILINE), (name, function)
 
 
 # ---- start ---------------------------------------------------------------------------------------

@@ -17,21 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from skeleton_app import payloads
+from skeleton_app.app.views.common import format_bytes, format_duration, format_usage
+from skeleton_app.app.views.status import daemon_cell, disk_cell, gpu_cell, load_cell, mem_cell
 from skeleton_app.gpu import QUERY_ARGS, GpuReport, GpuState
-from skeleton_app.ops.status_probe import (
-    NodeStatus,
-    daemon_cell,
-    disk_cell,
-    format_bytes,
-    format_duration,
-    format_usage,
-    gpu_cell,
-    load_cell,
-    mem_cell,
-    parse_status,
-    probe_args,
-    probe_script,
-)
+from skeleton_app.ops.status_probe import NodeStatus, parse_status, probe_args, probe_script
 from tests.support.shared_fixtures import nvidia_smi_fixture
 
 SCRIPT = Path(__file__).resolve().parents[2] / "skeleton_app" / "payloads" / "status.sh"
@@ -127,8 +117,9 @@ def meminfo_kb(key: str) -> int:
 # ---- the script itself -----------------------------------------------------------------------
 
 
-def test_probe_script_is_the_packaged_file() -> None:
-    assert probe_script() == SCRIPT.read_text()
+def test_probe_script_is_the_packaged_file_after_the_prelude() -> None:
+    prelude = (SCRIPT.parent / payloads.PRELUDE).read_text()
+    assert probe_script() == prelude + SCRIPT.read_text()
 
 
 

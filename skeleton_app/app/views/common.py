@@ -1,4 +1,7 @@
-"""Rendering results for people (text, Rich tables) and for scripts (JSON).
+"""Helpers every view shares: making node text safe, the console, the one table builder, the
+error lines, and the byte and duration formatters. One module per operation
+(`views/exec.py`, `views/status.py`, `views/daemon.py`, `views/bootstrap.py`, ...) holds
+what that operation shows.
 
 Node output is untrusted: terminal escape sequences and control characters are made
 visible (`\\x1b`) instead of being replayed to the user's terminal.
@@ -6,14 +9,12 @@ visible (`\\x1b`) instead of being replayed to the user's terminal.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import threading
-from collections.abc import Mapping
 from typing import IO, Any
 
-from skeleton_app.results import ClusterResult, gather_output, group_errors, group_exit_codes
+from skeleton_app.results import ClusterResult, group_errors
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -21,20 +22,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def sanitize(text: str) -> str:
     """Make control characters (ESC, BEL, CR, C1 controls...) visible; keep \\n and \\t."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def exec_text(result: ClusterResult[Any], out: IO[str]) -> None:
-    """clush -b style: each distinct output once under its folded node set, then exit codes
-    and errors, one line per group."""
-    for nodes, text in gather_output(result):
-        out.write(f"---------------- {nodes} ----------------\n")
-        body = sanitize(text)
-        out.write(body if body.endswith("\n") else body + "\n")
-    # All exited 0 and nothing broke: no exit-code lines (and no folding to pay for).
-    if result.nonzero or result.errors:
-        for code, nodes in group_exit_codes(result):
-            out.write(f"{nodes}: exit {code}\n")
-    error_lines(result, out)
 
 
 def error_lines(result: ClusterResult[Any], out: IO[str]) -> None:
@@ -103,13 +90,59 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
     console(file).print(t)
 
 
-def status_json(result: ClusterResult[Any],
-                registry: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """`cluster status --json`: the result, each node's `data` holding its probed status and,
-    with a registry, what the registry knows of it (heartbeat, code version)."""
-    data = result.to_dict()
-    for node_id, entry in data["nodes"].items():
-        st = result[node_id].data.get("status")
-        entry["data"] = {"status": st.as_dict() if st else None,
-                         "registry": (registry or {}).get(node_id)}
-    return json.dumps(data, indent=2, default=str, ensure_ascii=False)
+# ---- formatters ----------------------------------------------------------------------------
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_bytes(size: int | None) -> str:
+    """'512MiB', '3.2GiB', '140GiB'; '-' for unknown."""
+    if size is None:
+        return "-"
+    number, unit = _scale(size)
+    return f"{_short_number(number)}{unit}"
+
+
+def format_usage(used: int | None, total: int | None) -> str:
+    """'3.2/15GiB': used and total in the total's unit; '-' when the total is unknown."""
+    if total is None:
+        return "-"
+    number, unit = _scale(total)
+    factor = total / number if number else 1
+    used_text = "?" if used is None else _short_number(used / factor)
+    return f"{used_text}/{_short_number(number)}{unit}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """'3d04h', '5h07m', '12m', '40s'; '-' for unknown."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def _scale(size: int) -> tuple[float, str]:
+    number = float(size)
+    for unit in _UNITS:
+        if abs(number) < 1024 or unit == _UNITS[-1]:
+            return number, unit
+        number /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _short_number(number: float) -> str:
+    # Two significant figures are plenty for a table; below 10 one decimal still says something.
+    if number == 0:
+        return "0"
+    if abs(number) < 10 and round(number, 1) != round(number):
+        return f"{number:.1f}"
+    return f"{number:.0f}"

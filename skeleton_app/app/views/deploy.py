@@ -1,4 +1,4 @@
-"""Rendering deploy, daemon and sync-models results for people: live per-node progress
+"""Rendering deploy and sync-models results for people: live per-node progress
 displays (Rich) and the summaries. Node-supplied text goes through `render.sanitize` like all
 node output.
 """
@@ -132,29 +132,6 @@ def deploy_text(result: ClusterResult[Any], out: IO[str], *, list_changes: bool 
     ok = len(result.ok)
     out.write(f"{ok}/{len(result)} node(s) ok; {files} file(s) changed, {_bytes(sent)} sent,"
               f" {elapsed:.2f}s\n")
-    for warning in result.warnings:
-        out.write(f"warning: {sanitize(warning)}\n")
-
-
-def daemon_text(result: ClusterResult[Any], nodes: Sequence[Node], out: IO[str]) -> None:
-    """A row per selected node: outcome, pid, what happened (nodes a stopped rollout never
-    reached say so)."""
-    rows = []
-    for node in nodes:
-        r = result.get(node.id)
-        if r is None:
-            rows.append([node.id, "-", "", "not reached (rollout stopped)"])
-            continue
-        if r.error_kind is not None:
-            rows.append([node.id, "✗", "", f"{r.error_kind.value}: {r.error}"])
-            continue
-        pid = r.data.get("pid")
-        summary = str(r.data.get("summary") or r.summary())
-        tail = r.data.get("log_tail") or []
-        if tail:
-            summary += "\n" + "\n".join(f"  | {line}" for line in tail[-10:])
-        rows.append([node.id, "✓" if r.ok else "✗", str(pid) if pid else "", summary])
-    table(None, ["node", "ok", "pid", "daemon"], rows, file=out)
     for warning in result.warnings:
         out.write(f"warning: {sanitize(warning)}\n")
 
