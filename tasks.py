@@ -27,8 +27,9 @@ from skeleton_app.app.views import common as render
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.bootstrap import bootstrap_text, failures
 from skeleton_app.app.views.daemon import daemon_text
-from skeleton_app.app.views.deploy import DeployProgress, SyncModelsProgress, deploy_text
+from skeleton_app.app.views.deploy import DeployProgress, deploy_text
 from skeleton_app.app.views.exec import exec_text
+from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
@@ -290,7 +291,7 @@ def sync_models(c: Context, source_node: str | None = None,
         else:
             render.table(f"sync-models from {source.id}",
                          ["node", "status", "moved", "time", "rate", "how / why"],
-                         models_op.summary_rows(result))
+                         summary_rows(result))
             for warning in result.warnings:
                 print(f"skeleton: warning: {render.sanitize(warning)}", file=sys.stderr)
         _finish(cluster, "sync-models",

@@ -449,7 +449,7 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
     """Copy a model from the node that has it to the others, node to node (a pipelined chain:
     about one link's time whatever the number of targets)."""
     from skeleton_app.app.views import common as render
-    from skeleton_app.app.views.deploy import SyncModelsProgress
+    from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
     from skeleton_app.ops import sync_models as models_op
 
     state = _prepare(ctx, config, fanout)
@@ -466,7 +466,7 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
     else:
         render.table(f"sync-models from {source.id}",
                      ["node", "status", "moved", "time", "rate", "how / why"],
-                     models_op.summary_rows(result))
+                     summary_rows(result))
         for warning in result.warnings:
             click.echo(f"skeleton: warning: {render.sanitize(warning)}", err=True)
     _record(state, cluster_, "sync-models",

@@ -25,6 +25,9 @@ from skeleton_app.config import load_config
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.ops import sync_models as mops
 from skeleton_app.ops.sync_models import Entry, Manifest, SyncProgress, sync_models
+from skeleton_app.ops.sync_models.holders import Holders
+from skeleton_app.ops.sync_models.manifest import link_is_safe
+from skeleton_app.ops.sync_models.paths import check_model_name
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
 from tests.support.helpers import config_variant, skeleton
@@ -148,13 +151,13 @@ def test_manifest_round_trip_and_digest() -> None:
     ("a", "/etc/passwd", False), ("d/e/a", "../../../x", False), ("a", "", False),
 ])
 def test_symlink_safety(rel: str, target: str, safe: bool) -> None:
-    assert mops._link_is_safe(rel, target) is safe
+    assert link_is_safe(rel, target) is safe
 
 
 def test_holders_cap_streams_per_sender() -> None:
     from skeleton_app.nodes import Node
 
-    holders = mops._Holders(cap=2)
+    holders = Holders(cap=2)
     src, other = Node(id="src", host="10.0.0.1"), Node(id="other", host="10.0.0.2")
     holders.add(src)
     assert holders.acquire(lambda: True) == src
@@ -184,7 +187,7 @@ def test_models_dir_rules(cluster: Cluster) -> None:
             mops.models_dir(cluster, node, bad)
     for name in ("../x", "a/b", ".hidden", "", "."):
         with pytest.raises(UsageError):
-            mops._check_model_name(name)
+            check_model_name(name)
 
 
 # ---------------------------------------------------------------------------- happy paths
@@ -231,7 +234,7 @@ def test_all_models_dirs_and_files_hidden_ignored(cluster: Cluster, testbed: Tes
     result = sync_models(cluster, source_node="node-02", targets=cluster.select(["node-05"]),
                          models_path=rel, on_progress=events.append)
     assert result.exit_code() == 0, result.to_json()
-    assert result["node-05"].data["models"] == ["stt", "voice.onnx"]
+    assert result["node-05"].outcome.models == ("stt", "voice.onnx")
     target = models_root(testbed, "node-05", rel)
     assert (target / "voice.onnx").read_bytes() == (root / "voice.onnx").read_bytes()
     assert tree(target / "stt") == expected_tree(root / "stt")
@@ -261,7 +264,7 @@ def test_update_sends_only_changes_and_keeps_unchanged_files(cluster: Cluster,
     assert result.exit_code() == 0, result.to_json()
     for host in ("node-02", "node-03"):
         assert tree(models_root(testbed, host, rel) / "m") == expected_tree(model)
-        assert result[host].data["bytes"] == len("x\ny\nz\n") + len("new file\n")
+        assert result[host].outcome.moved == len("x\ny\nz\n") + len("new file\n")
     # The unchanged 2 MiB file was linked into the new copy, not sent again.
     assert big.stat().st_ino == inode
 
@@ -276,10 +279,10 @@ def test_single_target_with_absolute_path_outside_app_dir(cluster: Cluster, test
     result = sync_models(cluster, source_node="node-03", targets=cluster.select(["node-06"]),
                          models_path=outside, model="tts")
     assert result.exit_code() == 0, result.to_json()
-    assert result["node-06"].data["path"] == outside
+    assert result["node-06"].outcome.path == outside
     copy = testbed.host("node-06").home / outside.removeprefix("/home/skeleton/") / "tts"
     assert (copy / "voice.bin").read_bytes() == (src / "voice.bin").read_bytes()
-    assert result["node-06"].data["via"] == ["rsync from node-03"]
+    assert result["node-06"].outcome.via == ("rsync from node-03",)
 
 
 def test_relay_streams_through_the_controller(cluster: Cluster, testbed: Testbed,
@@ -299,7 +302,7 @@ def test_relay_streams_through_the_controller(cluster: Cluster, testbed: Testbed
             tb.unhide_command(testbed, host, "/usr/bin/ssh")
     assert result.exit_code() == 0, result.to_json()
     for host in ("node-05", "node-06"):
-        assert result[host].data["via"] == ["relayed from node-04"]
+        assert result[host].outcome.via == ("relayed from node-04",)
         assert tree(models_root(testbed, host, rel) / "m") == expected_tree(model)
 
 
@@ -323,15 +326,15 @@ def test_verify_finds_and_repairs_a_corrupted_file(cluster: Cluster, testbed: Te
     os.utime(bad, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # The default check (sizes + manifest digest) cannot see it, by design.
     quick = sync_models(cluster, source_node="node-01", targets=targets, models_path=rel)
-    assert quick["node-03"].data["status"] == "up-to-date"
+    assert quick["node-03"].outcome.status == "up-to-date"
     checked = sync_models(cluster, source_node="node-01", targets=targets, models_path=rel,
                           verify=True)
     assert checked.exit_code() == 0, checked.to_json()
-    assert checked["node-02"].data["status"] == "up-to-date"
-    assert checked["node-03"].data["status"] == "repaired"
-    assert checked["node-03"].data["repaired"] == ["m/weights.bin"]
+    assert checked["node-02"].outcome.status == "up-to-date"
+    assert checked["node-03"].outcome.status == "repaired"
+    assert checked["node-03"].outcome.repaired == ("m/weights.bin",)
     assert bad.read_bytes() == (model / "weights.bin").read_bytes()
-    assert checked["node-03"].data["bytes"] == MIB  # only that file moved
+    assert checked["node-03"].outcome.moved == MIB  # only that file moved
 
 
 def test_interrupted_staging_is_resumed_and_strays_never_published(
@@ -356,7 +359,7 @@ def test_interrupted_staging_is_resumed_and_strays_never_published(
                          model="m")
     assert result.exit_code() == 0, result.to_json()
     assert tree(root / "m") == expected_tree(model)  # no stray.txt
-    assert result["node-05"].data["bytes"] < MIB  # the first MiB was not sent again
+    assert result["node-05"].outcome.moved < MIB  # the first MiB was not sent again
     assert not stage.exists()
 
 
@@ -411,9 +414,9 @@ def test_target_disk_too_small_refused_before_transfer(cluster: Cluster, testbed
                              targets=cluster.select(["node-0[3-4]"]), models_path=rel)
         inside = cluster.run("find /home/skeleton/app -mindepth 1", cluster.select(["node-04"]))
     assert result.exit_code() == 1, result.to_json()
-    assert result["node-03"].data["status"] == "synced"
+    assert result["node-03"].outcome.status == "synced"
     refused = result["node-04"]
-    assert refused.data["status"] == "refused"
+    assert refused.outcome.status == "refused"
     assert "not enough free disk space" in refused.stderr and "nothing was transferred" in (
         refused.stderr)
     # Not a byte, not even the models directory, reached the small disk.
@@ -450,7 +453,7 @@ def test_target_dies_mid_transfer_others_finish_rerun_resumes(make_testbed: obje
         assert first["node-03"].error_kind in (  # type: ignore[index]
             NodeErrorKind.UNREACHABLE, NodeErrorKind.LOST, NodeErrorKind.TIMEOUT)
         for host in ("node-02", "node-04"):
-            assert first[host].data["status"] == "synced", first.to_json()  # type: ignore[index,attr-defined]
+            assert first[host].outcome.status == "synced", first.to_json()  # type: ignore[index,attr-defined]
             assert tree(models_root(bed, host, "models") / "big") == expected_tree(model)
         kept = staged.stat().st_size
         assert kept > 2 * MIB
@@ -462,11 +465,11 @@ def test_target_dies_mid_transfer_others_finish_rerun_resumes(make_testbed: obje
         second = sync_models(cluster, source_node="node-01",
                              targets=cluster.select(["node-0[2-4]"]))
     assert second.exit_code() == 0, second.to_json()
-    assert second["node-03"].data["status"] == "synced"
-    assert second["node-02"].data["status"] == "up-to-date"
+    assert second["node-03"].outcome.status == "synced"
+    assert second["node-02"].outcome.status == "up-to-date"
     assert tree(models_root(bed, "node-03", "models") / "big") == expected_tree(model)
     # Resumed: what node-03 already had was not sent again.
-    assert second["node-03"].data["bytes"] <= size + 100 - kept
+    assert second["node-03"].outcome.moved <= size + 100 - kept
     for host in bed.ids:
         assert set(leftovers(bed, host)) <= (before if host == "node-03" else set())
 

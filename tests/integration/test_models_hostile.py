@@ -22,8 +22,9 @@ import pytest
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import load_config
 from skeleton_app.errors import SkeletonError
-from skeleton_app.ops import sync_models as mops
 from skeleton_app.ops.sync_models import sync_models
+from skeleton_app.ops.sync_models.answer import Stat
+from skeleton_app.ops.sync_models.manifest import link_is_safe, listing_problem
 from skeleton_app.safepath import link_resolves_inside, name_problem
 from skeleton_app.tarcheck import TarGuard
 from skeleton_app.testing import testbed as tb
@@ -208,7 +209,7 @@ def test_hostile_tar_stream_is_refused_on_the_targets(cluster: Cluster, testbed:
     assert result.exit_code() == 1, result.to_json()
     for host in TARGETS:
         r = result[host]
-        assert r.data["status"] == "failed"
+        assert r.outcome.status == "failed"
         assert f"{SOURCE} sent what its manifest does not list" in r.stderr, r.stderr
         assert "nothing was published" in r.stderr
         # Relayed, the controller stops the stream at its first bad member; in a chain, each
@@ -253,7 +254,7 @@ def test_a_stream_with_other_bytes_is_never_published(cluster: Cluster, testbed:
         tb.unhide_command(testbed, SOURCE, "/usr/bin/tar")
     assert result.exit_code() == 1, result.to_json()
     for host in TARGETS:
-        assert result[host].data["status"] == "failed"
+        assert result[host].outcome.status == "failed"
         assert "m/weights.bin" in result[host].stderr, result[host].stderr
         assert nothing_published(testbed, host, rel)
         staged = models_root(testbed, host, rel) / ".skeleton-staging" / "m" / "weights.bin"
@@ -341,21 +342,21 @@ def test_links_resolved_with_every_link_of_the_tree() -> None:
                       "loop2": False, "abs": False, "via": False, "chain": True,
                       "dangling": True}
     # The text alone says "inside" for esc: the old check.
-    assert mops._link_is_safe("esc", "a/b/c/d/u/../../..") is True  # u unknown: taken as a dir
-    assert mops._link_is_safe("esc", "a/b/c/d/u/../../..", links) is False
+    assert link_is_safe("esc", "a/b/c/d/u/../../..") is True  # u unknown: taken as a dir
+    assert link_is_safe("esc", "a/b/c/d/u/../../..", links) is False
 
 
 def test_listing_problems() -> None:
-    def st(kind: str) -> mops._Stat:
-        return mops._Stat(kind, 0, 1, ("0", "0", "0", "0"), "")
+    def st(kind: str) -> Stat:
+        return Stat(kind, 0, 1, ("0", "0", "0", "0"), "")
 
     honest = {"": st("d"), "a": st("d"), "a/f": st("f"), "l": st("l")}
-    assert mops._listing_problem("m", honest) is None
-    assert "'..'" in (mops._listing_problem("m", {**honest, "x/../../y": st("d")}) or "")
-    assert "not a directory" in (mops._listing_problem("m", {**honest, "l/f": st("f")}) or "")
-    assert "not listed" in (mops._listing_problem("m", {**honest, "q/f": st("f")}) or "")
-    assert mops._listing_problem("", honest) is not None
-    assert mops._listing_problem("m\n", honest) is not None
+    assert listing_problem("m", honest) is None
+    assert "'..'" in (listing_problem("m", {**honest, "x/../../y": st("d")}) or "")
+    assert "not a directory" in (listing_problem("m", {**honest, "l/f": st("f")}) or "")
+    assert "not listed" in (listing_problem("m", {**honest, "q/f": st("f")}) or "")
+    assert listing_problem("", honest) is not None
+    assert listing_problem("m\n", honest) is not None
 
 
 def _tar_bytes(members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> bytes:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from skeleton_app.app.views.sync_models import summary_rows
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import load_config
-from skeleton_app.ops import sync_models as mops
 from skeleton_app.ops.sync_models import hop_cause, sync_models
+from skeleton_app.ops.sync_models.chain import HopLog, chains, stranded
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
 from tests.integration.test_models import expected_tree, leftovers, make_model, models_root, tree
@@ -81,27 +82,25 @@ def test_hop_cause_names_the_pair() -> None:
     assert hop_cause("node-04", "node-05", "Permission denied (publickey).")[1] is False
 
 
-def test_chains_avoid_failed_pairs_and_keep_the_fast_path(fast_cluster: Cluster) -> None:
-    nodes = fast_cluster.select(["node-0[1-6]"])
-    sync = mops._Sync(fast_cluster, nodes[0], nodes[1:], models_path=None, model=None,
-                      verify=False, relay=False, on_progress=None, streams_per_sender=4,
-                      timeout=None)
-    targets = sync.targets
-    sync.holders.add(nodes[0])
-    ids = [[t.node.id for t in chain] for chain in sync._chains(targets)]
-    assert ids == [["node-02", "node-03", "node-04", "node-05", "node-06"]]  # unchanged
+def test_chains_avoid_failed_pairs_and_keep_the_fast_path() -> None:
+    targets = ["node-02", "node-03", "node-04", "node-05", "node-06"]
+    holders = {"node-01"}
+    warnings: list[str] = []
+    hops = HopLog(warnings)
+    assert chains(targets, hops.snapshot()) == [targets]  # unchanged
     # node-04 failed to open node-05: it goes last, and no hop is 04 -> 05.
-    sync._hop_failed(targets[2].node, targets[3].node, "cannot reach peer 4: host key changed")
-    ids = [[t.node.id for t in chain] for chain in sync._chains(targets)]
-    assert ids == [["node-02", "node-03", "node-05", "node-06", "node-04"]]
-    assert sync.warnings == ["host key changed between node-04 and node-05; routed around it"]
-    assert sync._stranded(targets[3]) == ""  # other holders may reach node-05
+    hops.record("node-04", "node-05", "cannot reach peer 4: host key changed")
+    assert chains(targets, hops.snapshot()) == [
+        ["node-02", "node-03", "node-05", "node-06", "node-04"]]
+    assert warnings == ["host key changed between node-04 and node-05; routed around it"]
+    # other holders may reach node-05
+    assert stranded("node-05", hops.snapshot(), holders, last_round=False) == ""
     # The only holder cannot push to node-05: it may still pull.
-    sync._hop_failed(nodes[0], targets[3].node, "cannot reach peer 4: Connection refused")
-    assert sync._stranded(targets[3]) == ""
+    hops.record("node-01", "node-05", "cannot reach peer 4: Connection refused")
+    assert stranded("node-05", hops.snapshot(), holders, last_round=False) == ""
     # Nor can it pull: no peer can serve it, it is relayed.
-    sync._hop_failed(targets[3].node, nodes[0], "cannot reach peer 0: Connection refused")
-    assert sync._stranded(targets[3]) == (
+    hops.record("node-05", "node-01", "cannot reach peer 0: Connection refused")
+    assert stranded("node-05", hops.snapshot(), holders, last_round=False) == (
         "host key changed between node-04 and node-05; node-01 cannot reach node-05:"
         " connection refused; node-05 cannot reach node-01: connection refused")
 
@@ -160,12 +159,12 @@ def test_changed_host_key_between_two_nodes(testbed: Testbed, fast_cluster: Clus
     assert f"{cause}; routed around it" in result.warnings
     for host in ("node-02", "node-03", "node-04", "node-05", "node-06"):
         assert tree(models_root(testbed, host, rel) / "m") == expected_tree(model)
-    assert result["node-04"].data["via"] == ["chain from node-01"]  # served, as before
+    assert result["node-04"].outcome.via == ("chain from node-01",)  # served, as before
     for host in ("node-05", "node-06"):
-        data = result[host].data
-        assert data["rerouted"] == [cause], data
-        assert len(data["via"]) == 1 and "node-04" not in data["via"][0], data
-    rows = {row[0]: row[-1] for row in mops.summary_rows(result)}
+        out = result[host].outcome
+        assert out.rerouted == (cause,), out
+        assert len(out.via) == 1 and "node-04" not in out.via[0], out
+    rows = {row[0]: row[-1] for row in summary_rows(result)}
     assert f"routed around: {cause}" in rows["node-05"]
 
 
@@ -197,9 +196,9 @@ def test_single_target_that_cannot_pull_is_pushed_to(testbed: Testbed, fast_clus
     finally:
         known.write_text(original)
     assert result.exit_code() == 0, result.to_json()
-    data = result["node-02"].data
-    assert data["via"] == ["rsync from node-01", "chain from node-01"], data
-    assert data["rerouted"] == ["host key changed between node-02 and node-01"], data
+    out = result["node-02"].outcome
+    assert out.via == ("rsync from node-01", "chain from node-01"), out
+    assert out.rerouted == ("host key changed between node-02 and node-01",), out
     assert tree(models_root(testbed, "node-02", rel) / "m") == expected_tree(model)
 
 
@@ -219,9 +218,9 @@ def test_node_no_peer_can_reach_is_relayed(testbed: Testbed, fast_cluster: Clust
     assert result.exit_code() == 0, result.to_json()
     for host in ("node-02", "node-03", "node-04"):
         assert tree(models_root(testbed, host, rel) / "m") == expected_tree(model)
-    via = result["node-03"].data["via"][-1]
+    via = result["node-03"].outcome.via[-1]
     assert via.startswith("relayed from node-0") and "no peer could reach it" in via, via
     assert "cannot reach node-03" in via
-    assert not any(v.startswith("relayed") for v in result["node-04"].data["via"])
+    assert not any(v.startswith("relayed") for v in result["node-04"].outcome.via)
     for host in testbed.ids:
         assert leftovers(testbed, host) == []

@@ -1,4 +1,4 @@
-"""Rendering deploy and sync-models results for people: live per-node progress
+"""Rendering deploy results for people: live per-node progress
 displays (Rich) and the summaries. Node-supplied text goes through `render.sanitize` like all
 node output.
 """
@@ -136,53 +136,3 @@ def deploy_text(result: ClusterResult[Any], out: IO[str], *, list_changes: bool 
         out.write(f"warning: {sanitize(warning)}\n")
 
 
-class SyncModelsProgress:
-    """sync-models progress per target on stderr: Rich bars on a terminal, otherwise one line
-    per event except the frequent transfer/preflight/verify ticks. Use as a context manager
-    and pass `update` as the sync's `on_progress`; with `enabled=False` (--json) it is silent.
-    """
-
-    def __init__(self, *, enabled: bool, file: IO[str] | None = None):
-        import sys
-
-        self.enabled = enabled
-        self.file = file or sys.stderr
-        self.tty = enabled and self.file.isatty()
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> SyncModelsProgress:
-        if self.tty:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[state]}"),
-                console=console(self.file))
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, event: Any) -> None:  # an ops.models.SyncProgress
-        if not self.enabled:
-            return
-        if self._progress is None:
-            if event.phase not in ("transfer", "preflight", "verify"):
-                self.file.write(f"{event.node}: {sanitize(event.message or event.phase)}\n")
-                self.file.flush()
-            return
-        task = self._tasks.get(event.node)
-        if task is None:
-            task = self._progress.add_task(event.node, total=event.total or None, state="")
-            self._tasks[event.node] = task
-        self._progress.update(task, completed=event.done, total=event.total or None,
-                              state=sanitize(event.message or event.phase))
