@@ -110,7 +110,7 @@ from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageEr
 from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.safepath import name_problem, resolve_in_tree
-from skeleton_app.ssh.pool import ssh_argv
+from skeleton_app.ssh.openssh import ssh_argv
 from skeleton_app.ssh.runner import RunOptions
 from skeleton_app.tarcheck import TarGuard
 from skeleton_app.transfers import build_rsync_argv, remote_spec
