@@ -212,11 +212,11 @@ def test_warm_connects_ahead_and_hands_its_failure_to_the_first_command(
             nodes = cluster.select(["node-0[4-5]"])
             started = time.monotonic()
             wait = cluster.connector.warm(nodes)
-            healthy = cluster.connector.connection(nodes[0])  # opened by the warm-up
+            healthy = cluster.connection(nodes[0])  # opened by the warm-up
             result = cluster.run("hostname", nodes)
             took = time.monotonic() - started
             wait()
-            assert cluster.connector.connection(nodes[0]) is healthy
+            assert cluster.connection(nodes[0]) is healthy
         assert result["node-04"].stdout == "node-04\n"
         assert result["node-05"].error_kind is NodeErrorKind.UNREACHABLE
         assert took < 2 + 1.5  # one connect timeout: the command did not start a second one
@@ -413,13 +413,15 @@ def test_huge_output_memory_bounded_and_escapes_not_replayed(testbed: Testbed) -
 
 
 def test_connector_reuses_pooled_connection(settings: Settings) -> None:
+    from skeleton_app.ssh.fabric import connection
+
     with Connector(settings.ssh) as connector:
         node = settings.node("node-01")
         assert node is not None
         first = connector.run(node, "echo $PPID")
-        conn = connector.connection(node)
+        conn = connection(connector, node)
         second = connector.run(node, "echo $PPID")
-        assert connector.connection(node) is conn
+        assert connection(connector, node) is conn
         assert first.ok and second.ok
         r = connector.run(node, "cat", RunOptions(stdin=b"from stdin\n"))
         assert r.stdout == "from stdin\n"
@@ -428,7 +430,7 @@ def test_connector_reuses_pooled_connection(settings: Settings) -> None:
 def test_group_is_fabric_threading_group_with_our_policy(settings: Settings) -> None:
     from fabric import ThreadingGroup
 
-    from skeleton_app.ssh.pool import SkeletonConnection
+    from skeleton_app.ssh.fabric import SkeletonConnection
 
     with Cluster(settings) as cluster:
         group = cluster.group("node-[01-03]")
@@ -607,15 +609,15 @@ def test_connections_built_concurrently_never_touch_the_shared_config(
     write to the Config shared by all of them, racing other threads (seen at 128 hosts)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from skeleton_app.ssh.pool import SkeletonConnection
+    from skeleton_app.ssh.fabric import SkeletonConnection, config_for, new_connection
 
     connector = Connector(settings.ssh)
     node = settings.nodes[0]
     writes: list[tuple[object, ...]] = []
-    config = connector.fabric_config
+    config = config_for(connector)
     original = config._modify
     object.__setattr__(config, "_modify", lambda *a, **k: (writes.append(a), original(*a, **k)))
     with ThreadPoolExecutor(max_workers=32) as pool:
-        conns = list(pool.map(lambda _: connector.new_connection(node), range(500)))
+        conns = list(pool.map(lambda _: new_connection(connector, node), range(500)))
     assert all(isinstance(c, SkeletonConnection) and c.gateway is None for c in conns)
     assert writes == [], f"building a connection wrote to the shared config: {writes[:3]}"
