@@ -5,7 +5,7 @@
 
 Everything that waits on a node polls or waits on `TOKEN`: fan-out starts no new node once it
 is set, a running command's process group gets SIGINT, then SIGTERM, then SIGKILL through SSH
-"signal" requests (`ssh.Connector._drive`), local rsync/ssh children are stopped
+"signal" requests (`ssh.channel.drive`), local rsync/ssh children are stopped
 (`on_cancel` callbacks), long loops stop between steps. A node stopped this way is reported as
 `interrupted` (`NodeErrorKind.INTERRUPTED`); nodes that had already finished keep their results.
 

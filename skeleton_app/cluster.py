@@ -170,17 +170,21 @@ class Cluster:
 
     def connection(self, ref: str | Node) -> Any:
         """A connected Fabric `Connection` (pooled) with our host-key policy and timeouts."""
+        from skeleton_app.ssh.fabric import connection  # Fabric only when asked for
+
         node = ref if isinstance(ref, Node) else self.node(ref)
-        return self._ssh().connection(node)
+        return connection(self._ssh(), node)
 
     def group(self, spec: str | Sequence[str] = (), *, roles: Sequence[str] = ()) -> Any:
         """A Fabric `ThreadingGroup` of our (unopened) connections for the selected nodes."""
         from fabric import ThreadingGroup
 
+        from skeleton_app.ssh.fabric import new_connection
+
         patterns = [spec] if isinstance(spec, str) else list(spec)
         chosen = self.select(patterns, roles=roles)
         return ThreadingGroup.from_connections(
-            [self._ssh().new_connection(n) for n in chosen]
+            [new_connection(self._ssh(), n) for n in chosen]
         )
 
     def _ssh(self) -> Connector:

@@ -53,7 +53,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.nodes import Node, validate_node_id
 from skeleton_app.results import ClusterResult, NodeResult, failure
-from skeleton_app.ssh.pool import ssh_argv
+from skeleton_app.ssh.openssh import ssh_argv
 from skeleton_app.ssh.runner import RunOptions
 
 __all__ = [

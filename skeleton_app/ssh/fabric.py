@@ -1,27 +1,30 @@
-"""Fabric's face of our connections: `SkeletonConnection`, a Fabric `Connection` with our
-host-key policy, finite timeouts and TCP_NODELAY (what `Cluster.connection()`, `group()`,
-tasks.py and fabfile.py hand out, and what reaches a node through a jump host, ProxyJump or
-ProxyCommand). Importing this module imports Fabric and Invoke; the CLI's commands do so
-only for such nodes (see `ssh.Connector`).
+"""Fabric's face of our connections: `SkeletonConnection`, a Fabric `Connection` over a pooled
+link (our host-key policy, finite timeouts, TCP_NODELAY, jump hosts), what
+`Cluster.connection()`, `Cluster.group()`, `remote.SSHExecutor`, tasks.py and fabfile.py hand
+out. Importing this module imports Fabric and Invoke; commands never need it.
+
+This module imports the pool, never the reverse: the pool holds Paramiko links, and a Fabric
+Connection is wrapped around one on demand.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import Any
 
 from fabric import Config, Connection
 
 from skeleton_app.config import SSHSettings
 from skeleton_app.nodes import Node
-from skeleton_app.ssh.pool import alive, connect_client, host_key_pin, tcp_connect
-
-if TYPE_CHECKING:
-    from skeleton_app.ssh.pool import Connector
+from skeleton_app.ssh.hostkeys import host_key_pin
+from skeleton_app.ssh.pool import Connector
+from skeleton_app.ssh.transport import Link, alive
 
 
 class SkeletonConnection(Connection):  # type: ignore[misc]  # Fabric ships no types
-    """A Fabric `Connection` with our host-key policy, finite timeouts and TCP_NODELAY.
+    """A Fabric `Connection` to one node that opens through the connector's pool: the same
+    transport commands run on, with our host-key policy, timeouts and jump hosts.
 
     Usable anywhere Fabric expects a Connection (`.run`, `.put`, Invoke task bodies).
     """
@@ -29,7 +32,7 @@ class SkeletonConnection(Connection):  # type: ignore[misc]  # Fabric ships no t
     # Invoke's Context turns assignments to undeclared attributes into config entries
     # (which are deep-copied later); declaring them keeps them plain attributes.
     connector: Connector = None  # type: ignore[assignment]
-    node: Node | None = None
+    node: Node = None  # type: ignore[assignment]
     node_id: str = ""
     liveness_lock: threading.Lock = None  # type: ignore[assignment]
     # Fabric 3.2 sets this in __init__ without declaring it: undeclared, every new
@@ -37,33 +40,29 @@ class SkeletonConnection(Connection):  # type: ignore[misc]  # Fabric ships no t
     # that read `config.gateway` from the half-rebuilt dict.
     inline_ssh_env: bool | None = None
 
-    def __init__(self, host: str, *, connector: Connector, node: Node | None = None,
-                 **kwargs: Any):
-        super().__init__(host, **kwargs)
+    def __init__(self, host: str, *, connector: Connector, node: Node, **kwargs: Any):
+        # gateway=False: the pool reaches the node (jump hosts included); Fabric never
+        # builds gateways of its own from ssh_config.
+        super().__init__(host, gateway=False, **kwargs)
+        self.gateway = None
         self.connector = connector
         self.node = node
-        self.node_id = node.id if node else host
-        # A node's key is pinned under its id (HostKeyAlias), a jump host's under its name.
-        connector._secure(self.client, host_key_pin(node, self.host) if node else None)
-        # ProxyJump from ~/.ssh/config makes plain Connections (AutoAddPolicy); jump hosts
-        # get exactly the same policy as the target.
-        gateway: Any = getattr(self, "gateway", None)
-        if isinstance(gateway, Connection) and not isinstance(gateway, SkeletonConnection):
-            self.gateway = wrap(connector, gateway)
+        self.node_id = node.id
         self.liveness_lock = threading.Lock()
+        # Never used to connect (open() adopts a pooled link), but secured all the same.
+        connector.keys.secure(self.client, host_key_pin(node, self.host))
+
+    def adopt(self, link: Link) -> None:
+        """Run over `link` from now on (one liveness probe at a time per transport)."""
+        self.client = link.client
+        self.transport = link.transport
+        self.liveness_lock = link.liveness_lock
 
     def open(self) -> Any:
+        """Connect through the pool (NodeError when the node cannot be reached)."""
         if self.is_connected:
             return None
-        timeout = self.connector.settings.connect_timeout
-        sock: Any = self.open_gateway() if self.gateway else tcp_connect(
-            self.host, int(self.port), timeout
-        )
-        # With our own socket, host and port only name the known_hosts entry (see ssh._open).
-        key_name, key_port = (self.node.id, 22) if self.node else (self.host, int(self.port))
-        connect_client(self.client, host=key_name, port=key_port, user=self.user,
-                       sock=sock, connect_kwargs=dict(self.connect_kwargs), timeout=timeout)
-        self.transport = self.client.get_transport()
+        self.adopt(self.connector.link(self.node))
         return None
 
     def alive(self, timeout: float) -> bool:
@@ -78,31 +77,39 @@ def fabric_config(settings: SSHSettings) -> Config:
     return Config(overrides=overrides)
 
 
+_lock = threading.Lock()
+# One Fabric Config per connector (shared by its connections: building one costs), and one
+# Fabric face per pooled link (`connection()` hands out the same object for the same link).
+_configs: weakref.WeakKeyDictionary[Connector, Config] = weakref.WeakKeyDictionary()
+_faces: weakref.WeakKeyDictionary[Link, SkeletonConnection] = weakref.WeakKeyDictionary()
+
+
+def config_for(connector: Connector) -> Config:
+    """The Fabric Config of the connector's connections (built on first use)."""
+    with _lock:
+        config = _configs.get(connector)
+        if config is None:
+            config = _configs[connector] = fabric_config(connector.settings)
+        return config
+
+
 def new_connection(connector: Connector, node: Node) -> SkeletonConnection:
-    """An unopened connection to `node` with the connector's policy and settings."""
-    settings = connector.settings
-    gateway: Any = None
-    if settings.jump_host:
-        gateway = SkeletonConnection(
-            settings.jump_host, connector=connector, config=connector.fabric_config,
-            connect_kwargs=connector.connect_kwargs(None),
-            connect_timeout=max(1, int(settings.connect_timeout)),
-        )
+    """An unopened connection to `node`; it opens through the connector's pool."""
     return SkeletonConnection(
         node.host, connector=connector, node=node, user=node.user, port=node.port,
-        config=connector.fabric_config, connect_kwargs=connector.connect_kwargs(node),
-        gateway=gateway, connect_timeout=max(1, int(settings.connect_timeout)),
+        config=config_for(connector), connect_kwargs=connector.connect_kwargs(node),
+        connect_timeout=max(1, int(connector.settings.connect_timeout)),
     )
 
 
-def wrap(connector: Connector, conn: Connection) -> SkeletonConnection:
-    """Our policy on a plain Fabric Connection (a ProxyJump hop Fabric made)."""
-    gateway = conn.gateway
-    if isinstance(gateway, Connection) and not isinstance(gateway, SkeletonConnection):
-        gateway = wrap(connector, gateway)
-    return SkeletonConnection(
-        conn.host, connector=connector, user=conn.user, port=conn.port,
-        config=connector.fabric_config,
-        connect_kwargs=dict(conn.connect_kwargs) or connector.connect_kwargs(None),
-        gateway=gateway or None,
-    )
+def connection(connector: Connector, node: Node) -> SkeletonConnection:
+    """A connected Fabric connection to `node` over its pooled link; raises NodeError."""
+    link = connector.link(node)
+    with _lock:
+        conn = _faces.get(link)
+    if conn is None:
+        conn = new_connection(connector, node)
+        conn.adopt(link)
+        with _lock:
+            conn = _faces.setdefault(link, conn)
+    return conn

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from skeleton_app import cancel
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
-from skeleton_app.ssh.pool import translate
+from skeleton_app.ssh.errors import translate
 
 if TYPE_CHECKING:
     from skeleton_app.ssh.pool import Connector

@@ -38,7 +38,7 @@ from typing import Any
 
 from skeleton_app import secret_scan
 from skeleton_app.errors import UsageError
-from skeleton_app.transfers import RsyncFilter
+from skeleton_app.transfers.filters import RsyncFilter
 
 _DIGEST_FORMAT = b"skeleton-deploy-tree/1\0"
 _CACHE_FORMAT = 3  # 2: entries carry the secret verdict; 3: DSN passwords count as secrets

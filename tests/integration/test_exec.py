@@ -212,11 +212,11 @@ def test_warm_connects_ahead_and_hands_its_failure_to_the_first_command(
             nodes = cluster.select(["node-0[4-5]"])
             started = time.monotonic()
             wait = cluster.connector.warm(nodes)
-            healthy = cluster.connector.connection(nodes[0])  # opened by the warm-up
+            healthy = cluster.connection(nodes[0])  # opened by the warm-up
             result = cluster.run("hostname", nodes)
             took = time.monotonic() - started
             wait()
-            assert cluster.connector.connection(nodes[0]) is healthy
+            assert cluster.connection(nodes[0]) is healthy
         assert result["node-04"].stdout == "node-04\n"
         assert result["node-05"].error_kind is NodeErrorKind.UNREACHABLE
         assert took < 2 + 1.5  # one connect timeout: the command did not start a second one
@@ -413,13 +413,15 @@ def test_huge_output_memory_bounded_and_escapes_not_replayed(testbed: Testbed) -
 
 
 def test_connector_reuses_pooled_connection(settings: Settings) -> None:
+    from skeleton_app.ssh.fabric import connection
+
     with Connector(settings.ssh) as connector:
         node = settings.node("node-01")
         assert node is not None
         first = connector.run(node, "echo $PPID")
-        conn = connector.connection(node)
+        conn = connection(connector, node)
         second = connector.run(node, "echo $PPID")
-        assert connector.connection(node) is conn
+        assert connection(connector, node) is conn
         assert first.ok and second.ok
         r = connector.run(node, "cat", RunOptions(stdin=b"from stdin\n"))
         assert r.stdout == "from stdin\n"
@@ -428,7 +430,7 @@ def test_connector_reuses_pooled_connection(settings: Settings) -> None:
 def test_group_is_fabric_threading_group_with_our_policy(settings: Settings) -> None:
     from fabric import ThreadingGroup
 
-    from skeleton_app.ssh.pool import SkeletonConnection
+    from skeleton_app.ssh.fabric import SkeletonConnection
 
     with Cluster(settings) as cluster:
         group = cluster.group("node-[01-03]")
@@ -565,6 +567,60 @@ def test_ssh_config_alias_and_proxyjump_are_honoured(testbed: Testbed, tmp_path:
     assert jump.ip not in kh.read_text()
 
 
+_RELAY = """import os, select, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+open(sys.argv[3], "w").close()
+while True:
+    ready = select.select([0, s], [], [])[0]
+    if 0 in ready:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        s.sendall(data)
+    if s in ready:
+        data = s.recv(65536)
+        if not data:
+            break
+        os.write(1, data)
+"""
+
+
+def test_ssh_config_proxycommand_and_a_two_hop_proxyjump(testbed: Testbed,
+                                                        tmp_path: Path) -> None:
+    """The pool reaches nodes itself: a ProxyCommand (paramiko.ProxyCommand) and a ProxyJump
+    of two hops, taken in OpenSSH's order (the first hop first), with our host-key policy on
+    each hop; no Fabric import for either."""
+    first, second, target = (testbed.host(n) for n in ("node-01", "node-02", "node-04"))
+    relay, marker = tmp_path / "relay.py", tmp_path / "relay-ran"
+    relay.write_text(_RELAY)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host proxied\n  HostName {target.ip}\n"
+        f"  ProxyCommand {sys.executable} {relay} %h %p {marker}\n"
+        f"Host two-hops\n  HostName {target.ip}\n"
+        f"  ProxyJump skeleton@{first.ip},skeleton@{second.ip}\n")
+    # A fresh id for the second route: ids are pinned to the machine first seen under them.
+    path = config_variant(testbed, tmp_path / "c.yaml", nodes=[
+        {"id": "node-04", "host": "proxied"}, {"id": "two-hop-04", "host": "two-hops"}])
+    code = ("import json, sys\n"
+            "from skeleton_app.cluster import Cluster\n"
+            "from skeleton_app.config import load_config\n"
+            f"c = Cluster.from_config(settings=load_config({str(path)!r}, env={{}}))\n"
+            "r = c.run('echo $SSH_CONNECTION; hostname')\n"
+            "print(json.dumps({n: [v.error, v.stdout.split()] for n, v in r.items()}),"
+            " 'fabric' in sys.modules)\n")
+    proc = python_with_home(home, code)
+    assert proc.returncode == 0, proc.stderr
+    results, _, fabric_loaded = proc.stdout.strip().rpartition(" ")
+    got = json.loads(results)
+    assert got["node-04"][0] is None and got["node-04"][1][-1] == "node-04", got
+    assert marker.exists()  # it came through the proxy command
+    assert got["two-hop-04"][0] is None and got["two-hop-04"][1][-1] == "node-04", got
+    assert got["two-hop-04"][1][0] == second.ip  # the last hop is the one that connects to the node
+    assert fabric_loaded == "False"
+
+
 def test_commands_need_neither_fabric_nor_invoke_yet_ssh_config_is_honoured(
         testbed: Testbed, tmp_path: Path) -> None:
     """Commands run on pooled Paramiko transports: no Fabric or Invoke import (~50 ms of every
@@ -607,15 +663,15 @@ def test_connections_built_concurrently_never_touch_the_shared_config(
     write to the Config shared by all of them, racing other threads (seen at 128 hosts)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from skeleton_app.ssh.pool import SkeletonConnection
+    from skeleton_app.ssh.fabric import SkeletonConnection, config_for, new_connection
 
     connector = Connector(settings.ssh)
     node = settings.nodes[0]
     writes: list[tuple[object, ...]] = []
-    config = connector.fabric_config
+    config = config_for(connector)
     original = config._modify
     object.__setattr__(config, "_modify", lambda *a, **k: (writes.append(a), original(*a, **k)))
     with ThreadPoolExecutor(max_workers=32) as pool:
-        conns = list(pool.map(lambda _: connector.new_connection(node), range(500)))
+        conns = list(pool.map(lambda _: new_connection(connector, node), range(500)))
     assert all(isinstance(c, SkeletonConnection) and c.gateway is None for c in conns)
     assert writes == [], f"building a connection wrote to the shared config: {writes[:3]}"

@@ -23,7 +23,7 @@ from skeleton_app.ops.sync_models.chain import Job
 from skeleton_app.ops.sync_models.context import RunContext
 from skeleton_app.ops.sync_models.plan import entry_of, nul_list
 from skeleton_app.ops.sync_models.progress import POLL_INTERVAL
-from skeleton_app.ssh.pool import ssh_argv
+from skeleton_app.ssh.openssh import ssh_argv
 from skeleton_app.tarcheck import TarGuard
 
 RELAY_CHUNK = 1 << 20
