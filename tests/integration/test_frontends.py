@@ -404,7 +404,8 @@ def _imports(tree: ast.AST) -> dict[str, str]:
     return names
 
 
-LIBRARY = ("skeleton_app.ops.", "skeleton_app.app.views.common.", "skeleton_app.app.views.deploy.")
+LIBRARY = ("skeleton_app.ops.", "skeleton_app.app.views.common.", "skeleton_app.app.views.deploy.",
+           "skeleton_app.app.views.logs.")
 
 
 def _ops_calls(fn: ast.AST, names: Mapping[str, str],
