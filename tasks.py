@@ -29,6 +29,7 @@ from skeleton_app.app.views.bootstrap import bootstrap_text, failures
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import DeployProgress, deploy_text
 from skeleton_app.app.views.exec import exec_text
+from skeleton_app.app.views.logs import logs_text
 from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
@@ -321,8 +322,9 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
         nodes = _select(cluster, node or [], role or [], exclude or [])
         if follow:
             printer = render.NodeLines()
-            result = logs_op.follow_logs(cluster, nodes, on_line=printer.line, lines=count,
-                                         since=since_at, grep=grep, on_error=printer.error)
+            result: ClusterResult[Any] = logs_op.follow_logs(
+                cluster, nodes, on_line=printer.line, lines=count, since=since_at, grep=grep,
+                on_error=printer.error)
         else:
             result = logs_op.collect_logs(cluster, nodes, lines=count, since=since,
                                           grep=grep, out_dir=out, max_bytes=byte_cap,
@@ -330,8 +332,6 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
         if json:
             print(result.to_json())
         elif not follow:
-            render.table(None, ["node", "lines", "sources", "state"],
-                         logs_op.summary_rows(result))
-            print(f"written to {out}/ (merged: {out}/{logs_op.MERGED})")
+            logs_text(result, sys.stdout, out_dir=out)
         _finish(cluster, "logs", {"lines": count, "since": since, "grep": grep,
                                   "follow": follow}, nodes, result)

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import click
 
 from skeleton_app.errors import NodeError, NodeErrorKind, SkeletonError, UsageError
-from skeleton_app.results import EXIT_USAGE
+from skeleton_app.results import EXIT_USAGE, ClusterResult
 
 SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
                   " @ROLE; repeatable, comma-separated.")
@@ -501,6 +501,7 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
              out_dir: str, max_bytes_text: str, max_line_text: str, as_json: bool) -> int:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
     from skeleton_app.app.views import common as render
+    from skeleton_app.app.views.logs import logs_text
     from skeleton_app.ops import logs as logs_op
 
     # Bad values fail here, before any node is contacted.
@@ -515,8 +516,9 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
         from skeleton_app import cancel
 
         printer = render.NodeLines()
-        result = logs_op.follow_logs(cluster_, nodes, on_line=printer.line, lines=lines,
-                                     since=since_at, grep=pattern, on_error=printer.error)
+        result: ClusterResult[Any] = logs_op.follow_logs(
+            cluster_, nodes, on_line=printer.line, lines=lines, since=since_at, grep=pattern,
+            on_error=printer.error)
         cancel.reset()  # Ctrl-C is how --follow ends: not an interruption (exit 0)
         if as_json:
             click.echo(result.to_json())
@@ -527,9 +529,7 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
         if as_json:
             click.echo(result.to_json())
         else:
-            render.table(None, ["node", "lines", "sources", "state"],
-                         logs_op.summary_rows(result))
-            click.echo(f"written to {out_dir}/ (merged: {out_dir}/{logs_op.MERGED})")
+            logs_text(result, sys.stdout, out_dir=out_dir)
     _record(state, cluster_, "logs", arguments, [n.id for n in nodes], result)
     return int(result.exit_code())
 

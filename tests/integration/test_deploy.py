@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -28,8 +29,8 @@ from skeleton_app.config import Settings
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.ops import status as status_op
 from skeleton_app.ops.daemon import daemon_control, health_check
-from skeleton_app.ops.deploy import DeployEvent, deploy, tree_digest
-from skeleton_app.results import ClusterResult
+from skeleton_app.ops.deploy import DeployEvent, DeployOutcome, deploy, tree_digest
+from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
 from skeleton_app.transfers import DEFAULT_PARTIAL_DIR
@@ -56,6 +57,11 @@ def _version(src: Path) -> str:
 def _digest_line(testbed: Testbed, node: str, app_dir: str) -> str | None:
     path = host_path(testbed, node, f"{app_dir}/.skeleton-deploy/digest")
     return path.read_text().splitlines()[0] if path.exists() else None
+
+
+def _outcome(r: NodeResult[DeployOutcome]) -> DeployOutcome:
+    assert r.outcome is not None, r
+    return r.outcome
 
 
 def _files_under(root: Path) -> set[str]:
@@ -88,9 +94,9 @@ def test_deploy_pushes_the_tree_then_skips_unchanged(testbed: Testbed, tmp_path:
             assert (root / "bin/run.sh").stat().st_mode & 0o777 == 0o755
             assert int((root / "app/main.py").stat().st_mtime) == 1_500_000_000
             assert _digest_line(testbed, node.id, app_dir) == version
-            data = result[node.id].data
-            assert data["files_changed"] >= len(DEPLOYED) and data["bytes_sent"] > 0
-            assert data["unchanged"] is False and data["version"] == version
+            out = _outcome(result[node.id])
+            assert out.files_changed >= len(DEPLOYED) and out.bytes_sent > 0
+            assert out.unchanged is False and out.version == version
         # The live display saw every node go through the lock, the transfer and the end.
         phases = {(e.node, e.phase) for e in events}
         assert all((n.id, p) in phases for n in nodes for p in ("lock", "sync", "done"))
@@ -101,23 +107,25 @@ def test_deploy_pushes_the_tree_then_skips_unchanged(testbed: Testbed, tmp_path:
         edited.write_text("hand edit\n")
         again = deploy(cluster, nodes, source=src)
         assert again.exit_code() == 0
-        assert all(r.data["unchanged"] and r.data["files_changed"] == 0 for r in again.values())
+        assert all(out.unchanged and out.files_changed == 0
+                   for out in again.outcomes().values())
+        assert len(again.outcomes()) == len(nodes)
         assert edited.read_text() == "hand edit\n"
 
         forced = deploy(cluster, nodes, source=src, force=True)
         assert forced.exit_code() == 0
         assert edited.read_text() == "VERSION = 'A'\n"
-        assert [c["path"] for c in forced["node-01"].data["changes"]
-                if not c["path"].endswith("/")] == ["app/main.py"]
-        assert forced["node-02"].data["files_changed"] == 0
+        assert [c.path for c in _outcome(forced["node-01"]).changes
+                if not c.path.endswith("/")] == ["app/main.py"]
+        assert _outcome(forced["node-02"]).files_changed == 0
 
         # One file changed: only it moves, everywhere; the digest follows.
         (src / "app/data/config.json").write_text('{"a": 2}\n')
         changed = deploy(cluster, nodes, source=src)
         assert changed.exit_code() == 0
         for node in nodes:
-            files = [c["path"] for c in changed[node.id].data["changes"]
-                     if not c["path"].endswith("/")]
+            files = [c.path for c in _outcome(changed[node.id]).changes
+                     if not c.path.endswith("/")]
             assert files == ["app/data/config.json"]
             assert _digest_line(testbed, node.id, app_dir) == _version(src)
 
@@ -148,8 +156,8 @@ def test_delete_never_touches_excluded_or_runtime_paths(testbed: Testbed,
             assert not (root / "stale.py").exists() and not (root / "app/gone.py").exists()
             for rel in keep:
                 assert (root / rel).read_text() == "on the node\n", rel
-            deleted = {c["path"] for c in result[node.id].data["changes"]
-                       if c["kind"] == "deleted"}
+            deleted = {c.path for c in _outcome(result[node.id]).changes
+                       if c.kind == "deleted"}
             assert deleted == {"stale.py", "app/gone.py"}
 
 
@@ -162,7 +170,7 @@ def test_dry_run_lists_changes_and_changes_nothing(testbed: Testbed, tmp_path: P
         nodes = cluster.select(["node-03"])
         result = deploy(cluster, nodes, source=src, dry_run=True)
         assert result.exit_code() == 0
-        listed = {c["path"] for c in result["node-03"].data["changes"]}
+        listed = {c.path for c in _outcome(result["node-03"]).changes}
         assert listed >= DEPLOYED
         assert not host_path(testbed, "node-03", app_dir).exists()
 
@@ -310,22 +318,28 @@ def test_disk_full_is_reported_and_leaves_no_partial_tree(testbed: Testbed,
     src = make_source(tmp_path / "src", "A", extra={"models/a.txt": "small\n",
                                                     "zz-big.bin": big})
     # The default app dir: small_disk puts its tmpfs exactly there.
-    settings = settings_of(variant(testbed, tmp_path, app_dir=tbm.APP_DIR))
+    config = variant(testbed, tmp_path, app_dir=tbm.APP_DIR)
     with tbm.small_disk(testbed, "node-04", "1M"):
-        with Cluster(settings) as cluster:
+        with Cluster(settings_of(config)) as cluster:
             result = deploy(cluster, cluster.select(["node-0[4-5]"]), source=src)
         files = tbm.host_exec(testbed, "node-04", ["find", tbm.APP_DIR, "-type", "f"])
         partials = tbm.host_exec(testbed, "node-04",
                                  ["find", tbm.APP_DIR, "-name", DEFAULT_PARTIAL_DIR])
+        # The CLI too: a full disk is a failed node (1), not an unreachable one (4).
+        proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-04", "--json",
+                        config=config)
     assert result.exit_code() == 1, result.to_json()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    cli = json.loads(proc.stdout)["nodes"]["node-04"]
+    assert cli["error_kind"] is None and "disk full" in cli["data"]["message"], cli
     r = result["node-04"]
     # rsync reports the full disk as a file I/O error (11), or as a protocol error (12) when
     # it notices the receiver's exit first (seen on a loaded machine); its words are the same.
     assert r.exit_code in (11, 12), (r.exit_code, r.stderr)
     # rsync's words, or (they can be lost when the receiver quits) the node's free space
     assert ("No space left on device" in r.stderr
-            or "less than 1 MiB free" in r.data["message"]), (r.stderr, r.data["message"])
-    assert "disk full" in r.data["message"]
+            or "less than 1 MiB free" in (_outcome(r).message or "")), (r.stderr, r.outcome)
+    assert "disk full" in (_outcome(r).message or "")
     # No file of the new tree under its final name, complete or partial, and the holding
     # directories were removed to give the space back: only our lock files are left.
     left = {line[len(tbm.APP_DIR) + 1:] for line in files.stdout.splitlines()}
@@ -446,6 +460,30 @@ def test_concurrent_deploys_to_one_node_are_serialised(testbed: Testbed,
         assert outcome["first"]["node-06"].ok
 
 
+def test_a_lock_held_on_the_node_fails_it_with_exit_1_naming_the_holder(
+        testbed: Testbed, tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src", "A")
+    app_dir = unique_app_dir("held")
+    config = variant(testbed, tmp_path, app_dir=app_dir)
+    proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-03", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = host_path(testbed, "node-03", f"{app_dir}/.skeleton-deploy")
+    (state / "owner").write_text("owner=carol@desk since=2026-01-02T03:04:05Z\n")
+    (src / "VERSION").write_text("B\n")
+    # Another deploy's lock: the same flock(2) deploy.sh takes, on the same file.
+    with (state / "lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = skeleton("cluster", "deploy", "--source", str(src), "-n", "node-0[2-3]",
+                        "--lock-wait", "0.3", "--json", config=config)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # failed, not unreachable (4)
+    data = json.loads(proc.stdout)
+    node = data["nodes"]["node-03"]
+    assert node["error_kind"] == "local", node
+    assert "deploy in progress by carol@desk since 2026-01-02T03:04:05Z" in node["error"]
+    assert data["ok"] == ["node-02"] and data["exit_code"] == 1
+    assert _digest_line(testbed, "node-03", app_dir) != _version(src)  # nothing sent
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -523,7 +561,7 @@ def test_settings_are_not_mutated(testbed: Testbed, tmp_path: Path) -> None:
     with Cluster(settings) as cluster:
         result = deploy(cluster, cluster.select(["node-02"]), source=src, dest="sub dir")
     assert result.exit_code() == 0
-    assert result["node-02"].data["dest"] == f"{app_dir}/sub dir"
+    assert _outcome(result["node-02"]).dest == f"{app_dir}/sub dir"
     assert host_path(testbed, "node-02", f"{app_dir}/sub dir/VERSION").exists()
     assert dataclasses.asdict(settings) == before
 
@@ -532,7 +570,7 @@ def test_progress_display_and_summary(settings: Settings) -> None:
     from io import StringIO
 
     from skeleton_app.app.views.deploy import DeployProgress, deploy_text
-    from skeleton_app.results import NodeResult
+    from skeleton_app.ops.deploy import Transfer
 
     nodes = settings.nodes[:2]
     screen = StringIO()
@@ -544,11 +582,12 @@ def test_progress_display_and_summary(settings: Settings) -> None:
     assert "node-01" in drawn and "done" in drawn and "5 files" in drawn
     assert "FAILED" in drawn and "disk full" in drawn
 
+    sent = Transfer(files_changed=5, bytes_sent=4096)
     result = ClusterResult([
-        NodeResult("node-01", exit_code=0, data={"files_changed": 5, "bytes_sent": 4096,
-                                                 "version": "abc", "unchanged": False}),
-        NodeResult("node-02", exit_code=0, data={"files_changed": 0, "bytes_sent": 0,
-                                                 "unchanged": True}),
+        NodeResult("node-01", exit_code=0, outcome=DeployOutcome(
+            "/app", locked=True, version="abc", unchanged=False, transfer=sent)),
+        NodeResult("node-02", exit_code=0, outcome=DeployOutcome(
+            "/app", locked=True, unchanged=True, transfer=Transfer())),
     ], operation="deploy", duration=1.5)
     out = StringIO()
     deploy_text(result, out)
@@ -575,7 +614,8 @@ def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Test
             tbm.unhide_command(testbed, "node-02", "/usr/bin/rsync")
         assert result.exit_code() == 1  # rsync missing on node-02: failed, not unreachable
         assert result["node-01"].ok
-        assert result["node-01"].data["daemon_start"]["pid"] != first["node-01"].outcome.pid
+        restarted = _outcome(result["node-01"]).daemon_start or {}
+        assert restarted["pid"] != first["node-01"].outcome.pid
         assert health_check(cluster, nodes[0], timeout=10).outcome.health["version"] == "B"
         assert "rsync is not installed on node-02" in (result["node-02"].error or "")
         # node-02's daemon was never stopped: same process, still the old version.

@@ -23,8 +23,9 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.config import load_config
 from skeleton_app.errors import NodeErrorKind, UsageError
 from skeleton_app.ops.logs import (
+    LogsOutcome,
+    OutDir,
     RecordReader,
-    _OutDir,
     collect_logs,
     follow_logs,
     merge_logs,
@@ -32,9 +33,15 @@ from skeleton_app.ops.logs import (
     parse_since,
     parse_size,
 )
+from skeleton_app.results import NodeResult
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
 from tests.support.helpers import config_variant, skeleton
+
+
+def _outcome(r: NodeResult[LogsOutcome]) -> LogsOutcome:
+    assert r.outcome is not None, r
+    return r.outcome
 
 
 @pytest.fixture
@@ -106,7 +113,7 @@ def test_merge_orders_by_stamp_and_keeps_continuations() -> None:
 
 
 def test_out_dir_refuses_names_outside(tmp_path: Path) -> None:
-    out = _OutDir(tmp_path / "out")
+    out = OutDir(tmp_path / "out")
     try:
         for bad in ("../escape.log", "a/b.log", ".."):
             with pytest.raises(UsageError):
@@ -162,8 +169,8 @@ def test_grep_and_since_are_applied_on_the_node(cluster: Cluster, testbed: Testb
     kept = [line for line in text.splitlines() if not line.startswith(("#", "==>"))]
     assert kept == [lines[2], lines[3], lines[5]]
     assert "since=15m (" in text and "grep='ERROR|continuation'" in text
-    daemon = result["node-03"].data["sources"][0]
-    assert daemon["kind"] == "daemon" and daemon["lines"] == 3
+    daemon = _outcome(result["node-03"]).sources[0]
+    assert daemon.kind == "daemon" and daemon.lines == 3
     with pytest.raises(UsageError, match="--grep"):
         collect_logs(cluster, nodes, grep="(unclosed", out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
@@ -235,9 +242,9 @@ def test_journal_source_with_systemd_manager(testbed: Testbed, tmp_path: Path,
         result = collect_logs(cluster, cluster.select(["node-02"]), lines=5,
                               out_dir=tmp_path / "o")
     assert result.exit_code() == 0
-    sources = result["node-02"].data["sources"]
-    assert [s["kind"] for s in sources] == ["daemon", "journal"]
-    assert sources[1]["name"] == "skeleton-test"
+    sources = _outcome(result["node-02"]).sources
+    assert [s.kind for s in sources] == ["daemon", "journal"]
+    assert sources[1].name == "skeleton-test"
     assert "journal of unit skeleton-test" in (tmp_path / "o" / "node-02.log").read_text()
 
 
@@ -416,8 +423,8 @@ def test_max_bytes_keeps_the_newest_and_says_so(cluster: Cluster, testbed: Testb
     result = collect_logs(cluster, cluster.select(["node-06"]), lines=1000, max_bytes=2048,
                           out_dir=tmp_path)
     assert result.exit_code() == 0, result.to_json()
-    daemon = result["node-06"].data["sources"][0]
-    assert daemon["bytes"] <= 2048 and daemon["status"].startswith("cut: ")
+    daemon = _outcome(result["node-06"]).sources[0]
+    assert daemon.size <= 2048 and daemon.status.startswith("cut: ")
     kept = (tmp_path / "node-06.log").read_text().split("<==\n", 1)[1].splitlines()
     assert kept == lines[-len(kept):] and 40 < len(kept) < 100  # whole lines, the newest
     assert "cut: " in (tmp_path / "node-06.log").read_text().splitlines()[2]

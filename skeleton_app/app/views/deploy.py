@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from skeleton_app.app.views.common import console, sanitize, table
 from skeleton_app.nodes import Node
-from skeleton_app.ops.deploy import DeployEvent
+from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
 from skeleton_app.results import ClusterResult
 
 _PHASES = {
@@ -91,41 +91,43 @@ def _bytes(n: int) -> str:
     return f"{n}B"  # pragma: no cover
 
 
-def deploy_text(result: ClusterResult[Any], out: IO[str], *, list_changes: bool = False,
-                started: float | None = None) -> None:
+def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
+                list_changes: bool = False, started: float | None = None) -> None:
     """A row per node (result, files changed, bytes sent, time), then the totals; with
     `list_changes` (dry runs) each node's changes first."""
     dry = result.operation.endswith("dry-run")
     if list_changes:
         for node, r in result.items():
-            changes = r.data.get("changes") or []
+            changes = r.outcome.changes if r.outcome is not None else ()
             if not r.ok and not changes:
                 continue
             out.write(f"---------------- {node}: {len(changes)} change(s)"
                       f"{' would be made' if dry else ''} ----------------\n")
             for c in changes:
-                out.write(f"  {c['item']:<11} {sanitize(c['path'])}\n")
-            more = int(r.data.get("changes_total") or 0) - len(changes)
+                out.write(f"  {c.item:<11} {sanitize(c.path)}\n")
+            more = (r.outcome.changes_total if r.outcome is not None else 0) - len(changes)
             if more > 0:
                 out.write(f"  ... and {more} more\n")
     rows = []
     files = sent = 0
     for node, r in result.items():
-        changed = int(r.data.get("files_changed") or 0)
-        nbytes = int(r.data.get("bytes_sent") or 0)
+        o = r.outcome
+        changed = o.files_changed if o is not None else 0
+        nbytes = o.bytes_sent if o is not None else 0
         files += changed
         sent += nbytes
         if r.error_kind is not None:
             outcome = f"✗ {r.error_kind.value}: {r.error}"
         elif not r.ok:
-            message = r.data.get("message") or (r.stderr.strip().splitlines() or [""])[-1]
+            message = (o.message if o is not None else None) or (
+                r.stderr.strip().splitlines() or [""])[-1]
             outcome = f"✗ exit {r.exit_code}: {message}"
-        elif r.data.get("unchanged"):
+        elif o is not None and o.unchanged:
             outcome = "✓ up to date"
         else:
             outcome = "✓ would change" if dry else "✓ deployed"
         rows.append([node, outcome, str(changed), _bytes(nbytes), f"{r.duration:.2f}s",
-                     str(r.data.get("version") or "")])
+                     (o.version if o is not None else None) or ""])
     table(None, ["node", "result", "files changed", "bytes sent", "time", "version"], rows,
           file=out)
     elapsed = result.duration if started is None else time.monotonic() - started
