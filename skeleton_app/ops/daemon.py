@@ -233,10 +233,7 @@ def control_node(cluster: Cluster, node: Node, action: str, *,
     """Run `action` (start, stop, status) for one node's daemon; never raises for the node.
     `cancellable=False`: runs even after a Ctrl-C (a restart that stopped a daemon brings
     it back)."""
-    r = _control(cluster, node, action, cancellable=cancellable)
-    # ops/deploy still reads the outcome's JSON form from `data` (its `daemon_stop` and
-    # `daemon_start` keys): mirrored here until deploy reads `outcome`.
-    return replace(r, data=r.outcome.as_dict()) if r.outcome is not None else r
+    return _control(cluster, node, action, cancellable=cancellable)
 
 
 def _control(cluster: Cluster, node: Node, action: str, *,

@@ -140,7 +140,7 @@ def daemon(cluster: Cluster, node: Node, action: str, *,
            cancellable: bool = True) -> tuple[NodeResult[Any], Mapping[str, object]]:
     """Stop or start the node's daemon: its result, and its reply as the outcome records it."""
     r = control_node(cluster, node, action, cancellable=cancellable)
-    facts = jsonable(r.outcome if r.outcome is not None else r.data)
+    facts = jsonable(r.outcome) if r.outcome is not None else {}
     return r, facts if isinstance(facts, dict) else {}
 
 
