@@ -11,13 +11,16 @@ import dataclasses
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skeleton_app import layout
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
 from skeleton_app.ops.status_probe import NodeStatus, parse_status, probe_args, probe_script
 from skeleton_app.results import ClusterResult, NodeResult
+
+if TYPE_CHECKING:
+    from skeleton_app.registry import Registry
 
 
 def probe_command(cluster: Cluster, node: Node) -> str:
@@ -93,9 +96,10 @@ def rows(result: ClusterResult[Any], nodes: Sequence[Node],
     return columns, table
 
 
-def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
-                      ) -> dict[str, dict[str, Any]] | None:
-    """With a registry: write the snapshot back and return heartbeat facts per node.
+def registry_snapshot(cluster: Cluster, result: ClusterResult[Any],
+                      registry: Registry | None = None) -> dict[str, dict[str, Any]] | None:
+    """With a registry: write the snapshot back and return heartbeat facts per node, over
+    `registry` (the command's open connection) or one opened and closed here.
 
     None without a registry. A registry that fails here only costs those columns: the
     nodes were already probed, so the status still prints.
@@ -105,8 +109,9 @@ def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
     from skeleton_app.errors import RegistryError
     from skeleton_app.registry import open_registry
 
+    own = registry is None
     try:
-        registry = open_registry(cluster.settings)
+        registry = registry or open_registry(cluster.settings)
     except RegistryError:
         return {}
     try:
@@ -119,4 +124,5 @@ def registry_snapshot(cluster: Cluster, result: ClusterResult[Any]
     except RegistryError:
         return {}
     finally:
-        registry.close()
+        if own:
+            registry.close()
