@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
 
 from skeleton_app.app.progress import LiveProgress, live
-from skeleton_app.cluster import Cluster
-from skeleton_app.config import Settings, load_config
 from skeleton_app.errors import ExitCode, SkeletonError
-from skeleton_app.nodes import Node
 from skeleton_app.results import ClusterResult, OutcomeT
 
 if TYPE_CHECKING:
+    # Imported when first used: `skeleton --help`, `testbed` and `nodes` need none of them.
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
+    from skeleton_app.nodes import Node
     from skeleton_app.ops.deploy import DeployEvent
     from skeleton_app.ops.logs import LineFn
     from skeleton_app.ops.run import LineSink
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from skeleton_app.ssh.runner import Runner
 
 Warn = Callable[[str], None]
-RegistryOpener = Callable[[Settings], "Registry"]
+RegistryOpener = Callable[["Settings"], "Registry"]
 
 
 def warn_stderr(line: str) -> None:
@@ -102,6 +103,9 @@ class Session:
         self.overrides: dict[str, Any] = dict(overrides or {})
         if fanout:
             self.overrides["ssh.fanout"] = fanout
+        # `--fanout` as given, passed on to the operations too: a rolling restart's batch
+        # is bounded by it, not by ssh.fanout.
+        self.fanout: int | None = fanout or self.overrides.get("ssh.fanout")
         self.warn = warn
         self._settings = cluster.settings if cluster is not None else settings
         self._cluster = cluster
@@ -112,6 +116,8 @@ class Session:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from skeleton_app.config import load_config
+
             self._settings = load_config(self.config, overrides=self.overrides)
         return self._settings
 
@@ -123,6 +129,8 @@ class Session:
 
     def cluster(self) -> Cluster:
         if self._cluster is None:
+            from skeleton_app.cluster import Cluster
+
             self._cluster = Cluster.from_config(settings=self.settings,
                                                 registry=self.registry(),
                                                 connector=self._connector)
@@ -186,7 +194,7 @@ def exec_command(session: Session, nodes: Sequence[Node], command: str, *,
     from skeleton_app.ops.run import exec_command as run_op
 
     result = run_op(session.cluster(), command, nodes, timeout=timeout, out_dir=out_dir,
-                    on_line=on_line)
+                    on_line=on_line, fanout=session.fanout)
     return session.finish("exec", {"command": command, "timeout": timeout}, nodes, result)
 
 
@@ -196,7 +204,7 @@ def status(session: Session, nodes: Sequence[Node]) -> StatusDone[Any]:
     from skeleton_app.ops import status as status_op
 
     cluster = session.cluster()
-    result = status_op.status(cluster, nodes)
+    result = status_op.status(cluster, nodes, fanout=session.fanout)
     registry_rows = status_op.registry_snapshot(cluster, result, registry=session.registry())
     session.journal("status", {}, nodes, result)
     return StatusDone(result, tuple(nodes), registry_rows)
@@ -216,7 +224,8 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
         result = deploy_op(session.cluster(), nodes, source=source, dest=dest, delete=delete,
                            dry_run=dry_run, checksum=checksum, force=force, restart=restart,
                            lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
-                           allow_secrets=allow_secrets, on_progress=on_progress)
+                           allow_secrets=allow_secrets, on_progress=on_progress,
+                           fanout=session.fanout)
     return session.finish("deploy-dry-run" if dry_run else "deploy",
                          {"source": source, "dest": dest, "delete": delete,
                           "checksum": checksum, "force": force, "restart": restart},
@@ -229,7 +238,7 @@ def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = N
     from skeleton_app.ops.bootstrap import bootstrap as bootstrap_op
 
     result = bootstrap_op(session.cluster(), nodes, source=source, wheelhouse=wheelhouse,
-                          force=force)
+                          force=force, fanout=session.fanout)
     return session.finish("bootstrap", {"source": source, "force": force}, nodes, result)
 
 
@@ -240,7 +249,8 @@ def daemon(session: Session, nodes: Sequence[Node], action: str, *,
     from skeleton_app.ops.daemon import daemon_control
 
     result = daemon_control(session.cluster(), nodes, action, batch=batch,
-                            wait_healthy=wait_healthy, health_timeout=health_timeout)
+                            wait_healthy=wait_healthy, health_timeout=health_timeout,
+                            fanout=session.fanout)
     return session.finish(f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy},
                          nodes, result)
 

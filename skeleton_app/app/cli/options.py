@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from skeleton_app.app.commands import Selection, Session
-from skeleton_app.cluster import Cluster
-from skeleton_app.config import MAX_SECONDS, Settings
-from skeleton_app.nodes import Node
+
+if TYPE_CHECKING:
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
+    from skeleton_app.nodes import Node
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +34,8 @@ class Seconds(click.ParamType[float, Any]):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
+        from skeleton_app.config import MAX_SECONDS
+
         try:
             number = float(value)
         except (TypeError, ValueError):
