@@ -211,6 +211,14 @@ def test_every_command_opens_the_registry_once(journal: tuple[FakeRegistry, Open
     assert [run[0] for run in registry.runs] == ["exec", "daemon status"]
 
 
+def test_fanout_bounds_the_cluster_and_reaches_the_operations() -> None:
+    session = Session(fanout=2)
+    assert session.overrides == {"ssh.fanout": 2} and session.fanout == 2
+    # The CLI's Ctx puts --fanout in the overrides: the operations still get it.
+    assert Session(overrides={"ssh.fanout": 3}).fanout == 3
+    assert Session().fanout is None
+
+
 def test_a_journal_that_cannot_be_written_is_one_warning_and_keeps_the_exit_code() -> None:
     registry = FakeRegistry(fail_journal=True)
     warnings: list[str] = []

@@ -4,12 +4,9 @@ cluster). The testbed is test support: imported only inside its commands.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import click
 
-from skeleton_app.app.cli.options import config_option, prepare
+from skeleton_app.app.cli.options import F, config_option, prepare
 
 
 @click.group("daemon")
@@ -32,7 +29,7 @@ def testbed() -> None:
     """A local test cluster: real sshd hosts in network namespaces (needs root)."""
 
 
-def _testbed_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _testbed_options(fn: F) -> F:
     fn = click.option("--dir", "state_dir", default=None, metavar="DIR",
                       help="State directory (default /tmp/skeleton-testbed-INSTANCE or"
                            " $SKELETON_TESTBED_DIR).")(fn)
