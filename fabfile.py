@@ -9,16 +9,16 @@ addresses (the `ssh` section's settings); `user@host` picks another user than yo
 name. On its own, `fab` builds plain Fabric connections, which would add unknown host keys
 without asking: these tasks never use that connection. Each looks its host up in skeleton's
 configuration and runs through skeleton's connector (our host-key policy, identity and
-timeouts), calling the same library operation as `skeleton cluster ... --node HOST`, with the
-same renderer and exit codes (0 ok, 1 failed, 2 usage, 3 registry, 4 unreachable or refused),
-journalling its run in the registry as they do. Like any Fabric task, a host that fails stops
+timeouts), calling the same application command as `skeleton cluster ... --node HOST`
+(`skeleton_app.app.commands`, which journals the run in the registry as it does for them),
+with the same renderer and exit codes (0 ok, 1 failed, 2 usage, 3 registry, 4 unreachable or
+refused). Like any Fabric task, a host that fails stops
 the run. The configuration: `--config PATH` on a task, else $SKELETON_CONFIG, else
 ./config.yaml.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -28,20 +28,14 @@ from typing import Any
 from fabric import Connection, task
 from invoke import Exit
 
+from skeleton_app.app import commands
+from skeleton_app.app.commands import Done, Session
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import deploy_text
 from skeleton_app.app.views.exec import exec_text
-from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node, validate_fab_argv
-from skeleton_app.ops import status as status_op
-from skeleton_app.ops.daemon import daemon_control
-from skeleton_app.ops.deploy import deploy as deploy_op
-from skeleton_app.ops.run import exec_command
-from skeleton_app.registry import journal_run
-from skeleton_app.remote import SSHExecutor
-from skeleton_app.results import ClusterResult
 
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
 
@@ -62,17 +56,15 @@ _JSON = "Print the whole result as JSON."
 
 
 @contextmanager
-def _target(c: Connection, config: str | None) -> Iterator[tuple[Cluster, Node]]:
-    """The cluster and the node that -H named, with skeleton's settings (not fab's
-    connection). A SkeletonError becomes one line and its exit code."""
+def _target(c: Connection, config: str | None) -> Iterator[tuple[Session, Node]]:
+    """The application session and the node that -H named, with skeleton's settings (not
+    fab's connection). A SkeletonError becomes one line and its exit code."""
     try:
         if not isinstance(c, Connection):
             raise UsageError("no host: name one or more with fab -H HOST[,HOST...]")
-        with Cluster.from_config(config) as cluster:
-            node = SSHExecutor(cluster=cluster).node(c.host)  # a node id or an address
-            if c.user != c.ssh_config.get("user", c.config.user):  # fab -H user@host
-                node = dataclasses.replace(node, user=c.user)
-            yield cluster, node
+        with Session(config) as session:
+            user = c.user if c.user != c.ssh_config.get("user", c.config.user) else None
+            yield session, session.host(c.host, user=user)  # fab -H [user@]id-or-address
     except SkeletonError as exc:
         raise Exit(f"skeleton: error: {exc}", code=exc.exit_code) from None
     except KeyboardInterrupt:
@@ -87,25 +79,21 @@ def _seconds(value: str, flag: str) -> float:
     return float(value)
 
 
-def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any], node: Node,
-            result: ClusterResult[Any]) -> None:
-    """Journal the run as the CLI and `inv` do (when a registry is configured, never failing
-    the task), then stop fab with the contract's code when the host failed."""
-    warning = journal_run(cluster.settings, operation, arguments, [node.id], result)
-    if warning:
-        print(warning, file=sys.stderr)
-    if result.exit_code():
-        raise Exit(code=result.exit_code())
+def _finish(done: Done[Any]) -> None:
+    """Stop fab with the contract's code when the host failed (the application command
+    journaled the run, as for the CLI and `inv`)."""
+    if done.exit_code:
+        raise Exit(code=done.exit_code)
 
 
 def _command(c: Connection, command: str | None, timeout: str, config: str | None) -> None:
-    with _target(c, config) as (cluster, node):
+    with _target(c, config) as (session, node):
         if not command:
             raise UsageError("--command is required")
-        seconds = _seconds(timeout, "--timeout") or None
-        result = exec_command(cluster, command, [node], timeout=seconds)
-        exec_text(result, sys.stdout)
-    _finish(cluster, "exec", {"command": command, "timeout": seconds}, node, result)
+        done = commands.exec_command(session, [node], command,
+                                     timeout=_seconds(timeout, "--timeout") or None)
+        exec_text(done.result, sys.stdout)
+    _finish(done)
 
 
 @task(help={"config": _CONFIG})
@@ -126,15 +114,15 @@ def run(c: Connection, command: str | None = None, timeout: str = "0",
 @task(help={"json": _JSON, "config": _CONFIG})
 def status(c: Connection, json: bool = False, config: str | None = None) -> None:
     """Daemon, load, memory, GPU and disk of the host (one round trip)."""
-    with _target(c, config) as (cluster, node):
-        result = status_op.status(cluster, [node])
-        registry_rows = status_op.registry_snapshot(cluster, result)
+    with _target(c, config) as (session, node):
+        done = commands.status(session, [node])
+        result, registry_rows = done.result, done.registry_rows
         if json:
             print(status_view.status_json(result, registry_rows))
         else:
             status_view.status_text(result, [node], registry_rows,
-                                    cluster.settings.registry.stale_after)
-    _finish(cluster, "status", {}, node, result)
+                                    session.settings.registry.stale_after)
+    _finish(done)
 
 
 @task(help={"source": "Local tree to push (default deploy.source).",
@@ -151,18 +139,18 @@ def deploy(c: Connection, source: str | None = None, dest: str | None = None,
            checksum: bool = False, force: bool = False, restart: bool = False,
            json: bool = False, config: str | None = None) -> None:
     """Push the code tree to the host with rsync."""
-    with _target(c, config) as (cluster, node):
+    with _target(c, config) as (session, node):
         started = time.monotonic()
-        result = deploy_op(cluster, [node], source=source, dest=dest,
-                           delete=True if delete else False if no_delete else None,
-                           dry_run=dry_run, checksum=checksum, force=force, restart=restart)
+        done = commands.deploy(session, [node], source=source, dest=dest,
+                               delete=True if delete else False if no_delete else None,
+                               dry_run=dry_run, checksum=checksum, force=force,
+                               restart=restart)
+        result = done.result
         if json:
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
-    _finish(cluster, "deploy-dry-run" if dry_run else "deploy",
-            {"source": source, "dest": dest, "delete": delete or (False if no_delete else None),
-             "checksum": checksum, "force": force, "restart": restart}, node, result)
+    _finish(done)
 
 
 @task(help={"action": "start, stop, restart or status (required).",
@@ -174,14 +162,14 @@ def daemon(c: Connection, action: str | None = None, wait_healthy: bool = False,
            health_timeout: str = "30", json: bool = False,
            config: str | None = None) -> None:
     """Start, stop, restart or check the node daemon on the host."""
-    with _target(c, config) as (cluster, node):
+    with _target(c, config) as (session, node):
         if not action:
             raise UsageError("--action is required")
-        result = daemon_control(cluster, [node], action, wait_healthy=wait_healthy,
-                                health_timeout=_seconds(health_timeout, "--health-timeout"))
+        done = commands.daemon(session, [node], action, wait_healthy=wait_healthy,
+                               health_timeout=_seconds(health_timeout, "--health-timeout"))
+        result = done.result
         if json:
             print(result.to_json())
         else:
             daemon_text(result, [node], sys.stdout)
-    _finish(cluster, f"daemon {action}", {"batch": None, "wait_healthy": wait_healthy}, node,
-            result)
+    _finish(done)

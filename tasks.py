@@ -5,10 +5,11 @@
     inv sync-models --source-node linux-01        inv logs --lines 500
     inv bootstrap --node linux-05
 
-Thin: every task selects nodes, calls the same library operation as `skeleton cluster ...`
-(`skeleton_app.ops`), renders with the same views (`skeleton_app.app.views`)
-and exits with the same code (the contract in cli.py: 0 ok, 1 some node failed, 2 usage,
-3 registry, 4 unreachable). A `SkeletonError` becomes one line on stderr and its exit code,
+Thin: every task selects nodes, calls the same application command as `skeleton cluster ...`
+(`skeleton_app.app.commands`: it runs the operation and journals the run in the registry),
+renders with the same views (`skeleton_app.app.views`) and exits with the same code (the
+contract in `skeleton_app.app.cli`: 0 ok, 1 some node failed, 2 usage, 3 registry,
+4 unreachable). A `SkeletonError` becomes one line on stderr and its exit code,
 as in `cli.main`. `--node`, `--role` and `--exclude` are repeatable and comma-separated.
 Invoke's own parser rejects unknown flags with its exit code 1.
 """
@@ -18,11 +19,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from invoke import Context, Exit, task
 
+from skeleton_app.app import commands
+from skeleton_app.app.commands import Done, Selection, Session
 from skeleton_app.app.views import common as render
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.bootstrap import bootstrap_text, failures
@@ -31,18 +34,9 @@ from skeleton_app.app.views.deploy import DeployProgress, deploy_text
 from skeleton_app.app.views.exec import exec_text
 from skeleton_app.app.views.logs import logs_text
 from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
-from skeleton_app.cluster import Cluster
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
-from skeleton_app.ops import bootstrap as bootstrap_op
 from skeleton_app.ops import logs as logs_op
-from skeleton_app.ops import status as status_op
-from skeleton_app.ops import sync_models as models_op
-from skeleton_app.ops.daemon import daemon_control
-from skeleton_app.ops.deploy import deploy as deploy_op
-from skeleton_app.ops.run import exec_command
-from skeleton_app.registry import journal_run
-from skeleton_app.results import ClusterResult
 
 _SELECTION = ["node", "role", "exclude"]
 _HELP = {
@@ -60,26 +54,22 @@ _HELP = {
 
 
 @contextmanager
-def _session(config: str | None, fanout: str | None) -> Iterator[Cluster]:
-    """The cluster for one task (`--fanout` overrides ssh.fanout). A SkeletonError becomes
-    one line and its exit code, Ctrl-C exit 130 (as in cli.main)."""
+def _session(config: str | None, fanout: str | None) -> Iterator[Session]:
+    """The application session for one task (`--fanout` overrides ssh.fanout). A
+    SkeletonError becomes one line and its exit code, Ctrl-C exit 130 (as in cli.main)."""
     try:
-        nodes_in_flight = _count(fanout, "--fanout")
-        with Cluster.from_config(config, overrides={"ssh.fanout": nodes_in_flight}
-                                 if nodes_in_flight else None) as cluster:
-            for warning in cluster.warnings:
-                print(f"skeleton: warning: {warning}", file=sys.stderr)
-            yield cluster
+        with Session(config, fanout=_count(fanout, "--fanout")) as session:
+            yield session
     except SkeletonError as exc:
         raise Exit(f"skeleton: error: {exc}", code=exc.exit_code) from None
     except KeyboardInterrupt:
         raise Exit("skeleton: interrupted", code=130) from None
 
 
-def _select(cluster: Cluster, node: Sequence[str], role: Sequence[str],
-            exclude: Sequence[str]) -> tuple[Node, ...]:
+def _select(session: Session, node: Sequence[str] | None, role: Sequence[str] | None,
+            exclude: Sequence[str] | None) -> tuple[Node, ...]:
     # Every value as typed (an empty `--node ''` is an error in select, never dropped).
-    return cluster.select(list(node), roles=list(role), exclude=list(exclude))
+    return session.select(Selection(node or (), role or (), exclude or ()))
 
 
 def _required(value: str | None, flag: str) -> str:
@@ -109,14 +99,9 @@ def _count(value: str | None, flag: str) -> int | None:
     return int(value)
 
 
-def _finish(cluster: Cluster, operation: str, arguments: dict[str, Any],
-            nodes: Sequence[Node], result: ClusterResult[Any]) -> NoReturn:
-    """Journal the run when a registry is configured (never failing the task), then exit
-    with the contract's code."""
-    warning = journal_run(cluster.settings, operation, arguments, [n.id for n in nodes], result)
-    if warning:
-        print(warning, file=sys.stderr)
-    raise Exit(code=result.exit_code())
+def _finish(done: Done[Any]) -> NoReturn:
+    """Exit with the contract's code (the application command journaled the run)."""
+    raise Exit(code=done.exit_code)
 
 
 # ---------------------------------------------------------------- tasks
@@ -134,20 +119,21 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
          out_dir: str | None = None, fanout: str | None = None,
          config: str | None = None) -> None:
     """Run a shell command on every selected node, in parallel."""
-    with _session(config, fanout) as cluster:
+    with _session(config, fanout) as session:
         command = _required(command, "--command")
-        nodes = _select(cluster, node or [], role or [], exclude or [])
-        result = exec_command(
-            cluster, command, nodes, timeout=_seconds(timeout, "--timeout"), out_dir=out_dir,
+        nodes = _select(session, node, role, exclude)
+        done = commands.exec_command(
+            session, nodes, command, timeout=_seconds(timeout, "--timeout"), out_dir=out_dir,
             on_line=(lambda n, s, line: render.stream_line(sys.stdout, n, s, line))
             if stream and not json else None)
+        result = done.result
         if json:
             print(result.to_json())
         elif stream:
             render.error_lines(result, sys.stdout)
         else:
             exec_text(result, sys.stdout)
-        _finish(cluster, "exec", {"command": command, "timeout": timeout}, nodes, result)
+        _finish(done)
 
 
 @task(iterable=_SELECTION, help=_HELP)
@@ -155,16 +141,16 @@ def status(c: Context, node: list[str] | None = None, role: list[str] | None = N
            exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
            config: str | None = None) -> None:
     """Daemon, load, memory, GPU and disk of every selected node (one round trip each)."""
-    with _session(config, fanout) as cluster:
-        nodes = _select(cluster, node or [], role or [], exclude or [])
-        result = status_op.status(cluster, nodes)
-        registry_rows = status_op.registry_snapshot(cluster, result)
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
+        done = commands.status(session, nodes)
+        result, registry_rows = done.result, done.registry_rows
         if json:
             print(status_view.status_json(result, registry_rows))
         else:
             status_view.status_text(result, nodes, registry_rows,
-                                    cluster.settings.registry.stale_after)
-        _finish(cluster, "status", {}, nodes, result)
+                                    session.settings.registry.stale_after)
+        _finish(done)
 
 
 @task(iterable=_SELECTION, help={
@@ -186,25 +172,21 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
            restart: bool = False, lock_wait: str = "10", json: bool = False,
            fanout: str | None = None, config: str | None = None) -> None:
     """Push the code tree to every selected node with rsync, in parallel."""
-    with _session(config, fanout) as cluster:
-        nodes = _select(cluster, node or [], role or [], exclude or [])
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
         started = time.monotonic()
-        progress = DeployProgress(nodes)
-        live = progress.enabled and not json
-        remove = True if delete else False if no_delete else None  # None: deploy.delete
-        with progress if live else nullcontext():
-            result = deploy_op(
-                cluster, nodes, source=source, dest=dest, delete=remove, dry_run=dry_run,
-                checksum=checksum, force=force, restart=restart,
-                lock_wait=_seconds(lock_wait, "--lock-wait", zero=True) or 0.0,
-                on_progress=progress.update if live else None)
+        done = commands.deploy(
+            session, nodes, source=source, dest=dest,
+            delete=True if delete else False if no_delete else None,  # None: deploy.delete
+            dry_run=dry_run, checksum=checksum, force=force, restart=restart,
+            lock_wait=_seconds(lock_wait, "--lock-wait", zero=True) or 0.0,
+            progress=None if json else DeployProgress(nodes))
+        result = done.result
         if json:
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
-        _finish(cluster, "deploy-dry-run" if dry_run else "deploy",
-                {"source": source, "dest": dest, "delete": remove,
-                 "checksum": checksum, "force": force, "restart": restart}, nodes, result)
+        _finish(done)
 
 
 @task(iterable=_SELECTION, help={
@@ -217,17 +199,18 @@ def bootstrap(c: Context, node: list[str] | None = None, role: list[str] | None 
               wheelhouse: str | None = None, force: bool = False, json: bool = False,
               fanout: str | None = None, config: str | None = None) -> None:
     """Make each node's app dir .venv (project and dependencies, from wheels built here)."""
-    with _session(config, fanout) as cluster:
-        nodes = _select(cluster, node or [], role or [], exclude or [])
-        result = bootstrap_op.bootstrap(cluster, nodes, source=source, wheelhouse=wheelhouse,
-                                        force=force)
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
+        done = commands.bootstrap(session, nodes, source=source, wheelhouse=wheelhouse,
+                                  force=force)
+        result = done.result
         if json:
             print(result.to_json())
         else:
             bootstrap_text(result)
             for line in failures(result):
                 print(f"skeleton: {render.sanitize(line)}", file=sys.stderr)
-        _finish(cluster, "bootstrap", {"source": source, "force": force}, nodes, result)
+        _finish(done)
 
 
 @task(iterable=_SELECTION, help={
@@ -244,18 +227,18 @@ def daemon(c: Context, action: str | None = None, node: list[str] | None = None,
            health_timeout: str = "30", json: bool = False, fanout: str | None = None,
            config: str | None = None) -> None:
     """Start, stop, restart or check the node daemon (daemon.manager: process or systemd)."""
-    with _session(config, fanout) as cluster:
+    with _session(config, fanout) as session:
         action = _required(action, "--action")
-        nodes = _select(cluster, node or [], role or [], exclude or [])
-        result = daemon_control(
-            cluster, nodes, action, batch=_count(batch, "--batch"), wait_healthy=wait_healthy,
+        nodes = _select(session, node, role, exclude)
+        done = commands.daemon(
+            session, nodes, action, batch=_count(batch, "--batch"), wait_healthy=wait_healthy,
             health_timeout=_seconds(health_timeout, "--health-timeout") or 30.0)
+        result = done.result
         if json:
             print(result.to_json())
         else:
             daemon_text(result, nodes, sys.stdout)
-        _finish(cluster, f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy},
-                nodes, result)
+        _finish(done)
 
 
 @task(iterable=[*_SELECTION, "target_node"], help={
@@ -277,16 +260,14 @@ def sync_models(c: Context, source_node: str | None = None,
                 json: bool = False, fanout: str | None = None,
                 config: str | None = None) -> None:
     """Copy a model from the node that has it to the others, node to node."""
-    with _session(config, fanout) as cluster:
-        source = cluster.node(_required(source_node, "--source-node"))
-        chosen = _select(cluster, [*(node or []), *(target_node or [])], role or [],
-                         exclude or [])
-        targets = [n for n in chosen if n.id != source.id]
-        with SyncModelsProgress(enabled=not json) as display:
-            result = models_op.sync_models(
-                cluster, source_node=source, targets=targets, models_path=models_path,
-                model=model, verify=verify, relay=relay, on_progress=display.update,
-                streams_per_sender=_count(streams_per_sender, "--streams-per-sender") or 4)
+    with _session(config, fanout) as session:
+        source_id = _required(source_node, "--source-node")
+        chosen = _select(session, [*(node or []), *(target_node or [])], role, exclude)
+        done = commands.sync_models(
+            session, chosen, source_id, models_path=models_path, model=model, verify=verify,
+            relay=relay, progress=SyncModelsProgress(enabled=not json),
+            streams_per_sender=_count(streams_per_sender, "--streams-per-sender") or 4)
+        result, source = done.result, done.source
         if json:
             print(result.to_json())
         else:
@@ -295,9 +276,7 @@ def sync_models(c: Context, source_node: str | None = None,
                          summary_rows(result))
             for warning in result.warnings:
                 print(f"skeleton: warning: {render.sanitize(warning)}", file=sys.stderr)
-        _finish(cluster, "sync-models",
-                {"source": source.id, "model": model, "models_path": models_path,
-                 "verify": verify, "relay": relay}, targets, result)
+        _finish(done)
 
 
 @task(iterable=_SELECTION, help={
@@ -314,24 +293,16 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
          out: str = logs_op.DEFAULT_OUT_DIR, max_bytes: str = "16M", max_line: str = "64K",
          json: bool = False, fanout: str | None = None, config: str | None = None) -> None:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
-    with _session(config, fanout) as cluster:
-        count = logs_op.parse_lines(lines) if lines is not None else None
-        since_at = logs_op.parse_since(since) if since is not None else None
-        byte_cap = logs_op.parse_size(max_bytes)
-        line_cap = logs_op.parse_size(max_line, what="--max-line")
-        nodes = _select(cluster, node or [], role or [], exclude or [])
-        if follow:
-            printer = render.NodeLines()
-            result: ClusterResult[Any] = logs_op.follow_logs(
-                cluster, nodes, on_line=printer.line, lines=count, since=since_at, grep=grep,
-                on_error=printer.error)
-        else:
-            result = logs_op.collect_logs(cluster, nodes, lines=count, since=since,
-                                          grep=grep, out_dir=out, max_bytes=byte_cap,
-                                          max_line=line_cap)
+    with _session(config, fanout) as session:
+        query = commands.LogsQuery.parse(lines=lines, since=since, grep=grep,
+                                         max_bytes=max_bytes, max_line=max_line)
+        nodes = _select(session, node, role, exclude)
+        printer = render.NodeLines()
+        done = commands.logs(session, nodes, query, out_dir=out, follow=follow,
+                             on_line=printer.line, on_error=printer.error)
+        result = done.result
         if json:
             print(result.to_json())
         elif not follow:
             logs_text(result, sys.stdout, out_dir=out)
-        _finish(cluster, "logs", {"lines": count, "since": since, "grep": grep,
-                                  "follow": follow}, nodes, result)
+        _finish(done)

@@ -27,6 +27,7 @@ from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.ssh.runner import Runner
 
 if TYPE_CHECKING:
+    from skeleton_app.registry import Registry
     from skeleton_app.ssh.pool import Connector
 
 NodeFn = Callable[[Node], NodeResult[Any]]
@@ -94,23 +95,28 @@ class Cluster:
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         settings: Settings | None = None,
+        registry: Registry | None = None,
+        connector: Runner | None = None,
     ) -> Cluster:
-        """Load the settings and the nodes (from the registry when one is configured)."""
+        """Load the settings and the nodes (from the registry when one is configured:
+        `registry`, the caller's open connection, else one opened and closed here)."""
         settings = settings or load_config(path, env=env, overrides=overrides)
         nodes: Sequence[Node] = settings.nodes
         warnings: Sequence[str] = ()
-        if settings.registry.dsn:
+        if registry is not None:
+            nodes, warnings = registry.list_nodes(enabled_only=True)
+        elif settings.registry.dsn:
             from skeleton_app.registry import open_registry  # psycopg only when needed
 
-            registry = open_registry(settings)
+            own = open_registry(settings)
             try:
-                nodes, warnings = registry.list_nodes(enabled_only=True)
+                nodes, warnings = own.list_nodes(enabled_only=True)
             finally:
-                registry.close()
+                own.close()
         env = os.environ if env is None else env
         check_identity_files(settings, nodes, source="SKELETON_SSH_IDENTITY_FILE"
                              if "SKELETON_SSH_IDENTITY_FILE" in env else None)
-        return cls(settings, nodes, warnings=warnings)
+        return cls(settings, nodes, connector=connector, warnings=warnings)
 
     @property
     def connector(self) -> Runner:

@@ -16,7 +16,8 @@
 
 Third-party errors (paramiko, socket, psycopg, invoke) are translated into these at the
 module that calls the library (`ssh.py`, `registry.py`); nothing above sees them. The CLI
-maps the tree to exit codes in one place (`cli.py`); the library never calls `sys.exit`.
+maps the tree to exit codes in one place (`app/cli`'s `main`); the library never calls
+`sys.exit`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Exit codes of every `skeleton cluster` command (README "Exit codes", cli.py)."""
+    """Exit codes of every `skeleton cluster` command (README "Exit codes", `app.cli`)."""
 
     OK = 0  # every selected node succeeded
     FAILED = 1  # some node ran and failed, or refused for a precondition (NodeErrorKind.LOCAL)

@@ -23,14 +23,6 @@ from typing import Any, Generic, Protocol, TypeVar
 from skeleton_app.errors import ExitCode, NodeErrorKind
 from skeleton_app.nodes import fold
 
-# Short names for the members of the one definition, errors.ExitCode.
-EXIT_OK = ExitCode.OK
-EXIT_FAILED = ExitCode.FAILED
-EXIT_USAGE = ExitCode.USAGE
-EXIT_REGISTRY = ExitCode.REGISTRY
-EXIT_UNREACHABLE = ExitCode.UNREACHABLE
-EXIT_INTERRUPTED = ExitCode.INTERRUPTED
-
 
 class Outcome(Protocol):
     """An operation's typed per-node facts: a frozen dataclass with its JSON form."""

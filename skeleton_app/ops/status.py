@@ -11,13 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skeleton_app import layout, payloads
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node
 from skeleton_app.ops.status_probe import SCRIPT_NAME, NodeStatus, parse_status, probe_args
 from skeleton_app.results import ClusterResult, NodeResult
+
+if TYPE_CHECKING:
+    from skeleton_app.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +84,10 @@ def heartbeat_age(last_seen: float | None, now: float | None = None) -> float | 
     return max(0.0, (now or time.time()) - last_seen)
 
 
-def registry_snapshot(cluster: Cluster, result: ClusterResult[StatusReport]
-                      ) -> dict[str, dict[str, Any]] | None:
-    """With a registry: write the snapshot back and return heartbeat facts per node.
+def registry_snapshot(cluster: Cluster, result: ClusterResult[StatusReport],
+                      registry: Registry | None = None) -> dict[str, dict[str, Any]] | None:
+    """With a registry: write the snapshot back and return heartbeat facts per node, over
+    `registry` (the command's open connection) or one opened and closed here.
 
     None without a registry. A registry that fails here only costs those columns: the
     nodes were already probed, so the status still prints.
@@ -93,8 +97,9 @@ def registry_snapshot(cluster: Cluster, result: ClusterResult[StatusReport]
     from skeleton_app.errors import RegistryError
     from skeleton_app.registry import open_registry
 
+    own = registry is None
     try:
-        registry = open_registry(cluster.settings)
+        registry = registry or open_registry(cluster.settings)
     except RegistryError:
         return {}
     try:
@@ -106,4 +111,5 @@ def registry_snapshot(cluster: Cluster, result: ClusterResult[StatusReport]
     except RegistryError:
         return {}
     finally:
-        registry.close()
+        if own:
+            registry.close()

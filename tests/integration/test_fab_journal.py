@@ -1,5 +1,5 @@
-"""`fab` tasks journal their runs in the registry as the CLI and `inv` do (one shared helper,
-`registry.journal_run`): a `fab` run shows up in `skeleton runs list` / `runs show`."""
+"""`fab` tasks journal their runs in the registry as the CLI and `inv` do (the one application
+layer, `app.commands`): a `fab` run shows up in `skeleton runs list` / `runs show`."""
 
 from __future__ import annotations
 

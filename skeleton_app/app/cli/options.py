@@ -1,0 +1,114 @@
+"""What the Click commands share: the `Seconds` parameter type, the selection and config
+options, and `Ctx`, the per-process state on the root context (one `app.commands.Session`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from skeleton_app.app.commands import Selection, Session
+
+if TYPE_CHECKING:
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
+    from skeleton_app.nodes import Node
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
+                  " @ROLE; repeatable, comma-separated.")
+
+
+class Seconds(click.ParamType[float, Any]):
+    """A finite number of seconds, at most a year (click's FloatRange lets `nan` through
+    every bound, and `inf` overflowed the node's timeouts: exit 4 instead of 2)."""
+
+    name = "seconds"
+
+    def __init__(self, *, zero: bool = False):
+        self.zero = zero
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        from skeleton_app.config import MAX_SECONDS
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and 0 <= number <= MAX_SECONDS) or (
+                number == 0 and not self.zero):
+            self.fail(f"expected a number of seconds{'' if self.zero else ' > 0'}, at most a"
+                      f" year, got {value!r}", param, ctx)
+        return number
+
+
+def _warn(line: str) -> None:
+    click.echo(line, err=True)
+
+
+class Ctx:
+    """Lazily built shared state: the command's `Session` (settings, cluster, registry
+    connection), built once per process on first use and closed with the root context."""
+
+    def __init__(self, config: str | None):
+        self.config = config
+        self.overrides: dict[str, Any] = {}
+        self._session: Session | None = None
+
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(self.config, overrides=self.overrides, warn=_warn)
+        return self._session
+
+    def settings(self) -> Settings:
+        return self.session().settings
+
+    def cluster(self) -> Cluster:
+        return self.session().cluster()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+def selection_options(fn: F) -> F:
+    fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
+                      help="At most this many nodes in flight (default ssh.fanout).")(fn)
+    fn = click.option("--exclude", "exclude", multiple=True, metavar="SPEC",
+                      help="Leave these nodes out.")(fn)
+    fn = click.option("--role", "roles", multiple=True, metavar="ROLE",
+                      help="Only nodes with this role; repeatable.")(fn)
+    fn = click.option("--node", "-n", "node_specs", multiple=True, metavar="SPEC",
+                      help=SELECTION_HELP)(fn)
+    fn = click.option("--config", "-c", "config", default=None, metavar="PATH",
+                      help="Config file (default $SKELETON_CONFIG, else ./config.yaml).")(fn)
+    return fn
+
+
+config_option = click.option("--config", "-c", "config", default=None, metavar="PATH",
+                             help="Config file.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the whole result as JSON.")
+
+
+def prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:
+    """The root's `Ctx`, with this command's `--config` and `--fanout` applied."""
+    state: Ctx = ctx.find_root().obj
+    if config:
+        state.config = config
+    if fanout:
+        state.overrides["ssh.fanout"] = fanout
+    return state
+
+
+def select(ctx: click.Context, config: str | None, fanout: int | None,
+           node_specs: Sequence[str], roles: Sequence[str],
+           exclude: Sequence[str]) -> tuple[Session, tuple[Node, ...]]:
+    """The session and the nodes a command's selection options name."""
+    session = prepare(ctx, config, fanout).session()
+    return session, session.select(Selection(node_specs, roles, exclude))

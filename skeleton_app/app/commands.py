@@ -1,0 +1,333 @@
+"""The application layer: one function per `skeleton cluster` operation, shared by the CLI,
+`inv` (tasks.py) and `fab` (fabfile.py).
+
+A front end parses its arguments, opens a `Session` (the settings, the cluster and at most
+ONE registry connection for the command's life), selects the nodes, calls one function
+here, picks the view for the `Done` it gets back and exits with `Done.exit_code`:
+
+    with Session(config, fanout=fanout) as session:
+        nodes = session.select(Selection(node_specs, roles, exclude))
+        done = commands.exec_command(session, nodes, "uptime")
+        exec_text(done.result, sys.stdout)
+    return done.exit_code
+
+Every function runs its operation and journals the run (operation, arguments, selection and
+every node's outcome) over the session's registry, so all three front ends journal the same
+way. Without a registry configured nothing here imports psycopg (~30 ms); operations are
+imported inside their function, so a command pays only for its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic
+
+from skeleton_app.app.progress import LiveProgress, live
+from skeleton_app.errors import ExitCode, SkeletonError
+from skeleton_app.results import ClusterResult, OutcomeT
+
+if TYPE_CHECKING:
+    # Imported when first used: `skeleton --help`, `testbed` and `nodes` need none of them.
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
+    from skeleton_app.nodes import Node
+    from skeleton_app.ops.deploy import DeployEvent
+    from skeleton_app.ops.logs import LineFn
+    from skeleton_app.ops.run import LineSink
+    from skeleton_app.ops.sync_models import SyncProgress
+    from skeleton_app.registry import Registry
+    from skeleton_app.ssh.runner import Runner
+
+Warn = Callable[[str], None]
+RegistryOpener = Callable[["Settings"], "Registry"]
+
+
+def warn_stderr(line: str) -> None:
+    """The default `Session.warn`: one line on stderr."""
+    print(line, file=sys.stderr)
+
+
+def _open_registry(settings: Settings) -> Registry:
+    from skeleton_app.registry import open_registry  # psycopg only with a registry
+
+    return open_registry(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which nodes, as typed: ids, ranges, globs, addresses, @GROUP/@ROLE (`nodes.select`).
+    Every value is kept: an empty `--node ''` (an unset shell variable) is an error in
+    select, never dropped (dropping it would widen the run to every node)."""
+
+    nodes: Sequence[str] = ()
+    roles: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[OutcomeT]):
+    """What a command hands back: the operation's result and the nodes it ran on."""
+
+    result: ClusterResult[OutcomeT]
+    nodes: tuple[Node, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.result.exit_code()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusDone(Done[OutcomeT]):
+    """`status`: also what the registry knows of each node (None without a registry)."""
+
+    registry_rows: Mapping[str, Mapping[str, Any]] | None = None
+
+
+class Session:
+    """One command's settings, cluster and registry connection, built on first use and
+    closed together (use `with`).
+
+    The registry (only when `registry.dsn` is configured) is opened once: it lists the
+    nodes, gives `status` its heartbeats and journals the run. Tests inject a `cluster`
+    (over `testing.fake.FakeRunner`) and an `opener` returning a stand-in registry.
+    """
+
+    def __init__(self, config: str | None = None, *, overrides: Mapping[str, Any] | None = None,
+                 fanout: int | None = None, settings: Settings | None = None,
+                 cluster: Cluster | None = None, connector: Runner | None = None,
+                 opener: RegistryOpener = _open_registry, warn: Warn = warn_stderr):
+        self.config = config
+        self.overrides: dict[str, Any] = dict(overrides or {})
+        if fanout:
+            self.overrides["ssh.fanout"] = fanout
+        # `--fanout` as given, passed on to the operations too: a rolling restart's batch
+        # is bounded by it, not by ssh.fanout.
+        self.fanout: int | None = fanout or self.overrides.get("ssh.fanout")
+        self.warn = warn
+        self._settings = cluster.settings if cluster is not None else settings
+        self._cluster = cluster
+        self._connector = connector
+        self._opener = opener
+        self._registry: Registry | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from skeleton_app.config import load_config
+
+            self._settings = load_config(self.config, overrides=self.overrides)
+        return self._settings
+
+    def registry(self) -> Registry | None:
+        """The command's one registry connection; None when no registry is configured."""
+        if self._registry is None and self.settings.registry.dsn:
+            self._registry = self._opener(self.settings)
+        return self._registry
+
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            from skeleton_app.cluster import Cluster
+
+            self._cluster = Cluster.from_config(settings=self.settings,
+                                                registry=self.registry(),
+                                                connector=self._connector)
+            for warning in self._cluster.warnings:
+                self.warn(f"skeleton: warning: {warning}")
+        return self._cluster
+
+    def select(self, selection: Selection) -> tuple[Node, ...]:
+        return self.cluster().select(list(selection.nodes), roles=list(selection.roles),
+                                     exclude=list(selection.exclude))
+
+    def host(self, host: str, *, user: str | None = None) -> Node:
+        """A node id from the configuration or an address (`fab -H`), as a node; `user`
+        replaces the node's login (`fab -H user@host`)."""
+        from skeleton_app.remote import SSHExecutor
+
+        node = SSHExecutor(cluster=self.cluster()).node(host)
+        return dataclasses.replace(node, user=user) if user else node
+
+    def journal(self, operation: str, arguments: Mapping[str, Any], nodes: Sequence[Node],
+                result: ClusterResult[Any]) -> None:
+        """Record the run and every node's outcome when a registry is configured. Never
+        fails the command: a registry that cannot be written costs one warning line."""
+        try:
+            registry = self.registry()
+            if registry is None:
+                return
+            run_id = registry.record_run(operation, arguments, [n.id for n in nodes])
+            registry.record_node_results(run_id, result)
+        except SkeletonError as exc:
+            self.warn(f"skeleton: warning: run not recorded in the registry: {exc}")
+
+    def finish(self, operation: str, arguments: Mapping[str, Any], nodes: Sequence[Node],
+              result: ClusterResult[Any]) -> Done[Any]:
+        self.journal(operation, arguments, nodes, result)
+        return Done(result, tuple(nodes))
+
+    def close(self) -> None:
+        try:
+            if self._cluster is not None:
+                self._cluster.close()
+        finally:
+            if self._registry is not None:
+                self._registry.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- one function per operation
+
+
+def exec_command(session: Session, nodes: Sequence[Node], command: str, *,
+                 timeout: float | None = None, out_dir: str | None = None,
+                 on_line: LineSink | None = None) -> Done[Any]:
+    """Run `command` on every node in parallel (`skeleton cluster exec`, `inv exec`,
+    `fab run`)."""
+    from skeleton_app.ops.run import exec_command as run_op
+
+    result = run_op(session.cluster(), command, nodes, timeout=timeout, out_dir=out_dir,
+                    on_line=on_line, fanout=session.fanout)
+    return session.finish("exec", {"command": command, "timeout": timeout}, nodes, result)
+
+
+def status(session: Session, nodes: Sequence[Node]) -> StatusDone[Any]:
+    """Probe every node; with a registry, join in its heartbeats and write the snapshot back
+    over the session's one connection."""
+    from skeleton_app.ops import status as status_op
+
+    cluster = session.cluster()
+    result = status_op.status(cluster, nodes, fanout=session.fanout)
+    registry_rows = status_op.registry_snapshot(cluster, result, registry=session.registry())
+    session.journal("status", {}, nodes, result)
+    return StatusDone(result, tuple(nodes), registry_rows)
+
+
+def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None,
+           dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
+           checksum: bool = False, force: bool = False, restart: bool = False,
+           lock_wait: float | None = None, allow_secrets: bool = False,
+           progress: LiveProgress[DeployEvent] | None = None) -> Done[Any]:
+    """Push the code tree to every node (`delete` None: deploy.delete; `lock_wait` None: the
+    operation's default), drawing `progress` while it runs."""
+    from skeleton_app.ops.deploy import LOCK_WAIT
+    from skeleton_app.ops.deploy import deploy as deploy_op
+
+    with live(progress) as on_progress:
+        result = deploy_op(session.cluster(), nodes, source=source, dest=dest, delete=delete,
+                           dry_run=dry_run, checksum=checksum, force=force, restart=restart,
+                           lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
+                           allow_secrets=allow_secrets, on_progress=on_progress,
+                           fanout=session.fanout)
+    return session.finish("deploy-dry-run" if dry_run else "deploy",
+                         {"source": source, "dest": dest, "delete": delete,
+                          "checksum": checksum, "force": force, "restart": restart},
+                         nodes, result)
+
+
+def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = None,
+              wheelhouse: str | None = None, force: bool = False) -> Done[Any]:
+    """Make each node's app dir .venv."""
+    from skeleton_app.ops.bootstrap import bootstrap as bootstrap_op
+
+    result = bootstrap_op(session.cluster(), nodes, source=source, wheelhouse=wheelhouse,
+                          force=force, fanout=session.fanout)
+    return session.finish("bootstrap", {"source": source, "force": force}, nodes, result)
+
+
+def daemon(session: Session, nodes: Sequence[Node], action: str, *,
+           batch: int | None = None, wait_healthy: bool = False,
+           health_timeout: float = 30.0) -> Done[Any]:
+    """start | stop | restart | status the node daemon."""
+    from skeleton_app.ops.daemon import daemon_control
+
+    result = daemon_control(session.cluster(), nodes, action, batch=batch,
+                            wait_healthy=wait_healthy, health_timeout=health_timeout,
+                            fanout=session.fanout)
+    return session.finish(f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy},
+                         nodes, result)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone(Done[OutcomeT]):
+    """`sync-models`: also the node the models came from (`nodes` are the targets)."""
+
+    source: Node
+
+
+def sync_models(session: Session, selected: Sequence[Node], source_node: str, *,
+                models_path: str | None = None, model: str | None = None,
+                verify: bool = False, relay: bool = False, streams_per_sender: int = 4,
+                progress: LiveProgress[SyncProgress] | None = None) -> SyncDone[Any]:
+    """Copy models from `source_node` (id or address) to every other selected node."""
+    from skeleton_app.ops import sync_models as models_op
+
+    cluster = session.cluster()
+    source = cluster.node(source_node)
+    targets = tuple(n for n in selected if n.id != source.id)
+    with live(progress) as on_progress:
+        result = models_op.sync_models(
+            cluster, source_node=source, targets=targets, models_path=models_path,
+            model=model, verify=verify, relay=relay, on_progress=on_progress,
+            streams_per_sender=streams_per_sender)
+    session.journal("sync-models", {"source": source.id, "model": model,
+                                    "models_path": models_path, "verify": verify,
+                                    "relay": relay}, targets, result)
+    return SyncDone(result, targets, source)
+
+
+@dataclass(frozen=True, slots=True)
+class LogsQuery:
+    """`logs` arguments, parsed before any node is contacted (bad values: UsageError)."""
+
+    lines: int | None
+    since: str | None
+    since_at: float | None
+    grep: str | None
+    max_bytes: int
+    max_line: int
+
+    @classmethod
+    def parse(cls, *, lines: str | None, since: str | None, grep: str | None,
+              max_bytes: str, max_line: str) -> LogsQuery:
+        from skeleton_app.ops import logs as logs_op
+
+        return cls(lines=logs_op.parse_lines(lines) if lines is not None else None,
+                   since=since,
+                   since_at=logs_op.parse_since(since) if since is not None else None,
+                   grep=grep, max_bytes=logs_op.parse_size(max_bytes),
+                   max_line=logs_op.parse_size(max_line, what="--max-line"))
+
+
+def logs(session: Session, nodes: Sequence[Node], query: LogsQuery, *, out_dir: str,
+         follow: bool = False, on_line: LineFn | None = None,
+         on_error: Callable[[str, str], None] | None = None) -> Done[Any]:
+    """Collect every node's logs into `out_dir`, or (`follow`) stream new lines to `on_line`
+    until Ctrl-C, which is how a follow ends: not an interruption (exit 0)."""
+    from skeleton_app import cancel
+    from skeleton_app.ops import logs as logs_op
+
+    cluster = session.cluster()
+    result: ClusterResult[Any]
+    if follow:
+        result = logs_op.follow_logs(cluster, nodes, on_line=on_line or _discard,
+                                     lines=query.lines, since=query.since_at, grep=query.grep,
+                                     on_error=on_error)
+        cancel.reset()
+    else:
+        result = logs_op.collect_logs(cluster, nodes, lines=query.lines, since=query.since,
+                                      grep=query.grep, out_dir=out_dir,
+                                      max_bytes=query.max_bytes, max_line=query.max_line)
+    return session.finish("logs", {"lines": query.lines, "since": query.since,
+                                  "grep": query.grep, "follow": follow}, nodes, result)
+
+
+def _discard(_node: str, _line: bytes) -> None:
+    pass
