@@ -51,7 +51,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-
 class Agent:
     """One node's daemon. `run()` blocks until `stop()` (or a signal) and returns 0.
 
@@ -281,4 +280,3 @@ class Agent:
             log.info("marked %s stopped in the registry", self.node.id)
         except SkeletonError as exc:
             log.warning("could not mark %s stopped in the registry: %s", self.node.id, exc)
-

@@ -65,7 +65,6 @@ def _saved_token(path: Path) -> str | None:
     return token if re.fullmatch(r"[A-Za-z0-9_\-.~+/=]{16,200}", token) else None
 
 
-
 def load_token(app_dir: str, configured: str | None) -> str:
     """The token to serve: the configured one, else the saved one, else a new random one.
     A restarted daemon keeps the token its predecessor wrote: a health check that read the

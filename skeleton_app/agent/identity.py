@@ -83,7 +83,6 @@ def _address_towards_registry(settings: Settings) -> str | None:
     return None if ipaddress.ip_address(address).is_loopback else address
 
 
-
 def missing_hint(node_id: str) -> str:
     return (f"On the controller, run `skeleton nodes credentials {node_id} --install` (the"
             f" node's own DSN, in registry.node_dsn_file; or set {ENV_NODE_DSN})")
@@ -120,4 +119,3 @@ def _read_node_dsn(path: str) -> str:
     except RegistryError as exc:
         raise ConfigError(f"{path}: {exc}", key="registry.node_dsn_file") from None
     return dsn
-

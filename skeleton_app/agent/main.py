@@ -35,7 +35,6 @@ class _UTCFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
-
 def _setup_logging(path: Path) -> list[logging.Handler]:
     """Log to `path`; also to stderr when stderr is not already that file (a terminal)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +53,6 @@ def _setup_logging(path: Path) -> list[logging.Handler]:
     log.setLevel(logging.INFO)
     log.propagate = False
     return handlers
-
 
 
 def _interval_from_env(env: Mapping[str, str]) -> float:
@@ -122,4 +120,3 @@ def main(argv: list[str] | None = None) -> int:
     except SkeletonError as exc:
         print(f"skeleton daemon: {exc}", file=sys.stderr)
         return exc.exit_code
-

@@ -83,4 +83,3 @@ def metrics(app_dir: str) -> dict[str, Any]:
         usage = shutil.disk_usage(app_dir if os.path.isdir(app_dir) else "/")
         out.update(disk_total=usage.total, disk_free=usage.free)
     return out
-
