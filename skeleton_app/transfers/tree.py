@@ -19,6 +19,9 @@ and a cache file that is not a regular file of ours, or does not parse, is a mis
 The same walk finds the files that hold private key material (skeleton_app.secret_scan),
 and the cache keeps that verdict with the hash: deploy refuses such a tree, at no cost to a
 no-change redeploy.
+
+The node daemon reports this digest too (`tree:` + `TreeDigest.version`, skeleton_app.agent
+.version) as the code version of a tree that was neither deployed nor a git checkout.
 """
 
 from __future__ import annotations

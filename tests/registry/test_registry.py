@@ -41,6 +41,7 @@ from skeleton_app.registry import (
     register_node_in_db,
     register_node_in_db_sync,
 )
+from skeleton_app.registry import schema as schema_mod
 from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.testing import localdb
 from skeleton_app.testing.localdb import LocalPostgres
@@ -205,7 +206,7 @@ def test_schema_older_asks_for_upgrade_and_db_init_applies_the_new_migration(
         db_dsn: str, monkeypatch: pytest.MonkeyPatch):
     shipped = reg_mod.migrations()
     extra = Migration(3, "0003_test.sql", "ALTER TABLE nodes ADD COLUMN test_extra integer;")
-    monkeypatch.setattr(reg_mod, "migrations", lambda: (*shipped, extra))
+    monkeypatch.setattr(schema_mod, "migrations", lambda: (*shipped, extra))
     reg = PostgresRegistry(db_dsn, defaults=TEST_DEFAULTS)
     with pytest.raises(RegistryError, match=r"version 2, this skeleton_app needs version 3"):
         reg.list_nodes()

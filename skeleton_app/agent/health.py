@@ -1,0 +1,148 @@
+"""The daemon's `GET /health` endpoint and its token.
+
+Without a token the answer is just `{"status": "ok"}` (a liveness bit); with
+`Authorization: Bearer TOKEN` it is the daemon's details (`Agent.health`), which rolling
+restarts use. The token is `daemon.health_token`, else the one in the token file (kept
+across restarts), else a random one; it is written to `<app_dir>/.skeleton-deploy/
+health-token` (0600) for the node's own user (health.sh).
+
+Dependency-light on purpose: the standard library's http.server in a thread, no framework.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from skeleton_app import layout
+from skeleton_app.errors import ConfigError
+
+# One logger for the whole daemon: main.py gives it its handlers (the daemon's log file).
+log = logging.getLogger("skeleton_app.agent")
+
+
+class _HealthServer(ThreadingHTTPServer):
+    daemon_threads = True  # a slow client never delays the daemon's exit
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for our FQDN: on a node without a reachable resolver
+        # (the testbed's hosts, many LANs) that blocks for 10 s before /health answers.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+
+class _HealthServer6(_HealthServer):
+    address_family = socket.AF_INET6  # a node whose cluster address is IPv6
+
+
+def _saved_token(path: Path) -> str | None:
+    """The token in the daemon's own token file, if it is a regular file of ours holding one
+    (never followed through a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        token = fh.read(256).strip()
+    return token if re.fullmatch(r"[A-Za-z0-9_\-.~+/=]{16,200}", token) else None
+
+
+def load_token(app_dir: str, configured: str | None) -> str:
+    """The token to serve: the configured one, else the saved one, else a new random one.
+    A restarted daemon keeps the token its predecessor wrote: a health check that read the
+    file just before the restart still gets the details (pid) it compares."""
+    return (configured or _saved_token(Path(app_dir) / layout.HEALTH_TOKEN_FILE)
+            or secrets.token_urlsafe(24))
+
+
+def write_token(app_dir: str, token: str) -> None:
+    """The token for the node's own user (health.sh reads it): 0600, replaced atomically."""
+    path = Path(app_dir) / layout.HEALTH_TOKEN_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the /health token to %s: %s", path, exc.strerror)
+
+
+def serve(bind: str, port: int, *, token: str,
+          report: Callable[[bool], Mapping[str, Any]]) -> tuple[ThreadingHTTPServer, str]:
+    """Serve /health in a thread on `bind`:`port`; `report(authorized)` is the answer.
+    Returns the server and the address it listens on (see `_bind`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "skeleton-daemon"
+        timeout = 5  # a client that never sends its request must not pin a thread
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/health":
+                self._send(404, {"error": "not found"})
+                return
+            self._send(200, report(self._authorized()))
+
+        def _authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            scheme, _, offered = given.partition(" ")
+            # Constant-time: the comparison must not leak the token byte by byte.
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                offered.strip().encode(), token.encode())
+
+        def _send(self, code: int, body: Mapping[str, Any]) -> None:
+            data = (json.dumps(body) + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # health checks every few seconds would drown the log
+
+    server, bound = _bind(bind, port, Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="skeleton-health", daemon=True)
+    thread.start()
+    return server, bound
+
+
+def _bind(bind: str, port: int, handler: type[BaseHTTPRequestHandler]
+          ) -> tuple[ThreadingHTTPServer, str]:
+    """Listen on `bind`. An address this machine does not have (the node is reached through
+    NAT or a port forward) falls back to loopback, with a warning: the controller queries
+    /health over SSH on the node anyway."""
+    server_class = _HealthServer6 if ":" in bind else _HealthServer
+    try:
+        return server_class((bind, port), handler), bind
+    except OSError as exc:
+        unassigned = exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
+        if not unassigned or bind in ("127.0.0.1", "::1"):
+            raise ConfigError(
+                f"cannot serve /health on {bind}:{port}: {exc.strerror} (another daemon"
+                " running?)", key="daemon.api_port",
+            ) from None
+    log.warning("%s is not an address of this machine: /health on 127.0.0.1 only (set"
+                " daemon.health_bind)", bind)
+    return _bind("127.0.0.1", port, handler)
