@@ -19,7 +19,7 @@ The rest, by what it holds:
   exceptions, and the DSN itself never appears in a message (it may hold a password).
 - schema.py + migrations/NNNN_*.sql: the versioned schema, `init_schema` (`skeleton db init`).
 - queries.py: the SQL over `nodes` shared by PostgresRegistry and compat.py.
-- journal.py: `open_registry`, and `record_result`/`journal_run` (what every front end does
+- journal.py: `open_registry`, and `record_result` (what every front end does
   after an operation).
 - exchange.py: `nodes:` lists in and out (`skeleton nodes import` / `export`).
 - compat.py: the seed's `await register_node_in_db(db, {...})` / `await get_nodes_from_db(db)`
@@ -50,7 +50,7 @@ from skeleton_app.registry.exchange import (
     node_entries,
     parse_node_entries,
 )
-from skeleton_app.registry.journal import journal_run, open_registry, record_result
+from skeleton_app.registry.journal import open_registry, record_result
 from skeleton_app.registry.postgres import PostgresRegistry
 from skeleton_app.registry.protocol import Registry
 from skeleton_app.registry.records import (
@@ -111,7 +111,6 @@ __all__ = [
     "get_nodes_from_db_sync",
     "import_nodes",
     "init_schema",
-    "journal_run",
     "migrations",
     "node_dsn",
     "node_entries",

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from skeleton_app.errors import SkeletonError
 from skeleton_app.registry.postgres import PostgresRegistry
 from skeleton_app.registry.protocol import Registry
 from skeleton_app.registry.records import NodeDefaults
@@ -56,14 +55,3 @@ def record_result(
         registry.close()
     return run_id
 
-
-def journal_run(settings: Settings, operation: str, arguments: Mapping[str, Any],
-                selection: Sequence[str], result: ClusterResult[Any]) -> str | None:
-    """What every front end (the CLI, `inv`, `fab`) does after an operation: journal it when a
-    registry is configured, never failing the command. Returns the warning line to print when
-    the run could not be recorded (the operation's own exit code stands), else None."""
-    try:
-        record_result(settings, operation, arguments, selection, result)
-    except SkeletonError as exc:
-        return f"skeleton: warning: run not recorded in the registry: {exc}"
-    return None
