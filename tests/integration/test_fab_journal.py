@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from skeleton_app.testing.testbed import Testbed
-from tests.integration.test_frontends import fab, inv
+from tests.support.frontends import fab, inv
 from tests.support.helpers import skeleton
 
 
