@@ -471,6 +471,7 @@ def _corrupt(node: Node, how: str) -> int | None:
 CORRUPTIONS = ["-1", "0", "1", "garbage", "", "deleted", "recycled"]
 
 
+@pytest.mark.slow  # real daemons started and stopped twice per case: ~2 s each, 7 cases
 @pytest.mark.parametrize("how", CORRUPTIONS)
 def test_a_corrupt_pid_file_never_loses_the_running_daemon(node: Node, how: str) -> None:
     # The daemon holds its lock: status still says running, stop stops exactly it (and never
