@@ -77,7 +77,8 @@ def _ops_modules() -> list[str]:
 
 def test_the_runtime_path_never_loads_the_test_support() -> None:
     loaded = _loaded_after(["skeleton_app", "skeleton_app.app.cli", "skeleton_app.cluster",
-                            "skeleton_app.remote", *_ops_modules()])
+                            "skeleton_app.remote", "skeleton_app.agent", "skeleton_app.registry",
+                            "skeleton_app.ssh.pool", "skeleton_app.transfers", *_ops_modules()])
     assert "skeleton_app.ops.run" in loaded  # the check did load what it names
     assert sorted(m for m in loaded if m.startswith("skeleton_app.testing")) == []
 

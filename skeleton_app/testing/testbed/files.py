@@ -21,6 +21,7 @@ WHEELHOUSE = ".wheelhouse"  # in a checkout: wheels ./scripts/setup pre-builds f
 
 # PID 1 of every host (see there): a real module of this package, copied to the state dir.
 _HOST_INIT = Path(__file__).with_name("host_init.py")
+
 _HIDDEN_COMMAND = """\
 #!/bin/sh
 # Bind-mounted by `skeleton_app.testing.testbed.hide_command` over a binary inside a test host.
