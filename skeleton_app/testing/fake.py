@@ -10,13 +10,17 @@ answers. Nothing here touches the network, so tests that use it need no root.
 
     cluster = Cluster(settings, nodes, connector=FakeRunner(node))
 
-A handler may return a `Reply`, a `NodeResult` (used as is), or a `NodeError` (the node's
-failure, as the real connector reports it). `session()` conversations are scripted with a
-list of reply lines per node (`sessions={"n1": ["ok locked", "ok done"]}`).
+A handler may return a `Reply`, a `NodeResult` (used as is, filed under the node asked), or
+a `NodeError` (the node's failure, as the real connector reports it); an exception it raises
+reaches the fan-out as one from a real transport would (one node's bug, never its
+siblings'). `by_node({"n2": NodeError(...)}, default=Reply(0))` scripts a fixed answer per
+node. `session()` conversations are scripted with a list of reply lines per node
+(`sessions={"n1": ["ok locked", "ok done"]}`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,12 +52,26 @@ class Reply:
     stderr: str = ""
 
 
-Handler = Callable[[Call], "Reply | NodeResult[object] | NodeError"]
+Answer = Reply | NodeResult[None] | NodeError  # a run has no typed outcome
+Handler = Callable[[Call], Answer]
 
 
 def always(reply: Reply) -> Handler:
     """A handler that gives every call the same reply."""
     return lambda _call: reply
+
+
+def by_node(answers: Mapping[str, Answer], *, default: Answer | None = None) -> Handler:
+    """A handler that gives each node its fixed answer (`default` for the others; a node
+    with neither is a bug in the test, reported as that node's error)."""
+
+    def handler(call: Call) -> Answer:
+        answer = answers.get(call.node, default)
+        if answer is None:
+            raise LookupError(f"no scripted answer for node {call.node!r}")
+        return answer
+
+    return handler
 
 
 class FakeSession:
@@ -117,9 +135,8 @@ class FakeRunner:
         if isinstance(answer, NodeError):
             return failure(node.id, answer.kind, answer.message)
         if isinstance(answer, NodeResult):
-            return NodeResult(node=node.id, exit_code=answer.exit_code, stdout=answer.stdout,
-                              stderr=answer.stderr, error_kind=answer.error_kind,
-                              error=answer.error)
+            # As scripted (byte counts, truncation, duration too), under the node asked.
+            return dataclasses.replace(answer, node=node.id)
         out, err = answer.stdout, answer.stderr
         return NodeResult(node=node.id, exit_code=answer.exit_code, stdout=out, stderr=err,
                           stdout_bytes=len(out.encode()), stderr_bytes=len(err.encode()))

@@ -681,6 +681,7 @@ def test_end_to_end_with_the_real_node_daemon(testbed: Testbed, tmp_path: Path,
 
 
 
+@pytest.mark.postgres  # make_testbed(db=True) starts one
 def test_end_to_end_versions_from_the_registry_heartbeats(make_testbed: Any,
                                                           tmp_path: Path) -> None:
     """The issue's end to end, with a registry: deploy A, start the daemons, `cluster status`

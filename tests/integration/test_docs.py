@@ -257,6 +257,7 @@ def test_output_matching_is_strict() -> None:
     assert expected_exit("echo '# exit 4'") == 0
 
 
+@pytest.mark.postgres  # `db` blocks take db_dsn through request.getfixturevalue
 @pytest.mark.parametrize("path", [p for p in DOCS if any(b.marker == "run" for b in parse(p))],
                          ids=lambda p: p.name)
 def test_docs_run(path: Path, request: pytest.FixtureRequest) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from skeleton_app.testing.testbed import Testbed
-from tests.integration.test_frontends import fab, inv
+from tests.support.frontends import fab, inv
 from tests.support.helpers import skeleton
 
 
+@pytest.mark.postgres  # make_testbed(db=True) starts one
 def test_fab_and_inv_runs_are_journaled(make_testbed: Callable[..., Testbed]) -> None:
     bed = make_testbed(2, db=True)
     cfg = bed.config_path

@@ -31,35 +31,12 @@ from tests.support.deploy_support import (
     unique_app_dir,
     variant,
 )
+from tests.support.frontends import BIN, fab, inv, out, run_tool
 from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
-BIN = Path(sys.executable).parent
 INV_TASKS = ["bootstrap", "daemon", "deploy", "exec", "logs", "status", "sync-models"]
 FAB_TASKS = ["daemon", "deploy", "run", "status", "uptime"]
 PORT = 8793  # the stand-in daemon's port in these tests
-
-
-def run_tool(tool: str, *args: str, env: Mapping[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`inv`/`fab` from the virtualenv, in the repository root (where tasks.py and fabfile.py
-    are found), with no SKELETON_* variable of the developer's leaking in."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
-    full_env.update(env or {})
-    return subprocess.run([str(BIN / tool), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
-
-
-def inv(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return run_tool("inv", *args, "--config", str(config))
-
-
-def fab(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return run_tool("fab", *args, env={"SKELETON_CONFIG": str(config)})
-
-
-def out(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-
 
 
 def empty_known_hosts(testbed: Testbed, tmp_path: Path) -> tuple[Path, Path]:

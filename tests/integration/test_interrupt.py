@@ -29,14 +29,6 @@ from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
 from skeleton_app.transfers import DEFAULT_PARTIAL_DIR
 from skeleton_app.transfers.tree import tree_digest
-from tests.integration.test_models import (
-    MIB,
-    expected_tree,
-    leftovers,
-    make_model,
-    models_root,
-    tree,
-)
 from tests.support.deploy_support import (
     daemons_stopped_after,
     host_path,
@@ -46,6 +38,14 @@ from tests.support.deploy_support import (
     variant,
 )
 from tests.support.helpers import REPO, chown_to_user, config_variant
+from tests.support.models import (
+    MIB,
+    expected_tree,
+    leftovers,
+    make_model,
+    models_root,
+    tree,
+)
 
 DIGEST_EXCLUDES = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/", "/.skeleton-deploy/",
                    "/.skeleton-daemon.pid", f"{DEFAULT_PARTIAL_DIR}/")

@@ -7,10 +7,8 @@ restore it in `finally` or use a testbed of their own (make_testbed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pwd
 import shutil
 import threading
 import time
@@ -30,81 +28,11 @@ from skeleton_app.ops.sync_models.manifest import link_is_safe
 from skeleton_app.ops.sync_models.paths import check_model_name
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
+from tests.support.helpers import chown_to_user as _chown_tree
 from tests.support.helpers import config_variant, skeleton
-
-MIB = 1 << 20
-
+from tests.support.models import MIB, expected_tree, leftovers, make_model, models_root, tree
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _owner() -> tuple[int, int]:
-    account = pwd.getpwnam(tb.USER)
-    return account.pw_uid, account.pw_gid
-
-
-def _chown_tree(path: Path) -> None:
-    uid, gid = _owner()
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), uid, gid)
-    os.lchown(path, uid, gid)
-
-
-def models_root(bed: Testbed, host: str, rel: str) -> Path:
-    """Host-side path of APP_DIR/rel on test host `host`."""
-    return bed.host(host).app_dir / rel
-
-
-def make_model(bed: Testbed, host: str, rel: str, name: str, *, size: int = 3 * MIB,
-               seed: int = 1) -> Path:
-    """A model directory on `host`: a big file, nested small files, an empty directory, a
-    symlink inside the model and one leading out of it."""
-    root = models_root(bed, host, rel)
-    model = root / name
-    (model / "sub dir").mkdir(parents=True)
-    (model / "empty").mkdir()
-    rnd = hashlib.sha256(str(seed).encode()).digest()
-    (model / "weights.bin").write_bytes((rnd * (size // len(rnd) + 1))[:size - 7] + b"weights")
-    (model / "sub dir" / "config.json").write_text(json.dumps({"seed": seed}))
-    (model / "sub dir" / "vocab.txt").write_text("a\nb\nc\n")
-    os.symlink("../weights.bin", model / "sub dir" / "current")
-    os.symlink("/etc/passwd", model / "evil")
-    _chown_tree(bed.host(host).app_dir)
-    return model
-
-
-def tree(path: Path) -> dict[str, tuple[str, bytes]]:
-    """Relative path -> (kind, content or link target) of everything under `path`."""
-    out: dict[str, tuple[str, bytes]] = {}
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            full = Path(root) / name
-            rel = str(full.relative_to(path))
-            if full.is_symlink():
-                out[rel] = ("l", os.readlink(full).encode())
-            elif full.is_dir():
-                out[rel] = ("d", b"")
-            else:
-                out[rel] = ("f", full.read_bytes())
-    return out
-
-
-def expected_tree(model: Path) -> dict[str, tuple[str, bytes]]:
-    """What a target must hold: the source's tree minus the symlink that leads outside."""
-    return {k: v for k, v in tree(model).items() if k != "evil"}
-
-
-def leftovers(bed: Testbed, host: str) -> list[str]:
-    """Run directories and processes a sync left behind on a host."""
-    found = []
-    runs = bed.host(host).home / ".cache" / "skeleton-sync"
-    if runs.is_dir():
-        found += [str(p) for p in runs.iterdir()]
-    proc = tb.host_exec(bed, host, ["pgrep", "-a", "-u", tb.USER, "-f", "skeleton-sync"],
-                        check=False)
-    found += [line for line in proc.stdout.splitlines() if line.strip()]
-    return found
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

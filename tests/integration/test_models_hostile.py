@@ -29,8 +29,9 @@ from skeleton_app.safepath import link_resolves_inside, name_problem
 from skeleton_app.tarcheck import TarGuard
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
-from tests.integration.test_models import _chown_tree, models_root
+from tests.support.helpers import chown_to_user as _chown_tree
 from tests.support.helpers import skeleton
+from tests.support.models import models_root
 
 SOURCE = "node-01"
 TARGETS = ("node-02", "node-03", "node-04")

@@ -26,8 +26,8 @@ from skeleton_app.ops.sync_models import hop_cause, sync_models
 from skeleton_app.ops.sync_models.chain import HopLog, chains, stranded
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
-from tests.integration.test_models import expected_tree, leftovers, make_model, models_root, tree
 from tests.support.helpers import config_variant, skeleton
+from tests.support.models import expected_tree, leftovers, make_model, models_root, tree
 
 MIB = 1 << 20
 

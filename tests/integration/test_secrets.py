@@ -16,6 +16,7 @@ from skeleton_app import secret_scan
 from skeleton_app.secret_scan import looks_secret
 from skeleton_app.testing import testbed as tb_mod
 from skeleton_app.testing.testbed import Testbed
+from skeleton_app.testing.testbed import files as tb_files
 from skeleton_app.transfers import tree
 from tests.support.deploy_support import host_path, make_source, unique_app_dir, variant
 from tests.support.helpers import REPO, skeleton
@@ -91,7 +92,7 @@ def test_testbed_config_always_names_a_safe_deploy_source(
     assert data["deploy"]["source"] == str(REPO)  # from a checkout: the checkout
     assert data["bootstrap"]["wheelhouse"] == str(REPO / ".wheelhouse")
     # As with a normal (non-editable) install: no checkout above the package.
-    monkeypatch.setattr(tb_mod, "_project_dir", lambda: None)
+    monkeypatch.setattr(tb_files, "_project_dir", lambda: None)
     bed = make_testbed(1)
     data = yaml.safe_load(bed.config_path.read_text())
     source = Path(data["deploy"]["source"])

@@ -543,6 +543,7 @@ def test_up_without_root_fails_with_one_clear_line(tmp_path: Path) -> None:
     assert not state.exists()
 
 
+@pytest.mark.postgres  # up(db=True) starts one, without the postgres fixtures
 def test_named_hosts_with_roles_and_a_database(make_testbed: MakeTestbed) -> None:
     tb = make_testbed(names=["alpha", "beta"], roles={"beta": ["gpu"]}, db=True)
     assert tb.ids == ("alpha", "beta")

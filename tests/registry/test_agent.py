@@ -218,6 +218,7 @@ def test_daemon_never_uses_the_operators_dsn(db_dsn: str, start_daemon: Callable
     assert "marked agent-01 stopped" not in d.log and "registry up" not in d.log
 
 
+@pytest.mark.slow  # restarts PostgreSQL or real daemons: 4-7 s
 def test_daemon_refuses_a_dsn_that_is_not_its_nodes_role(
         db_dsn: str, start_daemon: Callable[..., Daemon]):
     """The operator's DSN copied into the node's DSN file, or another node's credentials:
@@ -241,6 +242,7 @@ def test_daemon_refuses_a_dsn_that_is_not_its_nodes_role(
         assert "marked agent-01 stopped" not in d.log
 
 
+@pytest.mark.slow  # restarts PostgreSQL or real daemons: 4-7 s
 def test_daemon_survives_postgresql_restart_and_resumes_heartbeats(
         make_postgres: Callable[..., LocalPostgres], start_daemon: Callable[..., Daemon]):
     pg = make_postgres()

@@ -107,6 +107,7 @@ def test_localdb_listens_only_where_asked_and_requires_a_password(postgres: Loca
     assert str(data).encode() in cmdline
 
 
+@pytest.mark.slow  # restarts PostgreSQL or real daemons: 4-7 s
 def test_localdb_stop_is_safe_twice_after_a_crash_and_restarts_with_its_data(make_postgres):
     pg = make_postgres()
     init_schema(pg.dsn)

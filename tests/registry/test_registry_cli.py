@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from skeleton_app.testing import localdb
@@ -24,6 +25,7 @@ def write_config(tmp_path: Path, dsn: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # restarts PostgreSQL or real daemons: 4-7 s
 def test_db_init_twice_then_node_table_round_trip(empty_dsn: str, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, empty_dsn)
     missing = skeleton("nodes", "list", config=cfg)

@@ -242,6 +242,7 @@ def test_both_scripts_send_the_shared_pid_checks() -> None:
 # ---- start ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_start_detaches_and_returns_quickly(node: Node) -> None:
     reply = node.run("start", *node.sleeper(), start_grace="0.5")
     assert (reply.rc, reply.state) == (0, "started"), reply.text
@@ -263,6 +264,7 @@ def test_start_detaches_and_returns_quickly(node: Node) -> None:
     wait_for(lambda: "ready" in node.log.read_text())
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_start_is_idempotent(node: Node) -> None:
     first = node.run("start", *node.sleeper())
     second = node.run("start", *node.sleeper())
@@ -270,6 +272,7 @@ def test_start_is_idempotent(node: Node) -> None:
     assert len([pid for pid in node.ours() if running(pid)]) == 1
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_start_passes_arguments_verbatim(node: Node) -> None:
     tricky = ["a b", "$(touch pwned)", "it's", '"q"', "*", "--", ""]
     code = "import sys; print(repr(sys.argv[1:-1]), flush=True)"
@@ -280,6 +283,7 @@ def test_start_passes_arguments_verbatim(node: Node) -> None:
     assert not (node.app_dir / "pwned").exists()
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_start_without_node_id_leaves_the_environment_alone(node: Node) -> None:
     reply = node.run("start", *node.sleeper(), node_id="")
     assert reply.state == "started"
@@ -316,6 +320,7 @@ def test_start_of_a_missing_program_reports_died(node: Node) -> None:
     assert any("no-such-program-here" in line and "not found" in line for line in reply.log_tail)
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_any_command_line_works_even_one_that_execs_into_another(node: Node) -> None:
     # Nothing looks at the command line: a shell script that execs into a program whose argv
     # shares nothing with the configured command is started, found and stopped.
@@ -337,6 +342,7 @@ def test_any_command_line_works_even_one_that_execs_into_another(node: Node) -> 
     assert not running(reply.pid)
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_a_command_name_with_spaces_and_parentheses_is_parsed_right(node: Node) -> None:
     # /proc/PID/stat field 2 is the command name in parentheses, and it may hold ") (" and
     # spaces itself: the start time (field 22) is counted after the LAST ')'.
@@ -357,6 +363,7 @@ def test_a_command_name_with_spaces_and_parentheses_is_parsed_right(node: Node) 
     assert not running(reply.pid)
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_start_cleans_a_stale_pid_file_and_spares_an_unrelated_process(node: Node) -> None:
     other = node.unrelated()
     node.write_pid(other)
@@ -376,6 +383,7 @@ def test_start_in_a_missing_app_dir_is_an_error(node: Node) -> None:
 # ---- stop ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_stop_sends_term_and_is_idempotent(node: Node) -> None:
     pid = node.run("start", *node.sleeper()).pid
     assert pid is not None
@@ -393,6 +401,7 @@ def test_stop_sends_term_and_is_idempotent(node: Node) -> None:
     assert (again.rc, again.state, again.messages) == (0, "not-running", [])
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_stop_escalates_to_kill_when_term_is_ignored(node: Node) -> None:
     stubborn = node.sleeper("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)")
     pid = node.run("start", *stubborn).pid
@@ -405,6 +414,7 @@ def test_stop_escalates_to_kill_when_term_is_ignored(node: Node) -> None:
     assert not running(pid)
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_stop_takes_the_daemons_workers_down_too(node: Node) -> None:
     spawn = (
         "import subprocess, sys\n"
@@ -477,6 +487,7 @@ def _corrupt(node: Node, how: str) -> int | None:
 CORRUPTIONS = ["-1", "0", "1", "garbage", "", "deleted", "recycled"]
 
 
+@pytest.mark.slow  # real daemons started and stopped twice per case: ~2 s each, 7 cases
 @pytest.mark.parametrize("how", CORRUPTIONS)
 def test_a_corrupt_pid_file_never_loses_the_running_daemon(node: Node, how: str) -> None:
     # The daemon holds its lock: status still says running, stop stops exactly it (and never
@@ -500,6 +511,7 @@ def test_a_corrupt_pid_file_never_loses_the_running_daemon(node: Node, how: str)
     assert node.ours() == [again.pid]
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 @pytest.mark.parametrize("how", ["garbage", "recycled"])
 def test_start_over_a_corrupt_pid_file_finds_the_daemon_and_repairs_the_record(
     node: Node, how: str
@@ -553,12 +565,14 @@ def test_stop_and_status_without_an_app_dir(node: Node) -> None:
 # ---- status and usage ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_status_running(node: Node) -> None:
     pid = node.run("start", *node.sleeper()).pid
     reply = node.run("status")
     assert (reply.rc, reply.state, reply.pid) == (0, "running", pid)
 
 
+@pytest.mark.slow  # a real daemon: waits out daemon.sh's 0.5 s start grace
 def test_status_never_signals(node: Node) -> None:
     pid = node.run("start", *node.sleeper()).pid
     assert pid is not None

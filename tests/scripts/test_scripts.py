@@ -27,6 +27,7 @@ def test_dash_accepts_the_syntax(script: Path) -> None:
     subprocess.run(["dash", "-n"], input=payloads.data(script.name), check=True)
 
 
+@pytest.mark.slow  # shellcheck takes 1-4 s per script
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck_finds_no_warning(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")

@@ -174,6 +174,7 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+@pytest.mark.slow  # parses a 2 MiB and a 20000-deep file: 2-6 s
 def test_config_file_too_large_or_too_deep(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * (2 << 20) + "\n")

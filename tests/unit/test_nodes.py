@@ -267,6 +267,7 @@ _PART = st.one_of(
 )
 
 
+@pytest.mark.slow  # hundreds of generated cases: 2-5 s
 @settings(max_examples=300, deadline=None)
 @given(parts=st.lists(_PART, min_size=1, max_size=5), spaces=st.booleans())
 def test_property_selection_is_exactly_what_the_spec_names(
@@ -285,6 +286,7 @@ def test_property_selection_is_exactly_what_the_spec_names(
 _SPICY = st.text(alphabet="linux-0123456wdmaAB@*?[],!&^ .:_", max_size=24)
 
 
+@pytest.mark.slow  # hundreds of generated cases: 2-5 s
 @settings(max_examples=500, deadline=None)
 @given(spec=_SPICY, exclude=st.lists(_SPICY, max_size=2))
 def test_property_random_specs_never_select_more_than_they_name(spec: str,
