@@ -33,7 +33,12 @@ from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
 from skeleton_app.ssh import channel
-from skeleton_app.ssh.errors import channel_open_failure, handshake_failure, is_preauth_reset
+from skeleton_app.ssh.errors import (
+    channel_open_failure,
+    handshake_failure,
+    is_preauth_reset,
+    translate,
+)
 from skeleton_app.ssh.hostkeys import KeyStores, host_key_pin
 from skeleton_app.ssh.route import Route, Router, first_socket, through
 from skeleton_app.ssh.runner import RunOptions
@@ -263,7 +268,22 @@ class Connector:
     def session(self, node: Node, command: str, *, what: str = "helper") -> LineSession:
         """`command` on `node` with its stdin held open, for a line conversation; NodeError.
         `what` names the command in errors ("the node's deploy helper did not answer")."""
-        return LineSession(self, node, command, what=what)
+        timeout = self.settings.connect_timeout
+        for attempt in (1, 2):
+            link = self.link(node)  # NodeError when unreachable
+            try:
+                chan = link.transport.open_session(timeout=timeout)
+                chan.exec_command(command)
+                return LineSession(chan, node, what=what)
+            except Exception as exc:
+                self.discard(node)
+                # A pooled transport the peer closed (sshd restarted): reconnect once.
+                if attempt == 1 and not link.transport.is_active():
+                    continue
+                err = translate(exc, host=node.host, port=node.port, timeout=timeout)
+                err.node = node.id
+                raise err from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def hold(self, node: Node, command: str, *, cancellable: bool = True) -> Callable[[], None]:
         """Start `command` on `node` on a channel of its own whose stdin stays open, and return

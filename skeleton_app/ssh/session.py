@@ -1,23 +1,16 @@
-"""A line conversation with a command on one node, over a pooled connection (`Connector.session`).
-
-Reconnects once when the pooled transport was closed by the peer, and translates errors with
-the same table as `Connector.run`.
-"""
+"""A line conversation with a command on one node, over a channel that the pool opened
+(`Connector.session`, which reconnects and translates errors as `Connector.run` does)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from skeleton_app import cancel
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
-from skeleton_app.ssh.errors import translate
-
-if TYPE_CHECKING:
-    from skeleton_app.ssh.pool import Connector
 
 
 class LineSession:
@@ -27,26 +20,12 @@ class LineSession:
     live exactly as long as the deploy, so deploy.sh talks over one of these.
     """
 
-    def __init__(self, connector: Connector, node: Node, command: str, *, what: str = "helper"):
+    def __init__(self, channel: Any, node: Node, *, what: str = "helper"):
+        self.channel = channel  # a paramiko Channel on which the command was started
         self.node = node
         self.what = what  # how errors name the command: "the node's deploy helper exited"
         self._buf = b""
         self._eof = False
-        timeout = connector.settings.connect_timeout
-        for attempt in (1, 2):
-            conn = connector.link(node)  # NodeError when unreachable
-            try:
-                self.channel = conn.transport.open_session(timeout=timeout)
-                self.channel.exec_command(command)
-                return
-            except Exception as exc:
-                connector.discard(node)
-                # A pooled transport the peer closed (sshd restarted): reconnect once.
-                if attempt == 1 and not conn.transport.is_active():
-                    continue
-                err = translate(exc, host=node.host, port=node.port, timeout=timeout)
-                err.node = node.id
-                raise err from exc
 
     def read_line(self, timeout: float, *, cancellable: bool = True) -> str | None:
         """The next line, None at EOF; NodeError(TIMEOUT/LOST) when none comes in time,
