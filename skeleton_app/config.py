@@ -10,6 +10,8 @@ Precedence, lowest first:
 
 Every error names the source (file or variable), the key and what was expected, and is a
 `ConfigError` (exit code 2): nothing runs on a bad configuration.
+
+(Over 600 lines on purpose: each section's dataclass sits next to the rules that validate it.)
 """
 
 from __future__ import annotations
@@ -144,12 +146,12 @@ class Settings:
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str | None = None  # the config file that was read, if any
     # The ssh keys among user/port set explicitly (file, environment, flag): only those win
-    # over ~/.ssh/config's User/Port (skeleton_app/ssh_config.py).
+    # over ~/.ssh/config's User/Port (skeleton_app/ssh/openssh_config.py).
     ssh_explicit: frozenset[str] = frozenset()
 
     def login(self, host: str, user: str | None, port: int | None) -> tuple[str, int]:
         """(user, port) for a node on `host` whose own user/port (None: not given) are these,
-        by OpenSSH's precedence (skeleton_app/ssh_config.py); ValueError for a bad value."""
+        by OpenSSH's precedence (skeleton_app/ssh/openssh_config.py); ValueError for a bad value."""
         return resolve_login(
             host, user=user, port=port,
             section_user=self.ssh.user if "user" in self.ssh_explicit else None,

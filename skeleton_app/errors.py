@@ -15,9 +15,9 @@
 `results.ClusterResult.exit_code()` both use it.
 
 Third-party errors (paramiko, socket, psycopg, invoke) are translated into these at the
-module that calls the library (`ssh.py`, `registry.py`); nothing above sees them. The CLI
-maps the tree to exit codes in one place (`app/cli`'s `main`); the library never calls
-`sys.exit`.
+module that calls the library (`ssh/errors.py`, `registry/connection.py`); nothing above sees
+them. The CLI maps the tree to exit codes in one place (`app/cli`'s `main`); the library
+never calls `sys.exit`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# models.sh: the node side of `skeleton cluster sync-models` (skeleton_app/ops/models.py).
+# models.sh: the node side of `skeleton cluster sync-models` (skeleton_app/ops/sync_models/).
 #
 # The controller uploads this file, env.sh and hops.sh into a per-run directory
 # RUN = ~/.cache/skeleton-sync/RUNID, then runs
@@ -50,7 +50,7 @@
 #     finish STEP [--claims]  close master connections, write fclaims/* (source cache), remove RUN
 #
 # The run's lease: with its first step on a node the controller also starts, on a channel of
-# its own, `cat` on stdin followed by `finish` (skeleton_app/ops/models.py _lease_command).
+# its own, `cat` on stdin followed by `finish` (skeleton_app/ops/sync_models/leases.py).
 # The channel ends when the controller closes it after its clean-up, or when the controller
 # dies (even by SIGKILL: its sockets close with it); `finish` then stops whatever of the run
 # still runs here (by the pids recorded in RUN, never by name) and removes RUN.

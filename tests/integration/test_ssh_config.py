@@ -1,4 +1,4 @@
-"""`User` and `Port` from ~/.ssh/config, with OpenSSH's precedence (skeleton_app/ssh_config.py):
+"""`User` and `Port` from ~/.ssh/config, with OpenSSH's precedence (ssh/openssh_config.py):
 the node's own user/port > the ssh section set explicitly > ssh_config > defaults. HOME points at
 a temporary directory, so the developer's own ~/.ssh/config never plays a part."""
 

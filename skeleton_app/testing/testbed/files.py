@@ -65,7 +65,7 @@ def _key_body(pub_line: str) -> str:
 
 
 def _write_controller_files(tb: Testbed, host_pubs: Mapping[str, str]) -> None:
-    # Keys are pinned per node id (ssh.py, HostKeyAlias): one entry by id, and one by
+    # Keys are pinned per node id (ssh/hostkeys.py, HostKeyAlias): one entry by id, and one by
     # address for plain `ssh IP` and tools that do not know the ids (bench peers, pdsh).
     known = "".join(f"{h.id} {_key_body(host_pubs[h.id])}\n{h.ip} {_key_body(host_pubs[h.id])}\n"
                     for h in tb.hosts)
