@@ -463,7 +463,7 @@ def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succe
     proc.communicate()
 
     def clean() -> bool:
-        return all(leftovers(bed, h) == [] and _procs(bed, h, "tar |tee |ssh |rsync ") == ""
+        return all(leftovers(bed, h, settle=0) == [] and _procs(bed, h, "tar |tee |ssh |rsync ") == ""
                    for h in bed.ids)
 
     _until("nothing of the run on any node", clean, timeout=20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from skeleton_app.testing import testbed as tbm
@@ -58,13 +59,22 @@ def expected_tree(model: Path) -> dict[str, tuple[str, bytes]]:
     return {k: v for k, v in tree(model).items() if k != "evil"}
 
 
-def leftovers(bed: Testbed, host: str) -> list[str]:
-    """Run directories and processes a sync left behind on a host."""
-    found = []
-    runs = bed.host(host).home / ".cache" / "skeleton-sync"
-    if runs.is_dir():
-        found += [str(p) for p in runs.iterdir()]
-    proc = tbm.host_exec(bed, host, ["pgrep", "-a", "-u", tbm.USER, "-f", "skeleton-sync"],
-                        check=False)
-    found += [line for line in proc.stdout.splitlines() if line.strip()]
-    return found
+def leftovers(bed: Testbed, host: str, *, settle: float = 10.0) -> list[str]:
+    """Run directories and processes a sync left behind on a host.
+
+    A run ends its node leases by closing their channels; each lease's `cat` then sees EOF,
+    runs models.sh's clean-up and exits a moment later, on the node's own time (longer on a
+    loaded machine). So this waits up to `settle` seconds for that to finish and reports
+    what is still there after it."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = []
+        runs = bed.host(host).home / ".cache" / "skeleton-sync"
+        if runs.is_dir():
+            found += [str(p) for p in runs.iterdir()]
+        proc = tbm.host_exec(bed, host, ["pgrep", "-a", "-u", tbm.USER, "-f", "skeleton-sync"],
+                            check=False)
+        found += [line for line in proc.stdout.splitlines() if line.strip()]
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
