@@ -463,8 +463,8 @@ def test_killed_controller_mid_sync_leaves_nothing_on_any_node_and_a_rerun_succe
     proc.communicate()
 
     def clean() -> bool:
-        return all(leftovers(bed, h, settle=0) == [] and _procs(bed, h, "tar |tee |ssh |rsync ") == ""
-                   for h in bed.ids)
+        return all(leftovers(bed, h, settle=0) == []
+                   and _procs(bed, h, "tar |tee |ssh |rsync ") == "" for h in bed.ids)
 
     _until("nothing of the run on any node", clean, timeout=20)
     assert last.stat().st_size < 24 * MIB  # it was stopped, not left to finish
