@@ -106,7 +106,7 @@ def test_a_reply_outside_the_protocol_is_a_clear_protocol_error(
         talk: Callable[[], Conversation[object]], replies: list[str], named: str) -> None:
     with pytest.raises(HelperProtocolError) as caught:
         replay(talk(), replies)
-    assert caught.value.kind is NodeErrorKind.ERROR
+    assert caught.value.kind is NodeErrorKind.LOCAL  # the node answered: exit 1, not 4
     assert "unexpected reply" in caught.value.message and repr(named) in caught.value.message
 
 

@@ -61,11 +61,13 @@ class HelperExited(NodeError):
 
 
 class HelperProtocolError(NodeError):
-    """The helper said something its protocol does not have (a broken or foreign
-    deploy.sh, or noise on its stdout)."""
+    """The helper said something its protocol does not have (a broken or foreign deploy.sh,
+    or noise on its stdout). The node answered, so it is a failed node (exit 1, LOCAL), as
+    before this module existed, not an unreachable one."""
+
 
     def __init__(self, node: str, step: str, reply: str):
-        super().__init__(NodeErrorKind.ERROR, f"deploy helper: unexpected reply to {step}:"
+        super().__init__(NodeErrorKind.LOCAL, f"deploy helper: unexpected reply to {step}:"
                          f" {reply[:200]!r}", node=node)
         self.reply = reply
 
