@@ -65,7 +65,6 @@ class HelperProtocolError(NodeError):
     or noise on its stdout). The node answered, so it is a failed node (exit 1, LOCAL), as
     before this module existed, not an unreachable one."""
 
-
     def __init__(self, node: str, step: str, reply: str):
         super().__init__(NodeErrorKind.LOCAL, f"deploy helper: unexpected reply to {step}:"
                          f" {reply[:200]!r}", node=node)
