@@ -593,7 +593,7 @@ def test_progress_display_and_summary(settings: Settings) -> None:
     deploy_text(result, out)
     text = out.getvalue()
     assert "✓ deployed" in text and "✓ up to date" in text
-    assert "2/2 node(s) ok; 5 file(s) changed, 4.0KiB sent, 1.50s" in text
+    assert "2/2 node(s) ok; 5 file(s) changed, 4KiB sent, 1.50s" in text
 
 
 def test_restart_leaves_a_node_that_cannot_take_the_deploy_running(testbed: Testbed,

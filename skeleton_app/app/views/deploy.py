@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from skeleton_app.app.views.common import console, sanitize, table
+from skeleton_app.app.views.common import console, format_bytes, sanitize, table
 from skeleton_app.nodes import Node
 from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
 from skeleton_app.results import ClusterResult
@@ -72,7 +72,7 @@ class DeployProgress:
         if event.files:
             detail.append(f"{event.files} files")
         if event.bytes is not None:
-            detail.append(_bytes(event.bytes))
+            detail.append(format_bytes(event.bytes))
         if event.phase == "failed" and event.message:
             detail = [sanitize(event.message)[:60]]
         fields["detail"] = " ".join(detail)
@@ -80,15 +80,6 @@ class DeployProgress:
         if event.phase in ("done", "unchanged", "commit", "after", "start"):
             completed = 100
         self._progress.update(task, completed=completed, **fields)
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{n}B"  # pragma: no cover
 
 
 def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
@@ -126,13 +117,13 @@ def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
             outcome = "✓ up to date"
         else:
             outcome = "✓ would change" if dry else "✓ deployed"
-        rows.append([node, outcome, str(changed), _bytes(nbytes), f"{r.duration:.2f}s",
+        rows.append([node, outcome, str(changed), format_bytes(nbytes), f"{r.duration:.2f}s",
                      (o.version if o is not None else None) or ""])
     table(None, ["node", "result", "files changed", "bytes sent", "time", "version"], rows,
           file=out)
     elapsed = result.duration if started is None else time.monotonic() - started
     ok = len(result.ok)
-    out.write(f"{ok}/{len(result)} node(s) ok; {files} file(s) changed, {_bytes(sent)} sent,"
+    out.write(f"{ok}/{len(result)} node(s) ok; {files} file(s) changed, {format_bytes(sent)} sent,"
               f" {elapsed:.2f}s\n")
     for warning in result.warnings:
         out.write(f"warning: {sanitize(warning)}\n")
