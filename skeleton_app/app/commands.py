@@ -34,10 +34,13 @@ if TYPE_CHECKING:
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import Settings
     from skeleton_app.nodes import Node
-    from skeleton_app.ops.deploy import DeployEvent
+    from skeleton_app.ops.bootstrap import BootstrapOutcome
+    from skeleton_app.ops.daemon import DaemonOutcome
+    from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
     from skeleton_app.ops.logs import LineFn
     from skeleton_app.ops.run import LineSink
-    from skeleton_app.ops.sync_models import SyncProgress
+    from skeleton_app.ops.status import StatusReport
+    from skeleton_app.ops.sync_models import SyncOutcome, SyncProgress
     from skeleton_app.registry import Registry
     from skeleton_app.ssh.runner import Runner
 
@@ -164,7 +167,7 @@ class Session:
             self.warn(f"skeleton: warning: run not recorded in the registry: {exc}")
 
     def finish(self, operation: str, arguments: Mapping[str, Any], nodes: Sequence[Node],
-              result: ClusterResult[Any]) -> Done[Any]:
+               result: ClusterResult[OutcomeT]) -> Done[OutcomeT]:
         self.journal(operation, arguments, nodes, result)
         return Done(result, tuple(nodes))
 
@@ -188,7 +191,7 @@ class Session:
 
 def exec_command(session: Session, nodes: Sequence[Node], command: str, *,
                  timeout: float | None = None, out_dir: str | None = None,
-                 on_line: LineSink | None = None) -> Done[Any]:
+                 on_line: LineSink | None = None) -> Done[None]:
     """Run `command` on every node in parallel (`skeleton cluster exec`, `inv exec`,
     `fab run`)."""
     from skeleton_app.ops.run import exec_command as run_op
@@ -198,7 +201,7 @@ def exec_command(session: Session, nodes: Sequence[Node], command: str, *,
     return session.finish("exec", {"command": command, "timeout": timeout}, nodes, result)
 
 
-def status(session: Session, nodes: Sequence[Node]) -> StatusDone[Any]:
+def status(session: Session, nodes: Sequence[Node]) -> StatusDone[StatusReport]:
     """Probe every node; with a registry, join in its heartbeats and write the snapshot back
     over the session's one connection."""
     from skeleton_app.ops import status as status_op
@@ -214,7 +217,7 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
            dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
            checksum: bool = False, force: bool = False, restart: bool = False,
            lock_wait: float | None = None, allow_secrets: bool = False,
-           progress: LiveProgress[DeployEvent] | None = None) -> Done[Any]:
+           progress: LiveProgress[DeployEvent] | None = None) -> Done[DeployOutcome]:
     """Push the code tree to every node (`delete` None: deploy.delete; `lock_wait` None: the
     operation's default), drawing `progress` while it runs."""
     from skeleton_app.ops.deploy import LOCK_WAIT
@@ -233,7 +236,8 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
 
 
 def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = None,
-              wheelhouse: str | None = None, force: bool = False) -> Done[Any]:
+              wheelhouse: str | None = None,
+              force: bool = False) -> Done[BootstrapOutcome]:
     """Make each node's app dir .venv."""
     from skeleton_app.ops.bootstrap import bootstrap as bootstrap_op
 
@@ -244,7 +248,7 @@ def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = N
 
 def daemon(session: Session, nodes: Sequence[Node], action: str, *,
            batch: int | None = None, wait_healthy: bool = False,
-           health_timeout: float = 30.0) -> Done[Any]:
+           health_timeout: float = 30.0) -> Done[DaemonOutcome]:
     """start | stop | restart | status the node daemon."""
     from skeleton_app.ops.daemon import daemon_control
 
@@ -265,7 +269,7 @@ class SyncDone(Done[OutcomeT]):
 def sync_models(session: Session, selected: Sequence[Node], source_node: str, *,
                 models_path: str | None = None, model: str | None = None,
                 verify: bool = False, relay: bool = False, streams_per_sender: int = 4,
-                progress: LiveProgress[SyncProgress] | None = None) -> SyncDone[Any]:
+                progress: LiveProgress[SyncProgress] | None = None) -> SyncDone[SyncOutcome]:
     """Copy models from `source_node` (id or address) to every other selected node."""
     from skeleton_app.ops import sync_models as models_op
 
