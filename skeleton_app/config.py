@@ -29,6 +29,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from skeleton_app.engines import DEFAULT_ENGINES, Engine, build_engines
 from skeleton_app.errors import ConfigError, SelectionError
 from skeleton_app.nodes import (
     ROLE_RE,
@@ -132,6 +133,19 @@ class LogsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsSettings:
+    """The voice jobs queue (ops/jobs): leases, retries, limits."""
+
+    max_attempts: int = 3  # runs of one job, failovers included
+    lease: float = 10.0  # a dispatcher renews every lease/3; a dead one loses it after this
+    cooldown: float = 60.0  # a node that lost a job gets none for this long
+    max_file_bytes: int = 64 * 1024 * 1024  # one input or output file
+    slots: int | None = None  # jobs at once per node (node label `slots` wins); None: CPUs
+    poll: float = 1.0  # dispatchers also poll this often (NOTIFY is lost while disconnected)
+    stderr_tail: int = 4000  # bytes of a failed attempt's stderr kept
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     ssh: SSHSettings = field(default_factory=SSHSettings)
     app: AppSettings = field(default_factory=AppSettings)
@@ -140,6 +154,8 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logs: LogsSettings = field(default_factory=LogsSettings)
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    engines: tuple[Engine, ...] = DEFAULT_ENGINES
     nodes: tuple[Node, ...] = ()
     # `groups:` of the config file, for `--node @NAME`: (name, (spec, ...)) pairs, so that
     # Settings stays frozen and hashable.
@@ -181,6 +197,7 @@ SECTIONS: dict[str, type] = {
     "daemon": DaemonSettings,
     "logs": LogsSettings,
     "bootstrap": BootstrapSettings,
+    "jobs": JobsSettings,
 }
 NODE_KEYS = {
     "id", "host", "port", "user", "roles", "app_dir", "identity_file", "api_port", "name",
@@ -188,8 +205,11 @@ NODE_KEYS = {
 _POSITIVE = {
     ("ssh", "connect_timeout"), ("ssh", "command_timeout"), ("ssh", "fanout"),
     ("ssh", "keepalive"), ("registry", "connect_timeout"), ("registry", "stale_after"),
+    ("jobs", "max_attempts"), ("jobs", "lease"), ("jobs", "max_file_bytes"), ("jobs", "slots"),
+    ("jobs", "poll"),
 }
-_NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines")}
+_NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines"),
+                 ("jobs", "cooldown"), ("jobs", "stderr_tail")}
 # Every float setting is seconds. NaN passes any `<= 0` check and inf overflows socket and
 # thread timeouts (every node then failed with ValueError/OverflowError): finite, and at
 # most a year, which is "forever" for any of them.
@@ -585,8 +605,8 @@ def load_config(
     src = str(file) if file else "defaults"
 
     for top in data:
-        if top not in SECTIONS and top not in ("nodes", "groups"):
-            valid = ", ".join([*SECTIONS, "nodes", "groups"])
+        if top not in SECTIONS and top not in ("nodes", "groups", "engines"):
+            valid = ", ".join([*SECTIONS, "engines", "nodes", "groups"])
             raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
 
     sections: dict[str, Any] = {}
@@ -625,7 +645,9 @@ def load_config(
     )
     sections["ssh"] = ssh
     groups = _build_groups(data.get("groups"), src)
-    settings = Settings(**sections, groups=groups, source=str(file) if file else None,
+    engines = build_engines(data.get("engines"), src)
+    settings = Settings(**sections, groups=groups, engines=engines,
+                        source=str(file) if file else None,
                         ssh_explicit=ssh_explicit)
     if not nodes:
         return settings
