@@ -3,9 +3,10 @@ project and its dependencies, installed from wheels built here (nodes need no in
 
 1. wheelhouse, once, on the controller: `pip wheel` of the deployed project (`deploy.source`
    when it holds a pyproject.toml or setup.py, else the installed skeleton-app release) and
-   of `bootstrap.requires`. With a wheelhouse (`--wheelhouse DIR`, `bootstrap.wheelhouse`) pip
-   looks only there (`--no-index --find-links DIR`): a controller without internet, like the
-   test suite's; without one, pip's own defaults (PyPI). The project is built from a copy of
+   of `bootstrap.requires` and every engine's `requires` (`all_requires`). With a wheelhouse
+   (`--wheelhouse DIR`, `bootstrap.wheelhouse`) pip looks only there (`--no-index
+   --find-links DIR`): a controller without internet, like the test suite's; without one,
+   pip's own defaults (PyPI). The project is built from a copy of
    its tree, so the deployed tree never gets setuptools' build/ and *.egg-info. The result is
    cached under $XDG_CACHE_HOME/skeleton_app/ by source digest and inputs: an unchanged
    project is not built again.
@@ -109,11 +110,21 @@ def build_wheelhouse(settings: Settings, *, source: str | os.PathLike[str] | Non
                              settings.source)
     project = _project_dir(settings, source)
     excludes = (*settings.deploy.exclude, *_BUILD_EXCLUDES)
-    key = _cache_key(project, excludes, boot.requires, find_links)
+    requires = all_requires(settings)
+    key = _cache_key(project, excludes, requires, find_links)
     out = cache_dir() / f"wheelhouse-{key}"
     if not (out / ".complete").is_file():
-        _build(out, project, excludes, boot.requires, find_links)
-    return _describe(out, boot.requires, boot.python, project is None)
+        _build(out, project, excludes, requires, find_links)
+    return _describe(out, requires, boot.python, project is None)
+
+
+def all_requires(settings: Settings) -> tuple[str, ...]:
+    """`bootstrap.requires`, then the `requires` of every configured engine (pocketsphinx for
+    the built-in stt), each once: the nodes run the engines from their own .venv."""
+    seen = dict.fromkeys(settings.bootstrap.requires)
+    for engine in settings.engines:
+        seen.update(dict.fromkeys(engine.requires))
+    return tuple(seen)
 
 
 def _find_links(value: str | os.PathLike[str] | None, what: str,
