@@ -1,6 +1,12 @@
 """The facts a daemon reports about its node: capabilities once at start (CPUs, memory,
-GPUs), metrics with every heartbeat (load, memory, disk, GPUs), named like the status
-probe's fields.
+GPUs), metrics with every heartbeat (load, CPU use, memory, disk, GPUs), named like the
+status probe's fields.
+
+`cpu_busy` (0..1, a fraction of all CPUs) is what routing scores CPU by, not the load
+average: /proc/loadavg is host-wide, so nodes that are namespaces of one machine (the
+testbed) all show the same numbers, and it lags by about a minute. `cpu_busy` is the CPU time
+the processes visible in /proc used over the last interval: on a real machine (the initial
+pid namespace) that is the whole machine; in a pid namespace, that namespace.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,93 @@ def read_meminfo() -> dict[str, int]:
             if key in ("MemTotal", "MemAvailable"):
                 out[key] = int(rest.split()[0]) * 1024
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU ticks used so far by what /proc shows, and when they were read."""
+
+    ticks: int
+    at: float  # time.monotonic()
+
+
+def _stat_ticks(text: str) -> int:
+    """utime + stime + cutime + cstime of one /proc/PID/stat line (0 when unreadable). The
+    command name (field 2) may hold spaces and ')': count fields after the last ')'."""
+    fields = text[text.rfind(")") + 1:].split()
+    # After the name, field 3 (state) is fields[0]: utime..cstime are fields 14..17.
+    try:
+        return sum(max(0, int(v)) for v in fields[11:15]) if len(fields) >= 15 else 0
+    except ValueError:
+        return 0
+
+
+def cpu_sample(proc: str = "/proc") -> CpuSample:
+    """Sum the CPU ticks of every process in `proc`. A process's children's ticks join its
+    own (cutime, cstime) when it reaps them, so CPU used by a short-lived process that ended
+    between two samples is still counted (in its parent), and a process that ended is
+    subtracted only with what its parent then gains: the difference of two sums is the CPU
+    used in between."""
+    total = 0
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        entries = []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, name, "stat"), encoding="ascii",
+                      errors="replace") as f:
+                total += _stat_ticks(f.read())
+        except OSError:
+            continue  # it ended while we looked
+    return CpuSample(ticks=total, at=time.monotonic())
+
+
+def _clock_ticks() -> int:
+    try:
+        return int(os.sysconf("SC_CLK_TCK")) or 100
+    except (OSError, ValueError):
+        return 100
+
+
+def busy_between(before: CpuSample, after: CpuSample, cpus: int | None = None,
+                 hz: int | None = None) -> float | None:
+    """The fraction (0..1) of all CPUs used between two samples; None when no time passed.
+    A process whose parent never collects its ticks (SIGCHLD ignored, or a parent outside
+    the namespace) takes its ticks away when it ends: the difference can go negative, and
+    is counted as 0 then."""
+    seconds = after.at - before.at
+    if seconds <= 0:
+        return None
+    used = (after.ticks - before.ticks) / (hz or _clock_ticks())
+    return min(1.0, max(0.0, used / seconds / max(1, cpus or os.cpu_count() or 1)))
+
+
+class CpuMeter:
+    """`cpu_busy` over the interval since its previous reading (each heartbeat). The first
+    reading measures a short window, so the first heartbeat has a value too."""
+
+    FIRST_WINDOW = 0.25  # seconds
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self._last: CpuSample | None = None
+        self._lock = threading.Lock()
+
+    def busy(self) -> float | None:
+        with self._lock:
+            if self._last is None:
+                self._last = cpu_sample(self.proc)
+                time.sleep(self.FIRST_WINDOW)
+            now = cpu_sample(self.proc)
+            value = busy_between(self._last, now)
+            self._last = now
+            return None if value is None else round(value, 4)
+
+
+_CPU = CpuMeter()
 
 
 def gpu_report() -> gpu.GpuReport:
@@ -75,6 +171,7 @@ def metrics(app_dir: str) -> dict[str, Any]:
     mem = read_meminfo()
     out: dict[str, Any] = {
         "load": list(os.getloadavg()),
+        "cpu_busy": _CPU.busy(),
         "mem_total": mem.get("MemTotal"),
         "mem_available": mem.get("MemAvailable"),
         "gpu": _gpu_json(gpu_report()),
