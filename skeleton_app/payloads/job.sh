@@ -193,8 +193,9 @@ do_wait() {
         printf 'state=gone\nmessage=no attempt %s\n' "$dir"
         exit 0
     fi
-    # Poll quickly at first (short jobs end in milliseconds), then every 0.1 s.
-    _fast=20
+    # Poll every 0.01 s for the first 0.2 s (short jobs end in milliseconds), then every
+    # 0.1 s; SECONDS counts both (in hundredths), so SECONDS=0 answers at once.
+    _left=$((_left * 10)) _spent=0
     until [ -f "$dir/exit" ]; do
         if ! leader_alive; then
             # It may have written `exit` just before it went.
@@ -202,17 +203,17 @@ do_wait() {
             printf 'state=lost\nmessage=the command of %s is gone without an exit status\n' "$dir"
             exit 0
         fi
-        if [ "$_fast" -gt 0 ]; then
-            sleep 0.01
-            _fast=$((_fast - 1))
-            continue
-        fi
         if [ "$_left" -le 0 ]; then
             printf 'state=running\n'
             exit 0
         fi
-        sleep 0.1
-        _left=$((_left - 1))
+        if [ "$_spent" -lt 20 ]; then
+            sleep 0.01
+            _spent=$((_spent + 1)) _left=$((_left - 1))
+        else
+            sleep 0.1
+            _left=$((_left - 10))
+        fi
     done
     read -r _rc _t0 _t1 _rest <"$dir/exit" || _rc=
     count exit_code "$_rc"
