@@ -5,6 +5,7 @@ faults come back; and the node-side pocketsphinx entry point's refusal of a wron
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import shlex
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from skeleton_app.agent import pocketsphinx
+from skeleton_app.config import BootstrapSettings, Settings
 from skeleton_app.engines import DEFAULT_ENGINES, Engine
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
+from skeleton_app.ops.bootstrap import all_requires
 from skeleton_app.ops.jobs import node as job_node
 from skeleton_app.testing.fake import Call, FakeRunner, Reply, always
 
@@ -215,3 +218,14 @@ def test_pocketsphinx_reads_a_good_file_and_imports_no_more_of_the_app() -> None
     proc = subprocess.run([sys.executable, "-m", "skeleton_app.agent.pocketsphinx"],
                           capture_output=True, timeout=60, check=False)
     assert proc.returncode == 2 and proc.stderr.decode().startswith("usage: ")
+
+
+def test_bootstrap_installs_every_engines_requires_once() -> None:
+    settings = Settings()
+    assert all_requires(settings) == ("pocketsphinx",)  # the built-in stt's
+    whisper = Engine(name="w", role="stt", command="x {input}", input="audio",
+                     requires=("faster-whisper>=1", "numpy"))
+    settings = dataclasses.replace(
+        settings, bootstrap=BootstrapSettings(requires=("numpy", "pocketsphinx")),
+        engines=(*DEFAULT_ENGINES, whisper))
+    assert all_requires(settings) == ("numpy", "pocketsphinx", "faster-whisper>=1")
