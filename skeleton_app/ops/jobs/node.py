@@ -124,7 +124,8 @@ def wait(runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
     None if it still runs. NodeError (UNREACHABLE, TIMEOUT, ...) when the node is lost;
     LOST too when the attempt's process is gone from the node without an exit status (the
     node rebooted, or someone killed it) or its directory is gone. `remove`: the node removes
-    the attempt's directory once it has ended (saves `kill`'s round trip)."""
+    the attempt's directory once it has ended and its reply is written (saves `kill`'s round
+    trip; a reply then lost in transit loses the attempt, and the job runs again)."""
     out = "-" if engine.output == "stdout" else output_name(engine)
     command, script = payloads.invocation(
         SCRIPT, "wait", node.app_dir, str(int(job_id)), str(int(n)),
