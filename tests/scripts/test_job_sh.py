@@ -192,7 +192,7 @@ def test_wait_returns_none_while_it_runs_then_the_end(local: Fixture) -> None:
     local.start(9, 1, "sleep 1.5; echo done")
     before = time.monotonic()
     assert local.wait(9, 1, slice_s=0) is None  # a probe: answers at once
-    assert time.monotonic() - before < 0.5
+    assert time.monotonic() - before < 1.0  # ~30 ms unloaded; not the 0.2 s fast polls
     before = time.monotonic()
     assert local.wait(9, 1, slice_s=0.3) is None
     assert 0.2 < time.monotonic() - before < 2
