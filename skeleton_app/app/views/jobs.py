@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from skeleton_app.app.jobs_submit import JobsDone
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult
-    from skeleton_app.registry.job_records import Attempt, Job, JobEvent, JobFile
+    from skeleton_app.registry.job_records import Job, JobEvent
 
 STDERR_LINES = 10  # of each attempt's stderr tail in `show`
 
@@ -32,34 +32,18 @@ def _iso(at: datetime | None) -> str | None:
 
 
 def job_dict(job: Job) -> dict[str, Any]:
+    """A job's fields, keyed as `JobDetail.as_dict()` keys them (`show --json`), whose
+    `attempts` is the list of attempts: the count is `attempts_made`."""
     return {
         "id": job.id, "engine": job.engine, "role": job.role, "state": job.state,
-        "label": job.spec.label, "input": job.spec.input_name,
+        "label": job.spec.label, "input": job.spec.input_name, "text": job.spec.text,
         "submitted_by": job.submitted_by, "submitted_at": _iso(job.submitted_at),
-        "attempts": job.attempts, "max_attempts": job.max_attempts, "node": job.node,
-        "cancel_requested": job.cancel_requested, "finished_at": _iso(job.finished_at),
-        "exit_code": job.exit_code, "error": job.error, "result": dict(job.result),
+        "attempts_made": job.attempts, "max_attempts": job.max_attempts,
+        "cancel_requested": job.cancel_requested, "node": job.node,
+        "lease_owner": job.lease_owner, "lease_until": _iso(job.lease_until),
+        "finished_at": _iso(job.finished_at), "exit_code": job.exit_code,
+        "error": job.error, "result": dict(job.result),
     }
-
-
-def attempt_dict(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "n": attempt.n, "node": attempt.node_id, "dispatcher": attempt.dispatcher,
-        "outcome": attempt.outcome, "started_at": _iso(attempt.started_at),
-        "ended_at": _iso(attempt.ended_at), "exit_code": attempt.exit_code,
-        "why": reason_line(attempt.reason), "reason": dict(attempt.reason),
-        "stderr_tail": attempt.stderr_tail,
-    }
-
-
-def file_dict(file: JobFile) -> dict[str, Any]:
-    return {"kind": file.kind, "name": file.name, "size": file.size, "sha256": file.sha256}
-
-
-def detail_dict(detail: JobDetail) -> dict[str, Any]:
-    """`jobs show --json`: the job's fields, its attempts and its files."""
-    return {**job_dict(detail.job), "attempts": [attempt_dict(a) for a in detail.attempts],
-            "files": [file_dict(f) for f in detail.files]}
 
 
 def list_json(jobs: Iterable[Job]) -> str:
@@ -67,12 +51,13 @@ def list_json(jobs: Iterable[Job]) -> str:
 
 
 def show_json(detail: JobDetail) -> str:
-    return json.dumps(detail_dict(detail), indent=2)
+    """`jobs show --json`: the facade's own shape (job, attempts with `why`, files)."""
+    return json.dumps(detail.as_dict(), indent=2)
 
 
 def submit_json(done: JobsDone, *, prints: bool) -> str:
     """`jobs submit --json`: every job as last seen, with where its output went (`output`: a
-    path written) or, for a printed output, the text itself."""
+    path written) or, for a printed output, the text itself (`output_text`)."""
     latest: dict[int, Job] = {j.id: j for j in done.submitted}
     outputs: dict[int, JobResult] = {}
     for result in done.results:
@@ -84,7 +69,8 @@ def submit_json(done: JobsDone, *, prints: bool) -> str:
     for job in latest.values():
         ended = outputs.get(job.id)
         text = ended.text if ended is not None and ended.ok and prints else None
-        rows.append({**job_dict(job), "output": done.written.get(job.id), "text": text})
+        rows.append({**job_dict(job), "output": done.written.get(job.id),
+                     "output_text": text})
     return json.dumps({"jobs": rows, "waited": done.waited, "interrupted": done.interrupted,
                        "timed_out": done.timed_out,
                        "dispatcher_started": done.dispatcher_started}, indent=2)
@@ -94,15 +80,24 @@ def submit_json(done: JobsDone, *, prints: bool) -> str:
 
 
 def reason_line(reason: Mapping[str, Any]) -> str:
-    """One line from an attempt's routing reason (ops/jobs/routing.py stores it): the node,
-    its score, the number of candidates and the nodes skipped with why. A small fallback:
-    the routing module's own renderer says more."""
+    """One line from an attempt's routing reason: the routing module's own `explain`."""
+    try:
+        from skeleton_app.ops.jobs.routing import explain
+    except ImportError:  # the routing module is not there yet (issue #14 is merged in parts)
+        return fallback_reason_line(reason)
+    return sanitize(explain(reason))
+
+
+def fallback_reason_line(reason: Mapping[str, Any]) -> str:
+    """The node, its score, the number of candidates and the nodes skipped with why."""
     if not reason:
         return ""
     chosen = str(reason.get("chosen", "?"))
     others = reason.get("others")
     others = others if isinstance(others, Mapping) else {}
-    scored = 1 + sum(1 for v in others.values() if isinstance(v, Mapping))
+    scored = reason.get("candidates")
+    if not isinstance(scored, int) or isinstance(scored, bool):
+        scored = 1 + sum(1 for v in others.values() if isinstance(v, Mapping))
     parts: list[str] = []
     retry = reason.get("retry_of")
     if isinstance(retry, Mapping):
