@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from skeleton_app.registry.job_records import Job
 
 POLL = 0.25  # seconds between state checks while waiting for several jobs
+CANCEL_GRACE = 5.0  # seconds an in-process dispatcher gets to kill what Ctrl-C cancelled
 ResultFn = Callable[["JobResult", "str | None"], None]
 
 
@@ -207,6 +208,8 @@ def wait(jobs: Jobs, request: JobsRequest, handles: Sequence[JobHandle],
             cancelled.append(handle.cancel())
         else:
             still.append(_last_state(handle))
+    if started and cancelled:
+        cancelled = _until_final(left.values(), cancelled)
     return JobsDone(tuple(h.submitted for h in handles), True, tuple(results), written,
                     tuple(still), tuple(cancelled), interrupted, timed_out, started)
 
@@ -223,6 +226,18 @@ def _ended(left: Mapping[int, JobHandle],
     for index, handle in list(left.items()):
         if handle.state().final:
             yield index, handle.result(timeout=10.0)
+
+
+def _until_final(handles: Iterable[JobHandle], jobs: list[Job]) -> list[Job]:
+    """The dispatcher of this process owns the jobs just cancelled: give it a moment to
+    kill their commands on the nodes before it stops (else they run on until a lease
+    expires and another dispatcher kills them)."""
+    deadline = time.monotonic() + CANCEL_GRACE
+    pending = list(handles)
+    while any(not j.final for j in jobs) and time.monotonic() < deadline:
+        time.sleep(POLL)
+        jobs = [_last_state(h) for h in pending]
+    return jobs
 
 
 def _last_state(handle: JobHandle) -> Job:

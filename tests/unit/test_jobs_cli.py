@@ -303,6 +303,9 @@ def test_a_failed_job_with_wait_exits_1_with_its_node_exit_and_error(fake: FakeJ
     assert (code, out) == (1, "")
     assert ("skeleton: job 1 (a.wav) failed on linux-02: exit 2: sox: can't open input"
             " (skeleton jobs show 1)") in err
+    fake.finish("a.wav", state="failed", exit_code=2, error="exit 2: sox: can't open input")
+    code, out, err = skeleton("submit", "stt", "a.wav", "--wait")
+    assert code == 1 and "linux-02: exit 2: sox: can't open input (skeleton" in err
 
 
 def test_ctrl_c_during_wait_leaves_the_job_and_says_so(fake: FakeJobs) -> None:
@@ -321,6 +324,19 @@ def test_ctrl_c_with_cancel_on_interrupt_cancels_the_job(fake: FakeJobs) -> None
     assert code == 130
     assert fake.cancelled == [1]
     assert "skeleton: interrupted: job 1: cancelled" in err
+
+
+def test_ctrl_c_cancel_gives_the_in_process_dispatcher_a_moment_to_kill_it(
+        fake: FakeJobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skeleton_app.app import jobs_submit
+
+    monkeypatch.setattr(jobs_submit, "CANCEL_GRACE", 0.3)
+    fake.dispatcher_alive = False
+    fake.ends["a.wav"] = KeyboardInterrupt()
+    fake.cancel = lambda job_id: make_job(job_id, state="running")  # type: ignore[method-assign]
+    code, _, err = skeleton("submit", "stt", "a.wav", "--wait", "--cancel-on-interrupt")
+    assert code == 130 and "skeleton: interrupted: job 1: cancel requested" in err
+    assert fake.dispatcher_runs == ["started", "stopped"]
 
 
 def test_a_timeout_leaves_the_job_running_and_exits_1(fake: FakeJobs) -> None:

@@ -235,6 +235,8 @@ def failure_line(job: Job) -> str:
         return f"{what} was cancelled"
     where = f" on {job.node}" if job.node else ""
     exit_ = f": exit {job.exit_code}" if job.exit_code is not None else ""
+    if job.error and job.error.startswith(f"exit {job.exit_code}"):
+        exit_ = ""  # the error says it already ("exit 2: sox: can't open input")
     error = f": {sanitize(job.error)}" if job.error else ""
     return f"{what} failed{where}{exit_}{error} (skeleton jobs show {job.id})"
 
