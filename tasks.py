@@ -4,6 +4,9 @@
     inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
     inv sync-models --source-node linux-01        inv logs --lines 500
     inv bootstrap --node linux-05
+    inv jobs-submit --engine stt --input a.wav --wait   inv jobs-list --state failed
+    inv jobs-show --job 12     inv jobs-cancel --job 12     inv jobs-retry --job 12
+    inv jobs-dispatch
 
 Thin: every task selects nodes, calls the same application command as `skeleton cluster ...`
 (`skeleton_app.app.commands`: it runs the operation and journals the run in the registry),
@@ -11,7 +14,8 @@ renders with the same views (`skeleton_app.app.views`) and exits with the same c
 contract in `skeleton_app.app.cli`: 0 ok, 1 some node failed, 2 usage, 3 registry,
 4 unreachable). A `SkeletonError` becomes one line on stderr and its exit code,
 as in `cli.main`. `--node`, `--role` and `--exclude` are repeatable and comma-separated.
-Invoke's own parser rejects unknown flags with its exit code 1.
+Invoke's own parser rejects unknown flags with its exit code 1. The `jobs-*` tasks are
+`skeleton jobs ...` (no node selection: the dispatcher routes each job).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from invoke import Context, Exit, task
 
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Selection, Session
+from skeleton_app.app.jobs_submit import JobsRequest
 from skeleton_app.app.views import common as render
+from skeleton_app.app.views import jobs as jobs_view
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.bootstrap import bootstrap_text, failures
 from skeleton_app.app.views.daemon import daemon_text
@@ -306,3 +312,103 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
         elif not follow:
             logs_text(result, sys.stdout, out_dir=out)
         _finish(done)
+
+
+# ---------------------------------------------------------------- voice jobs (#14)
+# The same application commands and views as `skeleton jobs ...`; no node selection: the
+# dispatcher routes each job to the best node.
+
+_JOB_HELP = {"config": _HELP["config"], "job": "(JOB) The job's id (required).",
+             "json": _HELP["json"]}
+
+
+def _job(job: str | None) -> int:
+    return _count(_required(job, "--job"), "--job") or 0
+
+
+@task(iterable=["input"], help={
+    "config": _HELP["config"], "json": _HELP["json"],
+    "engine": "stt, tts, another engine of config.yaml, or run (required).",
+    "input": "(FILE, repeatable) Input files, one job each (run: one).",
+    "text": "The text (an engine whose input is text, such as tts).",
+    "command": "run: the command, e.g. 'my-tool {input} > {output}'.",
+    "role": "run: the role of the nodes that may run it.",
+    "output": "run: the output file's name, {output} in the command.",
+    "out": "(PATH) Write each output here as its job ends (implies --wait): a file, or a"
+           " directory (<input stem><suffix> per job).",
+    "wait": "Wait for the jobs (without a running dispatcher, one runs in this process).",
+    "timeout": "(SECONDS) With --wait: stop waiting after this long (the jobs go on).",
+    "cancel_on_interrupt": "With --wait: Ctrl-C cancels the jobs (default: they go on)."})
+def jobs_submit(c: Context, engine: str | None = None, input: list[str] | None = None,
+                text: str | None = None, command: str | None = None, role: str | None = None,
+                output: str | None = None, out: str | None = None, wait: bool = False,
+                timeout: str | None = None, cancel_on_interrupt: bool = False,
+                json: bool = False, config: str | None = None) -> None:
+    """Queue voice jobs (one per input file); --wait prints or writes their outputs."""
+    with _session(config, None) as session:
+        request = JobsRequest.from_flags(
+            session.settings, engine, inputs=input or (), text=text, command=command,
+            role=role, output_name=output, out=out, wait=wait,
+            timeout=_seconds(timeout, "--timeout"), cancel_on_interrupt=cancel_on_interrupt)
+        printer = jobs_view.ResultPrinter(sys.stdout, sys.stderr,
+                                          several=len(request.inputs) > 1)
+        done = commands.jobs_submit(session, request, on_result=None if json else printer)
+        if json:
+            print(jobs_view.submit_json(done, prints=request.prints))
+        elif not done.waited:
+            print("\n".join(jobs_view.queued_lines(done)))
+        for line in jobs_view.left_lines(done):
+            print(line, file=sys.stderr)
+        raise Exit(code=done.exit_code)
+
+
+@task(iterable=["state"], help={
+    "config": _HELP["config"], "json": _HELP["json"],
+    "state": "(STATE, repeatable) Only jobs in this state: queued, running, done, failed,"
+             " cancelled.",
+    "limit": "(N) At most this many jobs, newest first (default 100)."})
+def jobs_list(c: Context, state: list[str] | None = None, limit: str = "100",
+              json: bool = False, config: str | None = None) -> None:
+    """The newest voice jobs: state, node, attempts, times."""
+    with _session(config, None) as session:
+        found = commands.jobs_list(session, states=state or (),
+                                   limit=_count(limit, "--limit") or 100)
+        if json:
+            print(jobs_view.list_json(found))
+        else:
+            jobs_view.jobs_table(found, sys.stdout)
+
+
+@task(help=_JOB_HELP)
+def jobs_show(c: Context, job: str | None = None, json: bool = False,
+              config: str | None = None) -> None:
+    """One voice job and every attempt: node, why that node, start/end, exit, stderr."""
+    with _session(config, None) as session:
+        detail = commands.jobs_show(session, _job(job))
+        if json:
+            print(jobs_view.show_json(detail))
+        else:
+            jobs_view.show_text(detail, sys.stdout)
+
+
+@task(help={"config": _HELP["config"], "job": _JOB_HELP["job"]})
+def jobs_cancel(c: Context, job: str | None = None, config: str | None = None) -> None:
+    """Cancel a voice job: a queued one at once, a running one is killed on its node."""
+    with _session(config, None) as session:
+        print(jobs_view.cancel_line(commands.jobs_cancel(session, _job(job))))
+
+
+@task(help={"config": _HELP["config"], "job": _JOB_HELP["job"]})
+def jobs_retry(c: Context, job: str | None = None, config: str | None = None) -> None:
+    """Queue a failed or cancelled voice job again."""
+    with _session(config, None) as session:
+        print(f"job {commands.jobs_retry(session, _job(job)).id} queued again")
+
+
+@task(help={"config": _HELP["config"]})
+def jobs_dispatch(c: Context, config: str | None = None) -> None:
+    """Run voice jobs until Ctrl-C: route each to the best node, fail over."""
+    with _session(config, None) as session:
+        outcome = commands.jobs_dispatch(
+            session, on_event=lambda line: print(render.sanitize(line), flush=True))
+        print(jobs_view.dispatch_summary(outcome), file=sys.stderr)

@@ -19,6 +19,7 @@ imported inside their function, so a command pays only for its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,22 +27,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
 
 from skeleton_app.app.progress import LiveProgress, live
-from skeleton_app.errors import ExitCode, SkeletonError
+from skeleton_app.errors import ExitCode, SkeletonError, UsageError
 from skeleton_app.results import ClusterResult, OutcomeT
 
 if TYPE_CHECKING:
     # Imported when first used: `skeleton --help`, `testbed` and `nodes` need none of them.
+    from skeleton_app.app.jobs_submit import JobsDone, JobsRequest, ResultFn
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import Settings
     from skeleton_app.nodes import Node
     from skeleton_app.ops.bootstrap import BootstrapOutcome
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
+    from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
+    from skeleton_app.ops.jobs.queue import JobDetail, Jobs
     from skeleton_app.ops.logs import LineFn
     from skeleton_app.ops.run import LineSink
     from skeleton_app.ops.status import StatusReport
     from skeleton_app.ops.sync_models import SyncOutcome, SyncProgress
     from skeleton_app.registry import Registry
+    from skeleton_app.registry.job_records import Job, JobEvent
     from skeleton_app.ssh.runner import Runner
 
 Warn = Callable[[str], None]
@@ -335,3 +340,93 @@ def logs(session: Session, nodes: Sequence[Node], query: LogsQuery, *, out_dir: 
 
 def _discard(_node: str, _line: bytes) -> None:
     pass
+
+
+# ---------------------------------------------------------------- voice jobs (#14)
+#
+# `skeleton jobs ...`, `inv jobs-*`: the queue is the record of these (no journal entry).
+# The submission is checked, waited for and written in app/jobs_submit.py.
+
+def jobs_facade(session: Session) -> Jobs:
+    """The session cluster's queue facade (`Cluster.jobs`); tests replace this function."""
+    from skeleton_app.ops.jobs.queue import Jobs
+
+    cluster = session.cluster()
+    facade = getattr(cluster, "jobs", None)  # Cluster.jobs: one facade, closed with it
+    return facade if isinstance(facade, Jobs) else Jobs(cluster)
+
+
+def jobs_submit(session: Session, request: JobsRequest, *,
+                on_result: ResultFn | None = None,
+                note: Warn | None = None) -> JobsDone:
+    """Queue the request's jobs (all or none); with `wait`, wait for them, write each output
+    as its job ends (`on_result` then shows it) and stop at `timeout` or Ctrl-C, leaving
+    what did not end queued or running (or cancelled: `cancel_on_interrupt`)."""
+    from skeleton_app.app.jobs_submit import JobsDone, wait
+
+    jobs = jobs_facade(session)
+    if request.engine == "run":
+        handles = [jobs.submit("run", request.inputs[0] if request.inputs else None,
+                               command=request.command, role=request.role,
+                               output_suffix=request.output_suffix)]
+    elif request.inputs:
+        handles = jobs.submit_many(request.engine, request.inputs)
+    else:
+        handles = [jobs.submit(request.engine, text=request.text)]
+    submitted = tuple(h.submitted for h in handles)
+    if not request.wait:
+        return JobsDone(submitted)
+    say = note or session.warn
+    stop_dispatcher = None
+    if not jobs.dispatcher_running():
+        say("skeleton: no dispatcher is running: dispatching in this process until the"
+            f" job{'s end' if len(handles) > 1 else ' ends'}")
+        stop_dispatcher = jobs.dispatcher().start()
+    try:
+        return wait(jobs, request, handles, on_result, started=stop_dispatcher is not None)
+    finally:
+        if stop_dispatcher is not None:
+            stop_dispatcher()
+
+
+def jobs_list(session: Session, *, states: Sequence[str] = (),
+              limit: int = 100) -> tuple[Job, ...]:
+    """The newest jobs, optionally only in these states."""
+    from skeleton_app.registry.job_records import JOB_STATES
+
+    for state in states:
+        if state not in JOB_STATES:
+            raise UsageError(f"unknown job state {state!r} (one of {', '.join(JOB_STATES)})")
+    return jobs_facade(session).list(states=states, limit=limit)
+
+
+def jobs_show(session: Session, job_id: int) -> JobDetail:
+    """One job with every attempt (node, why, start/end, exit, stderr tail) and its files."""
+    return jobs_facade(session).show(job_id)
+
+
+def jobs_cancel(session: Session, job_id: int) -> Job:
+    """Queued: cancelled now. Running: its dispatcher kills it on its node. Ended: as is."""
+    return jobs_facade(session).cancel(job_id)
+
+
+def jobs_retry(session: Session, job_id: int) -> Job:
+    """Queue a failed or cancelled job again (UsageError for any other state)."""
+    job = jobs_facade(session).retry(job_id)
+    if job.state != "queued":
+        raise UsageError(f"job {job_id} is {job.state}: only a failed or cancelled job can"
+                         " be retried")
+    return job
+
+
+def jobs_watch(session: Session, on_event: Callable[[JobEvent], None]) -> None:
+    """Every state change, as it happens, until Ctrl-C (how a watch ends: exit 0)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        for event in jobs_facade(session).watch():
+            on_event(event)
+
+
+def jobs_dispatch(session: Session, *,
+                  on_event: Callable[[str], None] | None = None) -> DispatchOutcome:
+    """Run jobs until Ctrl-C; the jobs still running are left to their leases."""
+    return jobs_facade(session).dispatcher(on_event=on_event).run()

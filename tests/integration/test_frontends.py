@@ -34,7 +34,9 @@ from tests.support.deploy_support import (
 from tests.support.frontends import BIN, fab, inv, out, run_tool
 from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
-INV_TASKS = ["bootstrap", "daemon", "deploy", "exec", "logs", "status", "sync-models"]
+INV_TASKS = ["bootstrap", "daemon", "deploy", "exec", "jobs-cancel", "jobs-dispatch",
+             "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs", "status",
+             "sync-models"]
 FAB_TASKS = ["daemon", "deploy", "run", "status", "uptime"]
 PORT = 8793  # the stand-in daemon's port in these tests
 
@@ -87,7 +89,10 @@ def test_help_documents_every_option(tool: str, module: str, task: str) -> None:
                          options, re.MULTILINE)
         assert line, f"{tool} --help {task}: --{flag} undocumented:\n{proc.stdout}"
     if tool == "inv":
-        for common in ("config", "node", "role", "exclude", "fanout", "json"):
+        # The jobs tasks select no nodes (the dispatcher routes each job): only --config.
+        commons = ("config",) if task.startswith("jobs-") else (
+            "config", "node", "role", "exclude", "fanout", "json")
+        for common in commons:
             assert f"--{common}" in options, (task, common)
 
 

@@ -3,8 +3,8 @@
 Every command parses its arguments, calls one application command (`skeleton_app.app.
 commands`), renders the result and returns an exit code. Errors are mapped to messages and
 exit codes here, in `main()`. The commands live by subject: `cluster_cmds` (the operations
-on the nodes), `registry_cmds` (db, nodes, runs), `dev_cmds` (the node daemon, the
-testbed); `options` holds what they share.
+on the nodes), `jobs_cmds` (voice jobs), `registry_cmds` (db, nodes, runs), `dev_cmds` (the
+node daemon, the testbed); `options` holds what they share.
 
 Exit codes of every `skeleton cluster` command (`errors.ExitCode`):
 
@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import click
 
-from skeleton_app.app.cli import cluster_cmds, dev_cmds, registry_cmds
+from skeleton_app.app.cli import cluster_cmds, dev_cmds, jobs_cmds, registry_cmds
 from skeleton_app.app.cli.options import Ctx
 from skeleton_app.errors import ExitCode, SkeletonError
 
@@ -47,8 +47,8 @@ def cli(ctx: click.Context, config: str | None) -> None:
         _install_sigint()
 
 
-for _group in (cluster_cmds.cluster, registry_cmds.db, registry_cmds.nodes, registry_cmds.runs,
-               dev_cmds.node_daemon, dev_cmds.testbed):
+for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_cmds.nodes,
+               registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed):
     cli.add_command(_group)
 
 
