@@ -65,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a subset in under 3 minutes (32 hosts, 64 MiB, fewer runs)")
-    parser.add_argument("--cases", default="1,2,3,4,5,6",
-                        help="which cases (default all; 6 or `jobs`: the voice jobs queue)")
+    parser.add_argument("--cases", default=None,
+                        help="which cases (default all, and 1-5 with --quick; 6 or `jobs`: the"
+                             " voice jobs queue, about 20 minutes, 5 with --quick)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--rsync-1g", action="store_true",
                         help="also time plain parallel rsync with 1 GiB (about 6 minutes)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
-    wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+    cases_arg = args.cases or ("1,2,3,4,5" if args.quick else "1,2,3,4,5,6")
+    wanted = {c.strip() for c in cases_arg.split(",") if c.strip()}
     if "jobs" in wanted:
         wanted.add("6")
     if os.geteuid() != 0:
