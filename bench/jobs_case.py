@@ -320,8 +320,9 @@ def _notes(case: Case, ips: tuple[str, ...], heard: Mapping[str, list[int]], why
             f" ms, max {max(values):.1f} ms. Start = the attempt's started_at (the claim),"
             " submit = the job's submitted_at, both the database's clock.")
     for label, counts in heard.items():
+        runs = ", ".join(f"{c}/{STT_JOBS}" for c in counts)
         case.notes.append(f"{STT}, {label}: transcripts containing \"{jobs_peers.WORDS}\""
-                          f" per run: {', '.join(f'{c}/{STT_JOBS}' for c in counts)}.")
+                          f" in each run (warm-up first): {runs}.")
     case.notes.append(
         f"Hosts: {len(ips)} testbed hosts with the registry's PostgreSQL, deployed,"
         " bootstrapped (pocketsphinx in each host's .venv) and running the daemon. Every"
