@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--cases 1,2,3,4,5] [--runs N]`: run the benchmark.
+"""`python -m bench [--quick] [--cases 1,2,3,4,5,6] [--runs N]`: run the benchmark.
 
 Needs root (the testbed uses network namespaces). Brings up its own testbeds (a free
 instance each, never one someone else is using), always tears them down, prints the
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import skeleton_app
-from bench import cases, peers, report
+from bench import cases, jobs_case, peers, report
 from bench.cases import MiB, Plan
 from bench.measure import BenchError
 from bench.report import Case
@@ -31,13 +31,15 @@ from skeleton_app.testing import testbed
 
 
 @contextlib.contextmanager
-def running_testbed(count: int, say: Callable[[str], None], *,
-                    rate: str | None = None) -> Iterator[testbed.Testbed]:
+def running_testbed(count: int, say: Callable[[str], None], *, rate: str | None = None,
+                    db: bool = False, roles: dict[str, tuple[str, ...]] | None = None
+                    ) -> Iterator[testbed.Testbed]:
     started = time.monotonic()
-    tb = testbed.up(count, rate=rate, instance=None)
+    tb = testbed.up(count, rate=rate, instance=None, db=db, roles=roles)
     try:
         say(f"testbed: {count} hosts up in {time.monotonic() - started:.1f} s"
-            f" (instance {tb.instance}{', links ' + rate if rate else ''})")
+            f" (instance {tb.instance}{', links ' + rate if rate else ''}"
+            f"{', registry PostgreSQL' if db else ''})")
         yield tb
     finally:
         testbed.down(tb.state_dir)
@@ -63,13 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="a subset in under 3 minutes (32 hosts, 64 MiB, fewer runs)")
-    parser.add_argument("--cases", default="1,2,3,4,5", help="which cases (default all)")
+    parser.add_argument("--cases", default=None,
+                        help="which cases (default all, and 1-5 with --quick; 6 or `jobs`: the"
+                             " voice jobs queue, about 20 minutes, 5 with --quick)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--rsync-1g", action="store_true",
                         help="also time plain parallel rsync with 1 GiB (about 6 minutes)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
-    wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+    cases_arg = args.cases or ("1,2,3,4,5" if args.quick else "1,2,3,4,5,6")
+    wanted = {c.strip() for c in cases_arg.split(",") if c.strip()}
+    if "jobs" in wanted:
+        wanted.add("6")
     if os.geteuid() != 0:
         print("python -m bench: needs root (the testbed uses network namespaces)",
               file=sys.stderr)
@@ -138,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                         cases.model_sync(tb, sizes4, p4,
                                          rsync_max=(1024 if args.rsync_1g else 64) * MiB,
                                          rsync_runs=1 if args.quick else 2)))
+        if "6" in wanted:
+            p6 = dataclasses.replace(plan, runs=args.runs or (1 if args.quick else 3))
+            with running_testbed(jobs_case.HOSTS, say, db=True,
+                                 roles=jobs_case.roles(jobs_case.HOSTS)) as tb:
+                _attempt(results, "6", "Voice jobs", say, lambda: results.append(
+                    jobs_case.jobs_case(tb, quick=p6.quick, runs=p6.runs, workdir=workdir,
+                                        say=say)))
     except KeyboardInterrupt:
         say("interrupted: testbeds torn down, no report written")
         return 130

@@ -73,6 +73,7 @@ def versions() -> dict[str, str]:
         "clush": ["clush", "--version"],
         "ansible-core": [str(ANSIBLE_VENV / "bin" / "ansible"), "--version"],
         "rsync": ["rsync", "--version"],
+        "GNU parallel": ["parallel", "--version"],
     }
     found: dict[str, str] = {}
     for name, argv in probes.items():
