@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from skeleton_app.errors import UsageError
-from skeleton_app.registry.connection import Target, connect, translate_error
+from skeleton_app.registry.connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Target,
+    connect,
+    translate_error,
+)
 from skeleton_app.registry.job_leases import CLAIM_LOCK_KEY, JobLeases
-from skeleton_app.registry.job_records import NOTIFY_CHANNEL, JobEvent
+from skeleton_app.registry.job_records import NOTIFY_CHANNEL, JobEvent, JobListener, JobStore
 from skeleton_app.registry.job_rows import event_from_payload
 from skeleton_app.registry.records import NodeDefaults
 
@@ -66,6 +71,12 @@ class PostgresJobStore(JobLeases):
     """The queue (JobStore). Thread-safe: one connection under a lock; `listen()` opens
     another per listener."""
 
+    def __init__(self, dsn: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 application_name: str = "skeleton-jobs", defaults: NodeDefaults | None = None):
+        # The queue reads no node rows: the session's node defaults are never used here.
+        super().__init__(dsn, defaults=defaults or NodeDefaults(user="-"),
+                         connect_timeout=connect_timeout, application_name=application_name)
+
     def listen(self) -> PostgresJobListener:
         # Checked like the store's own connection: listening to a schema without the
         # trigger would wait forever for nothing.
@@ -81,6 +92,13 @@ class PostgresJobStore(JobLeases):
         return PostgresJobListener(conn, self._target)
 
 
+if TYPE_CHECKING:
+    def _conforms(store: PostgresJobStore,
+                  listener: PostgresJobListener) -> tuple[JobStore, JobListener]:
+        """mypy checks here that the classes implement the protocols, signature by signature."""
+        return store, listener
+
+
 def open_job_store(settings: Settings, *,
                    application_name: str = "skeleton-jobs") -> PostgresJobStore:
     """The queue in the configured registry database (registry.dsn / SKELETON_DATABASE_URL).
@@ -89,9 +107,6 @@ def open_job_store(settings: Settings, *,
     if not settings.registry.dsn:
         raise UsageError("the jobs queue needs a database: set registry.dsn or"
                          " SKELETON_DATABASE_URL")
-    return PostgresJobStore(
-        settings.registry.dsn,
-        defaults=NodeDefaults.from_settings(settings),
-        connect_timeout=settings.registry.connect_timeout,
-        application_name=application_name,
-    )
+    return PostgresJobStore(settings.registry.dsn,
+                            connect_timeout=settings.registry.connect_timeout,
+                            application_name=application_name)

@@ -66,14 +66,14 @@ def router(nodes: Sequence[str] = ("n1", "n2"), *, slots: int = 100,
 
 @pytest.fixture
 def store(db_dsn: str) -> Iterator[PostgresJobStore]:
-    with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS, connect_timeout=5) as one:
+    with PostgresJobStore(db_dsn, connect_timeout=5) as one:
         yield one
 
 
 @pytest.fixture
 def other(db_dsn: str) -> Iterator[PostgresJobStore]:
     """A second dispatcher's store (its own connection)."""
-    with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS, connect_timeout=5) as one:
+    with PostgresJobStore(db_dsn, connect_timeout=5) as one:
         yield one
 
 
@@ -149,7 +149,7 @@ def test_eight_dispatchers_claim_fifty_jobs_each_exactly_once(store: PostgresJob
 
     def dispatcher(k: int) -> None:
         try:
-            with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS) as mine:
+            with PostgresJobStore(db_dsn) as mine:
                 barrier.wait()
                 while (claim := mine.claim(f"d{k}", lease=30, route=router())) is not None:
                     with lock:
@@ -180,7 +180,7 @@ def test_claims_are_serialised_so_slots_hold_across_dispatchers(store: PostgresJ
     barrier = threading.Barrier(8)
 
     def dispatcher(k: int) -> None:
-        with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS) as mine:
+        with PostgresJobStore(db_dsn) as mine:
             barrier.wait()
             while (claim := mine.claim(f"d{k}", lease=30,
                                        route=router(("n1", "n2"), slots=3))) is not None:
@@ -197,7 +197,8 @@ def test_claims_are_serialised_so_slots_hold_across_dispatchers(store: PostgresJ
     assert len(store.list(states=("queued",))) == 14
 
 
-def test_a_claim_records_the_attempt_and_the_router_sees_the_load(store: PostgresJobStore) -> None:
+def test_a_claim_records_the_attempt_and_the_router_sees_the_load(
+        store: PostgresJobStore, db_dsn: str) -> None:
     first, second = submit(store, "a.wav"), submit(store, "b.wav")
     seen: list[Load] = []
     claim = store.claim("d1", lease=5, route=router(seen=seen))
@@ -213,6 +214,17 @@ def test_a_claim_records_the_attempt_and_the_router_sees_the_load(store: Postgre
     again = store.claim("d1", lease=5, route=router(seen=seen))
     assert again is not None and again.job.id == second.id and again.token > claim.token
     assert seen[-1].running == {"n1": 1} and again.attempt.node_id == "n2"
+    # A job whose row another transaction holds (a cancel in flight) is skipped, not waited
+    # for.
+    locked, free = submit(store, "l.wav"), submit(store, "f.wav")
+    with psycopg.connect(db_dsn, connect_timeout=5) as holder:
+        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (locked.id,))
+        started = time.monotonic()
+        skipped = store.claim("d1", lease=5, route=router())
+        assert time.monotonic() - started < 2
+        assert skipped is not None and skipped.job.id == free.id
+        holder.rollback()
+    assert store.cancel(locked.id) is not None
     # Nothing routable: the job stays queued, and None is returned.
     third = submit(store, "c.wav")
     assert store.claim("d1", lease=5, route=lambda job, load: None) is None
@@ -257,9 +269,11 @@ def test_a_stale_token_writes_nothing(store: PostgresJobStore, other: PostgresJo
 
 def test_an_expired_lease_is_taken_over(store: PostgresJobStore, other: PostgresJobStore) -> None:
     job = submit(store)
-    old = store.claim("d1", lease=LEASE, route=router(("n1",)))
+    old = store.claim("d1", lease=30, route=router(("n1",)))
     assert old is not None and store.started(job.id, old.token, remote_pgid=4242)
     assert other.claim("d2", lease=30, route=router(("n1",))) is None  # not expired yet
+    # d1's last renewal is a short one, then it stops (dies) and the lease runs out.
+    assert store.renew(job.id, old.token, lease=LEASE)
     time.sleep(LEASE + 0.3)
     seen: list[Load] = []
     new = other.claim("d2", lease=30, route=router(("n1",), seen=seen))
@@ -456,14 +470,14 @@ def test_upgrade_from_version_2_keeps_the_data(
         assert init_schema(empty_dsn).after == 2
         with PostgresRegistry(empty_dsn, defaults=TEST_DEFAULTS) as reg:
             reg.upsert_node(Node(id="n1", host="10.0.0.1"))
-    with PostgresJobStore(empty_dsn, defaults=TEST_DEFAULTS) as old, \
+    with PostgresJobStore(empty_dsn) as old, \
             pytest.raises(RegistryError, match="version 2, this skeleton_app needs version 3"):
         old.list()
     status = init_schema(empty_dsn)
     assert (status.before, status.after, status.applied) == (2, 3, ("0003_jobs.sql",))
     with PostgresRegistry(empty_dsn, defaults=TEST_DEFAULTS) as reg:
         assert [n.id for n in reg.list_nodes()[0]] == ["n1"]
-    with PostgresJobStore(empty_dsn, defaults=TEST_DEFAULTS) as jobs:
+    with PostgresJobStore(empty_dsn) as jobs:
         job = submit(jobs)
         assert jobs.list() == (job,)
 
@@ -471,7 +485,7 @@ def test_upgrade_from_version_2_keeps_the_data(
 def test_a_node_role_cannot_touch_the_queue(registry: PostgresRegistry, db_dsn: str) -> None:
     registry.upsert_node(Node(id="node-02", host="10.0.0.2"))
     node_dsn = registry.issue_credentials("node-02")
-    with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS) as operator:
+    with PostgresJobStore(db_dsn) as operator:
         job = submit(operator)
     attempts = {f"read {t}": f"SELECT * FROM {t}" for t in JOB_TABLES}
     attempts |= {
@@ -490,10 +504,10 @@ def test_a_node_role_cannot_touch_the_queue(registry: PostgresRegistry, db_dsn: 
             except pg_errors.InsufficientPrivilege:
                 refused[what] = "refused"
     assert refused == dict.fromkeys(attempts, "refused")
-    with PostgresJobStore(node_dsn, defaults=TEST_DEFAULTS) as node, \
+    with PostgresJobStore(node_dsn) as node, \
             pytest.raises(RegistryError, match="permission denied"):
         node.list()
-    with PostgresJobStore(db_dsn, defaults=TEST_DEFAULTS) as operator:
+    with PostgresJobStore(db_dsn) as operator:
         assert operator.get(job.id) == job
 
 
