@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from skeleton_app.errors import UsageError
 from skeleton_app.registry.connection import (
@@ -85,7 +86,8 @@ class PostgresJobStore(JobLeases):
         conn = connect(self._dsn, connect_timeout=self._connect_timeout,
                        application_name=self._application_name)
         try:
-            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")  # a constant identifier, no input
+            # LISTEN takes no bind parameter: the channel is a quoted identifier.
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
         except psycopg.Error as exc:
             conn.close()
             raise translate_error(exc, self._target, "cannot listen for jobs") from exc
