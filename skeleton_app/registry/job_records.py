@@ -155,7 +155,9 @@ Router = Callable[[Job, Load], Route | None]
 @dataclass(frozen=True, slots=True)
 class Claim:
     job: Job  # as it is now: state running, attempts counted
-    attempt: Attempt  # the new attempt (n == job.attempts)
+    # The new attempt. n numbers every attempt of the job: n == job.attempts until the job
+    # is retried (retry resets job.attempts; the attempts' history and numbering stay).
+    attempt: Attempt
     token: int  # the fencing token: every later write for this run passes it
 
 
