@@ -1,0 +1,270 @@
+"""One claimed attempt, run on its node in its own thread: stage and start it, wait for it
+in slices, and end it exactly once through the store's fenced writes.
+
+The dispatcher's loop talks to a running attempt only through flags: `cancel` (a cancel was
+requested: kill the remote command, end `cancelled`), `lease_lost` (a renewal matched no
+row: another dispatcher owns the job now, so kill our remote command and write nothing),
+`node_gone(why)` (the node's daemon went stale: the job is lost here and queued again), and
+the dispatcher's stop (write nothing: the job is left to its lease). The thread looks at
+them between wait slices, so each takes effect within about one slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from skeleton_app.config import Settings
+from skeleton_app.engines import Engine
+from skeleton_app.errors import NodeError, NodeErrorKind, RegistryError
+from skeleton_app.nodes import Node
+from skeleton_app.ops.jobs.node import AttemptEnd
+from skeleton_app.registry.job_records import Claim, JobSpec, JobStore
+from skeleton_app.ssh.runner import Runner
+
+WAIT_SLICE = 1.0  # seconds per node.wait call: how soon a cancel or a lost lease acts
+
+Ending = Literal["done", "failed", "cancelled", "lost", "left", "fenced"]
+
+
+class NodeApi(Protocol):
+    """The node side (ops/jobs/node.py, a module): injectable for tests."""
+
+    def job_dir(self, node: Node, job_id: int, n: int) -> str: ...
+
+    def start(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
+              input_name: str | None, input_data: bytes | None, timeout: float) -> int: ...
+
+    def wait(self, runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
+             slice_s: float, max_bytes: int) -> AttemptEnd | None: ...
+
+    def kill(self, runner: Runner, node: Node, job_id: int, n: int, *,
+             pgid: int | None) -> None: ...
+
+    def preflight(self, runner: Runner, node: Node, engine: Engine) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptContext:
+    """What every attempt of one dispatcher shares."""
+
+    store: JobStore
+    runner: Runner
+    node_api: NodeApi
+    settings: Settings
+    halt: threading.Event  # the dispatcher stops: leave running jobs to their leases
+    log: Callable[[str], None]
+    forget_node: Callable[[str], None]  # check the node's preflight again
+    clock: Callable[[], float] = time.monotonic
+
+
+def output_name(engine: Engine) -> str:
+    """The output's name in job_files and on the node: `output` + the engine's suffix."""
+    return f"output{engine.output_suffix}"
+
+
+def render_command(engine: Engine, spec: JobSpec, job_dir: str) -> str:
+    """The attempt's command: input and output inside the attempt's directory (absolute:
+    the command runs in the app dir)."""
+    return engine.render(
+        input_path=f"{job_dir}/{spec.input_name}" if spec.input_name else None,
+        output_path=f"{job_dir}/{output_name(engine)}", text=spec.text, job_dir=job_dir)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class AttemptRun:
+    """One attempt. `run()` is the thread body; `ending` says how it ended."""
+
+    def __init__(self, ctx: AttemptContext, claim: Claim, node: Node):
+        self.ctx = ctx
+        self.claim = claim
+        self.node = node
+        self.job_id = claim.job.id
+        self.n = claim.attempt.n
+        self.token = claim.token
+        self.cancel = threading.Event()
+        self.lease_lost = threading.Event()
+        self.finished = threading.Event()
+        self.pgid: int | None = None
+        self.ending: Ending | None = None
+        self.last_renew = ctx.clock()  # the claim took the lease
+        self._gone: str | None = None
+
+    def node_gone(self, why: str) -> None:
+        self._gone = why
+
+    def label(self) -> str:
+        return f"job {self.job_id} attempt {self.n} on {self.node.id}"
+
+    # ------------------------------------------------------------------ the thread
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except RegistryError as exc:
+            # The database is away: nothing can be written; the lease expires and the job
+            # is taken over (the orphan is then killed by a sweep).
+            self.ending = "left"
+            self.ctx.log(f"{self.label()}: registry error, left to its lease: {exc}")
+        except Exception as exc:  # a bug here must end the job, not loop it forever
+            self.ctx.log(f"{self.label()}: dispatcher error: {exc!r}")
+            try:
+                self._finish("failed", error=f"dispatcher error: {exc!r}"[:500])
+            except Exception as inner:  # the store is broken too: leave it to the lease
+                self.ending = "left"
+                self.ctx.log(f"{self.label()}: could not record the error: {inner!r}")
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
+        ctx, job = self.ctx, self.claim.job
+        spec, engine = job.spec, job.spec.engine
+        if job.cancel_requested:
+            self._finish("cancelled", error="cancelled before it started")
+            return
+        data: bytes | None = None
+        if spec.input_name:
+            data = ctx.store.file_data(job.id, "input", spec.input_name)
+            if data is None:
+                self._finish("failed", error=f"input {spec.input_name} is missing from the"
+                                             " queue")
+                return
+        command = render_command(engine, spec, ctx.node_api.job_dir(self.node, job.id, self.n))
+        deadline = ctx.clock() + engine.timeout
+        try:
+            self.pgid = ctx.node_api.start(
+                ctx.runner, self.node, job.id, self.n, command, input_name=spec.input_name,
+                input_data=data, timeout=ctx.settings.ssh.command_timeout)
+        except NodeError as exc:
+            self._node_error(exc)
+            return
+        if not ctx.store.started(job.id, self.token, remote_pgid=self.pgid):
+            self._lease_gone()
+            return
+        ctx.log(f"{self.label()}: started (pgid {self.pgid})")
+        while True:
+            if ctx.halt.is_set():
+                self.ending = "left"
+                return
+            if self.lease_lost.is_set():
+                self._lease_gone()
+                return
+            if self.cancel.is_set():
+                self._kill_then("cancelled", error="cancelled")
+                return
+            if self._gone is not None:
+                self._lose(self._gone)
+                return
+            if ctx.clock() > deadline:
+                self._kill_then("failed", error=f"timed out after {engine.timeout:g} s")
+                return
+            try:
+                end = ctx.node_api.wait(ctx.runner, self.node, job.id, self.n, engine=engine,
+                                        slice_s=WAIT_SLICE,
+                                        max_bytes=ctx.settings.jobs.max_file_bytes)
+            except NodeError as exc:
+                self._node_error(exc)
+                return
+            if end is not None:
+                self._ended(end, engine)
+                return
+
+    # ------------------------------------------------------------------ endings
+
+    def _ended(self, end: AttemptEnd, engine: Engine) -> None:
+        ctx = self.ctx
+        tail = end.stderr_tail[-ctx.settings.jobs.stderr_tail:]
+        if self.cancel.is_set():  # ended while a cancel was on its way: it is cancelled
+            self._finish("cancelled", error="cancelled", exit_code=end.exit_code,
+                         stderr_tail=tail)
+        elif end.output_truncated:
+            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail,
+                         error=f"output larger than {ctx.settings.jobs.max_file_bytes} bytes")
+        elif end.exit_code != 0 and engine.retry_on_exit:
+            self._lose(f"exit {end.exit_code}: {_last_line(tail)}", cooldown=0.0)
+        elif end.exit_code != 0:
+            line = _last_line(tail)
+            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail,
+                         error=f"exit {end.exit_code}" + (f": {line}" if line else ""))
+            ctx.forget_node(self.node.id)
+        else:
+            name = output_name(engine)
+            result = {"output": name, "size": len(end.output),
+                      "sha256": hashlib.sha256(end.output).hexdigest(),
+                      "seconds": round(end.seconds, 3), "node": self.node.id,
+                      "attempt": self.n}
+            self._finish("done", exit_code=0, stderr_tail=tail, result=result,
+                         outputs=[(name, end.output)])
+        if self.ending in ("done", "failed"):
+            self._remove()
+
+    def _finish(self, state: Literal["done", "failed", "cancelled"], *, error: str | None = None,
+                exit_code: int | None = None, stderr_tail: str = "",
+                result: dict[str, object] | None = None,
+                outputs: list[tuple[str, bytes]] | None = None) -> None:
+        ok = self.ctx.store.finish(self.job_id, self.token, state=state, exit_code=exit_code,
+                                   error=error, stderr_tail=stderr_tail, result=result or {},
+                                   outputs=outputs or ())
+        if ok:
+            self.ending = state
+            self.ctx.log(f"{self.label()}: {state}" + (f" ({error})" if error else ""))
+        else:
+            # A late finisher: our lease was taken over; the other run's end stands.
+            self.ending = "fenced"
+            self.ctx.log(f"{self.label()}: ended {state}, but its lease was taken over:"
+                         " result discarded")
+
+    def _kill_then(self, state: Literal["failed", "cancelled"], *, error: str) -> None:
+        killed = self._kill()
+        self._finish(state, error=error)
+        if killed and self.ending == state:
+            self.ctx.store.cleaned(self.job_id, self.n)
+
+    def _kill(self) -> bool:
+        try:
+            self.ctx.node_api.kill(self.ctx.runner, self.node, self.job_id, self.n,
+                                   pgid=self.pgid)
+            return True
+        except NodeError as exc:  # the cleanup sweep kills it when the node answers again
+            self.ctx.log(f"{self.label()}: could not kill it yet: {exc}")
+            return False
+
+    def _remove(self) -> None:
+        # The attempt's directory (input, output) is not needed once the end is stored.
+        with contextlib.suppress(NodeError):
+            self.ctx.node_api.kill(self.ctx.runner, self.node, self.job_id, self.n, pgid=None)
+
+    def _lease_gone(self) -> None:
+        self.ending = "fenced"
+        self.ctx.log(f"{self.label()}: lease lost (another dispatcher owns the job):"
+                     " killing our command")
+        self._kill()
+
+    def _node_error(self, exc: NodeError) -> None:
+        if exc.kind is NodeErrorKind.INTERRUPTED:
+            self.ending = "left"
+            self.ctx.log(f"{self.label()}: interrupted, left to its lease")
+            return
+        self._lose(f"{exc.kind}: {exc}")
+
+    def _lose(self, why: str, *, cooldown: float | None = None) -> None:
+        ctx = self.ctx
+        state = ctx.store.lose(self.job_id, self.token, why=why[:500],
+                               cooldown=ctx.settings.jobs.cooldown if cooldown is None
+                               else cooldown)
+        ctx.forget_node(self.node.id)
+        if state is None:
+            self.ending = "fenced"
+            ctx.log(f"{self.label()}: lost ({why}), but its lease was taken over")
+        else:
+            self.ending = "lost"
+            ctx.log(f"{self.label()}: lost ({why}); job now {state}")
