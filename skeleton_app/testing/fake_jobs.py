@@ -264,7 +264,9 @@ class FakeJobStore:
                 job = self._set(job, state="running", lease_owner=dispatcher,
                                 lease_until=now + timedelta(seconds=lease),
                                 attempts=job.attempts + 1, node=placed.node_id)
-                attempt = Attempt(job_id=job.id, n=job.attempts, node_id=placed.node_id,
+                # Numbered after every earlier attempt: a retried job keeps its history.
+                attempt = Attempt(job_id=job.id, n=len(self.attempt_rows[job.id]) + 1,
+                                  node_id=placed.node_id,
                                   dispatcher=dispatcher, lease_token=token,
                                   reason=dict(placed.reason), started_at=now)
                 self.attempt_rows[job.id].append(attempt)

@@ -75,6 +75,26 @@ class FakeJobNodes:
     def job_dir(self, node: Node, job_id: int, n: int) -> str:
         return f"{node.app_dir.rstrip('/')}/jobs/{int(job_id)}/a{int(n)}"
 
+    def render(self, node: Node, job_id: int, n: int, engine: Engine, *,
+               input_name: str | None = None, text: str | None = None) -> str:
+        # The layout of ops/jobs/node.py: the input in in/, the output written to tmp/.
+        where = self.job_dir(node, job_id, n)
+        return engine.render(input_path=f"{where}/in/{input_name}" if input_name else None,
+                             output_path=f"{where}/tmp/output{engine.output_suffix}",
+                             text=text, job_dir=where)
+
+    def failure(self, end: AttemptEnd, engine: Engine,
+                max_bytes: int | None = None) -> str | None:
+        last = end.stderr_tail.strip().splitlines()
+        if end.exit_code != 0:
+            return f"exit {end.exit_code}" + (f": {last[-1]}" if last else "")
+        if end.output_truncated:
+            return f"the output is over the limit of {max_bytes} bytes"
+        if engine.output == "file" and (getattr(end, "output_missing", False)
+                                        or not end.output):
+            return "the command exited 0 but wrote no output file"
+        return None
+
     def start(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
               input_name: str | None, input_data: bytes | None, timeout: float) -> int:
         self._check_frozen(node, "start")
@@ -85,19 +105,22 @@ class FakeJobNodes:
             return pgid
 
     def wait(self, runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
-             slice_s: float, max_bytes: int) -> AttemptEnd | None:
+             slice_s: float, max_bytes: int, remove: bool = False) -> AttemptEnd | None:
         self._check_frozen(node, "wait")
         with self._lock:
             rec = self.attempts[(job_id, n)]
             rec.waits += 1
             held = job_id in self.hold and job_id not in self._released
         if rec.killed:
-            return AttemptEnd(exit_code=143, output=b"", output_truncated=False,
-                              stderr_tail="Terminated", seconds=0.0)
-        if held:
+            end = AttemptEnd(exit_code=143, output=b"", output_truncated=False,
+                             stderr_tail="Terminated", seconds=0.0)
+        elif held:
             time.sleep(min(slice_s, 0.02))
             return None
-        return self.answer(node.id, rec.command, rec.input_data)
+        else:
+            end = self.answer(node.id, rec.command, rec.input_data)
+        rec.removed = rec.removed or remove
+        return end
 
     def kill(self, runner: Runner, node: Node, job_id: int, n: int, *,
              pgid: int | None) -> None:

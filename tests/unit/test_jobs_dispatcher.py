@@ -14,6 +14,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.config import JobsSettings, Settings
 from skeleton_app.engines import DEFAULT_ENGINES, Engine
 from skeleton_app.errors import NodeError, NodeErrorKind
+from skeleton_app.ops.jobs import node as node_module
 from skeleton_app.ops.jobs.dispatcher import Dispatcher, DispatchOutcome
 from skeleton_app.ops.jobs.node import AttemptEnd
 from skeleton_app.registry.job_records import Job, JobSpec, Route
@@ -97,9 +98,9 @@ def test_a_job_runs_and_its_output_is_stored(rig: Rig) -> None:
     assert attempt.reason["policy"] == "score-v1"
     rec = rig.nodes.attempts[(job.id, 1)]
     # The command was rendered with the input inside the attempt's directory.
-    assert f"/srv/app/jobs/{job.id}/a1/a.wav" in rec.command
+    assert f"/srv/app/jobs/{job.id}/a1/in/a.wav" in rec.command
     assert rec.input_data == b"hello"
-    until(lambda: rec.removed)  # the attempt's directory is removed once the end is stored
+    assert rec.removed  # wait(remove=True): the node removes the directory at the end
     assert ("n1", "stt") in rig.nodes.preflight_calls or ("n2", "stt") in \
         rig.nodes.preflight_calls
     assert rig.store.live_dispatchers(within=10) == ("d1",)
@@ -346,3 +347,16 @@ def test_node_errors_of_every_kind_but_interrupted_lose_the_attempt(rig: Rig) ->
     job = rig.submit()
     assert rig.wait_state(job.id, "done").state == "done"
     assert [a.outcome for a in rig.store.attempts(job.id)] == ["lost", "done"]
+
+
+@pytest.mark.xfail(not hasattr(node_module, "render"), strict=True,
+                   reason="ops/jobs/node.py's render/failure land with the node side's branch")
+def test_the_node_module_is_the_node_api_the_dispatcher_uses() -> None:
+    import inspect
+
+    from skeleton_app.ops.jobs.attempt import NodeApi
+
+    for name in ("render", "start", "wait", "failure", "kill", "preflight"):
+        wanted = list(inspect.signature(getattr(NodeApi, name)).parameters)[1:]  # no self
+        have = list(inspect.signature(getattr(node_module, name)).parameters)
+        assert have[: len(wanted)] == wanted, name

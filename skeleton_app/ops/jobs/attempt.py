@@ -11,7 +11,6 @@ them between wait slices, so each takes effect within about one slice.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
@@ -24,7 +23,7 @@ from skeleton_app.engines import Engine
 from skeleton_app.errors import NodeError, NodeErrorKind, RegistryError
 from skeleton_app.nodes import Node
 from skeleton_app.ops.jobs.node import AttemptEnd
-from skeleton_app.registry.job_records import Claim, JobSpec, JobStore
+from skeleton_app.registry.job_records import Claim, JobStore
 from skeleton_app.ssh.runner import Runner
 
 WAIT_SLICE = 1.0  # seconds per node.wait call: how soon a cancel or a lost lease acts
@@ -33,15 +32,19 @@ Ending = Literal["done", "failed", "cancelled", "lost", "left", "fenced"]
 
 
 class NodeApi(Protocol):
-    """The node side (ops/jobs/node.py, a module): injectable for tests."""
+    """The node side (the module ops/jobs/node.py is one): injectable for tests."""
 
-    def job_dir(self, node: Node, job_id: int, n: int) -> str: ...
+    def render(self, node: Node, job_id: int, n: int, engine: Engine, *,
+               input_name: str | None = None, text: str | None = None) -> str: ...
 
     def start(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
               input_name: str | None, input_data: bytes | None, timeout: float) -> int: ...
 
     def wait(self, runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
-             slice_s: float, max_bytes: int) -> AttemptEnd | None: ...
+             slice_s: float, max_bytes: int, remove: bool = False) -> AttemptEnd | None: ...
+
+    def failure(self, end: AttemptEnd, engine: Engine,
+                max_bytes: int | None = None) -> str | None: ...
 
     def kill(self, runner: Runner, node: Node, job_id: int, n: int, *,
              pgid: int | None) -> None: ...
@@ -66,19 +69,6 @@ class AttemptContext:
 def output_name(engine: Engine) -> str:
     """The output's name in job_files and on the node: `output` + the engine's suffix."""
     return f"output{engine.output_suffix}"
-
-
-def render_command(engine: Engine, spec: JobSpec, job_dir: str) -> str:
-    """The attempt's command: input and output inside the attempt's directory (absolute:
-    the command runs in the app dir)."""
-    return engine.render(
-        input_path=f"{job_dir}/{spec.input_name}" if spec.input_name else None,
-        output_path=f"{job_dir}/{output_name(engine)}", text=spec.text, job_dir=job_dir)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 class AttemptRun:
@@ -138,7 +128,12 @@ class AttemptRun:
                 self._finish("failed", error=f"input {spec.input_name} is missing from the"
                                              " queue")
                 return
-        command = render_command(engine, spec, ctx.node_api.job_dir(self.node, job.id, self.n))
+        try:
+            command = ctx.node_api.render(self.node, job.id, self.n, engine,
+                                          input_name=spec.input_name, text=spec.text)
+        except ValueError as exc:  # the engine needs a value the job does not have
+            self._finish("failed", error=str(exc))
+            return
         deadline = ctx.clock() + engine.timeout
         try:
             self.pgid = ctx.node_api.start(
@@ -170,7 +165,8 @@ class AttemptRun:
             try:
                 end = ctx.node_api.wait(ctx.runner, self.node, job.id, self.n, engine=engine,
                                         slice_s=WAIT_SLICE,
-                                        max_bytes=ctx.settings.jobs.max_file_bytes)
+                                        max_bytes=ctx.settings.jobs.max_file_bytes,
+                                        remove=True)
             except NodeError as exc:
                 self._node_error(exc)
                 return
@@ -181,22 +177,14 @@ class AttemptRun:
     # ------------------------------------------------------------------ endings
 
     def _ended(self, end: AttemptEnd, engine: Engine) -> None:
+        # The node removed the attempt's directory when wait() saw the end (remove=True).
         ctx = self.ctx
         tail = end.stderr_tail[-ctx.settings.jobs.stderr_tail:]
+        why = ctx.node_api.failure(end, engine, ctx.settings.jobs.max_file_bytes)
         if self.cancel.is_set():  # ended while a cancel was on its way: it is cancelled
             self._finish("cancelled", error="cancelled", exit_code=end.exit_code,
                          stderr_tail=tail)
-        elif end.output_truncated:
-            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail,
-                         error=f"output larger than {ctx.settings.jobs.max_file_bytes} bytes")
-        elif end.exit_code != 0 and engine.retry_on_exit:
-            self._lose(f"exit {end.exit_code}: {_last_line(tail)}", cooldown=0.0)
-        elif end.exit_code != 0:
-            line = _last_line(tail)
-            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail,
-                         error=f"exit {end.exit_code}" + (f": {line}" if line else ""))
-            ctx.forget_node(self.node.id)
-        else:
+        elif why is None:
             name = output_name(engine)
             result = {"output": name, "size": len(end.output),
                       "sha256": hashlib.sha256(end.output).hexdigest(),
@@ -204,8 +192,11 @@ class AttemptRun:
                       "attempt": self.n}
             self._finish("done", exit_code=0, stderr_tail=tail, result=result,
                          outputs=[(name, end.output)])
-        if self.ending in ("done", "failed"):
-            self._remove()
+        elif end.exit_code != 0 and engine.retry_on_exit:
+            self._lose(why, cooldown=0.0)
+        else:
+            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail, error=why)
+            ctx.forget_node(self.node.id)  # a tool may have gone: check again
 
     def _finish(self, state: Literal["done", "failed", "cancelled"], *, error: str | None = None,
                 exit_code: int | None = None, stderr_tail: str = "",
@@ -237,11 +228,6 @@ class AttemptRun:
         except NodeError as exc:  # the cleanup sweep kills it when the node answers again
             self.ctx.log(f"{self.label()}: could not kill it yet: {exc}")
             return False
-
-    def _remove(self) -> None:
-        # The attempt's directory (input, output) is not needed once the end is stored.
-        with contextlib.suppress(NodeError):
-            self.ctx.node_api.kill(self.ctx.runner, self.node, self.job_id, self.n, pgid=None)
 
     def _lease_gone(self) -> None:
         self.ending = "fenced"
