@@ -35,13 +35,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from skeleton_app.engines import Engine
-from skeleton_app.errors import NodeError, RegistryError
+from skeleton_app.errors import RegistryError
 from skeleton_app.nodes import Node
 from skeleton_app.ops.jobs import routing
 from skeleton_app.ops.jobs.attempt import AttemptContext, AttemptRun, NodeApi
+from skeleton_app.ops.jobs.fleet import Fleet, NodeSource, sweep_orphans
+from skeleton_app.ops.jobs.leases import poll_cancels, watch_leases
 from skeleton_app.ops.jobs.preflight import PreflightCache
 from skeleton_app.registry.job_records import (
     Claim,
@@ -52,7 +54,6 @@ from skeleton_app.registry.job_records import (
     Load,
     Route,
 )
-from skeleton_app.registry.records import NodeEntry
 
 if TYPE_CHECKING:
     from skeleton_app.cluster import Cluster
@@ -61,13 +62,7 @@ WAKE_EVERY = 0.25  # the loop's longest sleep: local wake-ups (a preflight done)
 NODES_EVERY = 1.0
 BEAT_EVERY = 2.0
 SWEEP_EVERY = 15.0
-
-
-class NodeSource(Protocol):
-    """Where the nodes come from: a `Registry` (registry/protocol.py) has this method."""
-
-    def list_entries(self, *, enabled_only: bool = False
-                     ) -> tuple[tuple[NodeEntry, ...], tuple[str, ...]]: ...
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +78,32 @@ class DispatchOutcome:
     seconds: float
 
 
+def in_background(run: Callable[[threading.Event], T], *, name: str) -> Callable[[], T]:
+    """`run(stop)` in a daemon thread; the function returned sets `stop`, joins the thread
+    and gives what `run` returned (or raises what it raised)."""
+    stop = threading.Event()
+    box: dict[str, T] = {}
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            box["outcome"] = run(stop)
+        except BaseException as exc:  # handed to the caller of halt()
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+
+    def halt() -> T:
+        stop.set()
+        thread.join()
+        if errors:
+            raise errors[0]
+        return box["outcome"]
+
+    return halt
+
+
 def _default_node_api() -> NodeApi:
     from skeleton_app.ops.jobs import node
 
@@ -94,6 +115,8 @@ def _default_node_api() -> NodeApi:
 
 class Dispatcher:
     """Run jobs until stopped. `run()` blocks; `start()` runs it in a thread (for --wait)."""
+
+    # ~260 lines: one loop whose steps share its running attempts, fleet and preflight cache.
 
     def __init__(self, cluster: Cluster, store: JobStore, *, dispatcher_id: str | None = None,
                  on_event: Callable[[str], None] | None = None,
@@ -107,15 +130,13 @@ class Dispatcher:
                                      f"{secrets.token_hex(3)}")
         self._on_event = on_event
         self._node_api = node_api or _default_node_api()
-        self._registry = registry
-        self._own_registry = False
+        self._fleet = Fleet(self._settings, registry, self._log)
         self._max_running = max_running
         self._sweep_every = sweep_every
         self._clock = clock
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._wake = threading.Event()
-        self._entries: dict[str, NodeEntry] = {}
         self._running: dict[int, AttemptRun] = {}  # job id -> its attempt here
         self._threads: list[threading.Thread] = []
         self._sweeping = threading.Lock()
@@ -140,7 +161,7 @@ class Dispatcher:
         started = self._clock()
         listener: JobListener | None = None
         due = {"nodes": 0.0, "beat": 0.0, "sweep": started + 1.0, "poll": 0.0,
-               "listen": 0.0}
+               "listen": 0.0, "cancels": 0.0}
         self._log(f"dispatcher {self._id} started")
         try:
             while not stop.is_set():
@@ -150,11 +171,14 @@ class Dispatcher:
                     due["nodes"] = now + NODES_EVERY
                 if now >= due["beat"]:
                     self._beat()
-                    due["beat"] = now + BEAT_EVERY
+                    due["beat"] = now + min(BEAT_EVERY, self._settings.jobs.lease / 3)
                 if now >= due["sweep"]:
                     self._start_sweep()
                     due["sweep"] = now + self._sweep_every
                 self._watch_running()
+                if now >= due["cancels"]:
+                    self._poll_cancels()
+                    due["cancels"] = now + self._settings.jobs.lease / 3
                 if self._wake.is_set() or now >= due["poll"]:
                     self._wake.clear()
                     self.claim_all()
@@ -186,12 +210,7 @@ class Dispatcher:
                 thread.join(timeout=5.0)
             with contextlib.suppress(RegistryError):
                 self._store.dispatcher_gone(self._id)
-            if self._own_registry and self._registry is not None:
-                close = getattr(self._registry, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        close()
-                self._registry = None
+            self._fleet.close()
             self._log(f"dispatcher {self._id} stopped")
         with self._lock:
             counts = dict(self._counts)
@@ -200,29 +219,7 @@ class Dispatcher:
 
     def start(self) -> Callable[[], DispatchOutcome]:
         """Run in a background thread; the returned function stops it and returns the outcome."""
-        stop = threading.Event()
-        box: dict[str, DispatchOutcome | BaseException] = {}
-
-        def body() -> None:
-            try:
-                box["outcome"] = self.run(stop)
-            except BaseException as exc:  # handed to the caller of halt()
-                box["error"] = exc
-
-        thread = threading.Thread(target=body, name=f"dispatcher {self._id}", daemon=True)
-        thread.start()
-
-        def halt() -> DispatchOutcome:
-            stop.set()
-            thread.join()
-            error = box.get("error")
-            if isinstance(error, BaseException):
-                raise error
-            outcome = box["outcome"]
-            assert isinstance(outcome, DispatchOutcome)
-            return outcome
-
-        return halt
+        return in_background(self.run, name=f"dispatcher {self._id}")
 
     def on_notify(self, event: JobEvent) -> None:
         """A NOTIFY: a cancel reaches the attempt running the job here; anything else (a job
@@ -257,7 +254,7 @@ class Dispatcher:
 
     def _route(self, job: Job, load: Load) -> Route | None:
         engine = job.spec.engine
-        entries = tuple(self._entries.values())
+        entries = tuple(self._fleet.entries.values())
         with_role = [e.node.id for e in entries if engine.role in e.node.roles]
         retry_of = ({"attempt": job.attempts, "node": job.node}
                     if job.attempts and job.node else None)
@@ -266,12 +263,14 @@ class Dispatcher:
             default_slots=self._settings.jobs.slots,
             preflight=self._preflight.results(engine, with_role), retry_of=retry_of)
         for node_id in decision.needs_preflight:
-            entry = self._entries.get(node_id)
+            entry = self._fleet.entries.get(node_id)
             if entry is not None:
                 self._preflight.schedule(entry.node, engine)
         if decision.route is None:
             line = routing.explain(decision.reason)
             if self._unroutable.get(job.id) != line:
+                if len(self._unroutable) > 1000:  # jobs taken by others meanwhile
+                    self._unroutable.clear()
                 self._unroutable[job.id] = line
                 self._log(f"job {job.id} waits: {line}")
         else:
@@ -279,7 +278,7 @@ class Dispatcher:
         return decision.route
 
     def _launch(self, claim: Claim) -> None:
-        entry = self._entries.get(claim.attempt.node_id)
+        entry = self._fleet.entries.get(claim.attempt.node_id)
         with self._lock:
             self._counts["claimed"] += 1
         ctx = AttemptContext(store=self._store, runner=self._cluster.connector,
@@ -316,56 +315,23 @@ class Dispatcher:
     # ------------------------------------------------------------------ leases, nodes
 
     def _watch_running(self) -> None:
-        """Renew leases every lease/3; lose attempts whose node's daemon went stale."""
-        lease = self._settings.jobs.lease
-        stale_after = self._settings.registry.stale_after
         with self._lock:
             runs = list(self._running.values())
-        for run in runs:
-            if run.finished.is_set() or run.lease_lost.is_set():
-                continue
-            entry = self._entries.get(run.node.id)
-            if entry is not None and entry.is_stale(stale_after):
-                age = "never" if entry.seen_ago is None else f"{entry.seen_ago:.0f} s ago"
-                run.node_gone(f"daemon stale (last heartbeat {age})")
-            now = self._clock()
-            if now - run.last_renew < lease / 3:
-                continue
-            try:
-                ok = self._store.renew(run.job_id, run.token, lease=lease)
-            except RegistryError as exc:
-                self._log(f"renew job {run.job_id}: {exc}")
-                if now - run.last_renew > lease:
-                    run.lease_lost.set()  # it has expired by now: someone may take it over
-                continue
-            if ok:
-                run.last_renew = now
-            else:
-                run.lease_lost.set()
+        watch_leases(runs, self._store, self._settings, self._fleet.entries,
+                     clock=self._clock, log=self._log)
+
+    def _poll_cancels(self) -> None:
+        with self._lock:
+            runs = list(self._running.values())
+        poll_cancels(runs, self._store)
 
     def _refresh_nodes(self) -> None:
-        try:
-            if self._registry is None:
-                from skeleton_app.registry import open_registry  # psycopg only when needed
-
-                self._registry = open_registry(self._settings,
-                                               application_name="skeleton-dispatcher")
-                self._own_registry = True
-            entries, _warnings = self._registry.list_entries(enabled_only=False)
-        except RegistryError as exc:
-            self._log(f"nodes: {exc}")
-            return
-        first = not self._entries
-        self._entries = {e.node.id: e for e in entries}
-        if first:
+        if self._fleet.refresh():
             self._prewarm()
 
     def _prewarm(self) -> None:
         """Check the configured engines on their nodes before the first job needs it."""
-        stale_after = self._settings.registry.stale_after
-        for entry in self._entries.values():
-            if not (entry.approved and entry.enabled) or entry.is_stale(stale_after):
-                continue
+        for entry in self._fleet.usable():
             for engine in self._settings.engines:
                 if engine.role in entry.node.roles:
                     self._preflight.schedule(entry.node, engine)
@@ -397,32 +363,18 @@ class Dispatcher:
         """Kill and remove what ended attempts left on nodes that answer; how many."""
         if not self._sweeping.acquire(blocking=False):
             return 0
-        cleaned = 0
         try:
-            stale_after = self._settings.registry.stale_after
             with self._lock:
                 mine = {(r.job_id, r.n) for r in self._running.values()}
-            for item in self._store.cleanups():
-                if self._halt.is_set():
-                    break
-                entry = self._entries.get(item.node_id)
-                if (item.job_id, item.n) in mine or entry is None \
-                        or entry.is_stale(stale_after):
-                    continue
-                try:
-                    self._node_api.kill(self._cluster.connector, entry.node, item.job_id,
-                                        item.n, pgid=item.remote_pgid)
-                except NodeError:
-                    continue  # still away: next sweep
-                self._store.cleaned(item.job_id, item.n)
-                cleaned += 1
-                self._log(f"job {item.job_id} attempt {item.n}: orphan killed on"
-                          f" {item.node_id}")
+            return sweep_orphans(self._store, self._node_api, self._cluster.connector,
+                                 self._fleet.entries,
+                                 stale_after=self._settings.registry.stale_after, skip=mine,
+                                 halt=self._halt, log=self._log)
         except RegistryError as exc:
             self._log(f"sweep: {exc}")
+            return 0
         finally:
             self._sweeping.release()
-        return cleaned
 
     def running(self) -> Sequence[int]:
         """Ids of the jobs this dispatcher runs now."""

@@ -14,36 +14,35 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from skeleton_app.engines import Engine, find_engine
+from skeleton_app.engines import Engine
 from skeleton_app.errors import RegistryError, UsageError
-from skeleton_app.nodes import shown
 from skeleton_app.ops.jobs import routing
+from skeleton_app.ops.jobs.submission import (
+    Prepared,
+    build_engine,
+    max_attempts_of,
+    prepare,
+)
 from skeleton_app.registry.job_records import (
-    MAX_TEXT,
     Attempt,
     Job,
     JobEvent,
     JobFile,
     JobListener,
-    JobSpec,
     JobStore,
-    safe_file_name,
 )
 
 if TYPE_CHECKING:
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import Settings
-    from skeleton_app.ops.jobs.dispatcher import Dispatcher, NodeSource
-
-RUN_ENGINE = "run"  # a command of the submitter's own: `submit("run", command=..., role=...)`
+    from skeleton_app.ops.jobs.dispatcher import Dispatcher
+    from skeleton_app.ops.jobs.fleet import NodeSource
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -121,12 +120,6 @@ class JobHandle:
         return f"JobHandle({self.id}, {self.submitted.engine})"
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    spec: JobSpec
-    inputs: tuple[tuple[str, bytes], ...]
-
-
 def _open_job_store(settings: Settings) -> JobStore:
     # registry/jobs.py (the PostgreSQL queue) is written alongside this module; looked up
     # by name so that this file does not depend on its import-time details (psycopg).
@@ -185,10 +178,10 @@ class Jobs:
                max_attempts: int | None = None) -> JobHandle:
         """Queue one job. `engine="run"` with `command` (placeholders {input} {output}) and
         `role` is a command of the user's own."""
-        chosen = self._engine(engine, command=command, role=role, input=input,
+        chosen = build_engine(self.settings, engine, command=command, role=role, input=input,
                               output_suffix=output_suffix)
-        prepared = self._prepare(chosen, input, text)
-        attempts = self._max_attempts(max_attempts)
+        prepared = prepare(chosen, input, text, max_bytes=self.settings.jobs.max_file_bytes)
+        attempts = max_attempts_of(self.settings, max_attempts)
         self._check_nodes(chosen)
         return self._enqueue(prepared, attempts)
 
@@ -198,104 +191,17 @@ class Jobs:
         if not inputs:
             raise UsageError("no input files given")
         first = inputs[0]
-        chosen = self._engine(engine, command=kwargs.get("command"), role=kwargs.get("role"),
-                              input=first, output_suffix=kwargs.get("output_suffix"))
+        chosen = build_engine(self.settings, engine, command=kwargs.get("command"),
+                              role=kwargs.get("role"), input=first,
+                              output_suffix=kwargs.get("output_suffix"))
         unknown = set(kwargs) - {"command", "role", "output_suffix", "max_attempts"}
         if unknown:
             raise UsageError(f"submit_many: unknown argument {sorted(unknown)[0]}")
-        prepared = [self._prepare(chosen, path, None) for path in inputs]
-        attempts = self._max_attempts(kwargs.get("max_attempts"))
+        prepared = [prepare(chosen, path, None, max_bytes=self.settings.jobs.max_file_bytes)
+                    for path in inputs]
+        attempts = max_attempts_of(self.settings, kwargs.get("max_attempts"))
         self._check_nodes(chosen)
         return [self._enqueue(p, attempts) for p in prepared]
-
-    def _engine(self, name: str, *, command: str | None, role: str | None,
-                input: str | os.PathLike[str] | None, output_suffix: str | None) -> Engine:
-        if name == RUN_ENGINE:
-            if not command or not command.strip():
-                raise UsageError("engine run needs a command (placeholders {input} {output})")
-            if not role:
-                raise UsageError("engine run needs a role (the nodes that may run it)")
-            raw: dict[str, Any] = {
-                "role": role, "command": command,
-                "input": "file" if input is not None else "none",
-                "output": "file" if "{output}" in command else "stdout",
-            }
-            if output_suffix is not None:
-                raw["output_suffix"] = output_suffix
-            return Engine.from_dict(RUN_ENGINE, raw, source="jobs submit run")
-        if command is not None or role is not None:
-            raise UsageError(f"a command and a role are given with engine run only, not"
-                             f" {shown(name)}")
-        engine = find_engine(self.settings.engines, name)
-        if output_suffix is not None:
-            raw = engine.as_dict()
-            raw.pop("name")
-            raw["output_suffix"] = output_suffix
-            engine = Engine.from_dict(engine.name, raw, source="jobs submit")
-        return engine
-
-    def _max_attempts(self, value: int | None) -> int:
-        if value is None:
-            return self.settings.jobs.max_attempts
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-            raise UsageError(f"max_attempts: expected 1 to 100, got {shown(value)}")
-        return value
-
-    def _prepare(self, engine: Engine, input: str | os.PathLike[str] | None,
-                 text: str | None) -> _Prepared:
-        if engine.input in ("audio", "file"):
-            if text is not None:
-                raise UsageError(f"engine {engine.name} takes an input file, not a text")
-            if input is None:
-                raise UsageError(f"engine {engine.name} needs an input file")
-            name, data = self._read_input(input)
-            return _Prepared(JobSpec(engine=engine, input_name=name, label=name),
-                             ((name, data),))
-        if input is not None:
-            raise UsageError(f"engine {engine.name} takes "
-                             + ("a text (text=...), not a file" if engine.input == "text"
-                                else "no input"))
-        if engine.input == "text":
-            if text is None or not text.strip():
-                raise UsageError(f"engine {engine.name} needs a text, and it is empty")
-            if len(text) > MAX_TEXT or "\x00" in text:
-                raise UsageError(f"the text is too long ({len(text)} characters, at most"
-                                 f" {MAX_TEXT})" if len(text) > MAX_TEXT
-                                 else "the text contains a NUL character")
-            label = " ".join(text.split())
-            return _Prepared(JobSpec(engine=engine, text=text,
-                                     label=label[:60] + ("..." if len(label) > 60 else "")),
-                             ())
-        if text is not None:
-            raise UsageError(f"engine {engine.name} takes no text")
-        return _Prepared(JobSpec(engine=engine, label=engine.name), ())
-
-    def _read_input(self, input: str | os.PathLike[str]) -> tuple[str, bytes]:
-        path = Path(os.fspath(input))
-        limit = self.settings.jobs.max_file_bytes
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            raise UsageError(f"input {shown(str(path), 200)}: no such file") from None
-        except OSError as exc:
-            raise UsageError(f"input {shown(str(path), 200)}: {exc.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"input {shown(str(path), 200)}: not a regular file")
-        if info.st_size > limit:
-            raise UsageError(f"input {shown(str(path), 200)}: {info.st_size} bytes, more than"
-                             f" jobs.max_file_bytes ({limit})")
-        try:
-            with path.open("rb") as fh:
-                data = fh.read(limit + 1)
-        except OSError as exc:
-            raise UsageError(f"input {shown(str(path), 200)}: cannot read it:"
-                             f" {exc.strerror}") from None
-        if len(data) > limit:
-            raise UsageError(f"input {shown(str(path), 200)}: more than jobs.max_file_bytes"
-                             f" ({limit})")
-        if not data:
-            raise UsageError(f"input {shown(str(path), 200)}: the file is empty")
-        return safe_file_name(path.name), data
 
     def _check_nodes(self, engine: Engine) -> None:
         entries, _warnings = self._nodes().list_entries(enabled_only=False)
@@ -306,7 +212,7 @@ class Jobs:
         raise UsageError(f"no enabled node has role {engine.role} (engine {engine.name})"
                          + (f": {idle}" if idle else ""))
 
-    def _enqueue(self, prepared: _Prepared, max_attempts: int) -> JobHandle:
+    def _enqueue(self, prepared: Prepared, max_attempts: int) -> JobHandle:
         from skeleton_app.registry.runs import default_who
 
         job = self.store.submit(prepared.spec, prepared.inputs, submitted_by=default_who(),
