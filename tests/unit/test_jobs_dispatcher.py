@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from skeleton_app.cluster import Cluster
-from skeleton_app.config import JobsSettings, Settings
+from skeleton_app.config import JobsSettings, Settings, SSHSettings
 from skeleton_app.engines import DEFAULT_ENGINES, Engine
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.ops.jobs import node as node_module
@@ -65,12 +65,14 @@ class Rig:
         self.stop = self.dispatcher.start()
 
 
-def make_rig(*node_ids: str, lease: float = LEASE, sweep_every: float = 3600.0) -> Rig:
+def make_rig(*node_ids: str, lease: float = LEASE, sweep_every: float = 3600.0,
+             keepalive: float = 3.0) -> Rig:
     store = FakeJobStore(clock=lambda: NOW)  # leases expire only when a test says so
     nodes = FakeJobNodes()
     registry = Nodes([entry(n, cpus=1) for n in node_ids or ("n1", "n2")])
     settings = Settings(jobs=JobsSettings(lease=lease, poll=0.05, cooldown=60.0,
-                                          stderr_tail=50))
+                                          stderr_tail=50),
+                        ssh=SSHSettings(keepalive=keepalive))
     cluster = Cluster(settings, (), connector=FakeRunner(always(Reply())))
     log: list[str] = []
     dispatcher = Dispatcher(cluster, store, dispatcher_id="d1", on_event=log.append,
@@ -161,6 +163,31 @@ def test_a_lost_node_is_cooled_down_and_the_job_runs_on_another(rig: Rig) -> Non
     assert second.reason["others"][first].startswith("cool-down until")
     assert second.reason["retry_of"] == {"attempt": 1, "node": first}
     assert rig.store.cooldowns[first][1] == f"lost job {job.id}"
+
+
+def test_a_node_call_that_hangs_is_abandoned_within_the_liveness_budget() -> None:
+    # A wait that starts on a node already frozen hangs until ssh.connect_timeout: the
+    # dispatcher's loop loses the job after slice + 2 keepalive + 0.5 s instead.
+    rig = make_rig("n1", "n2", keepalive=0.2)
+    rig.nodes.freeze_delay = 6.0
+    rig.start()
+    try:
+        job = rig.submit(hold=True)
+        until(lambda: (job.id, 1) in rig.nodes.attempts)
+        first = rig.nodes.attempts[(job.id, 1)].node_id
+        frozen_at = time.monotonic()
+        rig.nodes.frozen.add(first)
+        rig.nodes.release(job.id)
+        done = rig.wait_state(job.id, "done", "failed")
+        assert time.monotonic() - frozen_at < 1.0 + 2 * 0.2 + 0.5 + 1.0
+        assert done.state == "done"
+        lost, again = rig.store.attempts(job.id)
+        assert lost.outcome == "lost" and "did not answer for" in lost.stderr_tail
+        assert again.node_id != first
+    finally:
+        assert rig.stop is not None
+        rig.nodes.frozen.clear()
+        rig.stop()
 
 
 def test_an_unreachable_node_at_start_is_lost_too(rig: Rig) -> None:

@@ -87,10 +87,29 @@ class AttemptRun:
         self.pgid: int | None = None
         self.ending: Ending | None = None
         self.last_renew = ctx.clock()  # the claim took the lease
+        self.call_since: float | None = None  # when the node.wait in flight began
         self._gone: str | None = None
+        self._end_lock = threading.Lock()
+        self._taken = False  # the attempt's end is decided (written, or left): once only
 
     def node_gone(self, why: str) -> None:
         self._gone = why
+
+    def abandon(self, why: str) -> None:
+        """The node stopped answering while this thread waits on it (a call that will only
+        fail after a connect timeout): lose the job now, from the dispatcher's loop. When
+        the call returns, this thread writes nothing (its lease is gone anyway)."""
+        self._lose(why)
+
+    def _take(self) -> bool:
+        with self._end_lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+    def _leave(self, why: str) -> None:
+        if self._take():
+            self.ending = "left"
+            self.ctx.log(f"{self.label()}: {why}, left to its lease")
 
     def label(self) -> str:
         return f"job {self.job_id} attempt {self.n} on {self.node.id}"
@@ -103,15 +122,13 @@ class AttemptRun:
         except RegistryError as exc:
             # The database is away: nothing can be written; the lease expires and the job
             # is taken over (the orphan is then killed by a sweep).
-            self.ending = "left"
-            self.ctx.log(f"{self.label()}: registry error, left to its lease: {exc}")
+            self._leave(f"registry error ({exc})")
         except Exception as exc:  # a bug here must end the job, not loop it forever
             self.ctx.log(f"{self.label()}: dispatcher error: {exc!r}")
             try:
                 self._finish("failed", error=f"dispatcher error: {exc!r}"[:500])
             except Exception as inner:  # the store is broken too: leave it to the lease
-                self.ending = "left"
-                self.ctx.log(f"{self.label()}: could not record the error: {inner!r}")
+                self._leave(f"could not record the error ({inner!r})")
         finally:
             self.finished.set()
 
@@ -146,9 +163,9 @@ class AttemptRun:
             self._lease_gone()
             return
         ctx.log(f"{self.label()}: started (pgid {self.pgid})")
-        while True:
+        while not self._taken:
             if ctx.halt.is_set():
-                self.ending = "left"
+                self._leave("the dispatcher stops")
                 return
             if self.lease_lost.is_set():
                 self._lease_gone()
@@ -162,6 +179,7 @@ class AttemptRun:
             if ctx.clock() > deadline:
                 self._kill_then("failed", error=f"timed out after {engine.timeout:g} s")
                 return
+            self.call_since = ctx.clock()
             try:
                 end = ctx.node_api.wait(ctx.runner, self.node, job.id, self.n, engine=engine,
                                         slice_s=WAIT_SLICE,
@@ -170,6 +188,8 @@ class AttemptRun:
             except NodeError as exc:
                 self._node_error(exc)
                 return
+            finally:
+                self.call_since = None
             if end is not None:
                 self._ended(end, engine)
                 return
@@ -202,6 +222,8 @@ class AttemptRun:
                 exit_code: int | None = None, stderr_tail: str = "",
                 result: dict[str, object] | None = None,
                 outputs: list[tuple[str, bytes]] | None = None) -> None:
+        if not self._take():
+            return
         ok = self.ctx.store.finish(self.job_id, self.token, state=state, exit_code=exit_code,
                                    error=error, stderr_tail=stderr_tail, result=result or {},
                                    outputs=outputs or ())
@@ -230,6 +252,8 @@ class AttemptRun:
             return False
 
     def _lease_gone(self) -> None:
+        if not self._take():
+            return
         self.ending = "fenced"
         self.ctx.log(f"{self.label()}: lease lost (another dispatcher owns the job):"
                      " killing our command")
@@ -237,12 +261,13 @@ class AttemptRun:
 
     def _node_error(self, exc: NodeError) -> None:
         if exc.kind is NodeErrorKind.INTERRUPTED:
-            self.ending = "left"
-            self.ctx.log(f"{self.label()}: interrupted, left to its lease")
+            self._leave("interrupted")
             return
         self._lose(f"{exc.kind}: {exc}")
 
     def _lose(self, why: str, *, cooldown: float | None = None) -> None:
+        if not self._take():
+            return
         ctx = self.ctx
         state = ctx.store.lose(self.job_id, self.token, why=why[:500],
                                cooldown=ctx.settings.jobs.cooldown if cooldown is None

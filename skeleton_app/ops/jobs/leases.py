@@ -1,8 +1,9 @@
 """A dispatcher's care of its running attempts, once per loop: renew each lease every
 lease/3 (a renewal that matches no row, or none possible for a whole lease, means the job
 may be someone else's now: the attempt kills its command and writes nothing), lose the
-attempts whose node's daemon went stale, and read cancels from the rows (a NOTIFY is lost
-while the listener is disconnected).
+attempts whose node's daemon went stale or whose node.wait has had no answer for longer
+than the connection's liveness probe takes, and read cancels from the rows (a NOTIFY is
+lost while the listener is disconnected).
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 
 from skeleton_app.config import Settings
 from skeleton_app.errors import RegistryError
-from skeleton_app.ops.jobs.attempt import AttemptRun
+from skeleton_app.ops.jobs.attempt import WAIT_SLICE, AttemptRun
 from skeleton_app.registry.job_records import JobStore
 from skeleton_app.registry.records import NodeEntry
+
+
+def silence_limit(settings: Settings) -> float:
+    """How long one node.wait may take before its node counts as lost: the slice, then the
+    connection's own liveness probe (~2 ssh.keepalive). Needed because a call that starts
+    on a node already frozen waits for a new channel up to ssh.connect_timeout, beyond the
+    failover budget of 3 ssh.keepalive + 1 s."""
+    return WAIT_SLICE + 2 * settings.ssh.keepalive + 0.5
 
 
 def watch_leases(runs: Sequence[AttemptRun], store: JobStore, settings: Settings,
@@ -23,6 +32,7 @@ def watch_leases(runs: Sequence[AttemptRun], store: JobStore, settings: Settings
                  log: Callable[[str], None] = lambda line: None) -> None:
     lease = settings.jobs.lease
     stale_after = settings.registry.stale_after
+    silent = silence_limit(settings)
     for run in runs:
         if run.finished.is_set() or run.lease_lost.is_set():
             continue
@@ -31,6 +41,10 @@ def watch_leases(runs: Sequence[AttemptRun], store: JobStore, settings: Settings
             age = "never" if entry.seen_ago is None else f"{entry.seen_ago:.0f} s ago"
             run.node_gone(f"daemon stale (last heartbeat {age})")
         now = clock()
+        since = run.call_since
+        if since is not None and now - since > silent:
+            run.abandon(f"{run.node.id} did not answer for {now - since:.1f} s")
+            continue
         if now - run.last_renew < lease / 3:
             continue
         try:
