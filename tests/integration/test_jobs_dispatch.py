@@ -22,6 +22,7 @@ import pytest
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.ops.jobs import node as node_side
+from skeleton_app.ops.jobs.dispatcher import Dispatcher
 from skeleton_app.ops.jobs.queue import Jobs
 from skeleton_app.registry import NodeDefaults, NodeSpec, PostgresRegistry
 from skeleton_app.testing.testbed import Testbed, faults
@@ -146,3 +147,26 @@ def test_a_frozen_node_fails_over_within_the_budget(testbed: Testbed, settings: 
         assert done.reason["others"][first].startswith("cool-down until")
         # The orphan on the thawed node is killed by a sweep (every ~15 s).
         _wait_for(lambda: not jobs.store.cleanups(), 40, "the orphan was never killed")
+
+
+def test_two_dispatchers_run_every_job_exactly_once(testbed: Testbed, settings: Settings,
+                                                    db_dsn: str) -> None:
+    from skeleton_app.registry.jobs import open_job_store
+
+    with _queue(settings, db_dsn) as (cluster, jobs, log):
+        other_store = open_job_store(cluster.settings)
+        other = Dispatcher(cluster, other_store, dispatcher_id="second", on_event=log.append)
+        stop_other = other.start()
+        try:
+            handles = [jobs.submit("run", command=f"echo {i}", role=ROLE) for i in range(50)]
+            results = [h.result(timeout=60) for h in handles]
+        finally:
+            stop_other()
+            other_store.close()
+        assert [r.text for r in results] == [f"{i}\n" for i in range(50)]
+        owners = set()
+        for handle in handles:
+            (attempt,) = jobs.store.attempts(handle.id)  # run once, never twice
+            assert attempt.outcome == "done"
+            owners.add(attempt.dispatcher)
+        assert len(owners) == 2, owners  # both took jobs
