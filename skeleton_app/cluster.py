@@ -27,6 +27,7 @@ from skeleton_app.results import ClusterResult, NodeResult, failure
 from skeleton_app.ssh.runner import Runner
 
 if TYPE_CHECKING:
+    from skeleton_app.ops.jobs.queue import Jobs
     from skeleton_app.registry import Registry
     from skeleton_app.ssh.pool import Connector
 
@@ -86,6 +87,7 @@ class Cluster:
         self.warnings: tuple[str, ...] = tuple(warnings)
         self._connector = connector
         self._lock = threading.Lock()
+        self._jobs: Jobs | None = None
 
     @classmethod
     def from_config(
@@ -126,6 +128,16 @@ class Cluster:
 
                 self._connector = Connector(self.settings.ssh)
             return self._connector
+
+    @property
+    def jobs(self) -> Jobs:
+        """The voice jobs queue (ops/jobs/queue.py), opened on first use."""
+        with self._lock:
+            if self._jobs is None:
+                from skeleton_app.ops.jobs.queue import Jobs  # the layer above: lazily
+
+                self._jobs = Jobs(self)
+            return self._jobs
 
     def select(self, patterns: Sequence[str] = (), *, roles: Sequence[str] = (),
                exclude: Sequence[str] = ()) -> tuple[Node, ...]:
@@ -203,6 +215,8 @@ class Cluster:
         return connector
 
     def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.close()
         if self._connector is not None:
             self._connector.close()
 

@@ -11,16 +11,42 @@ not answer raises RegistryError.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
-from skeleton_app.registry.job_records import Attempt, Job, JobEvent, JobFile, JobStore
+from skeleton_app.engines import Engine
+from skeleton_app.errors import RegistryError, UsageError
+from skeleton_app.ops.jobs import routing
+from skeleton_app.ops.jobs.submission import (
+    Prepared,
+    build_engine,
+    max_attempts_of,
+    prepare,
+)
+from skeleton_app.registry.job_records import (
+    Attempt,
+    Job,
+    JobEvent,
+    JobFile,
+    JobListener,
+    JobStore,
+)
 
 if TYPE_CHECKING:
     from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
     from skeleton_app.ops.jobs.dispatcher import Dispatcher
+    from skeleton_app.ops.jobs.fleet import NodeSource
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +76,26 @@ class JobDetail:
     files: tuple[JobFile, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        job = self.job
+        return {
+            "id": job.id, "engine": job.engine, "role": job.role, "state": job.state,
+            "label": job.spec.label, "input": job.spec.input_name, "text": job.spec.text,
+            "submitted_by": job.submitted_by, "submitted_at": _iso(job.submitted_at),
+            "attempts_made": job.attempts, "max_attempts": job.max_attempts,
+            "cancel_requested": job.cancel_requested, "node": job.node,
+            "lease_owner": job.lease_owner, "lease_until": _iso(job.lease_until),
+            "finished_at": _iso(job.finished_at), "exit_code": job.exit_code,
+            "error": job.error, "result": dict(job.result),
+            "attempts": [{
+                "n": a.n, "node": a.node_id, "dispatcher": a.dispatcher,
+                "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),
+                "outcome": a.outcome, "exit_code": a.exit_code, "stderr_tail": a.stderr_tail,
+                "remote_pgid": a.remote_pgid, "cleaned_at": _iso(a.cleaned_at),
+                "why": routing.explain(a.reason), "reason": dict(a.reason),
+            } for a in self.attempts],
+            "files": [{"kind": f.kind, "name": f.name, "sha256": f.sha256, "size": f.size}
+                      for f in self.files],
+        }
 
 
 class JobHandle:
@@ -62,27 +107,70 @@ class JobHandle:
         self.submitted = job
 
     def state(self) -> Job:
-        raise NotImplementedError
+        return self._jobs.get(self.id)
 
     def result(self, timeout: float | None = None) -> JobResult:
         """Wait (LISTEN, with a poll as fallback) until the job is final; TimeoutError."""
-        raise NotImplementedError
+        return self._jobs.wait(self.id, timeout=timeout)
 
     def cancel(self) -> Job:
-        raise NotImplementedError
+        return self._jobs.cancel(self.id)
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id}, {self.submitted.engine})"
+
+
+def _open_job_store(settings: Settings) -> JobStore:
+    # registry/jobs.py (the PostgreSQL queue) is written alongside this module; looked up
+    # by name so that this file does not depend on its import-time details (psycopg).
+    module = importlib.import_module("skeleton_app.registry.jobs")
+    opener = cast(Callable[["Settings"], JobStore], module.open_job_store)
+    return opener(settings)
 
 
 class Jobs:
-    """The queue of one cluster (its registry's PostgreSQL)."""
+    """The queue of one cluster (its registry's PostgreSQL). `store` and `registry` may be
+    given (tests, or a caller's own connections); otherwise both are opened from the
+    settings on first use and closed by `close()`."""
 
-    def __init__(self, cluster: Cluster, store: JobStore | None = None):
+    def __init__(self, cluster: Cluster, store: JobStore | None = None, *,
+                 registry: NodeSource | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self._cluster = cluster
         self._store = store
+        self._own_store = False
+        self._registry = registry
+        self._own_registry = False
+        self._clock = clock
+
+    @property
+    def settings(self) -> Settings:
+        return self._cluster.settings
+
+    def _need_registry(self) -> None:
+        if self._store is None and not self.settings.registry.dsn:
+            raise UsageError("no registry configured: jobs live in the registry's PostgreSQL"
+                             " (set registry.dsn in config.yaml or SKELETON_DATABASE_URL)")
 
     @property
     def store(self) -> JobStore:
         """The queue's store (opened from settings.registry.dsn on first use)."""
-        raise NotImplementedError
+        if self._store is None:
+            self._need_registry()
+            self._store = _open_job_store(self.settings)
+            self._own_store = True
+        return self._store
+
+    def _nodes(self) -> NodeSource:
+        if self._registry is None:
+            self._need_registry()
+            from skeleton_app.registry import open_registry  # psycopg only when needed
+
+            self._registry = cast("NodeSource", open_registry(self.settings))
+            self._own_registry = True
+        return self._registry
+
+    # ------------------------------------------------------------------ submit
 
     def submit(self, engine: str, input: str | os.PathLike[str] | None = None, *,
                text: str | None = None, command: str | None = None,
@@ -90,36 +178,147 @@ class Jobs:
                max_attempts: int | None = None) -> JobHandle:
         """Queue one job. `engine="run"` with `command` (placeholders {input} {output}) and
         `role` is a command of the user's own."""
-        raise NotImplementedError
+        chosen = build_engine(self.settings, engine, command=command, role=role, input=input,
+                              output_suffix=output_suffix)
+        prepared = prepare(chosen, input, text, max_bytes=self.settings.jobs.max_file_bytes)
+        attempts = max_attempts_of(self.settings, max_attempts)
+        self._check_nodes(chosen)
+        return self._enqueue(prepared, attempts)
 
     def submit_many(self, engine: str, inputs: Sequence[str | os.PathLike[str]],
                     **kwargs: Any) -> list[JobHandle]:
         """All inputs are checked before the first is queued: one bad file queues nothing."""
-        raise NotImplementedError
+        if not inputs:
+            raise UsageError("no input files given")
+        first = inputs[0]
+        chosen = build_engine(self.settings, engine, command=kwargs.get("command"),
+                              role=kwargs.get("role"), input=first,
+                              output_suffix=kwargs.get("output_suffix"))
+        unknown = set(kwargs) - {"command", "role", "output_suffix", "max_attempts"}
+        if unknown:
+            raise UsageError(f"submit_many: unknown argument {sorted(unknown)[0]}")
+        prepared = [prepare(chosen, path, None, max_bytes=self.settings.jobs.max_file_bytes)
+                    for path in inputs]
+        attempts = max_attempts_of(self.settings, kwargs.get("max_attempts"))
+        self._check_nodes(chosen)
+        return [self._enqueue(p, attempts) for p in prepared]
+
+    def _check_nodes(self, engine: Engine) -> None:
+        entries, _warnings = self._nodes().list_entries(enabled_only=False)
+        with_role = [e for e in entries if engine.role in e.node.roles]
+        if any(e.approved and e.enabled for e in with_role):
+            return
+        idle = ", ".join(f"{e.node.id} ({e.state})" for e in with_role[:5])
+        raise UsageError(f"no enabled node has role {engine.role} (engine {engine.name})"
+                         + (f": {idle}" if idle else ""))
+
+    def _enqueue(self, prepared: Prepared, max_attempts: int) -> JobHandle:
+        from skeleton_app.registry.runs import default_who
+
+        job = self.store.submit(prepared.spec, prepared.inputs, submitted_by=default_who(),
+                                max_attempts=max_attempts)
+        return JobHandle(self, job)
+
+    # ------------------------------------------------------------------ read, change
 
     def get(self, job_id: int) -> Job:
-        raise NotImplementedError
+        job = self.store.get(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id}")
+        return job
 
     def list(self, *, states: Sequence[str] = (), limit: int = 100) -> tuple[Job, ...]:
-        raise NotImplementedError
+        return self.store.list(states=states, limit=limit)
 
     def show(self, job_id: int) -> JobDetail:
-        raise NotImplementedError
+        job = self.get(job_id)
+        return JobDetail(job=job, attempts=self.store.attempts(job_id),
+                         files=self.store.files(job_id))
 
     def cancel(self, job_id: int) -> Job:
-        raise NotImplementedError
+        job = self.store.cancel(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id}")
+        return job
 
     def retry(self, job_id: int) -> Job:
-        raise NotImplementedError
+        job = self.store.retry(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id}")
+        return job
+
+    def result_of(self, job: Job) -> JobResult:
+        """A final job with its output read back (None unless it is done)."""
+        if job.state != "done":
+            return JobResult(job=job, output=None, output_name=None)
+        name = job.result.get("output") if isinstance(job.result, Mapping) else None
+        if not isinstance(name, str):
+            outputs = [f for f in self.store.files(job.id) if f.kind == "output"]
+            name = outputs[0].name if outputs else None
+        data = self.store.file_data(job.id, "output", name) if name else None
+        return JobResult(job=job, output=data, output_name=name)
+
+    def wait(self, job_id: int, *, timeout: float | None = None) -> JobResult:
+        """Wait until the job is final (LISTEN, polling every jobs.poll s as a fallback)."""
+        deadline = None if timeout is None else self._clock() + timeout
+        poll = max(self.settings.jobs.poll, 0.05)
+        listener: JobListener | None = None
+        with contextlib.suppress(RegistryError):
+            listener = self.store.listen()  # before the first read: no end slips between
+        try:
+            job = self.get(job_id)
+            while not job.final:
+                left = None if deadline is None else deadline - self._clock()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} is still {job.state} after"
+                                       f" {timeout:g} s")
+                step = poll if left is None else min(poll, left)
+                if listener is not None:
+                    try:
+                        listener.wait(step)
+                    except RegistryError:
+                        listener = None
+                else:
+                    time.sleep(step)
+                job = self.get(job_id)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    listener.close()
+        return self.result_of(job)
 
     def watch(self) -> Iterator[JobEvent]:
         """State changes as they happen, until the caller stops iterating."""
-        raise NotImplementedError
+        listener = self.store.listen()
+        try:
+            while True:
+                yield from listener.wait(1.0)
+        finally:
+            listener.close()
+
+    # ------------------------------------------------------------------ dispatchers
 
     def dispatcher(self, **kwargs: Any) -> Dispatcher:
-        """A dispatcher for this cluster (`skeleton jobs dispatch`, or in-process for --wait)."""
-        raise NotImplementedError
+        """A dispatcher for this cluster (`skeleton jobs dispatch`, or in-process for --wait).
+        It shares this facade's store (a JobStore is used from several threads)."""
+        from skeleton_app.ops.jobs.dispatcher import Dispatcher
+
+        if self._registry is not None and not self._own_registry:
+            kwargs.setdefault("registry", self._registry)
+        return Dispatcher(self._cluster, self.store, **kwargs)
 
     def dispatcher_running(self) -> bool:
         """Is any dispatcher alive (seen within the lease)?"""
-        raise NotImplementedError
+        return bool(self.store.live_dispatchers(within=self.settings.jobs.lease))
+
+    def close(self) -> None:
+        for own, thing in ((self._own_store, self._store),
+                           (self._own_registry, self._registry)):
+            close = getattr(thing, "close", None) if own else None
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+        if self._own_store:
+            self._store, self._own_store = None, False
+        if self._own_registry:
+            self._registry, self._own_registry = None, False
