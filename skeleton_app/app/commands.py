@@ -349,11 +349,7 @@ def _discard(_node: str, _line: bytes) -> None:
 
 def jobs_facade(session: Session) -> Jobs:
     """The session cluster's queue facade (`Cluster.jobs`); tests replace this function."""
-    from skeleton_app.ops.jobs.queue import Jobs
-
-    cluster = session.cluster()
-    facade = getattr(cluster, "jobs", None)  # Cluster.jobs: one facade, closed with it
-    return facade if isinstance(facade, Jobs) else Jobs(cluster)
+    return session.cluster().jobs  # one facade, closed with the cluster
 
 
 def jobs_submit(session: Session, request: JobsRequest, *,

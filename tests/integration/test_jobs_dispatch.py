@@ -17,19 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
-from skeleton_app.ops.jobs import node as node_side
 from skeleton_app.ops.jobs.dispatcher import Dispatcher
 from skeleton_app.ops.jobs.queue import Jobs
 from skeleton_app.registry import NodeDefaults, NodeSpec, PostgresRegistry
 from skeleton_app.testing.testbed import Testbed, faults
-
-pytest.importorskip("skeleton_app.registry.jobs", reason="the PostgreSQL queue is not here")
-if not hasattr(node_side, "render"):
-    pytest.skip("ops/jobs/node.py (the node side) is not here", allow_module_level=True)
 
 APP_DIR = "/tmp/jobs-dispatch-app"
 ROLE = "stt"  # the testbed's odd hosts

@@ -376,8 +376,6 @@ def test_node_errors_of_every_kind_but_interrupted_lose_the_attempt(rig: Rig) ->
     assert [a.outcome for a in rig.store.attempts(job.id)] == ["lost", "done"]
 
 
-@pytest.mark.xfail(not hasattr(node_module, "render"), strict=True,
-                   reason="ops/jobs/node.py's render/failure land with the node side's branch")
 def test_the_node_module_is_the_node_api_the_dispatcher_uses() -> None:
     import inspect
 

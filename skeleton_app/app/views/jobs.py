@@ -81,54 +81,9 @@ def submit_json(done: JobsDone, *, prints: bool) -> str:
 
 def reason_line(reason: Mapping[str, Any]) -> str:
     """One line from an attempt's routing reason: the routing module's own `explain`."""
-    try:
-        from skeleton_app.ops.jobs.routing import explain
-    except ImportError:  # the routing module is not there yet (issue #14 is merged in parts)
-        return fallback_reason_line(reason)
+    from skeleton_app.ops.jobs.routing import explain
+
     return sanitize(explain(reason))
-
-
-def fallback_reason_line(reason: Mapping[str, Any]) -> str:
-    """The node, its score, the number of candidates and the nodes skipped with why."""
-    if not reason:
-        return ""
-    chosen = str(reason.get("chosen", "?"))
-    others = reason.get("others")
-    others = others if isinstance(others, Mapping) else {}
-    scored = reason.get("candidates")
-    if not isinstance(scored, int) or isinstance(scored, bool):
-        scored = 1 + sum(1 for v in others.values() if isinstance(v, Mapping))
-    parts: list[str] = []
-    retry = reason.get("retry_of")
-    if isinstance(retry, Mapping):
-        parts.append(f"retry of attempt {retry.get('attempt', '?')}"
-                     f" ({retry.get('outcome', '?')} on {retry.get('node', '?')})")
-    score = reason.get("score")
-    line = f"{chosen}: lowest score {_num(score)} of {scored} candidate{'s' * (scored > 1)}"
-    terms = reason.get("terms")
-    if isinstance(terms, Mapping) and terms:
-        line += " (" + ", ".join(_term(k, v) for k, v in terms.items()) + ")"
-    parts.append(line)
-    skipped = [f"{node} skipped: {why}" for node, why in others.items()
-               if isinstance(why, str)]
-    if len(skipped) > 3:
-        skipped = [*skipped[:3], f"{len(skipped) - 3} more skipped"]
-    return sanitize("; ".join(parts + skipped))
-
-
-def _num(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, int | float) else str(value)
-
-
-def _term(name: str, value: Any) -> str:
-    if name == "slots":
-        return f"{value} slots"
-    if name in ("mem", "gpu") and isinstance(value, int | float):
-        return f"{name} {value * 100:.0f}% used"
-    return f"{name} {_num(value)}"
-
-
-# ---------------------------------------------------------------- text
 
 
 def _clock(at: datetime | None) -> str:

@@ -12,7 +12,6 @@ not answer raises RegistryError.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -121,11 +120,9 @@ class JobHandle:
 
 
 def _open_job_store(settings: Settings) -> JobStore:
-    # registry/jobs.py (the PostgreSQL queue) is written alongside this module; looked up
-    # by name so that this file does not depend on its import-time details (psycopg).
-    module = importlib.import_module("skeleton_app.registry.jobs")
-    opener = cast(Callable[["Settings"], JobStore], module.open_job_store)
-    return opener(settings)
+    from skeleton_app.registry.jobs import open_job_store  # psycopg only when needed
+
+    return open_job_store(settings)
 
 
 class Jobs:
