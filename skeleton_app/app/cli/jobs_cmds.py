@@ -11,7 +11,24 @@ import click
 
 from skeleton_app.app.cli.options import Seconds, config_option, json_option, prepare
 
-JOB = click.IntRange(min=1)
+
+class JobId(click.ParamType):
+    """A job id: a positive integer (`jobs list` shows them)."""
+
+    name = "JOB"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"expected a job id (a number from `skeleton jobs list`), got {text[:40]!r}",
+                  param, ctx)
+
+
+JOB = JobId()
 # registry.job_records.JOB_STATES, spelled out: importing the registry package loads psycopg
 # (~30 ms), which `skeleton --help` must not pay (a unit test keeps the two equal).
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
