@@ -6,13 +6,14 @@ returns with `app.views.jobs`.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from skeleton_app.app.cli.options import Seconds, config_option, json_option, prepare
 
 
-class JobId(click.ParamType):
+class JobId(click.ParamType[int, Any]):
     """A job id: a positive integer (`jobs list` shows them)."""
 
     name = "JOB"
