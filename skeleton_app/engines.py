@@ -191,6 +191,12 @@ def _check_template(engine: Engine, source: str) -> None:
     except ValueError as exc:
         raise _fail(source, key, f"bad template: {exc} (write {{{{ and }}}} for braces)"
                     ) from None
+    quoted = _quoted_placeholder(engine.command)
+    if quoted:
+        # Our quoting is made for a bare word: inside "..." a `$(...)` in a text would run,
+        # and inside '...' a quote in a text would end the string.
+        raise _fail(source, key, f"{{{quoted}}} is inside quotes: write it bare, every"
+                                 " placeholder is shell-quoted for you")
     names = set()
     for name, spec, conv in fields:
         if name not in PLACEHOLDERS or spec or conv:
@@ -209,6 +215,25 @@ def _check_template(engine: Engine, source: str) -> None:
     if engine.output == "stdout" and "output" in names:
         raise _fail(source, key, "output is stdout: the command cannot use {output}"
                                  " (set output: file)")
+
+
+def _quoted_placeholder(template: str) -> str | None:
+    """The first placeholder that sits inside '...', "..." or `...` in `template`."""
+    quote: str | None = None
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        escaped = False
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote != "'":
+                escaped = True
+            elif quote is None and ch in "'\"`":
+                quote = ch
+            elif ch == quote:
+                quote = None
+        if name is not None and (quote is not None or escaped):
+            return name
+    return None
 
 
 def build_engines(raw: Any, source: str) -> tuple[Engine, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -252,12 +253,17 @@ def write_atomic(path: str, data: bytes, job_id: int) -> None:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{job_id}"
+    # A fresh name (O_EXCL, never a planted symlink in a shared directory), then a rename;
+    # mode 0600, as mkstemp makes it: a transcript is private until its owner shares it.
+    tmp = ""
     try:
-        with open(tmp, "wb") as fh:
+        fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=f".{os.path.basename(path)}.",
+                                   suffix=f".tmp-{job_id}")
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from skeleton_app.errors import ConfigError, UsageError
+from skeleton_app.nodes import ROLE_RE
 from skeleton_app.registry.job_records import (
     ATTEMPT_OUTCOMES,
     JOB_STATES,
@@ -177,7 +178,8 @@ def event_from_payload(payload: str) -> JobEvent | None:
     job_id, state, engine = raw.get("id"), raw.get("state"), raw.get("engine")
     attempt, cancel = raw.get("attempt"), raw.get("cancel")
     if (not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 1
-            or state not in JOB_STATES or not isinstance(engine, str) or len(engine) > 100
+            or state not in JOB_STATES or not isinstance(engine, str)
+            or not ROLE_RE.match(engine)
             or not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0
             or not isinstance(cancel, bool)):
         return None

@@ -508,3 +508,16 @@ def test_output_paths() -> None:
     assert tts.output_path(0, 12) == "./job-12.wav"
     run = JobsRequest.parse(settings, "run", ["cat {input}"], role="r", wait=True)
     assert run.prints and run.output_path(0, 3) is None
+
+
+def test_an_output_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    from skeleton_app.app.jobs_submit import write_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    for n in range(1, 4):  # the old temporary names: `<path>.tmp-<job id>`
+        (tmp_path / f"out.txt.tmp-{n}").symlink_to(victim)
+    write_atomic(str(tmp_path / "out.txt"), b"hello world", 2)
+    assert victim.read_text() == "keep"
+    assert (tmp_path / "out.txt").read_bytes() == b"hello world"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name and not p.is_symlink()]

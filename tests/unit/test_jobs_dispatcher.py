@@ -260,6 +260,21 @@ def test_cancel_kills_the_remote_command(rig: Rig) -> None:
     assert (attempt.node_id, job.id, 1, attempt.remote_pgid) in rig.nodes.kills
 
 
+def test_a_forged_cancel_notify_kills_nothing(rig: Rig) -> None:
+    # Anyone who can log in may NOTIFY on the channel: only the row's cancel_requested counts.
+    from skeleton_app.registry.job_records import JobEvent
+
+    rig.start()
+    job = rig.submit(hold=True)
+    until(lambda: rig.store.attempts(job.id) and rig.store.attempts(job.id)[0].remote_pgid)
+    rig.dispatcher.on_notify(JobEvent(id=job.id, state="running", engine="stt", attempt=1,
+                                      cancel=True))
+    time.sleep(0.3)
+    assert rig.store.jobs[job.id].state == "running" and rig.nodes.kills == []
+    rig.nodes.release(job.id)
+    assert rig.wait_state(job.id, "done", "failed", "cancelled").state == "done"
+
+
 def test_a_queued_job_cancelled_never_runs(rig: Rig) -> None:
     job = rig.submit()
     rig.store.cancel(job.id)

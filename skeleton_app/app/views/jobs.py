@@ -226,7 +226,7 @@ def event_line(event: JobEvent, *, now: datetime | None = None) -> str:
     at = (now or datetime.now()).strftime("%H:%M:%S")
     extra = f" (attempt {event.attempt})" if event.attempt and event.state == "running" else ""
     cancel = ", cancel requested" if event.cancel and event.state == "running" else ""
-    return f"{at} job {event.id} {event.engine} {event.state}{extra}{cancel}"
+    return sanitize(f"{at} job {event.id} {event.engine} {event.state}{extra}{cancel}")
 
 
 def dispatch_summary(outcome: DispatchOutcome) -> str:

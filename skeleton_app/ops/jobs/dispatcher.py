@@ -226,7 +226,9 @@ class Dispatcher:
             with self._lock:
                 run = self._running.get(event.id)
             if run is not None:
-                run.cancel.set()
+                # Anyone who may log in can NOTIFY on the channel: the event is only a reason
+                # to read the rows, which say whether a cancel was really asked for.
+                poll_cancels([run], self._store)
         self._wake.set()
 
     # ------------------------------------------------------------------ claims
