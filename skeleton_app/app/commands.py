@@ -377,7 +377,14 @@ def jobs_submit(session: Session, request: JobsRequest, *,
     if not jobs.dispatcher_running():
         say("skeleton: no dispatcher is running: dispatching in this process until the"
             f" job{'s end' if len(handles) > 1 else ' ends'}")
-        stop_dispatcher = jobs.dispatcher().start()
+        mine = {f"job {h.id} waits: " for h in handles}
+
+        def waits(line: str) -> None:
+            # Why a job of ours is not placed (once per change): else --wait looks hung.
+            if any(line.startswith(prefix) for prefix in mine):
+                say(f"skeleton: {line}")
+
+        stop_dispatcher = jobs.dispatcher(on_event=waits).start()
     try:
         return wait(jobs, request, handles, on_result, started=stop_dispatcher is not None)
     finally:
