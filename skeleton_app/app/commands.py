@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
-    from skeleton_app.ops.jobs.queue import JobDetail, Jobs
+    from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
     from skeleton_app.ops.run import LineSink
     from skeleton_app.ops.status import StatusReport
@@ -401,6 +401,17 @@ def jobs_list(session: Session, *, states: Sequence[str] = (),
         if state not in JOB_STATES:
             raise UsageError(f"unknown job state {state!r} (one of {', '.join(JOB_STATES)})")
     return jobs_facade(session).list(states=states, limit=limit)
+
+
+def jobs_output(session: Session, job_id: int) -> JobResult:
+    """A done job's output (a transcript, a WAV); UsageError when there is none."""
+    jobs = jobs_facade(session)
+    result = jobs.result_of(jobs.get(job_id))
+    if result.output is None:
+        why = ("it is " + result.job.state if result.job.state != "done"
+               else "it has no output stored")
+        raise UsageError(f"job {job_id} has no output: {why}")
+    return result
 
 
 def jobs_show(session: Session, job_id: int) -> JobDetail:

@@ -138,6 +138,17 @@ class FakeJobs:
         name = "output.wav" if engine == "tts" else "output.txt"
         self.ends[label] = JobResult(job=job, output=output, output_name=name)
 
+    def get(self, job_id: int) -> Job:
+        if job_id not in self.jobs:
+            raise UsageError(f"unknown job {job_id}")
+        return self.jobs[job_id]
+
+    def result_of(self, job: Job) -> JobResult:
+        end = self.ends.get(job.spec.label)
+        if isinstance(end, JobResult) and job.state == "done":
+            return end
+        return JobResult(job=job, output=None, output_name=None)
+
     def list(self, *, states: Sequence[str] = (), limit: int = 100) -> tuple[Job, ...]:
         self.listed = (tuple(states), limit)
         return (make_job(2, "tts", state="running", label="Hello world", node="linux-03"),
@@ -521,3 +532,15 @@ def test_an_output_never_follows_a_planted_symlink(tmp_path: Path) -> None:
     assert victim.read_text() == "keep"
     assert (tmp_path / "out.txt").read_bytes() == b"hello world"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name and not p.is_symlink()]
+
+
+def test_output_of_a_done_job_and_of_one_without(fake: FakeJobs, tmp_path: Path) -> None:
+    done = fake.submit("tts", text="hi")
+    fake.jobs[done.id] = dataclasses.replace(fake.jobs[done.id], state="done")
+    fake.finish("hi", output=b"RIFF\0wav")
+    code, out, err = skeleton("output", str(done.id), "--out", str(tmp_path / "hi.wav"))
+    assert code == 0 and (tmp_path / "hi.wav").read_bytes() == b"RIFF\0wav", err
+    queued = fake.submit("stt", "a.wav")
+    code, out, err = skeleton("output", str(queued.id))
+    assert code == 2 and f"job {queued.id} has no output: it is queued" in err
+    assert skeleton("output", "99")[0] == 2

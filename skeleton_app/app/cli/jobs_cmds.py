@@ -132,6 +132,31 @@ def show_cmd(ctx: click.Context, job_id: int, as_json: bool, config: str | None)
     return 0
 
 
+@jobs.command("output")
+@click.argument("job_id", metavar="JOB", type=JOB)
+@click.option("--out", default=None, metavar="FILE",
+              help="Write it to FILE (temporary name, then renamed) instead of stdout.")
+@config_option
+@click.pass_context
+def output_cmd(ctx: click.Context, job_id: int, out: str | None, config: str | None) -> int:
+    """A done job's output: the transcript, or the file its engine wrote (e.g. a WAV)."""
+    from skeleton_app.app import commands
+    from skeleton_app.app.jobs_submit import write_atomic
+
+    result = commands.jobs_output(prepare(ctx, config, None).session(), job_id)
+    data = result.output or b""
+    if out is not None:
+        write_atomic(out, data, job_id)
+    elif sys.stdout.isatty() and b"\0" in data:
+        raise click.UsageError(f"job {job_id}'s output is binary ({result.output_name}):"
+                               " give --out FILE or pipe it")
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return 0
+
+
 @jobs.command("cancel")
 @click.argument("job_id", metavar="JOB", type=JOB)
 @config_option
