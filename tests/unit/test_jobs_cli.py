@@ -538,9 +538,9 @@ def test_output_of_a_done_job_and_of_one_without(fake: FakeJobs, tmp_path: Path)
     done = fake.submit("tts", text="hi")
     fake.jobs[done.id] = dataclasses.replace(fake.jobs[done.id], state="done")
     fake.finish("hi", output=b"RIFF\0wav")
-    code, out, err = skeleton("output", str(done.id), "--out", str(tmp_path / "hi.wav"))
+    code, _out, err = skeleton("output", str(done.id), "--out", str(tmp_path / "hi.wav"))
     assert code == 0 and (tmp_path / "hi.wav").read_bytes() == b"RIFF\0wav", err
     queued = fake.submit("stt", "a.wav")
-    code, out, err = skeleton("output", str(queued.id))
+    code, _out, err = skeleton("output", str(queued.id))
     assert code == 2 and f"job {queued.id} has no output: it is queued" in err
     assert skeleton("output", "99")[0] == 2
