@@ -25,6 +25,7 @@ from skeleton_app.ops.jobs import routing
 from skeleton_app.ops.jobs.submission import (
     Prepared,
     build_engine,
+    check_input,
     max_attempts_of,
     prepare,
 )
@@ -194,11 +195,25 @@ class Jobs:
         unknown = set(kwargs) - {"command", "role", "output_suffix", "max_attempts"}
         if unknown:
             raise UsageError(f"submit_many: unknown argument {sorted(unknown)[0]}")
-        prepared = [prepare(chosen, path, None, max_bytes=self.settings.jobs.max_file_bytes)
-                    for path in inputs]
+        limit = self.settings.jobs.max_file_bytes
+        for path in inputs:
+            check_input(path, limit)
         attempts = max_attempts_of(self.settings, kwargs.get("max_attempts"))
         self._check_nodes(chosen)
-        return [self._enqueue(p, attempts) for p in prepared]
+        handles: list[JobHandle] = []
+        for path in inputs:
+            try:
+                handles.append(self._enqueue(prepare(chosen, path, None, max_bytes=limit),
+                                             attempts))
+            except (UsageError, RegistryError) as exc:
+                if not handles:
+                    raise
+                # Checked above, yet changed since (or the registry went away): say what is
+                # queued already, so nothing is queued twice by a second try.
+                ids = ", ".join(str(h.id) for h in handles)
+                raise type(exc)(f"{exc} (queued before it: job{'s' * (len(handles) > 1)}"
+                                f" {ids})") from exc
+        return handles
 
     def _check_nodes(self, engine: Engine) -> None:
         entries, _warnings = self._nodes().list_entries(enabled_only=False)

@@ -95,8 +95,21 @@ def prepare(engine: Engine, input: str | os.PathLike[str] | None, text: str | No
         raise UsageError(f"engine {engine.name} takes no text")
     return Prepared(JobSpec(engine=engine, label=engine.name), ())
 
-def read_input(input: str | os.PathLike[str], limit: int) -> tuple[str, bytes]:
-    """(safe name, data) of a regular, readable, non-empty file of at most `limit` bytes."""
+def check_input(input: str | os.PathLike[str], limit: int) -> None:
+    """The checks of `read_input` without holding the data: a batch is checked whole first,
+    then read and queued one file at a time (500 files of 20 MB need 20 MB, not 10 GB)."""
+    path = _regular_file(input, limit)
+    try:
+        with path.open("rb") as fh:
+            first = fh.read(1)
+    except OSError as exc:
+        raise UsageError(f"input {shown(str(path), 200)}: cannot read it:"
+                         f" {exc.strerror}") from None
+    if not first:
+        raise UsageError(f"input {shown(str(path), 200)}: the file is empty")
+
+
+def _regular_file(input: str | os.PathLike[str], limit: int) -> Path:
     path = Path(os.fspath(input))
     try:
         info = path.stat()
@@ -109,6 +122,12 @@ def read_input(input: str | os.PathLike[str], limit: int) -> tuple[str, bytes]:
     if info.st_size > limit:
         raise UsageError(f"input {shown(str(path), 200)}: {info.st_size} bytes, more than"
                          f" jobs.max_file_bytes ({limit})")
+    return path
+
+
+def read_input(input: str | os.PathLike[str], limit: int) -> tuple[str, bytes]:
+    """(safe name, data) of a regular, readable, non-empty file of at most `limit` bytes."""
+    path = _regular_file(input, limit)
     try:
         with path.open("rb") as fh:
             data = fh.read(limit + 1)
