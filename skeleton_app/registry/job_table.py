@@ -149,8 +149,23 @@ class JobTable(PostgresSession):
         return data
 
     def cancel(self, job_id: int) -> Job | None:
-        """Queued: cancelled now. Running: cancel_requested (the owner kills it). Final: as is."""
+        """Queued: cancelled now. Running: cancel_requested (the owner kills it); running
+        with an expired lease (no dispatcher owns it): cancelled now, its attempt left for
+        the clean-up sweep to kill on its node. Final: as is."""
         with self._session(f"cannot cancel job {job_id}") as conn, conn.transaction():
+            orphan = conn.execute(
+                "UPDATE jobs SET cancel_requested = true, state = 'cancelled',"
+                " finished_at = statement_timestamp(),"
+                " error = 'cancelled (no dispatcher held its lease)',"
+                " lease_owner = NULL, lease_token = NULL, lease_until = NULL"
+                " WHERE id = %s AND state = 'running' AND lease_until < statement_timestamp()",
+                (job_id,))
+            if orphan.rowcount:
+                conn.execute(
+                    "UPDATE job_attempts SET outcome = 'cancelled',"
+                    " ended_at = statement_timestamp() WHERE job_id = %s AND outcome = 'running'",
+                    (job_id,))
+                return self._read_job(conn, job_id)
             conn.execute(
                 "UPDATE jobs SET cancel_requested = true,"
                 " state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,"

@@ -337,6 +337,19 @@ def test_cancel_queued_running_and_final(store: PostgresJobStore, other: Postgre
     assert [a.outcome for a in other.attempts(orphan.id)] == ["superseded"]
     assert [c.job_id for c in other.cleanups()] == [running.id, orphan.id]
 
+    # No dispatcher holds the lease any more and none claims: cancel ends it at once, and
+    # its attempt waits for the clean-up sweep.
+    unowned = submit(store, "d.wav")
+    lapsed = store.claim("d1", lease=LEASE, route=router())
+    assert lapsed is not None and lapsed.job.id == unowned.id
+    time.sleep(LEASE + 0.3)
+    now = store.cancel(unowned.id)
+    assert now is not None and now.state == "cancelled" and now.final
+    assert [a.outcome for a in store.attempts(unowned.id)] == ["cancelled"]
+    assert unowned.id in [c.job_id for c in store.cleanups()]
+    assert not store.finish(unowned.id, lapsed.token, state="done", exit_code=0, error=None,
+                            stderr_tail="", result={})
+
 
 def test_retry_only_from_failed_or_cancelled(store: PostgresJobStore) -> None:
     job = submit(store, max_attempts=2)
