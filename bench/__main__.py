@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--cases 1,2,3,4,5,6] [--runs N]`: run the benchmark.
+"""`python -m bench [--quick] [--cases 1,2,3,4,5,6,7] [--runs N]`: run the benchmark.
 
 Needs root (the testbed uses network namespaces). Brings up its own testbeds (a free
 instance each, never one someone else is using), always tears them down, prints the
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import skeleton_app
-from bench import cases, jobs_case, peers, report
+from bench import cases, jobs_case, jobs_chaos, peers, report
 from bench.cases import MiB, Plan
 from bench.measure import BenchError
 from bench.report import Case
@@ -67,16 +67,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="a subset in under 3 minutes (32 hosts, 64 MiB, fewer runs)")
     parser.add_argument("--cases", default=None,
                         help="which cases (default all, and 1-5 with --quick; 6 or `jobs`: the"
-                             " voice jobs queue, about 20 minutes, 5 with --quick)")
+                             " voice jobs queue, about 20 minutes, 5 with --quick; 7 or `chaos`:"
+                             " failover and a killed dispatcher, about 5 minutes, 2 with"
+                             " --quick)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--rsync-1g", action="store_true",
                         help="also time plain parallel rsync with 1 GiB (about 6 minutes)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
-    cases_arg = args.cases or ("1,2,3,4,5" if args.quick else "1,2,3,4,5,6")
+    cases_arg = args.cases or ("1,2,3,4,5" if args.quick else "1,2,3,4,5,6,7")
     wanted = {c.strip() for c in cases_arg.split(",") if c.strip()}
     if "jobs" in wanted:
         wanted.add("6")
+    if "chaos" in wanted:
+        wanted.add("7")
     if os.geteuid() != 0:
         print("python -m bench: needs root (the testbed uses network namespaces)",
               file=sys.stderr)
@@ -152,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                 _attempt(results, "6", "Voice jobs", say, lambda: results.append(
                     jobs_case.jobs_case(tb, quick=p6.quick, runs=p6.runs, workdir=workdir,
                                         say=say)))
+        if "7" in wanted:
+            with running_testbed(jobs_chaos.HOSTS, say, db=True,
+                                 roles=jobs_chaos.roles(jobs_chaos.HOSTS)) as tb:
+                _attempt(results, "7", "Voice jobs under faults", say, lambda: results.append(
+                    jobs_chaos.chaos_case(tb, quick=args.quick, workdir=workdir, say=say)))
     except KeyboardInterrupt:
         say("interrupted: testbeds torn down, no report written")
         return 130

@@ -254,3 +254,80 @@ def test_percentile_and_rate():
     assert jobs_case._percentile(values, 0.99) == 99.0
     assert jobs_case._jobs_per_s(4.0, 400) == 100.0
 
+
+
+# ---------------------------------------------------------------- case 7: the chaos checks
+
+
+def _tried(n: int, outcome: str, start: float, end: float | None,
+           dispatcher: str = "a") -> Any:
+    from bench.jobs_chaos import Tried
+
+    return Tried(n, outcome, T0 + timedelta(seconds=start),
+                 None if end is None else T0 + timedelta(seconds=end), dispatcher)
+
+
+def test_chaos_judge_accepts_a_job_taken_over_once() -> None:
+    from bench.jobs_chaos import judge
+
+    attempts = {1: [_tried(1, "superseded", 0.0, 3.0), _tried(2, "done", 3.0, 4.0, "b")],
+                2: [_tried(1, "done", 0.0, 1.0)]}
+    got = judge([1, 2], {1: "done", 2: "done"}, attempts, T0 + timedelta(seconds=1.5))
+    assert (got.lost, got.twice, got.overlaps, got.superseded) == (0, 0, 0, 1)
+    assert got.takeover == pytest.approx(1.5) and got.problems == ()
+
+
+def test_chaos_judge_counts_lost_twice_and_overlapping_attempts() -> None:
+    from bench.jobs_chaos import judge
+
+    attempts = {
+        1: [_tried(1, "done", 0.0, 1.0), _tried(2, "done", 2.0, 3.0)],  # twice
+        2: [_tried(1, "superseded", 0.0, 2.5), _tried(2, "done", 2.0, 3.0)],  # overlap
+        3: [_tried(1, "superseded", 0.0, 2.0), _tried(2, "superseded", 2.0, 4.0)],
+        4: [_tried(1, "running", 0.0, None)],
+    }
+    states = {1: "done", 2: "done", 3: "failed", 4: "running"}
+    got = judge([1, 2, 3, 4, 5], states, attempts, T0)
+    assert got.twice == 1
+    assert got.overlaps == 1
+    assert got.lost == 3  # 3 failed, 4 still running, 5 missing
+    assert any("still running" in p for p in got.problems)
+    assert got.takeover == pytest.approx(2.0)  # the first attempt after a superseded one
+
+
+def test_chaos_goal_is_not_met_with_fewer_runs_but_missed_with_a_loss() -> None:
+    from bench.jobs_chaos import ChaosRun, _rows_and_goals
+    from bench.report import Case
+
+    clean = ChaosRun(12, 0, 0, 0, 3, 3, 0, 1.8, 7.0, ())
+    case = Case("7", "t")
+    _rows_and_goals(case, [], [clean] * 5, 3.0, 10.0)
+    chaos_goal = case.goals[-1]
+    assert chaos_goal.met is None and chaos_goal.target == "0 / 0 in 20 runs"
+    case = Case("7", "t")
+    _rows_and_goals(case, [], [clean] * 20, 3.0, 10.0)
+    assert case.goals[-1].met is True
+    lost = ChaosRun(12, 1, 0, 0, 3, 3, 0, 1.8, 7.0, ("job 9: failed",))
+    case = Case("7", "t")
+    _rows_and_goals(case, [], [clean] * 4 + [lost], 3.0, 10.0)
+    assert case.goals[-1].met is False
+    assert any("job 9: failed" in n for n in case.notes)
+
+
+def test_chaos_marks_count_distinct_runs_per_job() -> None:
+    from bench.jobs_chaos import _marks
+
+    @dataclass
+    class Out:
+        stdout: str
+
+    class Result(dict[str, Out]):
+        pass
+
+    class FakeCluster:
+        def run(self, command: str, *, timeout: float) -> Result:
+            assert "r3-j*" in command
+            shared = "r3-j0:node-01 10\nr3-j1:node-02 11\n"  # a home both hosts see
+            return Result({"node-01": Out(shared), "node-02": Out(shared + "r3-j0:node-02 12\n")})
+
+    assert _marks(FakeCluster(), 3) == {"r3-j0": 2, "r3-j1": 1}  # type: ignore[arg-type]
