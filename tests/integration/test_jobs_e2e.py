@@ -193,14 +193,15 @@ def test_tts_then_stt_round_trip_on_nodes_of_their_roles(bed: Bed, tmp_path: Pat
     stt_job = _newest(bed, "stt")
     assert stt_job["input"] == "x.wav", stt_job
     stt_job = _show(bed, stt_job["id"])
-    for detail, nodes in ((tts_job, {"node-03"}), (stt_job, STT_NODES)):
-        assert detail["state"] == "done", detail
+    for detail, role, nodes in ((tts_job, "tts", {"node-03"}),
+                                (stt_job, "stt_batch", STT_NODES)):
+        assert (detail["state"], detail["role"]) == ("done", role), detail
         (attempt,) = detail["attempts"]
         assert attempt["outcome"] == "done" and attempt["node"] in nodes, attempt
-        # Roles kept: the node of the other role was never a candidate.
-        assert detail["role"] in ("tts", "stt_batch")
+        # Roles kept: the nodes of the other role were never candidates.
+        for other in {"node-01", "node-02", "node-03"} - nodes:
+            assert f"{other} (no role {role})" in attempt["why"], attempt["why"]
     assert match.group(2) == "node-03"
-    assert "node-03 (no role stt_batch)" in stt_job["attempts"][0]["why"], stt_job
     assert {f["kind"] for f in stt_job["files"]} == {"input", "output"}, stt_job["files"]
 
 
@@ -224,10 +225,12 @@ def test_a_busy_node_is_not_chosen_while_an_idle_one_is(bed: Bed, tmp_path: Path
             assert "hello world" in proc.stdout, proc.stdout + proc.stderr
             detail = _show(bed, _newest(bed, "stt")["id"])
             (attempt,) = detail["attempts"]
-            assert attempt["node"] == "node-02", (n, attempt)
+            assert attempt["node"] == "node-02", (n, attempt["why"], attempt["reason"],
+                                                  _metrics(bed))
             # Why: node-02 scored lowest, node-01 scored higher (its cpu), node-03 has no role.
             assert attempt["why"].startswith("node-02: lowest score"), attempt["why"]
             others = attempt["reason"]["others"]
+            assert isinstance(others["node-01"], dict), attempt["why"]
             assert others["node-01"]["score"] > attempt["reason"]["score"], attempt["reason"]
             assert re.search(r"other scores: node-01 \d", attempt["why"]), attempt["why"]
             text = _ok("jobs", "show", str(detail["id"]), bed=bed,
