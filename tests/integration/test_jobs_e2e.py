@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from skeleton_app.registry import NodeDefaults, PostgresRegistry
 from skeleton_app.testing import testbed as tb_mod
@@ -77,8 +79,6 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     state.chmod(0o755)
     testbed = tb_mod.up(3, instance=None, state_dir=state, db=True, roles=ROLES)
     try:
-        import yaml
-
         daemon = yaml.safe_load(testbed.config_path.read_text())["daemon"]
         command = f"env SKELETON_HEARTBEAT_INTERVAL={HEARTBEAT:g} {daemon['command']}"
         config = config_variant(testbed, tmp_path_factory.mktemp("jobs-e2e") / "config.yaml",
@@ -302,10 +302,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_queued(bed: Bed,
     assert _jobs(bed) == before
 
     no_registry = config_variant(bed.testbed, tmp_path / "no-registry.yaml")
-    text = no_registry.read_text()
-    import yaml
-
-    data = yaml.safe_load(text)
+    data = yaml.safe_load(no_registry.read_text())
     del data["registry"]
     no_registry.write_text(yaml.safe_dump(data))
     proc = skeleton("jobs", "submit", "stt", str(wav), config=no_registry)
@@ -313,7 +310,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_queued(bed: Bed,
     assert "no registry configured" in proc.stderr and len(
         proc.stderr.strip().splitlines()) == 1, proc.stderr
 
-    with contextlib.closing(__import__("socket").socket()) as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before the CLI tries it
     down = config_variant(bed.testbed, tmp_path / "down.yaml", registry={
