@@ -111,7 +111,7 @@ def test_cool_down_slots_gpu_and_preflight_rejections() -> None:
     until = NOW + timedelta(seconds=30)
     nodes = [entry("cool"), entry("full", labels={"slots": "1"}), entry("nogpu"),
              entry("smallgpu", gpus=[(1000, 8000)]), entry("notools", gpus=[(8000, 8000)]),
-             entry("unchecked", gpus=[(8000, 8000)]),
+             entry("unchecked", gpus=[(5000, 8000)]),  # pending, would score worse
              entry("ok", gpus=[(1000, 8000), (6000, 8000)])]
     pre = passed(*nodes)
     pre["notools"] = "sox is not installed on notools"
@@ -158,6 +158,23 @@ def test_needs_preflight_lists_only_nodes_that_pass_everything_else() -> None:
     nodes = [entry("a"), entry("b", roles=("tts",)), entry("c", enabled=False)]
     decision = decide(nodes, preflight={})
     assert decision.route is None and decision.needs_preflight == ("a",)
+
+
+def test_a_pending_node_that_would_score_best_holds_the_job() -> None:
+    # A fresh dispatcher knows one preflight (the busy node's) before the other: the idle
+    # node is waited for, not passed over.
+    busy, idle = entry("busy", cpu_busy=0.9), entry("idle", cpu_busy=0.05)
+    decision = decide([busy, idle], preflight={"busy": None})
+    assert decision.route is None and decision.needs_preflight == ("idle",)
+    assert decision.reason["waits_for_preflight"] == "idle"
+    assert routing.explain(decision.reason).startswith(
+        "waiting for idle's preflight (it would score best)")
+    # Checked, it wins; a pending node that would score worse holds nothing.
+    decision = decide([busy, idle], preflight={"busy": None, "idle": None})
+    assert decision.route is not None and decision.route.node_id == "idle"
+    decision = decide([busy, idle], preflight={"idle": None})
+    assert decision.route is not None and decision.route.node_id == "idle"
+    assert decision.needs_preflight == ("busy",)
 
 
 def test_a_retry_records_the_attempt_before() -> None:

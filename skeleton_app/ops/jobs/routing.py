@@ -194,11 +194,13 @@ def decide(engine: Engine, entries: Sequence[NodeEntry], load: Load, *,
     others: dict[str, Any] = {}
     scored: list[_Scored] = []
     pending: list[str] = []
+    held: list[_Scored] = []  # pending nodes, scored: one that would win holds the job
     for entry in sorted(entries, key=lambda e: e.node.id):
         why = _rejection(entry, engine, load, stale_after=stale_after,
                          default_slots=default_slots, preflight=checks)
         if why == PREFLIGHT_PENDING:
             pending.append(entry.node.id)
+            held.append(_score(entry, engine, load, default_slots))
         if why is not None:
             others[entry.node.id] = why
             continue
@@ -211,6 +213,14 @@ def decide(engine: Engine, entries: Sequence[NodeEntry], load: Load, *,
         return Decision(None, reason, tuple(pending))
     scored.sort(key=_tie_key)
     best = scored[0]
+    # A node not checked yet that would score best is waited for (its check wakes the
+    # dispatcher), not passed over: else a fresh dispatcher (each `submit --wait`) sends
+    # the job to whichever node's preflight came back first, however busy.
+    waiting = min(held, key=_tie_key, default=None)
+    if waiting is not None and _tie_key(waiting) < _tie_key(best):
+        reason.update(chosen=None, candidates=0, others=others,
+                      waits_for_preflight=waiting.node_id)
+        return Decision(None, reason, tuple(pending))
     for item in scored[1:]:
         others[item.node_id] = {"score": round(item.score, 3), "terms": item.terms}
     reason.update(chosen=best.node_id, score=round(best.score, 3), terms=best.terms,
@@ -260,6 +270,9 @@ def explain(reason: Mapping[str, Any]) -> str:
             head += f" of {n} candidate{'s' if n != 1 else ''}"
         terms = _terms_text(reason.get("terms"))
         parts.append(f"{head} ({terms})" if terms else head)
+    elif reason.get("waits_for_preflight"):
+        parts.append(f"waiting for {_clean(reason['waits_for_preflight'], 63)}'s preflight"
+                     " (it would score best)")
     else:
         parts.append("no node could take it")
     retry = reason.get("retry_of")
