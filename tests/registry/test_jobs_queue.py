@@ -234,6 +234,19 @@ def test_a_claim_records_the_attempt_and_the_router_sees_the_load(
 # --------------------------------------------------------------- fencing and leases
 
 
+def test_finish_records_the_pgid_unless_started_did(store: PostgresJobStore) -> None:
+    first, second = submit(store, "a.wav"), submit(store, "b.wav")
+    quick = store.claim("d1", lease=30, route=router())
+    slow = store.claim("d1", lease=30, route=router())
+    assert quick is not None and slow is not None
+    assert store.started(slow.job.id, slow.token, remote_pgid=4242)
+    for claim, pgid in ((quick, 77), (slow, 99)):
+        assert store.finish(claim.job.id, claim.token, state="done", exit_code=0, error=None,
+                            stderr_tail="", result={}, remote_pgid=pgid)
+    assert [a.remote_pgid for a in store.attempts(first.id)] == [77]
+    assert [a.remote_pgid for a in store.attempts(second.id)] == [4242]  # started's stands
+
+
 def test_a_stale_token_writes_nothing(store: PostgresJobStore, other: PostgresJobStore,
                                       db_dsn: str) -> None:
     job = submit(store)

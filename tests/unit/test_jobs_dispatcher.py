@@ -103,6 +103,9 @@ def test_a_job_runs_and_its_output_is_stored(rig: Rig) -> None:
     assert f"/srv/app/jobs/{job.id}/a1/in/a.wav" in rec.command
     assert rec.input_data == b"hello"
     assert rec.removed  # wait(remove=True): the node removes the directory at the end
+    # It ended within its start's wait: one node call, no separate `started` write (the
+    # pgid came with the end's write).
+    assert rec.waits == 1 and "started" not in rig.store.calls
     assert ("n1", "stt") in rig.nodes.preflight_calls or ("n2", "stt") in \
         rig.nodes.preflight_calls
     assert rig.store.live_dispatchers(within=10) == ("d1",)
