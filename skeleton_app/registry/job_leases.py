@@ -16,6 +16,7 @@ Rules every statement here keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -163,18 +164,28 @@ class JobLeases(JobTable):
               limit: int = 16) -> Claim | None:
         """Take the oldest claimable job that `route` can place (see JobStore.claim). A row
         that does not read back as a job is failed, never run, and does not block the rest."""
+        claims = self.claim_many(dispatcher, lease=lease, route=route, most=1, limit=limit)
+        return claims[0] if claims else None
+
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        """Up to `most` claims in one transaction (see JobStore.claim_many)."""
         check_text("dispatcher", dispatcher, limit=200)
         seconds = _seconds("lease", lease)
+        claims: list[Claim] = []
+        limit = max(1, limit, most)
         with self._session("cannot claim a job") as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK_KEY,))
-            for job_id, state in conn.execute(_TAKE_OVER_SQL, {"limit": max(1, limit)}):
+            for job_id, state in conn.execute(_TAKE_OVER_SQL, {"limit": limit}):
                 log.info("job %s: lease expired, taken over: now %s", job_id, state)
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(_CLAIMABLE_SQL, (max(1, limit),)).fetchall()
+                rows = cur.execute(_CLAIMABLE_SQL, (limit,)).fetchall()
             if not rows:
-                return None
+                return ()
             load = self._load(conn)
             for row in rows:
+                if len(claims) >= most:
+                    break
                 try:
                     job = job_from_row(row)
                 except FieldError as exc:
@@ -183,9 +194,13 @@ class JobLeases(JobTable):
                 chosen = route(job, load)
                 if chosen is None:
                     continue
-                return self._start_attempt(conn, job.id, dispatcher, seconds,
-                                           chosen.node_id, chosen.reason)
-        return None
+                claims.append(self._start_attempt(conn, job.id, dispatcher, seconds,
+                                                  chosen.node_id, chosen.reason))
+                # The next job is routed with this one counted on its node.
+                running = dict(load.running)
+                running[chosen.node_id] = running.get(chosen.node_id, 0) + 1
+                load = dataclasses.replace(load, running=running)
+        return tuple(claims)
 
     def _fail_bad_row(self, conn: psycopg.Connection[Any], job_id: object,
                       exc: FieldError) -> None:

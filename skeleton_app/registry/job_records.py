@@ -233,6 +233,13 @@ class JobStore(Protocol):
         returned). One transaction; serialised across dispatchers so slot counts hold."""
         ...
 
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        """Up to `most` claims as `claim` takes them, in one transaction (a claim costs
+        several statements under the claim lock); `route` sees each claim's node counted
+        as running in the Load of the next."""
+        ...
+
     def renew(self, job_id: int, token: int, *, lease: float) -> bool: ...
 
     def started(self, job_id: int, token: int, *, remote_pgid: int | None) -> bool: ...

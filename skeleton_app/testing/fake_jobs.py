@@ -229,6 +229,17 @@ class FakeJobStore:
             cooldown = {k: v for k, v in self.cooldowns.items() if v[0] > now}
             return Load(now=now, running=running, cooldown=cooldown, idle_since=idle)
 
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        claims: list[Claim] = []
+        with self._lock:  # one transaction: nothing else in between
+            while len(claims) < most:
+                claim = self.claim(dispatcher, lease=lease, route=route, limit=limit)
+                if claim is None:
+                    break
+                claims.append(claim)
+        return tuple(claims)
+
     def claim(self, dispatcher: str, *, lease: float, route: Router,
               limit: int = 16) -> Claim | None:
         with self._lock:

@@ -82,7 +82,8 @@ def test_probe(testbed: Testbed, settings: Settings, db_dsn: str) -> None:
     with Cluster(settings, settings.nodes) as cluster:
         assert cluster.run(f"mkdir -p {APP_DIR}").exit_code() == 0
         store = open_job_store(cluster.settings)
-        timed_store = _Proxy(store, "db", ("claim", "started", "finish", "renew", "file_data",
+        timed_store = _Proxy(store, "db", ("claim", "claim_many", "started", "finish", "renew",
+                                           "file_data",
                                            "lose", "list", "dispatcher_seen", "cleanups"))
         node_api = _Proxy(node_mod, "node", ("start", "wait", "kill", "preflight",
                                              "start_wait"))
@@ -90,6 +91,10 @@ def test_probe(testbed: Testbed, settings: Settings, db_dsn: str) -> None:
         stop = dispatcher.start()
         try:
             submit = cluster.jobs
+            submit._check_nodes = _timed(  # type: ignore[method-assign]
+                "submit.check_nodes", submit._check_nodes)
+            submit.store.submit = _timed(  # type: ignore[method-assign]
+                "submit.store", submit.store.submit)
             warm = [submit.submit("run", command="true", role="testbed") for _ in range(12)]
             for h in warm:
                 assert h.result(timeout=60).ok

@@ -388,3 +388,17 @@ def test_the_node_module_is_the_node_api_the_dispatcher_uses() -> None:
         wanted = list(inspect.signature(getattr(NodeApi, name)).parameters)[1:]  # no self
         have = list(inspect.signature(getattr(node_module, name)).parameters)
         assert have[: len(wanted)] == wanted, name
+
+
+def test_claims_in_batches_fill_each_node_to_its_slots_and_no_further(rig: Rig) -> None:
+    held = [rig.submit(hold=True) for _ in range(4)]  # queued before the dispatcher runs
+    rig.start()  # one slot per node (1 cpu): the first batch takes two, one on each node
+    until(lambda: sum(rig.job(j.id).state == "running" for j in held) == 2)
+    time.sleep(0.2)  # more wake-ups: still nothing beyond the slots
+    running = [j for j in held if rig.job(j.id).state == "running"]
+    assert len(running) == 2
+    assert {rig.store.attempts(j.id)[0].node_id for j in running} == {"n1", "n2"}
+    for job in held:
+        rig.nodes.release(job.id)
+    for job in held:
+        assert rig.wait_state(job.id, "done", "failed").state == "done"
