@@ -2,6 +2,8 @@
 in-process dispatcher on the session testbed, every store and node call timed.
 
     ./scripts/test -q -s tests/integration/probe_jobs_speed.py
+    PROBE_PRESUBMIT=1 ...   # every job queued first: the dispatcher's own throughput
+    PROBE_JOBS=400 ...      # how many jobs
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from skeleton_app.testing.testbed import Testbed
 
 APP_DIR = "/tmp/jobs-speed-app"
 COUNT = int(os.environ.get("PROBE_JOBS", "200"))
+PRESUBMIT = os.environ.get("PROBE_PRESUBMIT") == "1"
 TIMES: dict[str, list[float]] = collections.defaultdict(list)
 LOCK = threading.Lock()
 
@@ -101,9 +104,22 @@ def test_probe(testbed: Testbed, settings: Settings, db_dsn: str) -> None:
             TIMES.clear()
             r0 = resource.getrusage(resource.RUSAGE_SELF)
             s0 = _cpu()
-            t0 = time.perf_counter()
-            handles = [submit.submit("run", command="true", role="testbed") for _ in range(COUNT)]
-            t_submit = time.perf_counter() - t0
+            if PRESUBMIT:  # the dispatcher alone: every job queued before it starts
+                stop()
+                handles = [submit.submit("run", command="true", role="testbed")
+                           for _ in range(COUNT)]
+                TIMES.clear()
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                s0 = _cpu()
+                t0 = time.perf_counter()
+                stop = Dispatcher(cluster, timed_store,  # type: ignore[arg-type]
+                                  node_api=node_api).start()  # type: ignore[arg-type]
+                t_submit = 0.0
+            else:
+                t0 = time.perf_counter()
+                handles = [submit.submit("run", command="true", role="testbed")
+                           for _ in range(COUNT)]
+                t_submit = time.perf_counter() - t0
             ids = {h.id for h in handles}
             while True:
                 done = {j.id for j in store.list(states=("done", "failed", "cancelled"),
