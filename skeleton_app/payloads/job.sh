@@ -4,6 +4,7 @@
 #   start APP_DIR ID N INPUT_NAME SHA256 COMMAND   (stdin: the input file's bytes; sent as
 #                                                  `sh -c SCRIPT job.sh start ...`)
 #   wait  APP_DIR ID N SECONDS MAX_BYTES OUTPUT REMOVE
+#   run   APP_DIR ID N INPUT_NAME SHA256 SECONDS MAX_BYTES OUTPUT REMOVE COMMAND   (as start)
 #   kill  APP_DIR ID N PGID GRACE
 #   check APP_DIR [TOOL...] [-- DIST...]
 #
@@ -28,6 +29,9 @@
 #   removes the attempt once it ended (after the reply is written). `state=lost` when the
 #   command's process is gone without an exit status (the node rebooted, or it was killed),
 #   `state=gone` when there is no such attempt.
+# run: start, then wait, in one call (a short command costs one round trip, not two). Prints
+#   `pgid=N` once the command runs, then the reply of wait; a failed start prints only
+#   start's `state=error` (exit 1). Its wait arguments are checked before anything starts.
 # kill: TERM to the attempt's process group, KILL after GRACE seconds, then removes the
 #   attempt's directory. The group is the one in the pgid file, else PGID ("" or 0: none);
 #   it is signalled only if its leader is the recorded process or a member carries this
@@ -106,6 +110,14 @@ leader_alive() {
 
 do_start() {
     [ "$#" -eq 5 ] || usage "start needs APP_DIR ID N INPUT_NAME SHA256 COMMAND"
+    launch "$@"
+    printf 'state=%s pgid=%s\n' "$started" "$pid"
+}
+
+# launch ID N INPUT_NAME SHA256 COMMAND: start the attempt, or find the one started before
+# (a start sent twice never runs the command twice); sets pid and started (started or
+# already-started). Exits with state=error when it cannot.
+launch() {
     attempt "$1" "$2"
     input_name=$3 sha=$4 command=$5
     case $input_name in
@@ -123,8 +135,8 @@ do_start() {
             sleep 0.1
             _wait=$((_wait - 1))
         done
-        printf 'state=already-started pgid=%s\n' "$pid"
-        exit 0
+        started=already-started
+        return 0
     fi
     # From here on a failed start leaves nothing behind.
     trap 'rm -rf -- "$dir"' EXIT
@@ -162,7 +174,21 @@ do_start() {
         _wait=$((_wait + 1))
     done
     trap - EXIT
-    printf 'state=started pgid=%s\n' "$pid"
+    started=started
+}
+
+do_run() {
+    [ "$#" -eq 9 ] ||
+        usage "run needs APP_DIR ID N INPUT_NAME SHA256 SECONDS MAX_BYTES OUTPUT REMOVE COMMAND"
+    # wait's arguments first: a bad one must not leave a command running.
+    tenths "$5" >/dev/null || usage "SECONDS must be a number of seconds, got \"$5\""
+    count MAX_BYTES "$6"
+    case $7 in
+        . | .. | */* | '') usage "bad output name \"$7\"" ;;
+    esac
+    launch "$1" "$2" "$3" "$4" "$9"
+    printf 'pgid=%s\n' "$pid"
+    do_wait "$1" "$2" "$5" "$6" "$7" "$8"
 }
 
 # ------------------------------------------------------------------------------------- wait
@@ -219,7 +245,8 @@ do_wait() {
     count exit_code "$_rc"
     printf 'state=ended\nexit_code=%s\nstarted=%s\nended=%s\n' "$_rc" "$_t0" "$_t1"
     _missing=0 _size=0
-    if [ -f "$out_file" ]; then
+    # Empty files are tested, not read: each fork counts when a job takes milliseconds.
+    if [ -s "$out_file" ]; then
         _size=$(wc -c <"$out_file") || _size=0
     fi
     if [ "$_size" -eq 0 ] && [ "$output" != - ]; then
@@ -229,7 +256,10 @@ do_wait() {
     [ "$_size" -le "$max_bytes" ] || _trunc=1
     printf 'output_size=%s\noutput_truncated=%s\noutput_missing=%s\n' "$_size" "$_trunc" "$_missing"
     if [ -f "$dir/stderr" ]; then
-        _tail=$(tail -c 4096 -- "$dir/stderr" | base64) || _tail=
+        _tail=
+        if [ -s "$dir/stderr" ]; then
+            _tail=$(tail -c 4096 -- "$dir/stderr" | base64) || _tail=
+        fi
         printf -- '--- begin stderr_tail\n%s\n--- end stderr_tail\n' "$_tail"
     fi
     [ "$_size" -eq 0 ] || block output "$out_file" "$max_bytes"
@@ -356,8 +386,9 @@ for name in sys.argv[1:]:
 
 case $action in
     start) do_start "$@" ;;
+    run) do_run "$@" ;;
     wait) do_wait "$@" ;;
     kill) do_kill "$@" ;;
     check) do_check "$@" ;;
-    *) usage "ACTION must be start, wait, kill or check, got \"$action\"" ;;
+    *) usage "ACTION must be start, run, wait, kill or check, got \"$action\"" ;;
 esac

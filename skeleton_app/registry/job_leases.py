@@ -16,6 +16,7 @@ Rules every statement here keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from skeleton_app.errors import UsageError
+from skeleton_app.registry.connection import DEFAULT_CONNECT_TIMEOUT
 from skeleton_app.registry.job_records import (
     FINAL_STATES,
     Claim,
@@ -46,7 +48,8 @@ from skeleton_app.registry.job_rows import (
     jsonable,
 )
 from skeleton_app.registry.job_table import INSERT_FILE, JobTable
-from skeleton_app.registry.records import FieldError, check_text
+from skeleton_app.registry.records import FieldError, NodeDefaults, check_text
+from skeleton_app.registry.session import PostgresSession
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,20 @@ _FENCED_SQL = ("SELECT attempts, max_attempts, cancel_requested FROM jobs"
                " WHERE id = %s AND lease_token = %s AND state = 'running' FOR UPDATE")
 
 
+_LOAD_SQL = """
+SELECT 'now', NULL, NULL::int, statement_timestamp(), NULL
+UNION ALL
+SELECT 'running', node_id, count(*)::int, NULL, NULL FROM job_attempts
+WHERE outcome = 'running' GROUP BY node_id
+UNION ALL
+SELECT 'cooldown', node_id, NULL, until, why FROM job_node_cooldown
+WHERE until > statement_timestamp()
+UNION ALL
+SELECT 'idle', node_id, NULL, max(ended_at), NULL FROM job_attempts
+WHERE ended_at IS NOT NULL GROUP BY node_id
+"""
+
+
 def _seconds(name: str, value: float) -> float:
     if not isinstance(value, int | float) or not 0 < value < 86_400 * 365:
         raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -101,51 +118,74 @@ def _seconds(name: str, value: float) -> float:
 
 
 class JobLeases(JobTable):
-    """Jobs as dispatchers see them (a class of ~250 lines: claim is most of it)."""
+    """Jobs as dispatchers see them (a class of ~270 lines: claim is most of it).
+
+    The running attempts' own writes (started, renew, finish, lose) go through a second
+    connection, so they do not queue behind the claims (one connection runs one statement
+    at a time). Which connection writes changes nothing for fencing: every such write
+    matches its lease token in its own transaction."""
+
+    def __init__(self, dsn: str, *, defaults: NodeDefaults,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 application_name: str = "skeleton"):
+        super().__init__(dsn, defaults=defaults, connect_timeout=connect_timeout,
+                         application_name=application_name)
+        self._ends = PostgresSession(dsn, defaults=defaults, connect_timeout=connect_timeout,
+                                     application_name=application_name)
+
+    def close(self) -> None:
+        self._ends.close()
+        super().close()
 
     # -- claims
 
     def _load(self, conn: psycopg.Connection[Any]) -> Load:
-        """Running attempts, cool-downs and idle times per node, by the database."""
-        row = conn.execute("SELECT statement_timestamp()").fetchone()
-        assert row is not None  # a SELECT without FROM always returns its row
-        now: datetime = row[0]
+        """Running attempts, cool-downs and idle times per node, by the database (one
+        statement: a claim holds the claim lock while it runs)."""
+        now: datetime | None = None
         running: dict[str, int] = {}
-        for node, count in conn.execute(
-                "SELECT node_id, count(*)::int FROM job_attempts WHERE outcome = 'running'"
-                " GROUP BY node_id"):
-            if isinstance(node, str):
-                running[node] = int(count)
         cooldown: dict[str, tuple[datetime, str]] = {}
-        for node, until, why in conn.execute(
-                "SELECT node_id, until, why FROM job_node_cooldown"
-                " WHERE until > statement_timestamp()"):
-            if isinstance(node, str) and isinstance(until, datetime):
-                cooldown[node] = (until, str(why)[:200])
         idle: dict[str, datetime] = {}
-        for node, ended in conn.execute(
-                "SELECT node_id, max(ended_at) FROM job_attempts WHERE ended_at IS NOT NULL"
-                " GROUP BY node_id"):
-            if isinstance(node, str) and isinstance(ended, datetime):
-                idle[node] = ended
+        for kind, node, count, at, why in conn.execute(_LOAD_SQL):
+            if kind == "now" and isinstance(at, datetime):
+                now = at
+            elif not isinstance(node, str):
+                continue
+            elif kind == "running":
+                running[node] = int(count)
+            elif kind == "cooldown" and isinstance(at, datetime):
+                cooldown[node] = (at, str(why)[:200])
+            elif kind == "idle" and isinstance(at, datetime):
+                idle[node] = at
+        assert now is not None  # the query's first part has no FROM: always its row
         return Load(now=now, running=running, cooldown=cooldown, idle_since=idle)
 
     def claim(self, dispatcher: str, *, lease: float, route: Router,
               limit: int = 16) -> Claim | None:
         """Take the oldest claimable job that `route` can place (see JobStore.claim). A row
         that does not read back as a job is failed, never run, and does not block the rest."""
+        claims = self.claim_many(dispatcher, lease=lease, route=route, most=1, limit=limit)
+        return claims[0] if claims else None
+
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        """Up to `most` claims in one transaction (see JobStore.claim_many)."""
         check_text("dispatcher", dispatcher, limit=200)
         seconds = _seconds("lease", lease)
+        claims: list[Claim] = []
+        limit = max(1, limit, most)
         with self._session("cannot claim a job") as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK_KEY,))
-            for job_id, state in conn.execute(_TAKE_OVER_SQL, {"limit": max(1, limit)}):
+            for job_id, state in conn.execute(_TAKE_OVER_SQL, {"limit": limit}):
                 log.info("job %s: lease expired, taken over: now %s", job_id, state)
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(_CLAIMABLE_SQL, (max(1, limit),)).fetchall()
+                rows = cur.execute(_CLAIMABLE_SQL, (limit,)).fetchall()
             if not rows:
-                return None
+                return ()
             load = self._load(conn)
             for row in rows:
+                if len(claims) >= most:
+                    break
                 try:
                     job = job_from_row(row)
                 except FieldError as exc:
@@ -154,9 +194,13 @@ class JobLeases(JobTable):
                 chosen = route(job, load)
                 if chosen is None:
                     continue
-                return self._start_attempt(conn, job.id, dispatcher, seconds,
-                                           chosen.node_id, chosen.reason)
-        return None
+                claims.append(self._start_attempt(conn, job.id, dispatcher, seconds,
+                                                  chosen.node_id, chosen.reason))
+                # The next job is routed with this one counted on its node.
+                running = dict(load.running)
+                running[chosen.node_id] = running.get(chosen.node_id, 0) + 1
+                load = dataclasses.replace(load, running=running)
+        return tuple(claims)
 
     def _fail_bad_row(self, conn: psycopg.Connection[Any], job_id: object,
                       exc: FieldError) -> None:
@@ -198,7 +242,7 @@ class JobLeases(JobTable):
 
     def renew(self, job_id: int, token: int, *, lease: float) -> bool:
         seconds = _seconds("lease", lease)
-        with self._session(f"cannot renew the lease of job {job_id}") as conn:
+        with self._ends._session(f"cannot renew the lease of job {job_id}") as conn:
             cur = conn.execute(
                 "UPDATE jobs SET lease_until = statement_timestamp() + make_interval(secs => %s)"
                 " WHERE id = %s AND lease_token = %s AND state = 'running'",
@@ -209,7 +253,7 @@ class JobLeases(JobTable):
         """Record the attempt's process group; False if the lease is no longer ours. The pgid
         is kept on this token's own attempt even then (once): the orphan sweep needs it to
         kill a process whose lease was taken over."""
-        with self._session(f"cannot record the start of job {job_id}") as conn, \
+        with self._ends._session(f"cannot record the start of job {job_id}") as conn, \
                 conn.transaction():
             ours = conn.execute(_FENCED_SQL, (job_id, token)).fetchone()
             conn.execute("UPDATE job_attempts SET remote_pgid = %s WHERE job_id = %s"
@@ -220,7 +264,8 @@ class JobLeases(JobTable):
     def finish(self, job_id: int, token: int, *,
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
-               outputs: Sequence[tuple[str, bytes]] = ()) -> bool:
+               outputs: Sequence[tuple[str, bytes]] = (),
+               remote_pgid: int | None = None) -> bool:
         """End the job and its running attempt, outputs stored in the same transaction.
         False: the lease is not ours any more (nothing written)."""
         if state not in FINAL_STATES:
@@ -228,7 +273,7 @@ class JobLeases(JobTable):
                              f" {', '.join(FINAL_STATES)}")
         files = checked_files("output", outputs)
         stored = jsonable("result", result)
-        with self._session(f"cannot record the end of job {job_id}") as conn, \
+        with self._ends._session(f"cannot record the end of job {job_id}") as conn, \
                 conn.transaction():
             cur = conn.execute(
                 "UPDATE jobs SET state = %s, finished_at = statement_timestamp(),"
@@ -239,9 +284,11 @@ class JobLeases(JobTable):
                 return False
             conn.execute(
                 "UPDATE job_attempts SET outcome = %s, ended_at = statement_timestamp(),"
-                " exit_code = %s, stderr_tail = %s"
+                " exit_code = %s, stderr_tail = %s,"
+                " remote_pgid = coalesce(remote_pgid, %s)"
                 " WHERE job_id = %s AND lease_token = %s AND outcome = 'running'",
-                (state, exit_code, clean_text(stderr_tail, STDERR_TAIL) or "", job_id, token))
+                (state, exit_code, clean_text(stderr_tail, STDERR_TAIL) or "", remote_pgid,
+                 job_id, token))
             with conn.cursor() as files_cur:
                 files_cur.executemany(INSERT_FILE, [(job_id, *f) for f in files])
             return True
@@ -251,7 +298,7 @@ class JobLeases(JobTable):
         (cancelled if a cancel was asked for; failed when max_attempts is reached)."""
         seconds = _seconds("cooldown", cooldown)
         why = clean_text(why, 500) or "lost"
-        with self._session(f"cannot record the loss of job {job_id}") as conn, \
+        with self._ends._session(f"cannot record the loss of job {job_id}") as conn, \
                 conn.transaction():
             row = conn.execute(_FENCED_SQL, (job_id, token)).fetchone()
             if row is None:

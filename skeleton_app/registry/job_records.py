@@ -233,6 +233,13 @@ class JobStore(Protocol):
         returned). One transaction; serialised across dispatchers so slot counts hold."""
         ...
 
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        """Up to `most` claims as `claim` takes them, in one transaction (a claim costs
+        several statements under the claim lock); `route` sees each claim's node counted
+        as running in the Load of the next."""
+        ...
+
     def renew(self, job_id: int, token: int, *, lease: float) -> bool: ...
 
     def started(self, job_id: int, token: int, *, remote_pgid: int | None) -> bool: ...
@@ -240,9 +247,12 @@ class JobStore(Protocol):
     def finish(self, job_id: int, token: int, *,
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
-               outputs: Sequence[tuple[str, bytes]] = ()) -> bool:
+               outputs: Sequence[tuple[str, bytes]] = (),
+               remote_pgid: int | None = None) -> bool:
         """End the job and its running attempt, outputs stored in the same transaction.
-        False: the lease is not ours any more (nothing written)."""
+        False: the lease is not ours any more (nothing written). `remote_pgid`: recorded on
+        the attempt unless `started` did (an attempt that ended within its start has no
+        separate `started` write)."""
         ...
 
     def lose(self, job_id: int, token: int, *, why: str, cooldown: float) -> JobState | None:

@@ -229,6 +229,17 @@ class FakeJobStore:
             cooldown = {k: v for k, v in self.cooldowns.items() if v[0] > now}
             return Load(now=now, running=running, cooldown=cooldown, idle_since=idle)
 
+    def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
+                   limit: int = 16) -> tuple[Claim, ...]:
+        claims: list[Claim] = []
+        with self._lock:  # one transaction: nothing else in between
+            while len(claims) < most:
+                claim = self.claim(dispatcher, lease=lease, route=route, limit=limit)
+                if claim is None:
+                    break
+                claims.append(claim)
+        return tuple(claims)
+
     def claim(self, dispatcher: str, *, lease: float, route: Router,
               limit: int = 16) -> Claim | None:
         with self._lock:
@@ -294,13 +305,17 @@ class FakeJobStore:
     def finish(self, job_id: int, token: int, *,
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
-               outputs: Sequence[tuple[str, bytes]] = ()) -> bool:
+               outputs: Sequence[tuple[str, bytes]] = (),
+               remote_pgid: int | None = None) -> bool:
         with self._lock:
             self._enter("finish")
             job = self._fenced(job_id, token)
             if job is None:
                 return False
-            self._end_attempt(job_id, state, exit_code=exit_code, stderr_tail=stderr_tail)
+            running = [a for a in self.attempt_rows[job_id] if a.outcome == "running"]
+            pgid = running[0].remote_pgid if running and running[0].remote_pgid else remote_pgid
+            self._end_attempt(job_id, state, exit_code=exit_code, stderr_tail=stderr_tail,
+                              remote_pgid=pgid)
             for name, data in outputs:
                 self.file_rows[(job_id, "output", name)] = bytes(data)
             self._set(job, state=state, exit_code=exit_code, error=error, result=dict(result),

@@ -104,6 +104,15 @@ class FakeJobNodes:
                                                      input_data, pgid)
             return pgid
 
+    def start_wait(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
+                   input_name: str | None, input_data: bytes | None, timeout: float,
+                   engine: Engine, slice_s: float, max_bytes: int,
+                   remove: bool = False) -> tuple[int, AttemptEnd | None]:
+        pgid = self.start(runner, node, job_id, n, command, input_name=input_name,
+                          input_data=input_data, timeout=timeout)
+        return pgid, self.wait(runner, node, job_id, n, engine=engine, slice_s=slice_s,
+                               max_bytes=max_bytes, remove=remove)
+
     def wait(self, runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
              slice_s: float, max_bytes: int, remove: bool = False) -> AttemptEnd | None:
         self._check_frozen(node, "wait")

@@ -135,3 +135,29 @@ def test_kill_stops_the_running_job_on_its_node(cluster: Cluster) -> None:
     attempt = job_node.job_dir(node, job_id, 1)
     assert _on_node(cluster, node, f"test -e {attempt} && echo left || echo gone") == "gone\n"
     job_node.kill(cluster.connector, node, job_id, 1, pgid=pgid)  # idempotent
+
+
+def test_start_wait_runs_a_short_job_in_one_round_trip(cluster: Cluster) -> None:
+    node = _node(cluster, "node-04")
+    copy = Engine(name="copy", role="tts", command="cp {input} {output}", input="file",
+                  output="file", output_suffix=".bin")
+    data = bytes(range(256)) * 2000  # 512 KiB: the reply arrives in many chunks
+    job_id = next(_IDS)
+    command = job_node.render(node, job_id, 1, copy, input_name="in.bin")
+    pgid, end = job_node.start_wait(cluster.connector, node, job_id, 1, command,
+                                    input_name="in.bin", input_data=data, timeout=30,
+                                    engine=copy, slice_s=5.0, max_bytes=MAX_BYTES,
+                                    remove=True)
+    assert pgid > 1 and end is not None
+    assert (end.exit_code, end.output_size, end.output == data) == (0, len(data), True)
+    attempt = job_node.job_dir(node, job_id, 1)
+    assert _on_node(cluster, node, f"test -e {attempt} && echo left || echo gone") == "gone\n"
+    # A longer one: started, no end yet; wait and kill go on as after `start`.
+    sleeper = Engine(name="sleep", role="tts", command="sleep 60", input="none")
+    job_id = next(_IDS)
+    pgid, end = job_node.start_wait(cluster.connector, node, job_id, 1, "sleep 60",
+                                    input_name=None, input_data=None, timeout=30,
+                                    engine=sleeper, slice_s=0.3, max_bytes=100, remove=True)
+    assert end is None and pgid in _group_members(cluster, node, pgid)
+    job_node.kill(cluster.connector, node, job_id, 1, pgid=pgid)
+    assert _group_members(cluster, node, pgid) == []

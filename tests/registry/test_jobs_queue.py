@@ -234,6 +234,35 @@ def test_a_claim_records_the_attempt_and_the_router_sees_the_load(
 # --------------------------------------------------------------- fencing and leases
 
 
+def test_claim_many_counts_each_claim_in_the_next_routing(store: PostgresJobStore,
+                                                           other: PostgresJobStore) -> None:
+    jobs = [submit(store, f"{i}.wav") for i in range(6)]
+    seen: list[Load] = []
+    claims = store.claim_many("d1", lease=30, route=router(slots=2, seen=seen), most=5)
+    # Two slots on each of two nodes: four claims, in job order, spread by the counts.
+    assert [c.job.id for c in claims] == [j.id for j in jobs[:4]]
+    assert Counter(c.attempt.node_id for c in claims) == {"n1": 2, "n2": 2}
+    assert [dict(load.running) for load in seen[:4]] == [
+        {}, {"n1": 1}, {"n1": 1, "n2": 1}, {"n1": 2, "n2": 1}]
+    assert all(store.get(c.job.id).state == "running" for c in claims)  # type: ignore[union-attr]
+    # Committed: another dispatcher sees those four running, and `most` bounds a batch.
+    assert other.claim_many("d2", lease=30, route=router(slots=2), most=5) == ()
+    assert len(other.claim_many("d2", lease=30, route=router(slots=3), most=1)) == 1
+
+
+def test_finish_records_the_pgid_unless_started_did(store: PostgresJobStore) -> None:
+    first, second = submit(store, "a.wav"), submit(store, "b.wav")
+    quick = store.claim("d1", lease=30, route=router())
+    slow = store.claim("d1", lease=30, route=router())
+    assert quick is not None and slow is not None
+    assert store.started(slow.job.id, slow.token, remote_pgid=4242)
+    for claim, pgid in ((quick, 77), (slow, 99)):
+        assert store.finish(claim.job.id, claim.token, state="done", exit_code=0, error=None,
+                            stderr_tail="", result={}, remote_pgid=pgid)
+    assert [a.remote_pgid for a in store.attempts(first.id)] == [77]
+    assert [a.remote_pgid for a in store.attempts(second.id)] == [4242]  # started's stands
+
+
 def test_a_stale_token_writes_nothing(store: PostgresJobStore, other: PostgresJobStore,
                                       db_dsn: str) -> None:
     job = submit(store)

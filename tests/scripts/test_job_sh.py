@@ -200,6 +200,54 @@ def test_wait_returns_none_while_it_runs_then_the_end(local: Fixture) -> None:
     assert end is not None and (end.exit_code, end.output) == (0, b"done\n")
 
 
+def test_run_starts_and_gives_a_quick_end_in_one_call(local: Fixture) -> None:
+    data = b"binary \x00\xff in\n"
+    cmd = job_node.render(local.node, 13, 1, WAV, input_name="in.wav")
+    pgid, end = job_node.start_wait(local.runner, local.node, 13, 1, cmd + "; echo e >&2",
+                                    input_name="in.wav", input_data=data, timeout=30,
+                                    engine=WAV, slice_s=5.0, max_bytes=1 << 20, remove=True)
+    local.groups.append(pgid)
+    assert len(local.runner.commands) == 1  # one round trip
+    assert end is not None and (end.exit_code, end.output, end.stderr_tail) == (0, data, "e\n")
+    assert job_node.failure(end, WAV) is None
+    assert not local.dir(13, 1).exists()  # removed with the reply (remove=True)
+    # The input's sha256 is checked as by start: a damaged one starts nothing.
+    line = shlex.join(["sh", "-c", payloads.text("job.sh"), "job.sh", "run", str(local.app),
+                       "13", "2", "a.wav", hashlib.sha256(b"other").hexdigest(), "1", "100",
+                       "-", "1", "echo ran >ran.log"])
+    r = local.runner.run(local.node, line, RunOptions(stdin=b"data"))
+    assert r.exit_code == 1 and "pgid=" not in r.stdout
+    assert r.stdout.startswith("state=error\nmessage=the input arrived damaged: sha256 ")
+    assert not local.dir(13, 2).exists() and not (local.app / "ran.log").exists()
+
+
+def test_run_gives_none_for_a_longer_command_then_wait_ends_it(local: Fixture) -> None:
+    before = time.monotonic()
+    pgid, end = job_node.start_wait(local.runner, local.node, 14, 1, "sleep 1; echo late",
+                                    input_name=None, input_data=None, timeout=30,
+                                    engine=ECHO, slice_s=0.2, max_bytes=1000, remove=True)
+    local.groups.append(pgid)
+    assert end is None and time.monotonic() - before < 1.0
+    assert os.getpgid(pgid) == pgid and (local.dir(14, 1) / "pgid").exists()
+    # Sent again (the same attempt): the first start's group, the command not run twice.
+    again, _ = job_node.start_wait(local.runner, local.node, 14, 1, "sleep 1; echo late",
+                                   input_name=None, input_data=None, timeout=30,
+                                   engine=ECHO, slice_s=0, max_bytes=1000)
+    assert again == pgid
+    end = local.wait(14, 1, slice_s=5, remove=True)
+    assert end is not None and (end.exit_code, end.output) == (0, b"late\n")
+
+
+def test_run_checks_its_wait_arguments_before_it_starts_anything(local: Fixture) -> None:
+    for seconds, max_bytes, output in (("x", "10", "-"), ("1", "-1", "-"), ("1", "9", "a/b")):
+        line = shlex.join(["sh", "-c", payloads.text("job.sh"), "job.sh", "run",
+                           str(local.app), "15", "1", "", "", seconds, max_bytes, output, "1",
+                           "echo ran >ran.log"])
+        r = local.runner.run(local.node, line)
+        assert r.exit_code == 2 and r.stdout.startswith("state=error\n"), r.stdout
+    assert not local.dir(15, 1).exists() and not (local.app / "ran.log").exists()
+
+
 def test_file_output_binary_safe_published_by_rename(local: Fixture) -> None:
     data = bytes(range(256)) * 300 + b"\n--- end output\n"
     cmd = job_node.render(local.node, 10, 1, WAV, input_name="in.wav")

@@ -103,6 +103,9 @@ def test_a_job_runs_and_its_output_is_stored(rig: Rig) -> None:
     assert f"/srv/app/jobs/{job.id}/a1/in/a.wav" in rec.command
     assert rec.input_data == b"hello"
     assert rec.removed  # wait(remove=True): the node removes the directory at the end
+    # It ended within its start's wait: one node call, no separate `started` write (the
+    # pgid came with the end's write).
+    assert rec.waits == 1 and "started" not in rig.store.calls
     assert ("n1", "stt") in rig.nodes.preflight_calls or ("n2", "stt") in \
         rig.nodes.preflight_calls
     assert rig.store.live_dispatchers(within=10) == ("d1",)
@@ -400,3 +403,17 @@ def test_the_node_module_is_the_node_api_the_dispatcher_uses() -> None:
         wanted = list(inspect.signature(getattr(NodeApi, name)).parameters)[1:]  # no self
         have = list(inspect.signature(getattr(node_module, name)).parameters)
         assert have[: len(wanted)] == wanted, name
+
+
+def test_claims_in_batches_fill_each_node_to_its_slots_and_no_further(rig: Rig) -> None:
+    held = [rig.submit(hold=True) for _ in range(4)]  # queued before the dispatcher runs
+    rig.start()  # one slot per node (1 cpu): the first batch takes two, one on each node
+    until(lambda: sum(rig.job(j.id).state == "running" for j in held) == 2)
+    time.sleep(0.2)  # more wake-ups: still nothing beyond the slots
+    running = [j for j in held if rig.job(j.id).state == "running"]
+    assert len(running) == 2
+    assert {rig.store.attempts(j.id)[0].node_id for j in running} == {"n1", "n2"}
+    for job in held:
+        rig.nodes.release(job.id)
+    for job in held:
+        assert rig.wait_state(job.id, "done", "failed").state == "done"

@@ -27,6 +27,10 @@ from skeleton_app.registry.job_records import Claim, JobStore
 from skeleton_app.ssh.runner import Runner
 
 WAIT_SLICE = 1.0  # seconds per node.wait call: how soon a cancel or a lost lease acts
+# The wait folded into the start (node.start_wait): a command that ends this soon (a short
+# job) costs one ssh round trip and no `started` write; a longer one is recorded as started
+# at most this much later than with a separate start.
+START_SLICE = 0.5
 
 Ending = Literal["done", "failed", "cancelled", "lost", "left", "fenced"]
 
@@ -39,6 +43,11 @@ class NodeApi(Protocol):
 
     def start(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
               input_name: str | None, input_data: bytes | None, timeout: float) -> int: ...
+
+    def start_wait(self, runner: Runner, node: Node, job_id: int, n: int, command: str, *,
+                   input_name: str | None, input_data: bytes | None, timeout: float,
+                   engine: Engine, slice_s: float, max_bytes: int,
+                   remove: bool = False) -> tuple[int, AttemptEnd | None]: ...
 
     def wait(self, runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
              slice_s: float, max_bytes: int, remove: bool = False) -> AttemptEnd | None: ...
@@ -153,11 +162,20 @@ class AttemptRun:
             return
         deadline = ctx.clock() + engine.timeout
         try:
-            self.pgid = ctx.node_api.start(
+            # Start and a first short wait in one round trip; the node removes the attempt's
+            # directory when it reports the end (as with wait's remove=True below).
+            self.pgid, end = ctx.node_api.start_wait(
                 ctx.runner, self.node, job.id, self.n, command, input_name=spec.input_name,
-                input_data=data, timeout=ctx.settings.ssh.command_timeout)
+                input_data=data, timeout=ctx.settings.ssh.command_timeout, engine=engine,
+                slice_s=min(START_SLICE, engine.timeout),
+                max_bytes=ctx.settings.jobs.max_file_bytes, remove=True)
         except NodeError as exc:
             self._node_error(exc)
+            return
+        if end is not None:
+            # Ended already: the end's fenced write records the pgid too (no `started`).
+            ctx.log(f"{self.label()}: started (pgid {self.pgid})")
+            self._ended(end, engine)
             return
         if not ctx.store.started(job.id, self.token, remote_pgid=self.pgid):
             self._lease_gone()
@@ -226,7 +244,7 @@ class AttemptRun:
             return
         ok = self.ctx.store.finish(self.job_id, self.token, state=state, exit_code=exit_code,
                                    error=error, stderr_tail=stderr_tail, result=result or {},
-                                   outputs=outputs or ())
+                                   outputs=outputs or (), remote_pgid=self.pgid)
         if ok:
             self.ending = state
             self.ctx.log(f"{self.label()}: {state}" + (f" ({error})" if error else ""))

@@ -62,6 +62,7 @@ WAKE_EVERY = 0.25  # the loop's longest sleep: local wake-ups (a preflight done)
 NODES_EVERY = 1.0
 BEAT_EVERY = 2.0
 SWEEP_EVERY = 15.0
+CLAIM_BATCH = 8  # claims per transaction at most (a lease starts at its claim: keep it short)
 T = TypeVar("T")
 
 
@@ -234,22 +235,27 @@ class Dispatcher:
     # ------------------------------------------------------------------ claims
 
     def claim_all(self) -> int:
-        """Claim and start jobs while one can be routed; how many were started."""
+        """Claim and start jobs while one can be routed; how many were started. Claims come
+        CLAIM_BATCH to a transaction (each is several statements under the claim lock)."""
         started = 0
         while not self._halt.is_set():
+            most = CLAIM_BATCH
             with self._lock:
-                if self._max_running is not None and len(self._running) >= self._max_running:
-                    break
+                if self._max_running is not None:
+                    most = min(most, self._max_running - len(self._running))
+            if most <= 0:
+                break
             try:
-                claim = self._store.claim(self._id, lease=self._settings.jobs.lease,
-                                          route=self._route)
+                claims = self._store.claim_many(self._id, lease=self._settings.jobs.lease,
+                                                route=self._route, most=most)
             except RegistryError as exc:
                 self._log(f"claim: {exc}")
                 break
-            if claim is None:
+            for claim in claims:
+                self._launch(claim)
+            started += len(claims)
+            if len(claims) < most:  # nothing more can be routed now
                 break
-            self._launch(claim)
-            started += 1
         return started
 
     def _route(self, job: Job, load: Load) -> Route | None:

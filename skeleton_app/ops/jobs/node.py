@@ -11,6 +11,7 @@ The dispatcher's part, per attempt:
     command = node.render(node_, job_id, n, engine, input_name=..., text=...)
     pgid = node.start(runner, node_, job_id, n, command, input_name=..., input_data=...,
                       timeout=...)                    # one round trip; record pgid
+    # or: pgid, end = node.start_wait(...)            # start, and the end if it came quickly
     while (end := node.wait(runner, node_, job_id, n, engine=engine, slice_s=2.0,
                             max_bytes=...)) is None:  # one round trip per slice
         ...renew the lease...
@@ -116,6 +117,41 @@ def start(runner: Runner, node: Node, job_id: int, n: int, command: str, *,
     why = _why(frame, r.stderr, r.exit_code)
     raise NodeError(NodeErrorKind.LOCAL, f"cannot start job {job_id} attempt {n}: {why}",
                     node=node.id)
+
+
+def start_wait(runner: Runner, node: Node, job_id: int, n: int, command: str, *,
+               input_name: str | None, input_data: bytes | None, timeout: float,
+               engine: Engine, slice_s: float, max_bytes: int,
+               remove: bool = False) -> tuple[int, AttemptEnd | None]:
+    """`start`, then `wait` up to `slice_s`, in one round trip (job.sh `run`): the remote
+    process group id, and the end (None: it still runs; go on with `wait`). A command that
+    ends within the slice costs one ssh exec instead of two. NodeError as `start` when it
+    cannot start, as `wait` when the wait fails after the start."""
+    if (input_name is None) != (input_data is None):
+        raise ValueError("input_name and input_data go together")
+    name = _checked_name(input_name) if input_name is not None else ""
+    digest = hashlib.sha256(input_data).hexdigest() if input_data is not None else ""
+    out = "-" if engine.output == "stdout" else output_name(engine)
+    line = shlex.join(["sh", "-c", payloads.text(SCRIPT), SCRIPT, "run", node.app_dir,
+                       str(int(job_id)), str(int(n)), name, digest,
+                       f"{max(0.0, slice_s):.1f}", str(max(0, int(max_bytes))), out,
+                       "1" if remove else "0", command])
+    sink = _Collector(limit=_reply_limit(max_bytes))
+    r = runner.run(node, line, RunOptions(timeout=timeout + slice_s, stdin=input_data or b"",
+                                          sink=sink))
+    _raise_node_error(node, r.error_kind, r.error)
+    text = sink.text() if sink.used else r.stdout
+    if sink.overflow:  # it started (its kill finds the group in the attempt's directory)
+        raise NodeError(NodeErrorKind.ERROR, f"job {job_id} attempt {n}: the reply is larger"
+                        f" than {max_bytes} bytes of output allow", node=node.id)
+    frame = framing.parse(text)
+    pgid = frame.first("pgid") or ""
+    if not (pgid.isascii() and pgid.isdigit() and int(pgid) > 1):
+        why = _why(frame, r.stderr, r.exit_code)
+        raise NodeError(NodeErrorKind.LOCAL, f"cannot start job {job_id} attempt {n}: {why}",
+                        node=node.id)
+    return int(pgid), parse_wait(text, node=node.id, job_id=job_id, n=n,
+                                 exit_code=r.exit_code, stderr=r.stderr)
 
 
 def wait(runner: Runner, node: Node, job_id: int, n: int, *, engine: Engine,
