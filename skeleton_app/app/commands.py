@@ -384,7 +384,7 @@ def jobs_submit(session: Session, request: JobsRequest, *,
             if any(line.startswith(prefix) for prefix in mine):
                 say(f"skeleton: {line}")
 
-        stop_dispatcher = jobs.dispatcher(on_event=waits).start()
+        stop_dispatcher = jobs.dispatcher(on_event=waits, only=[h.id for h in handles]).start()
     try:
         return wait(jobs, request, handles, on_result, started=stop_dispatcher is not None)
     finally:

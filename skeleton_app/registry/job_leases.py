@@ -17,6 +17,7 @@ Rules every statement here keeps:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -89,9 +90,13 @@ RETURNING j.id, j.state
 _CLAIMABLE_SQL = (
     f"SELECT {JOB_COLUMNS} FROM jobs j"
     " WHERE j.state = 'queued' AND coalesce(j.not_before, statement_timestamp())"
-    " <= statement_timestamp()"
-    " ORDER BY j.id LIMIT %s FOR UPDATE OF j SKIP LOCKED"
+    " <= statement_timestamp() AND j.id > %(after)s"
+    " AND (%(only)s::bigint[] IS NULL OR j.id = ANY(%(only)s::bigint[]))"
+    " ORDER BY j.id LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED"
 )
+# Pages of `limit` queued jobs read per claim (under the claim lock): jobs that no node can
+# take now (their role's nodes are all busy or down) never hide the ones behind them.
+MAX_PAGES = 8
 
 _FENCED_SQL = ("SELECT attempts, max_attempts, cancel_requested FROM jobs"
                " WHERE id = %s AND lease_token = %s AND state = 'running' FOR UPDATE")
@@ -107,13 +112,15 @@ SELECT 'cooldown', node_id, NULL, until, why FROM job_node_cooldown
 WHERE until > statement_timestamp()
 UNION ALL
 SELECT 'idle', node_id, NULL, max(ended_at), NULL FROM job_attempts
-WHERE ended_at IS NOT NULL GROUP BY node_id
+WHERE ended_at > statement_timestamp() - interval '1 hour' GROUP BY node_id
 """
 
 
-def _seconds(name: str, value: float) -> float:
-    if not isinstance(value, int | float) or not 0 < value < 86_400 * 365:
-        raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+def _seconds(name: str, value: float, *, zero: bool = False) -> float:
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not (value >= 0 if zero else value > 0) or not value < 86_400 * 365):
+        raise UsageError(f"{name} must be a {'non-negative' if zero else 'positive'} number"
+                         f" of seconds, got {value!r}")
     return float(value)
 
 
@@ -161,14 +168,15 @@ class JobLeases(JobTable):
         return Load(now=now, running=running, cooldown=cooldown, idle_since=idle)
 
     def claim(self, dispatcher: str, *, lease: float, route: Router,
-              limit: int = 16) -> Claim | None:
+              limit: int = 16, only: Sequence[int] | None = None) -> Claim | None:
         """Take the oldest claimable job that `route` can place (see JobStore.claim). A row
         that does not read back as a job is failed, never run, and does not block the rest."""
-        claims = self.claim_many(dispatcher, lease=lease, route=route, most=1, limit=limit)
+        claims = self.claim_many(dispatcher, lease=lease, route=route, most=1, limit=limit,
+                                 only=only)
         return claims[0] if claims else None
 
     def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
-                   limit: int = 16) -> tuple[Claim, ...]:
+                   limit: int = 16, only: Sequence[int] | None = None) -> tuple[Claim, ...]:
         """Up to `most` claims in one transaction (see JobStore.claim_many)."""
         check_text("dispatcher", dispatcher, limit=200)
         seconds = _seconds("lease", lease)
@@ -178,29 +186,51 @@ class JobLeases(JobTable):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK_KEY,))
             for job_id, state in conn.execute(_TAKE_OVER_SQL, {"limit": limit}):
                 log.info("job %s: lease expired, taken over: now %s", job_id, state)
-            with conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(_CLAIMABLE_SQL, (limit,)).fetchall()
-            if not rows:
-                return ()
-            load = self._load(conn)
-            for row in rows:
-                if len(claims) >= most:
+            ids = None if only is None else [int(i) for i in only]
+            load: Load | None = None
+            after = 0
+            unplaced: set[str] = set()  # engines no node can take now: not asked again
+            for _page in range(MAX_PAGES):
+                with conn.cursor(row_factory=dict_row) as cur:
+                    rows = cur.execute(_CLAIMABLE_SQL, {"after": after, "only": ids,
+                                                        "limit": limit}).fetchall()
+                if not rows:
                     break
-                try:
-                    job = job_from_row(row)
-                except FieldError as exc:
-                    self._fail_bad_row(conn, row.get("id"), exc)
-                    continue
-                chosen = route(job, load)
-                if chosen is None:
-                    continue
-                claims.append(self._start_attempt(conn, job.id, dispatcher, seconds,
-                                                  chosen.node_id, chosen.reason))
-                # The next job is routed with this one counted on its node.
-                running = dict(load.running)
-                running[chosen.node_id] = running.get(chosen.node_id, 0) + 1
-                load = dataclasses.replace(load, running=running)
+                after = int(rows[-1]["id"])
+                if load is None:
+                    load = self._load(conn)
+                load = self._place(conn, rows, load, claims, unplaced, most, dispatcher,
+                                   seconds, route)
+                if len(claims) >= most or len(rows) < limit:
+                    break
         return tuple(claims)
+
+    def _place(self, conn: psycopg.Connection[Any], rows: Sequence[Mapping[str, Any]],
+               load: Load, claims: list[Claim], unplaced: set[str], most: int,
+               dispatcher: str, seconds: float, route: Router) -> Load:
+        """Route one page of queued rows; the Load with the new claims counted."""
+        for row in rows:
+            if len(claims) >= most:
+                break
+            try:
+                job = job_from_row(row)
+            except FieldError as exc:
+                self._fail_bad_row(conn, row.get("id"), exc)
+                continue
+            key = json.dumps(job.spec.engine.as_dict(), sort_keys=True)
+            if key in unplaced:
+                continue
+            chosen = route(job, load)
+            if chosen is None:
+                unplaced.add(key)  # the Load only fills up within one claim
+                continue
+            claims.append(self._start_attempt(conn, job.id, dispatcher, seconds,
+                                              chosen.node_id, chosen.reason))
+            # The next job is routed with this one counted on its node.
+            running = dict(load.running)
+            running[chosen.node_id] = running.get(chosen.node_id, 0) + 1
+            load = dataclasses.replace(load, running=running)
+        return load
 
     def _fail_bad_row(self, conn: psycopg.Connection[Any], job_id: object,
                       exc: FieldError) -> None:
@@ -265,7 +295,7 @@ class JobLeases(JobTable):
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
                outputs: Sequence[tuple[str, bytes]] = (),
-               remote_pgid: int | None = None) -> bool:
+               remote_pgid: int | None = None, cleaned: bool = False) -> bool:
         """End the job and its running attempt, outputs stored in the same transaction.
         False: the lease is not ours any more (nothing written)."""
         if state not in FINAL_STATES:
@@ -285,10 +315,11 @@ class JobLeases(JobTable):
             conn.execute(
                 "UPDATE job_attempts SET outcome = %s, ended_at = statement_timestamp(),"
                 " exit_code = %s, stderr_tail = %s,"
-                " remote_pgid = coalesce(remote_pgid, %s)"
+                " remote_pgid = coalesce(remote_pgid, %s),"
+                " cleaned_at = CASE WHEN %s THEN statement_timestamp() END"
                 " WHERE job_id = %s AND lease_token = %s AND outcome = 'running'",
                 (state, exit_code, clean_text(stderr_tail, STDERR_TAIL) or "", remote_pgid,
-                 job_id, token))
+                 cleaned, job_id, token))
             with conn.cursor() as files_cur:
                 files_cur.executemany(INSERT_FILE, [(job_id, *f) for f in files])
             return True
@@ -296,7 +327,7 @@ class JobLeases(JobTable):
     def lose(self, job_id: int, token: int, *, why: str, cooldown: float) -> JobState | None:
         """The node is gone: attempt `lost`, the node cooled down, the job queued again
         (cancelled if a cancel was asked for; failed when max_attempts is reached)."""
-        seconds = _seconds("cooldown", cooldown)
+        seconds = _seconds("cooldown", cooldown, zero=True)  # 0: no cool-down
         why = clean_text(why, 500) or "lost"
         with self._ends._session(f"cannot record the loss of job {job_id}") as conn, \
                 conn.transaction():
@@ -309,7 +340,7 @@ class JobLeases(JobTable):
                 " WHERE job_id = %s AND lease_token = %s AND outcome = 'running'"
                 " RETURNING node_id", (job_id, token)).fetchone()
             node = str(lost[0]) if lost else "?"
-            if lost:
+            if lost and seconds > 0:
                 conn.execute(
                     "INSERT INTO job_node_cooldown (node_id, until, why) VALUES"
                     " (%s, statement_timestamp() + make_interval(secs => %s), %s)"
@@ -341,7 +372,8 @@ class JobLeases(JobTable):
                 conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 "SELECT job_id, n, node_id, remote_pgid FROM job_attempts"
-                " WHERE cleaned_at IS NULL AND outcome IN ('cancelled', 'lost', 'superseded')"
+                " WHERE cleaned_at IS NULL"
+                " AND outcome IN ('cancelled', 'lost', 'superseded', 'failed', 'done')"
                 " ORDER BY ended_at, job_id, n LIMIT %s", (max(1, limit),)).fetchall()
         found: list[Cleanup] = []
         for row in rows:

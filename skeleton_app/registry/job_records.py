@@ -136,7 +136,7 @@ class Load:
     now: datetime
     running: Mapping[str, int]  # node id -> attempts running there
     cooldown: Mapping[str, tuple[datetime, str]]  # node id -> (until, why)
-    idle_since: Mapping[str, datetime]  # node id -> end of its latest attempt
+    idle_since: Mapping[str, datetime]  # node id -> end of its latest attempt (last hour)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +226,7 @@ class JobStore(Protocol):
 
     # -- dispatchers
     def claim(self, dispatcher: str, *, lease: float, route: Router,
-              limit: int = 16) -> Claim | None:
+              limit: int = 16, only: Sequence[int] | None = None) -> Claim | None:
         """Take the oldest claimable job that `route` can place: queued ones, and running
         ones whose lease expired (their running attempt becomes `superseded`; one with
         cancel_requested becomes `cancelled` instead of running again, and None of it is
@@ -234,10 +234,12 @@ class JobStore(Protocol):
         ...
 
     def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
-                   limit: int = 16) -> tuple[Claim, ...]:
+                   limit: int = 16, only: Sequence[int] | None = None) -> tuple[Claim, ...]:
         """Up to `most` claims as `claim` takes them, in one transaction (a claim costs
         several statements under the claim lock); `route` sees each claim's node counted
-        as running in the Load of the next."""
+        as running in the Load of the next. `only`: queued jobs with these ids only (the
+        dispatcher `jobs submit --wait` runs for its own jobs). Jobs no node can take now
+        never hide the ones behind them (pages of `limit` are read)."""
         ...
 
     def renew(self, job_id: int, token: int, *, lease: float) -> bool: ...
@@ -248,11 +250,13 @@ class JobStore(Protocol):
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
                outputs: Sequence[tuple[str, bytes]] = (),
-               remote_pgid: int | None = None) -> bool:
+               remote_pgid: int | None = None, cleaned: bool = False) -> bool:
         """End the job and its running attempt, outputs stored in the same transaction.
-        False: the lease is not ours any more (nothing written). `remote_pgid`: recorded on
-        the attempt unless `started` did (an attempt that ended within its start has no
-        separate `started` write)."""
+        False: the lease is not ours any more (nothing written). `cleaned`: the node holds
+        nothing of the attempt any more (it removed it when it reported the end, or it was
+        killed); otherwise `cleanups()` lists it until a sweep has killed and removed it.
+        `remote_pgid`: recorded on the attempt unless `started` did (an attempt that ended
+        within its start has no separate `started` write)."""
         ...
 
     def lose(self, job_id: int, token: int, *, why: str, cooldown: float) -> JobState | None:

@@ -39,7 +39,7 @@ from skeleton_app.registry.job_records import (
 )
 
 # Outcomes whose node may still hold the attempt's process or directory.
-CLEANUP_OUTCOMES = ("lost", "superseded", "cancelled")
+CLEANUP_OUTCOMES = ("lost", "superseded", "cancelled", "failed", "done")
 
 
 class FakeListener:
@@ -230,24 +230,25 @@ class FakeJobStore:
             return Load(now=now, running=running, cooldown=cooldown, idle_since=idle)
 
     def claim_many(self, dispatcher: str, *, lease: float, route: Router, most: int,
-                   limit: int = 16) -> tuple[Claim, ...]:
+                   limit: int = 16, only: Sequence[int] | None = None) -> tuple[Claim, ...]:
         claims: list[Claim] = []
         with self._lock:  # one transaction: nothing else in between
             while len(claims) < most:
-                claim = self.claim(dispatcher, lease=lease, route=route, limit=limit)
+                claim = self.claim(dispatcher, lease=lease, route=route, limit=limit,
+                                   only=only)
                 if claim is None:
                     break
                 claims.append(claim)
         return tuple(claims)
 
     def claim(self, dispatcher: str, *, lease: float, route: Router,
-              limit: int = 16) -> Claim | None:
+              limit: int = 16, only: Sequence[int] | None = None) -> Claim | None:
         with self._lock:
             self._enter("claim")
             now = self.now()
             tried = 0
             for job in sorted(self.jobs.values(), key=lambda j: j.id):
-                if tried >= limit:
+                if tried >= limit * 8:  # registry/job_leases.py reads up to 8 pages
                     break
                 queued = job.state == "queued" and self.not_before.get(job.id, now) <= now
                 expired = (job.state == "running" and job.lease_until is not None
@@ -267,6 +268,8 @@ class FakeJobStore:
                                                           f" {job.attempts} times")
                         continue
                     job = self._set(job, state="queued", lease_owner=None, lease_until=None)
+                if only is not None and job.id not in only:
+                    continue
                 placed = route(job, self.load())
                 if placed is None:
                     continue
@@ -306,7 +309,7 @@ class FakeJobStore:
                state: Literal["done", "failed", "cancelled"], exit_code: int | None,
                error: str | None, stderr_tail: str, result: Mapping[str, Any],
                outputs: Sequence[tuple[str, bytes]] = (),
-               remote_pgid: int | None = None) -> bool:
+               remote_pgid: int | None = None, cleaned: bool = False) -> bool:
         with self._lock:
             self._enter("finish")
             job = self._fenced(job_id, token)
@@ -315,7 +318,7 @@ class FakeJobStore:
             running = [a for a in self.attempt_rows[job_id] if a.outcome == "running"]
             pgid = running[0].remote_pgid if running and running[0].remote_pgid else remote_pgid
             self._end_attempt(job_id, state, exit_code=exit_code, stderr_tail=stderr_tail,
-                              remote_pgid=pgid)
+                              remote_pgid=pgid, cleaned_at=self.now() if cleaned else None)
             for name, data in outputs:
                 self.file_rows[(job_id, "output", name)] = bytes(data)
             self._set(job, state=state, exit_code=exit_code, error=error, result=dict(result),

@@ -564,3 +564,33 @@ def test_open_job_store_needs_a_database(db_dsn: str) -> None:
         assert store.list() == ()
     finally:
         store.close()
+
+
+def test_jobs_no_node_can_take_never_hide_the_ones_behind(store: PostgresJobStore) -> None:
+    # 20 jobs for a role whose nodes are all down, then one that a node can take: a claim
+    # reads past the first page (16) and asks the router once per engine, not per job.
+    from skeleton_app.engines import Engine
+
+    gpu = Engine(name="whisper", role="gpu", command="whisper {input}", input="audio")
+    for n in range(20):
+        store.submit(JobSpec(engine=gpu, input_name=f"g{n}.wav", label=f"g{n}"),
+                     [(f"g{n}.wav", b"RIFF")], submitted_by="t", max_attempts=1)
+    ready = submit(store, "ready.wav")
+    asked: list[int] = []
+
+    def route(job: Job, load: Load) -> Route | None:
+        asked.append(job.id)
+        return None if job.spec.engine.role == "gpu" else Route("n1", {})
+
+    claim = store.claim("d1", lease=30, route=route)
+    assert claim is not None and claim.job.id == ready.id
+    assert len(asked) == 2  # one gpu job (then its engine is skipped), and the ready one
+
+
+def test_a_claim_limited_to_some_ids_takes_no_other(store: PostgresJobStore) -> None:
+    first, second = submit(store, "a.wav"), submit(store, "b.wav")
+    claim = store.claim("d1", lease=30, route=router(), only=[second.id])
+    assert claim is not None and claim.job.id == second.id
+    assert store.claim("d1", lease=30, route=router(), only=[second.id]) is None
+    left = store.get(first.id)
+    assert left is not None and left.state == "queued"

@@ -417,3 +417,17 @@ def test_claims_in_batches_fill_each_node_to_its_slots_and_no_further(rig: Rig) 
         rig.nodes.release(job.id)
     for job in held:
         assert rig.wait_state(job.id, "done", "failed").state == "done"
+
+
+def test_a_dispatcher_for_some_jobs_runs_no_other_and_is_no_live_dispatcher(rig: Rig) -> None:
+    # `jobs submit --wait` with no dispatcher: its own jobs only, and others must not take
+    # it for a live dispatcher (they would wait on it for ever).
+    other = rig.submit()
+    mine = rig.submit()
+    rig.dispatcher = Dispatcher(rig.dispatcher._cluster, rig.store, dispatcher_id="d2",
+                                node_api=rig.nodes, registry=rig.registry, only=[mine.id])
+    rig.start()
+    assert rig.wait_state(mine.id, "done").state == "done"
+    time.sleep(0.2)
+    assert rig.store.jobs[other.id].state == "queued"
+    assert rig.store.live_dispatchers(within=10) == ()

@@ -221,7 +221,7 @@ class AttemptRun:
         why = ctx.node_api.failure(end, engine, ctx.settings.jobs.max_file_bytes)
         if self.cancel.is_set():  # ended while a cancel was on its way: it is cancelled
             self._finish("cancelled", error="cancelled", exit_code=end.exit_code,
-                         stderr_tail=tail)
+                         stderr_tail=tail, cleaned=True)
         elif why is None:
             name = output_name(engine)
             result = {"output": name, "size": len(end.output),
@@ -229,22 +229,25 @@ class AttemptRun:
                       "seconds": round(end.seconds, 3), "node": self.node.id,
                       "attempt": self.n}
             self._finish("done", exit_code=0, stderr_tail=tail, result=result,
-                         outputs=[(name, end.output)])
+                         outputs=[(name, end.output)], cleaned=True)
         elif end.exit_code != 0 and engine.retry_on_exit:
             self._lose(why, cooldown=0.0)
         else:
-            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail, error=why)
+            self._finish("failed", exit_code=end.exit_code, stderr_tail=tail, error=why,
+                         cleaned=True)
             ctx.forget_node(self.node.id)  # a tool may have gone: check again
 
     def _finish(self, state: Literal["done", "failed", "cancelled"], *, error: str | None = None,
                 exit_code: int | None = None, stderr_tail: str = "",
                 result: dict[str, object] | None = None,
-                outputs: list[tuple[str, bytes]] | None = None) -> None:
+                outputs: list[tuple[str, bytes]] | None = None,
+                cleaned: bool = False) -> None:
         if not self._take():
             return
         ok = self.ctx.store.finish(self.job_id, self.token, state=state, exit_code=exit_code,
                                    error=error, stderr_tail=stderr_tail, result=result or {},
-                                   outputs=outputs or (), remote_pgid=self.pgid)
+                                   outputs=outputs or (), remote_pgid=self.pgid,
+                                   cleaned=cleaned)
         if ok:
             self.ending = state
             self.ctx.log(f"{self.label()}: {state}" + (f" ({error})" if error else ""))
@@ -255,10 +258,8 @@ class AttemptRun:
                          " result discarded")
 
     def _kill_then(self, state: Literal["failed", "cancelled"], *, error: str) -> None:
-        killed = self._kill()
-        self._finish(state, error=error)
-        if killed and self.ending == state:
-            self.ctx.store.cleaned(self.job_id, self.n)
+        # A kill that failed leaves the attempt to the clean-up sweep (cleaned_at NULL).
+        self._finish(state, error=error, cleaned=self._kill())
 
     def _kill(self) -> bool:
         try:

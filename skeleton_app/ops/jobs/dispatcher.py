@@ -121,7 +121,8 @@ class Dispatcher:
                  on_event: Callable[[str], None] | None = None,
                  node_api: NodeApi | None = None, registry: NodeSource | None = None,
                  max_running: int | None = None, sweep_every: float = SWEEP_EVERY,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 only: Sequence[int] | None = None):
         self._cluster = cluster
         self._settings = cluster.settings
         self._store = store
@@ -131,6 +132,10 @@ class Dispatcher:
         self._node_api = node_api or _default_node_api()
         self._fleet = Fleet(self._settings, registry, self._log)
         self._max_running = max_running
+        # `jobs submit --wait` with no dispatcher: it runs its own jobs only (never another
+        # user's, which it would leave to their leases when it stops), and it does not count
+        # as a live dispatcher (another --wait must then start its own).
+        self._only = None if only is None else tuple(int(i) for i in only)
         self._sweep_every = sweep_every
         self._clock = clock
         self._lock = threading.Lock()
@@ -207,8 +212,9 @@ class Dispatcher:
                     listener.close()
             for thread in list(self._threads):
                 thread.join(timeout=5.0)
-            with contextlib.suppress(RegistryError):
-                self._store.dispatcher_gone(self._id)
+            if self._only is None:
+                with contextlib.suppress(RegistryError):
+                    self._store.dispatcher_gone(self._id)
             self._fleet.close()
             self._log(f"dispatcher {self._id} stopped")
         with self._lock:
@@ -247,7 +253,7 @@ class Dispatcher:
                 break
             try:
                 claims = self._store.claim_many(self._id, lease=self._settings.jobs.lease,
-                                                route=self._route, most=most)
+                                                route=self._route, most=most, only=self._only)
             except RegistryError as exc:
                 self._log(f"claim: {exc}")
                 break
@@ -353,6 +359,8 @@ class Dispatcher:
             return None
 
     def _beat(self) -> None:
+        if self._only is not None:
+            return
         try:
             self._store.dispatcher_seen(self._id, host=socket.gethostname(), pid=os.getpid())
         except RegistryError as exc:

@@ -74,7 +74,9 @@ CREATE TABLE job_attempts (
 );
 
 CREATE INDEX job_attempts_running ON job_attempts (node_id) WHERE outcome = 'running';
-CREATE INDEX job_attempts_ended ON job_attempts (node_id, ended_at);
+-- Claims read the last hour's ends (idle longest wins a tie) under the claim lock: a range
+-- on ended_at, so the cost does not grow with the whole history.
+CREATE INDEX job_attempts_ended ON job_attempts (ended_at, node_id);
 CREATE INDEX job_attempts_unclean ON job_attempts (ended_at)
     WHERE cleaned_at IS NULL AND outcome IN ('cancelled', 'lost', 'superseded');
 
