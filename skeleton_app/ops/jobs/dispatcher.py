@@ -244,7 +244,15 @@ class Dispatcher:
         """Claim and start jobs while one can be routed; how many were started. Claims come
         CLAIM_BATCH to a transaction (each is several statements under the claim lock)."""
         started = 0
+        burst_until = self._clock() + self._settings.jobs.lease / 6
         while not self._halt.is_set():
+            if started and self._clock() >= burst_until:
+                # A long burst of claims must not starve the renewals of the jobs already
+                # running here (their leases would lapse and this dispatcher would take its
+                # own jobs over): the loop renews, then claims again.
+                self._wake.set()
+                break
+            self._watch_running()
             most = CLAIM_BATCH
             with self._lock:
                 if self._max_running is not None:
