@@ -58,6 +58,7 @@ def test_a_job_is_queued_with_its_input(tmp_path: Path, wav: Path) -> None:
     (lambda j, p: j.submit("tts", text=""), "needs a text, and it is empty"),
     (lambda j, p: j.submit("tts", text="  \n "), "needs a text, and it is empty"),
     (lambda j, p: j.submit("tts", text="x" * 10_001), "too long"),
+    (lambda j, p: j.submit("tts", text="'" * 10_000), "too long once shell-quoted"),
     (lambda j, p: j.submit("tts", p), "takes a text"),
     (lambda j, p: j.submit("run", p, role="stt_batch"), "needs a command"),
     (lambda j, p: j.submit("run", p, command="cat {input}"), "needs a role"),

@@ -7,6 +7,7 @@ max_attempts. Every problem is a UsageError (exit 2) naming it.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,9 @@ def build_engine(settings: Settings, name: str, *, command: str | None,
         engine = Engine.from_dict(engine.name, raw, source="jobs submit")
     return engine
 
+MAX_QUOTED_TEXT = 64 * 1024
+
+
 def max_attempts_of(settings: Settings, value: int | None) -> int:
     if value is None:
         return settings.jobs.max_attempts
@@ -87,6 +91,11 @@ def prepare(engine: Engine, input: str | os.PathLike[str] | None, text: str | No
             raise UsageError(f"the text is too long ({len(text)} characters, at most"
                              f" {MAX_TEXT})" if len(text) > MAX_TEXT
                              else "the text contains a NUL character")
+        if len(shlex.quote(shlex.quote(text))) > MAX_QUOTED_TEXT:
+            # The command reaches the node as one argument of `sh -c`, quoted twice; Linux
+            # refuses an argument over 128 KiB, and every node would fail the job in turn.
+            raise UsageError(f"the text is too long once shell-quoted (at most"
+                             f" {MAX_QUOTED_TEXT // 1024} KiB; quotes count five times)")
         label = " ".join(text.split())
         return Prepared(JobSpec(engine=engine, text=text,
                                  label=label[:60] + ("..." if len(label) > 60 else "")),
