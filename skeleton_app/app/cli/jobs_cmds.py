@@ -147,9 +147,13 @@ def output_cmd(ctx: click.Context, job_id: int, out: str | None, config: str | N
     data = result.output or b""
     if out is not None:
         write_atomic(out, data, job_id)
-    elif sys.stdout.isatty() and b"\0" in data:
-        raise click.UsageError(f"job {job_id}'s output is binary ({result.output_name}):"
-                               " give --out FILE or pipe it")
+    elif sys.stdout.isatty():
+        if b"\0" in data:
+            raise click.UsageError(f"job {job_id}'s output is binary ({result.output_name}):"
+                                   " give --out FILE or pipe it")
+        from skeleton_app.app.views.common import sanitize
+
+        click.echo(sanitize(data.decode("utf-8", "replace")), nl=False)
     else:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)

@@ -179,9 +179,17 @@ class ResultPrinter:
             if self.several:
                 self.out.write(f"==> {name} <==\n")
             text = result.text
+            if _is_tty(self.out):
+                # A node's output on a terminal: escape sequences shown, never obeyed.
+                text = sanitize(text)
             self.out.write(text if text.endswith("\n") or not text else text + "\n")
         self.out.flush()
         self.err.flush()
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def failure_line(job: Job) -> str:
