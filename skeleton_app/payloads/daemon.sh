@@ -59,28 +59,6 @@ fi
 [ -n "$lock_file" ] || usage "LOCK_FILE must not be empty"
 [ -n "$pid_file" ] || usage "PID_FILE must not be empty"
 
-# tenths SECONDS: print SECONDS as a whole number of tenths ("2" -> 20, "0.55" -> 5), for
-# polling every 0.1 s with shell integer arithmetic.
-tenths() {
-    case $1 in
-        '' | . | *[!0-9.]* | *.*.*) return 1 ;;
-    esac
-    _int=${1%%.*}
-    _frac=${1#"$_int"}
-    _frac=${_frac#.}
-    # Leading zeros would make $((...)) read the number as octal.
-    while :; do
-        case $_int in
-            0?*) _int=${_int#0} ;;
-            *) break ;;
-        esac
-    done
-    case $_frac in
-        '') _frac=0 ;;
-        *) _frac=$(printf '%.1s' "$_frac") ;;
-    esac
-    echo "$((${_int:-0} * 10 + _frac))"
-}
 
 stop_tenths=$(tenths "$stop_grace") || usage "STOP_GRACE must be a number of seconds, got \"$stop_grace\""
 start_tenths=$(tenths "$start_grace") || usage "START_GRACE must be a number of seconds, got \"$start_grace\""

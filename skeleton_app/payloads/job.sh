@@ -63,26 +63,6 @@ count() {
     esac
 }
 
-# tenths SECONDS: SECONDS as whole tenths ("2" -> 20, "0.55" -> 5).
-tenths() {
-    case $1 in
-        '' | . | *[!0-9.]* | *.*.* | ?????????????*) return 1 ;;
-    esac
-    _int=${1%%.*}
-    _frac=${1#"$_int"}
-    _frac=${_frac#.}
-    while :; do
-        case $_int in
-            0?*) _int=${_int#0} ;;
-            *) break ;;
-        esac
-    done
-    case $_frac in
-        '') _frac=0 ;;
-        *) _frac=$(printf '%.1s' "$_frac") ;;
-    esac
-    echo "$((${_int:-0} * 10 + _frac))"
-}
 
 [ "$#" -ge 2 ] || usage "expected ACTION APP_DIR ..., got $# arguments"
 action=$1

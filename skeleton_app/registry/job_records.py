@@ -45,6 +45,10 @@ def safe_file_name(name: str, *, default: str = "input") -> str:
     return kept
 
 
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to run: the engine (whole, as it was when submitted), the input file's name or the
@@ -109,6 +113,19 @@ class Job:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (`jobs list/show --json`); `attempts_made` is the count."""
+        return {
+            "id": self.id, "engine": self.engine, "role": self.role, "state": self.state,
+            "label": self.spec.label, "input": self.spec.input_name, "text": self.spec.text,
+            "submitted_by": self.submitted_by, "submitted_at": _iso(self.submitted_at),
+            "attempts_made": self.attempts, "max_attempts": self.max_attempts,
+            "cancel_requested": self.cancel_requested, "node": self.node,
+            "lease_owner": self.lease_owner, "lease_until": _iso(self.lease_until),
+            "finished_at": _iso(self.finished_at), "exit_code": self.exit_code,
+            "error": self.error, "result": dict(self.result),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,8 @@ def test_cool_down_slots_gpu_and_preflight_rejections() -> None:
     assert others["nogpu"] == "no GPU reported"
     assert others["smallgpu"] == "GPU memory 1000 MiB free, needs 4000"
     assert others["notools"] == "sox is not installed on notools"
-    assert others["unchecked"] == "preflight pending"
+    assert others["unchecked"]["preflight"] == "pending"  # scored, worse: nothing held
+    assert others["unchecked"]["score"] > decision.reason["score"]
     assert decision.needs_preflight == ("unchecked",)
     # The best GPU (6000 of 8000 free) is the one scored.
     assert decision.reason["terms"]["gpu"] == 0.25

@@ -27,23 +27,10 @@ STDERR_LINES = 10  # of each attempt's stderr tail in `show`
 # ---------------------------------------------------------------- JSON
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
 def job_dict(job: Job) -> dict[str, Any]:
     """A job's fields, keyed as `JobDetail.as_dict()` keys them (`show --json`), whose
     `attempts` is the list of attempts: the count is `attempts_made`."""
-    return {
-        "id": job.id, "engine": job.engine, "role": job.role, "state": job.state,
-        "label": job.spec.label, "input": job.spec.input_name, "text": job.spec.text,
-        "submitted_by": job.submitted_by, "submitted_at": _iso(job.submitted_at),
-        "attempts_made": job.attempts, "max_attempts": job.max_attempts,
-        "cancel_requested": job.cancel_requested, "node": job.node,
-        "lease_owner": job.lease_owner, "lease_until": _iso(job.lease_until),
-        "finished_at": _iso(job.finished_at), "exit_code": job.exit_code,
-        "error": job.error, "result": dict(job.result),
-    }
+    return job.as_dict()
 
 
 def list_json(jobs: Iterable[Job]) -> str:

@@ -78,14 +78,7 @@ class JobDetail:
     def as_dict(self) -> dict[str, Any]:
         job = self.job
         return {
-            "id": job.id, "engine": job.engine, "role": job.role, "state": job.state,
-            "label": job.spec.label, "input": job.spec.input_name, "text": job.spec.text,
-            "submitted_by": job.submitted_by, "submitted_at": _iso(job.submitted_at),
-            "attempts_made": job.attempts, "max_attempts": job.max_attempts,
-            "cancel_requested": job.cancel_requested, "node": job.node,
-            "lease_owner": job.lease_owner, "lease_until": _iso(job.lease_until),
-            "finished_at": _iso(job.finished_at), "exit_code": job.exit_code,
-            "error": job.error, "result": dict(job.result),
+            **job.as_dict(),
             "attempts": [{
                 "n": a.n, "node": a.node_id, "dispatcher": a.dispatcher,
                 "started_at": _iso(a.started_at), "ended_at": _iso(a.ended_at),

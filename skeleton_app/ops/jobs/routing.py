@@ -223,6 +223,9 @@ def decide(engine: Engine, entries: Sequence[NodeEntry], load: Load, *,
         return Decision(None, reason, tuple(pending))
     for item in scored[1:]:
         others[item.node_id] = {"score": round(item.score, 3), "terms": item.terms}
+    for item in held:  # scored worse while its check runs: `jobs show` still says by how much
+        others[item.node_id] = {"score": round(item.score, 3), "terms": item.terms,
+                                "preflight": "pending"}
     reason.update(chosen=best.node_id, score=round(best.score, 3), terms=best.terms,
                   heartbeat_age_s=best.heartbeat_age_s, candidates=len(scored),
                   others=dict(sorted(others.items())))
