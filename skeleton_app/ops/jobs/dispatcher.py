@@ -286,7 +286,9 @@ class Dispatcher:
             entry = self._fleet.entries.get(node_id)
             if entry is not None:
                 self._preflight.schedule(entry.node, engine)
-        if decision.route is None:
+        if decision.route is None and decision.needs_preflight:
+            pass  # a check is on its way: the job is routed again when it ends (no news yet)
+        elif decision.route is None:
             line = routing.explain(decision.reason)
             if self._unroutable.get(job.id) != line:
                 if len(self._unroutable) > 1000:  # jobs taken by others meanwhile
