@@ -276,7 +276,8 @@ def _digest(testbed: Testbed, node: str, app_dir: str) -> str | None:
 
 
 def _row(out: str, node: str) -> str:
-    return next((line for line in out.splitlines() if f" {node} " in line), "")
+    return next((line for line in out.splitlines()
+                 if re.search(rf"(^|\s){re.escape(node)}\s", line)), "")
 
 
 def test_ctrl_c_stops_deploy_and_says_what_was_committed(testbed: Testbed,

@@ -59,6 +59,10 @@ class Ctx:
         self.config = config
         self.overrides: dict[str, Any] = {}
         self._session: Session | None = None
+        # Set by the `--format` and `--list-hosts` options (`expose_value=False`: no command
+        # signature carries them; `select` and the views read them from here).
+        self.output_format: str | None = None
+        self.list_hosts = False
 
     def session(self) -> Session:
         if self._session is None:
@@ -76,7 +80,40 @@ class Ctx:
             self._session.close()
 
 
+FORMATS = ("table", "plain", "tsv", "json")
+
+
+def _store_format(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from skeleton_app.app.views import common as render
+
+        ctx.find_root().obj.output_format = value
+        render.set_format(value)
+
+
+def _store_list_hosts(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().obj.list_hosts = True
+
+
+format_option = click.option(
+    "--format", "output_format", type=click.Choice(FORMATS), default=None,
+    expose_value=False, callback=_store_format,
+    help="table (default on a terminal), plain (default when piped), tsv or json.")
+list_hosts_option = click.option(
+    "--list-hosts", is_flag=True, expose_value=False, callback=_store_list_hosts,
+    help="Print the selected nodes, one per line, and run nothing.")
+
+
+def output_format(ctx: click.Context) -> str | None:
+    """The command's `--format`, None when not given (the view picks by the terminal)."""
+    state: Ctx = ctx.find_root().obj
+    return state.output_format
+
+
 def selection_options(fn: F) -> F:
+    fn = format_option(fn)
+    fn = list_hosts_option(fn)
     fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
                       help="At most this many nodes in flight (default ssh.fanout).")(fn)
     fn = click.option("--exclude", "exclude", multiple=True, metavar="SPEC",
@@ -110,5 +147,12 @@ def select(ctx: click.Context, config: str | None, fanout: int | None,
            node_specs: Sequence[str], roles: Sequence[str],
            exclude: Sequence[str]) -> tuple[Session, tuple[Node, ...]]:
     """The session and the nodes a command's selection options name."""
-    session = prepare(ctx, config, fanout).session()
-    return session, session.select(Selection(node_specs, roles, exclude))
+    state = prepare(ctx, config, fanout)
+    session = state.session()
+    nodes = session.select(Selection(node_specs, roles, exclude))
+    if state.list_hosts:
+        # `pdsh -q`, `ansible --list-hosts`: the selection as resolved, nothing runs.
+        for node in nodes:
+            click.echo(node.id)
+        raise click.exceptions.Exit(0)
+    return session, nodes

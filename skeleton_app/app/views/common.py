@@ -77,8 +77,45 @@ def console(file: IO[str] | None = None) -> Any:
     return Console(file=file, highlight=False, soft_wrap=False, width=width)
 
 
+# The command's `--format` (set once by the CLI); None: `table` on a terminal, else `plain`.
+_FORMAT: str | None = None
+
+
+def set_format(name: str | None) -> None:
+    global _FORMAT
+    _FORMAT = name
+
+
+def table_format(file: IO[str] | None = None) -> str:
+    """How tables print to `file`: the `--format` given, else `table` on a terminal and
+    `plain` (aligned text, no box drawing) for pipes and files."""
+    if _FORMAT is not None:
+        return _FORMAT
+    target = file or sys.stdout
+    isatty = getattr(target, "isatty", None)
+    return "table" if isatty is not None and isatty() else "plain"
+
+
+def _tsv_field(text: str) -> str:
+    # One record per line, one field per tab: tabs and newlines inside a value are escaped.
+    return sanitize(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
 def table(title: str | None, columns: list[str], rows: list[list[str]], *,
           file: IO[str] | None = None) -> None:
+    fmt = table_format(file)
+    out = file or sys.stdout
+    if fmt == "tsv":
+        for row in [columns, *rows]:
+            out.write("\t".join(_tsv_field(c) for c in row) + "\n")
+        return
+    if fmt == "plain":
+        cells = [[sanitize(c).replace("\n", " ") for c in row] for row in [columns, *rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        for row in cells:
+            out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                      + "\n")
+        return
     from rich.table import Table
     from rich.text import Text
 

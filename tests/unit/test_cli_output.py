@@ -1,0 +1,90 @@
+"""Output for scripts and pipes: `--list-hosts` prints the resolved selection and runs
+nothing; tables print as plain aligned text (no box drawing) when stdout is not a terminal,
+and as `--format plain|tsv|table` when asked."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from skeleton_app.app.cli import cli, main
+from skeleton_app.app.views import common as render
+
+CONFIG = """\
+nodes:
+  - {id: linux-01, host: 127.0.0.1, port: 1, roles: [stt]}
+  - {id: linux-02, host: 127.0.0.1, port: 1, roles: [tts]}
+  - {id: linux-03, host: 127.0.0.1, port: 1, roles: [stt]}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _reset_format() -> None:
+    render.set_format(None)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [
+    ["cluster", "exec", "--list-hosts", "--role", "stt", "touch /tmp/never"],
+    ["cluster", "status", "--list-hosts", "--role", "stt"],
+    ["cluster", "deploy", "--list-hosts", "--role", "stt"],
+    ["cluster", "daemon", "restart", "--list-hosts", "--role", "stt"],
+])
+def test_list_hosts_prints_the_selection_and_connects_to_nothing(
+        config: str, command: list[str]) -> None:
+    # Port 1 on loopback refuses every connection: had anything run, the exit code would
+    # be 4 (unreachable).
+    result = CliRunner().invoke(cli, ["-c", config, *command])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["linux-01", "linux-03"]
+
+
+def test_list_hosts_with_a_bad_selection_is_still_a_usage_error(
+        config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["-c", config, "cluster", "exec", "--list-hosts", "--node", "linux-09", "true"])
+    assert exit_.value.code == 2
+    assert "unknown node linux-09" in capsys.readouterr().err
+
+
+ROWS = [["linux-01", "up", "a\tb"], ["linux-002", "down", "x\ny"]]
+
+
+def test_a_table_on_a_pipe_is_plain_aligned_text() -> None:
+    out = io.StringIO()
+    render.table("Nodes", ["node", "state", "note"], ROWS, file=out)
+    lines = out.getvalue().splitlines()
+    assert lines == ["node       state  note",
+                     "linux-01   up     a\tb",
+                     "linux-002  down   x y"]
+    assert not any(ch in out.getvalue() for ch in "┃│━─┏")
+
+
+def test_tsv_escapes_tabs_and_newlines_inside_values() -> None:
+    render.set_format("tsv")
+    out = io.StringIO()
+    render.table(None, ["node", "state", "note"], ROWS, file=out)
+    assert out.getvalue().splitlines() == ["node\tstate\tnote", "linux-01\tup\ta\\tb",
+                                           "linux-002\tdown\tx\\ny"]
+
+
+def test_format_table_draws_boxes_even_on_a_pipe() -> None:
+    render.set_format("table")
+    out = io.StringIO()
+    render.table(None, ["node"], [["linux-01"]], file=out)
+    assert "linux-01" in out.getvalue() and "━" in out.getvalue()
+
+
+def test_plain_text_never_replays_a_nodes_escape_sequences() -> None:
+    out = io.StringIO()
+    render.table(None, ["node"], [["\x1b[2Jevil"]], file=out)
+    assert "\x1b" not in out.getvalue() and "\\x1b[2Jevil" in out.getvalue()
