@@ -74,8 +74,8 @@ def test_status_gpu_column_from_real_capture_and_broken_driver(testbed: Testbed)
     assert nodes["node-02"]["data"]["status"]["gpu"]["state"] != gpu1["state"]
     assert "H200 0/140GiB 0% 38°C" in table.stdout
     assert "err: couldn't communicate" in table.stdout
-    lines = {ln.split()[1]: ln for ln in table.stdout.splitlines()
-             if len(ln.split()) > 1 and ln.split()[1].startswith("node-")}
+    lines = {ln.split()[0]: ln for ln in table.stdout.splitlines()
+             if ln.split() and ln.split()[0].startswith("node-")}
     assert set(lines) == {"node-01", "node-02", "node-03"}
 
 

@@ -63,7 +63,8 @@ def test_a_table_on_a_pipe_is_plain_aligned_text() -> None:
     out = io.StringIO()
     render.table("Nodes", ["node", "state", "note"], ROWS, file=out)
     lines = out.getvalue().splitlines()
-    assert lines == ["node       state  note",
+    assert lines == ["Nodes",
+                     "node       state  note",
                      "linux-01   up     a\tb",
                      "linux-002  down   x y"]
     assert not any(ch in out.getvalue() for ch in "┃│━─┏")

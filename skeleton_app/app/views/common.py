@@ -110,6 +110,8 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
             out.write("\t".join(_tsv_field(c) for c in row) + "\n")
         return
     if fmt == "plain":
+        if title:  # for a reader; `--format tsv` is the one for parsers
+            out.write(sanitize(title) + "\n")
         cells = [[sanitize(c).replace("\n", " ") for c in row] for row in [columns, *rows]]
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
         for row in cells:
