@@ -24,7 +24,7 @@ def cluster() -> None:
 @click.option("--timeout", type=Seconds(), default=None,
               help="Kill the command on the node after this many seconds.")
 @click.option("--stream", is_flag=True, help="Print lines live as 'node: line'.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Write every node's full stdout/stderr to DIR/<node>.out and .err.")
 @click.pass_context
@@ -55,7 +55,7 @@ def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: t
 
 @cluster.command("status")
 @selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 @click.pass_context
 def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
@@ -96,7 +96,7 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
               metavar="SECONDS", help="How long to wait for another deploy's lock on a node.")
 @click.option("--allow-secrets", is_flag=True,
               help="Send the tree even if it holds private keys (refused by default).")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
@@ -135,7 +135,7 @@ def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
               help="Build from these pre-built wheels only, no index (default"
                    " bootstrap.wheelhouse).")
 @click.option("--force", is_flag=True, help="Install even where the node is up to date.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def bootstrap_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                   roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
@@ -260,7 +260,7 @@ def daemon_status(ctx: click.Context, config: str | None, node_specs: tuple[str,
                    " (nothing is stored here).")
 @click.option("--streams-per-sender", type=click.IntRange(min=1), default=4,
               show_default=True, help="At most this many streams from one sending node.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                     roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
@@ -306,7 +306,7 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
               metavar="SIZE", help="At most SIZE of log per node (its newest bytes).")
 @click.option("--max-line", "max_line_text", default="64K", show_default=True,
               metavar="SIZE", help="Lines longer than SIZE are cut to their first SIZE bytes.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
              roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,

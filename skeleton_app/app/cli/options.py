@@ -63,6 +63,9 @@ class Ctx:
         # signature carries them; `select` and the views read them from here).
         self.output_format: str | None = None
         self.list_hosts = False
+        from skeleton_app.app.views import common as render
+
+        render.set_format(None)  # one command per Ctx: no format left over from the last one
 
     def session(self) -> Session:
         if self._session is None:
@@ -107,8 +110,19 @@ list_hosts_option = click.option(
 
 def output_format(ctx: click.Context) -> str | None:
     """The command's `--format`, None when not given (the view picks by the terminal)."""
-    state: Ctx = ctx.find_root().obj
-    return state.output_format
+    state: Ctx | None = ctx.find_root().obj
+    return state.output_format if state is not None else None
+
+
+def wants_json(ctx: click.Context, as_json: bool) -> bool:
+    """`--json` or `--format json`: the one test every command's JSON branch makes."""
+    return as_json or output_format(ctx) == "json"
+
+
+def _json_value(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    # Click processes the options given on the command line first, so `--format json` is
+    # stored by the time this runs even when `--json` is absent: `as_json` says both.
+    return wants_json(ctx, value)
 
 
 def selection_options(fn: F) -> F:
@@ -129,8 +143,14 @@ def selection_options(fn: F) -> F:
 
 config_option = click.option("--config", "-c", "config", default=None, metavar="PATH",
                              help="Config file.")
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print the whole result as JSON.")
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_value,
+                           help="Print the whole result as JSON (= --format json).")
+
+
+def output_options(fn: F) -> F:
+    """`--format` and `--json` for a command without `selection_options` (which carries
+    `--format` already): one line per command."""
+    return format_option(json_option(fn))
 
 
 def prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:

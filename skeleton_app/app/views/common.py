@@ -78,6 +78,9 @@ def console(file: IO[str] | None = None) -> Any:
 
 
 # The command's `--format` (set once by the CLI); None: `table` on a terminal, else `plain`.
+# `json`: the command prints its JSON instead of its tables (`--json` is its alias); a table
+# printed anyway (a command without a JSON form of its own) is a list of objects keyed by
+# column.
 _FORMAT: str | None = None
 
 
@@ -91,9 +94,21 @@ def table_format(file: IO[str] | None = None) -> str:
     `plain` (aligned text, no box drawing) for pipes and files."""
     if _FORMAT is not None:
         return _FORMAT
-    target = file or sys.stdout
-    isatty = getattr(target, "isatty", None)
-    return "table" if isatty is not None and isatty() else "plain"
+    return "table" if _isatty(file or sys.stdout) else "plain"
+
+
+def _isatty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def live_display(file: IO[str] | None = None) -> bool:
+    """May a progress bar or a Live display draw on `file` (stderr by default)? Only when
+    both it and stdout are terminals and the format is `table`: a pipe, a file, `--json` or
+    `--format plain|tsv` get no cursor movement and no bars, just the result."""
+    if _FORMAT not in (None, "table"):
+        return False
+    return _isatty(sys.stdout) and _isatty(file or sys.stderr)
 
 
 def _tsv_field(text: str) -> str:
@@ -103,8 +118,19 @@ def _tsv_field(text: str) -> str:
 
 def table(title: str | None, columns: list[str], rows: list[list[str]], *,
           file: IO[str] | None = None) -> None:
+    """Print a table as the command's format says: Rich's box drawing (`table`, the default
+    on a terminal), aligned text (`plain`, the default for pipes and files; the title on its
+    own line), `tsv` (a header line then one line per row; tabs, newlines and backslashes
+    inside a value escaped as \\t, \\n, \\\\) or `json` (a list of objects keyed by
+    column). Every cell is node text: `sanitize`d, and one field whatever it holds."""
     fmt = table_format(file)
     out = file or sys.stdout
+    if fmt == "json":
+        import json
+
+        out.write(json.dumps([dict(zip(columns, row, strict=True)) for row in rows],
+                             indent=2) + "\n")
+        return
     if fmt == "tsv":
         for row in [columns, *rows]:
             out.write("\t".join(_tsv_field(c) for c in row) + "\n")

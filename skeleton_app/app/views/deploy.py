@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from skeleton_app.app.views.common import console, format_bytes, sanitize, table
+from skeleton_app.app.views.common import console, format_bytes, live_display, sanitize, table
 from skeleton_app.nodes import Node
 from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
 from skeleton_app.results import ClusterResult
@@ -25,7 +25,8 @@ class DeployProgress:
     """One line per node: phase, a bar of the transfer's percent, files seen, bytes.
 
     Use as a context manager and pass `update` as the deploy's `on_progress`. Draws only on a
-    terminal (stderr by default), so pipes and `--json` stay clean.
+    terminal (stderr by default) while stdout is one too and the format is `table`
+    (`live_display`), so pipes, `--json` and `--format plain|tsv` stay clean.
     """
 
     def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
@@ -33,7 +34,7 @@ class DeployProgress:
         import sys
 
         target = file or sys.stderr
-        self.enabled = force or target.isatty()
+        self.enabled = force or live_display(target)
         self._tasks: dict[str, Any] = {}
         if not self.enabled:
             return  # piped: no display, and no need to import Rich's progress machinery

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from skeleton_app.app.views.common import console, sanitize
+from skeleton_app.app.views.common import console, live_display, sanitize
 from skeleton_app.ops.sync_models import SyncOutcome, SyncProgress
 from skeleton_app.ops.sync_models.outcome import size_text
 from skeleton_app.results import ClusterResult
@@ -45,8 +45,9 @@ def summary_rows(result: ClusterResult[SyncOutcome]) -> list[list[str]]:
 
 
 class SyncModelsProgress:
-    """sync-models progress per target on stderr: Rich bars on a terminal, otherwise one line
-    per event except the frequent transfer/preflight/verify ticks. Use as a context manager
+    """sync-models progress per target on stderr: Rich bars on a terminal (`live_display`:
+    stdout a terminal too, format `table`), otherwise one line per event except the frequent
+    transfer/preflight/verify ticks. Use as a context manager
     and pass `update` as the sync's `on_progress`; with `enabled=False` (--json) it is silent.
     """
 
@@ -55,7 +56,7 @@ class SyncModelsProgress:
 
         self.enabled = enabled
         self.file = file or sys.stderr
-        self.tty = enabled and self.file.isatty()
+        self.tty = enabled and live_display(self.file)
         self._progress: Any = None  # a rich.progress.Progress, imported only on a terminal
         self._tasks: dict[str, Any] = {}
 
