@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from skeleton_app.app.cli.options import Seconds, config_option, json_option, prepare
+from skeleton_app.app.cli.options import Seconds, config_option, output_options, prepare
 
 
 class JobId(click.ParamType[int, Any]):
@@ -60,7 +60,7 @@ def jobs() -> None:
               help="run: the input file, {input} in the command.")
 @click.option("--output", "output_name", default=None, metavar="NAME",
               help="run: the output file's name, {output} in the command.")
-@json_option
+@output_options
 @config_option
 @click.pass_context
 def submit_cmd(ctx: click.Context, engine: str, args: tuple[str, ...], out: str | None,
@@ -96,7 +96,7 @@ def submit_cmd(ctx: click.Context, engine: str, args: tuple[str, ...], out: str 
 @click.option("--state", "states", multiple=True, type=click.Choice(JOB_STATES),
               help="Only jobs in this state; repeatable.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
-@json_option
+@output_options
 @config_option
 @click.pass_context
 def list_cmd(ctx: click.Context, states: tuple[str, ...], limit: int, as_json: bool,
@@ -116,7 +116,7 @@ def list_cmd(ctx: click.Context, states: tuple[str, ...], limit: int, as_json: b
 
 @jobs.command("show")
 @click.argument("job_id", metavar="JOB", type=JOB)
-@json_option
+@output_options
 @config_option
 @click.pass_context
 def show_cmd(ctx: click.Context, job_id: int, as_json: bool, config: str | None) -> int:
@@ -163,28 +163,31 @@ def output_cmd(ctx: click.Context, job_id: int, out: str | None, config: str | N
 
 @jobs.command("cancel")
 @click.argument("job_id", metavar="JOB", type=JOB)
+@output_options
 @config_option
 @click.pass_context
-def cancel_cmd(ctx: click.Context, job_id: int, config: str | None) -> int:
+def cancel_cmd(ctx: click.Context, job_id: int, as_json: bool, config: str | None) -> int:
     """Cancel a job: a queued one at once, a running one is killed on its node."""
     from skeleton_app.app import commands
     from skeleton_app.app.views import jobs as view
 
-    click.echo(view.cancel_line(commands.jobs_cancel(prepare(ctx, config, None).session(),
-                                                     job_id)))
+    job = commands.jobs_cancel(prepare(ctx, config, None).session(), job_id)
+    click.echo(view.job_json(job) if as_json else view.cancel_line(job))
     return 0
 
 
 @jobs.command("retry")
 @click.argument("job_id", metavar="JOB", type=JOB)
+@output_options
 @config_option
 @click.pass_context
-def retry_cmd(ctx: click.Context, job_id: int, config: str | None) -> int:
+def retry_cmd(ctx: click.Context, job_id: int, as_json: bool, config: str | None) -> int:
     """Queue a failed or cancelled job again (its attempts start from zero)."""
     from skeleton_app.app import commands
+    from skeleton_app.app.views import jobs as view
 
     job = commands.jobs_retry(prepare(ctx, config, None).session(), job_id)
-    click.echo(f"job {job.id} queued again")
+    click.echo(view.job_json(job) if as_json else f"job {job.id} queued again")
     return 0
 
 

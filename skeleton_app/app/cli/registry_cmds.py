@@ -5,11 +5,12 @@ journal of recorded cluster operations.
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from skeleton_app.app.cli.options import config_option, prepare, select
+from skeleton_app.app.cli.options import config_option, output_options, prepare, select
 from skeleton_app.errors import NodeError, NodeErrorKind, UsageError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def nodes() -> None:
 
 @nodes.command("list")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@output_options
 @click.pass_context
 def nodes_list(ctx: click.Context, config: str | None, as_json: bool) -> int:
     """Every registered node, enabled or not, with its heartbeat."""
@@ -222,41 +223,36 @@ def runs() -> None:
 @runs.command("list")
 @config_option
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@output_options
 @click.pass_context
-def runs_list(ctx: click.Context, config: str | None, limit: int) -> int:
-    """The latest runs."""
-    from skeleton_app.app.views import common as render
+def runs_list(ctx: click.Context, config: str | None, limit: int, as_json: bool) -> int:
+    """The latest runs (--json: the journal records, keys in the README)."""
+    from skeleton_app.app.views import runs as view
 
     with _registry(ctx, config) as registry:
         records = registry.list_runs(limit=limit)
-    rows = [[str(r.id), r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.who, r.operation,
-             ",".join(r.selection)[:40], "-" if r.exit_code is None else str(r.exit_code),
-             f"{r.ok_count}/{r.node_count}", "-" if r.duration is None else f"{r.duration:.2f}s"]
-            for r in records]
-    render.table(None, ["run", "started", "who", "operation", "selection", "exit", "ok",
-                        "took"], rows)
+    if as_json:
+        click.echo(view.runs_json(records))
+    else:
+        view.runs_table(records, sys.stdout)
     return 0
 
 
 @runs.command("show")
 @click.argument("run_id", type=int)
 @config_option
+@output_options
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: int, config: str | None) -> int:
-    """One run with its per-node outcomes."""
-    from skeleton_app.app.views import common as render
+def runs_show(ctx: click.Context, run_id: int, config: str | None, as_json: bool) -> int:
+    """One run with its per-node outcomes (--json: the record and every node's)."""
+    from skeleton_app.app.views import runs as view
 
     with _registry(ctx, config) as registry:
         record = registry.get_run(run_id)
     if record is None:
         raise UsageError(f"unknown run {run_id}")
-    click.echo(f"run {record.id}: {record.operation} by {record.who} at "
-               f"{record.started_at:%Y-%m-%d %H:%M:%S}, exit {record.exit_code}")
-    click.echo(f"arguments: {json.dumps(record.arguments)}")
-    rows = [[n.node_id, "-" if n.exit_code is None else str(n.exit_code),
-             f"{n.error_kind}: {n.error}" if n.error_kind else "",
-             "-" if n.duration is None else f"{n.duration:.2f}s",
-             (n.stdout_tail or n.stderr_tail).strip()[-60:]] for n in record.nodes]
-    render.table(None, ["node", "exit", "error", "took", "output (tail)"], rows)
+    if as_json:
+        click.echo(view.run_json(record))
+    else:
+        view.run_text(record, sys.stdout)
     return 0
-

@@ -33,6 +33,11 @@ def job_dict(job: Job) -> dict[str, Any]:
     return job.as_dict()
 
 
+def job_json(job: Job) -> str:
+    """`jobs cancel|retry --json`: the job as it is now (`job_dict`)."""
+    return json.dumps(job_dict(job), indent=2)
+
+
 def list_json(jobs: Iterable[Job]) -> str:
     return json.dumps([job_dict(j) for j in jobs], indent=2)
 
