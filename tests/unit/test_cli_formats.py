@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from skeleton_app.app import commands
 from skeleton_app.app.cli import cli, main, registry_cmds
 from skeleton_app.app.cli.options import Ctx
+from skeleton_app.app.cli.options import _json_value as json_option_callback
 from skeleton_app.app.commands import Done, Session, SyncDone
 from skeleton_app.app.views import common as render
 from skeleton_app.app.views.deploy import DeployProgress
@@ -300,7 +301,8 @@ def test_progress_draws_only_on_a_terminal_in_table_format(
 
 
 def test_every_command_that_prints_a_result_takes_format() -> None:
-    """A new command gets `--format` from `selection_options` or `output_options`."""
+    """A new command gets `--format` from `selection_options` or `output_options`, and its
+    `--json` from `json_option` (so that `--format json` is `--json`)."""
     import click
 
     def walk(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
@@ -319,3 +321,6 @@ def test_every_command_that_prints_a_result_takes_format() -> None:
             command = command.commands[name]
         assert isinstance(command, click.Command)
         assert any("--format" in p.opts for p in command.params), path
+        # `--json` is `options.json_option` (an inline one would not see `--format json`).
+        (flag,) = [p for p in command.params if "--json" in p.opts]
+        assert flag.callback is json_option_callback, path
