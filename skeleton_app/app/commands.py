@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from skeleton_app.config import Settings
     from skeleton_app.nodes import Node
     from skeleton_app.ops.bootstrap import BootstrapOutcome
+    from skeleton_app.ops.copy import CopyOutcome, TransferEvent
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
+    from skeleton_app.ops.fetch import FetchOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -340,6 +342,36 @@ def logs(session: Session, nodes: Sequence[Node], query: LogsQuery, *, out_dir: 
 
 def _discard(_node: str, _line: bytes) -> None:
     pass
+
+
+def copy(session: Session, nodes: Sequence[Node], sources: Sequence[str], remote_dir: str, *,
+         mode: int | None = None, preserve: bool = False,
+         progress: LiveProgress[TransferEvent] | None = None) -> Done[CopyOutcome]:
+    """Copy local files and directories into `remote_dir` on every node (`cluster copy`,
+    `inv copy`, `fab put`); bad arguments fail before any node is contacted."""
+    from skeleton_app.ops import copy as copy_op
+
+    with live(progress) as on_progress:
+        result = copy_op.copy_to_nodes(session.cluster(), nodes, sources, remote_dir,
+                                       mode=mode, preserve=preserve, fanout=session.fanout,
+                                       on_progress=on_progress)
+    return session.finish("copy", {"sources": copy_op.describe_sources(sources),
+                                   "remote_dir": remote_dir,
+                                   "mode": None if mode is None else f"{mode:04o}",
+                                   "preserve": preserve}, nodes, result)
+
+
+def fetch(session: Session, nodes: Sequence[Node], remotes: Sequence[str], local_dir: str, *,
+          progress: LiveProgress[TransferEvent] | None = None) -> Done[FetchOutcome]:
+    """Fetch files and directories from every node into `local_dir`/<node>/ (`cluster
+    fetch`, `inv fetch`, `fab get`)."""
+    from skeleton_app.ops.fetch import fetch_from_nodes
+
+    with live(progress) as on_progress:
+        result = fetch_from_nodes(session.cluster(), nodes, remotes, local_dir,
+                                  fanout=session.fanout, on_progress=on_progress)
+    return session.finish("fetch", {"remotes": list(remotes), "local_dir": local_dir},
+                         nodes, result)
 
 
 # ---------------------------------------------------------------- voice jobs (#14)
