@@ -344,34 +344,73 @@ def _discard(_node: str, _line: bytes) -> None:
     pass
 
 
-def copy(session: Session, nodes: Sequence[Node], sources: Sequence[str], remote_dir: str, *,
-         mode: int | None = None, preserve: bool = False,
+@dataclass(frozen=True, slots=True)
+class CopyRequest:
+    """`copy` arguments, checked before any node is selected or contacted (bad ones:
+    UsageError, exit 2): sources that exist, REMOTE_DIR absolute or `~/...`, an octal mode."""
+
+    sources: tuple[str, ...]
+    remote_dir: str
+    mode: int | None = None
+    preserve: bool = False
+
+    @classmethod
+    def parse(cls, sources: Sequence[str], remote_dir: str, *, mode: str | None = None,
+              preserve: bool = False) -> CopyRequest:
+        from skeleton_app.ops.copy_paths import local_sources, parse_mode, remote_path
+
+        remote_path(remote_dir, "REMOTE_DIR")
+        local_sources(sources)
+        return cls(tuple(sources), remote_dir, parse_mode(mode), preserve)
+
+
+def copy(session: Session, nodes: Sequence[Node], request: CopyRequest, *,
          progress: LiveProgress[TransferEvent] | None = None) -> Done[CopyOutcome]:
-    """Copy local files and directories into `remote_dir` on every node (`cluster copy`,
-    `inv copy`, `fab put`); bad arguments fail before any node is contacted."""
+    """Copy local files and directories into the request's REMOTE_DIR on every node
+    (`cluster copy`, `inv copy`, `fab put`), drawing `progress` while it runs."""
     from skeleton_app.ops import copy as copy_op
 
     with live(progress) as on_progress:
-        result = copy_op.copy_to_nodes(session.cluster(), nodes, sources, remote_dir,
-                                       mode=mode, preserve=preserve, fanout=session.fanout,
+        result = copy_op.copy_to_nodes(session.cluster(), nodes, request.sources,
+                                       request.remote_dir, mode=request.mode,
+                                       preserve=request.preserve, fanout=session.fanout,
                                        on_progress=on_progress)
-    return session.finish("copy", {"sources": copy_op.describe_sources(sources),
-                                   "remote_dir": remote_dir,
-                                   "mode": None if mode is None else f"{mode:04o}",
-                                   "preserve": preserve}, nodes, result)
+    mode = None if request.mode is None else f"{request.mode:04o}"
+    return session.finish("copy", {"sources": copy_op.describe_sources(request.sources),
+                                   "remote_dir": request.remote_dir, "mode": mode,
+                                   "preserve": request.preserve}, nodes, result)
 
 
-def fetch(session: Session, nodes: Sequence[Node], remotes: Sequence[str], local_dir: str, *,
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """`fetch` arguments, checked before any node is selected or contacted: REMOTE paths
+    absolute or `~/...`, no two with the same last component."""
+
+    remotes: tuple[str, ...]
+    local_dir: str
+
+    @classmethod
+    def parse(cls, remotes: Sequence[str], local_dir: str) -> FetchRequest:
+        from skeleton_app.ops.copy_paths import fetch_names
+
+        fetch_names(remotes)
+        if not local_dir:
+            raise UsageError("LOCAL_DIR is empty")
+        return cls(tuple(remotes), local_dir)
+
+
+def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
           progress: LiveProgress[TransferEvent] | None = None) -> Done[FetchOutcome]:
-    """Fetch files and directories from every node into `local_dir`/<node>/ (`cluster
-    fetch`, `inv fetch`, `fab get`)."""
+    """Fetch files and directories from every node into LOCAL_DIR/<node>/ (`cluster fetch`,
+    `inv fetch`, `fab get`)."""
     from skeleton_app.ops.fetch import fetch_from_nodes
 
     with live(progress) as on_progress:
-        result = fetch_from_nodes(session.cluster(), nodes, remotes, local_dir,
-                                  fanout=session.fanout, on_progress=on_progress)
-    return session.finish("fetch", {"remotes": list(remotes), "local_dir": local_dir},
-                         nodes, result)
+        result = fetch_from_nodes(session.cluster(), nodes, request.remotes,
+                                  request.local_dir, fanout=session.fanout,
+                                  on_progress=on_progress)
+    return session.finish("fetch", {"remotes": list(request.remotes),
+                                    "local_dir": request.local_dir}, nodes, result)
 
 
 # ---------------------------------------------------------------- voice jobs (#14)

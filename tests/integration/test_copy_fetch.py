@@ -29,6 +29,7 @@ from skeleton_app.ops.copy import copy_to_nodes
 from skeleton_app.ops.fetch import fetch_from_nodes
 from skeleton_app.testing import testbed as tb
 from skeleton_app.testing.testbed import Testbed
+from tests.support.frontends import fab, inv, out
 from tests.support.helpers import REPO, chown_to_user, skeleton
 
 THREE = ("node-01", "node-02", "node-03")
@@ -433,3 +434,43 @@ def test_a_symlink_planted_here_is_never_followed(cluster: Cluster, testbed: Tes
     assert "logs here is a symlink or not a directory" in (result["node-01"].error or "")
     assert "node-02/ here is a symlink" in (result["node-02"].error or "")
     assert list(outside.iterdir()) == []
+
+
+# ------------------------------------------------------------------ inv and fab
+
+
+def test_inv_copy_and_fetch_match_the_cli(testbed: Testbed, tmp_path: Path, tag: str) -> None:
+    conf, _ = _source(tmp_path)
+    done = inv("copy", "--local", str(conf), "--remote-dir", f"~/{tag}", "--mode", "0600",
+               "--node", "node-01", "--node", "node-02", config=testbed.config_path)
+    assert done.returncode == 0, out(done)
+    assert "2/2 node(s) ok; 2 file(s) written" in done.stdout
+    for node in ("node-01", "node-02"):
+        landed = _home(testbed, node) / tag / "app.conf"
+        assert stat.S_IMODE(landed.stat().st_mode) == 0o600
+    got = inv("fetch", "--remote", f"~/{tag}/app.conf", "--local-dir", str(tmp_path / "got"),
+              "--node", "node-0[1-2]", config=testbed.config_path)
+    assert got.returncode == 0, out(got)
+    for node in ("node-01", "node-02"):
+        assert (tmp_path / "got" / node / "app.conf").read_text() == "key = value\n"
+    bad = inv("copy", "--local", str(conf), "--remote-dir", "relative", "--node", "node-01",
+              config=testbed.config_path)
+    assert bad.returncode == 2 and "must be absolute" in bad.stderr, out(bad)
+
+
+def test_fab_put_and_get_on_one_host(testbed: Testbed, tmp_path: Path, tag: str) -> None:
+    conf, tree = _source(tmp_path)
+    done = fab("-H", "node-03", "put", "--local", str(conf), "--local", str(tree),
+               "--remote-dir", f"/home/skeleton/{tag}", "--preserve",
+               config=testbed.config_path)
+    assert done.returncode == 0, out(done)
+    landed = _home(testbed, "node-03") / tag
+    assert int((landed / "app.conf").stat().st_mtime) == 1_600_000_000
+    assert (landed / "models dir" / "sub" / "w.bin").exists()
+    got = fab("-H", "node-03", "get", "--remote", f"~/{tag}/models dir", "--local-dir",
+              str(tmp_path / "got"), config=testbed.config_path)
+    assert got.returncode == 0, out(got)
+    assert (tmp_path / "got" / "node-03" / "models dir" / "README").read_text() == "models\n"
+    missing = fab("-H", "node-03", "get", "--remote", f"~/{tag}/nope", "--local-dir",
+                  str(tmp_path / "got"), config=testbed.config_path)
+    assert missing.returncode == 1 and "nope" in missing.stdout, out(missing)

@@ -35,15 +35,12 @@ def copy_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
     selected node, in parallel; each file is written to a temporary name and renamed."""
     from skeleton_app.app import commands
     from skeleton_app.app.views.copy import TransferProgress, copy_text
-    from skeleton_app.ops.copy_paths import local_sources, parse_mode, remote_path
 
     sources, remote_dir = _split(paths, "copy needs LOCAL... REMOTE_DIR")
-    remote_path(remote_dir, "REMOTE_DIR")  # bad input: exit 2 before anything runs
-    local_sources(sources)
-    file_mode = parse_mode(mode)
+    # Bad arguments: exit 2 here, before anything is selected or contacted.
+    request = commands.CopyRequest.parse(sources, remote_dir, mode=mode, preserve=preserve)
     session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
-    done = commands.copy(session, nodes, sources, remote_dir, mode=file_mode,
-                         preserve=preserve,
+    done = commands.copy(session, nodes, request,
                          progress=TransferProgress(nodes, enabled=not as_json))
     if as_json:
         click.echo(done.result.to_json())
@@ -64,12 +61,11 @@ def fetch_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
     LOCAL_DIR/<node>/. Symlinks on the nodes are skipped and named, never followed."""
     from skeleton_app.app import commands
     from skeleton_app.app.views.copy import TransferProgress, fetch_text, skipped_lines
-    from skeleton_app.ops.copy_paths import fetch_names
 
     remotes, local_dir = _split(paths, "fetch needs REMOTE... LOCAL_DIR")
-    fetch_names(remotes)  # bad input: exit 2 before anything runs
+    request = commands.FetchRequest.parse(remotes, local_dir)  # bad ones: exit 2 here
     session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
-    done = commands.fetch(session, nodes, remotes, local_dir,
+    done = commands.fetch(session, nodes, request,
                           progress=TransferProgress(nodes, enabled=not as_json))
     if as_json:
         click.echo(done.result.to_json())
