@@ -9,8 +9,10 @@ Paramiko channel tops out well below a gigabit link), rsync sends only what diff
 file already on the node, and it already writes each file to a temporary name in its own
 directory (`.NAME.XXXXXX`) and renames it into place when it is whole, removing the
 temporary on Ctrl-C or a dropped link. The one extra ssh handshake per node is paid in
-parallel. The connection uses the cluster's identity, port, jump host and strict host keys
-(`ssh_argv`), as every other transfer does.
+parallel. Measured on the test cluster (3 nodes, 20 MiB of random bytes, a busy machine):
+2.5-3.5 s with rsync, 8.6-9.5 s through the pooled runner's stdin (`cat > f`). The
+connection uses the cluster's identity, port, jump host and strict host keys (`ssh_argv`),
+as every other transfer does.
 
 Per file, not per run: `--delay-updates` (deploy's all-at-the-end) is left out, so a copy
 that stops half-way leaves every file either old or new, never a partial one under its

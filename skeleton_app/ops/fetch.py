@@ -19,6 +19,9 @@ not the pooled Paramiko runner: the stream is read straight from the ssh process
 the node's worker thread and written to disk as it arrives, at OpenSSH's speed (C ciphers,
 no Python in the transport), and a Ctrl-C kills one process per node. Fetching is for logs,
 dumps and models, where bytes dominate the one handshake per node (paid in parallel).
+Measured on the test cluster (a busy machine, each run from a cold start as the CLI is): 3
+nodes x 100 MiB in 5.6-5.9 s, against 6.5-11.8 s for `cat` through the pooled runner; a small
+file costs about the same either way (0.6-0.9 s against 0.2-0.9 s).
 """
 
 from __future__ import annotations

@@ -5,17 +5,24 @@ from real hosts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from skeleton_app.app import commands
 from skeleton_app.app.cli import main
-from skeleton_app.errors import UsageError
+from skeleton_app.app.commands import Session
+from skeleton_app.cluster import Cluster
+from skeleton_app.config import RegistrySettings, Settings
+from skeleton_app.errors import ExitCode, NodeErrorKind, UsageError
+from skeleton_app.nodes import Node
 from skeleton_app.ops.copy import copy_options
 from skeleton_app.ops.copy_paths import fetch_names, local_sources, parse_mode, remote_path
 from skeleton_app.ops.fetch_extract import (
@@ -108,6 +115,50 @@ def test_bad_input_exits_2_with_one_line_before_any_config_is_read(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skeleton: error: "), err
     assert not (tmp_path / "out").exists()
+
+
+class _Journal:
+    """Stands in for the registry: what the commands journal."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, Mapping[str, Any], list[str]]] = []
+        self.results: list[Any] = []
+
+    def record_run(self, operation: str, arguments: Mapping[str, Any],
+                   nodes: Sequence[str]) -> int:
+        self.runs.append((operation, dict(arguments), list(nodes)))
+        return len(self.runs)
+
+    def record_node_results(self, run_id: int | None, result: Any) -> None:
+        self.results.append(result)
+
+    def close(self) -> None:
+        pass
+
+
+def test_copy_and_fetch_journal_their_runs_and_a_refused_node_exits_4(tmp_path: Path) -> None:
+    """Loopback port 1: the connection is refused at once (no host needed)."""
+    settings = dataclasses.replace(Settings(), registry=RegistrySettings(
+        dsn="postgresql://skeleton@127.0.0.1:9/skeleton"))
+    nodes = (Node(id="n1", host="127.0.0.1", port=1),)
+    journal = _Journal()
+    src = tmp_path / "app.conf"
+    src.write_text("x\n")
+    with Session(cluster=Cluster(settings, nodes), opener=lambda _s: journal) as session:  # type: ignore[arg-type, return-value]
+        copied = commands.copy(session, nodes, commands.CopyRequest.parse(
+            [str(src)], "~/etc", mode="640", preserve=True))
+        fetched = commands.fetch(session, nodes, commands.FetchRequest.parse(
+            ["/etc/hosts"], str(tmp_path / "got")))
+    assert copied.exit_code == fetched.exit_code == ExitCode.UNREACHABLE
+    assert copied.result["n1"].error_kind == fetched.result["n1"].error_kind \
+        == NodeErrorKind.REFUSED
+    assert "Connection refused" in (copied.result["n1"].error or "")
+    assert journal.runs == [
+        ("copy", {"sources": [str(src)], "remote_dir": "~/etc", "mode": "0640",
+                  "preserve": True}, ["n1"]),
+        ("fetch", {"remotes": ["/etc/hosts"], "local_dir": str(tmp_path / "got")}, ["n1"])]
+    assert [r for r in journal.results] == [copied.result, fetched.result]
+    assert list((tmp_path / "got" / "n1").iterdir()) == []
 
 
 # ------------------------------------------------------------------ the fetch's tar reader
