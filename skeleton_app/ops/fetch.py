@@ -32,7 +32,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -121,18 +121,18 @@ def fetch_from_nodes(
             return NodeResult(node=node.id, error_kind=NodeErrorKind.LOCAL, error=str(exc),
                               outcome=replace(out, message=str(exc)))
         tree = NodeTree(node_fd)
+        extractor = TarExtractor(tree, [name for _, name in wanted])
         last = [0.0]
 
-        def on_file(path: str, total: int) -> None:
+        def tick() -> None:  # after each chunk read: bytes so far, a few times a second
             now = time.monotonic()
             if now - last[0] >= _PROGRESS_EVERY:
                 last[0] = now
-                emit(TransferEvent(node.id, "fetch", bytes=total, files=extractor.files,
-                                   message=path))
+                emit(TransferEvent(node.id, "fetch", bytes=extractor.bytes,
+                                   files=extractor.files))
 
-        extractor = TarExtractor(tree, [name for _, name in wanted], on_file=on_file)
         try:
-            code, stderr, problem = _stream(cluster, node, command, script, extractor)
+            code, stderr, problem = _stream(cluster, node, command, script, extractor, tick)
         finally:
             extractor.abort()
             tree.close()
@@ -152,7 +152,8 @@ def fetch_from_nodes(
 
 
 def _stream(cluster: Cluster, node: Node, command: str, script: bytes,
-            extractor: TarExtractor) -> tuple[int | None, str, str | None]:
+            extractor: TarExtractor,
+            tick: Callable[[], None]) -> tuple[int | None, str, str | None]:
     """Run the node script over OpenSSH and feed its stdout to `extractor`: (ssh's exit code,
     None when we stopped it; its stderr, tail; what made us stop: "refused: ...",
     "local: ...", "interrupted" or None)."""
@@ -186,6 +187,7 @@ def _stream(cluster: Cluster, node: Node, command: str, script: bytes,
             try:
                 for chunk in iter(lambda: os.read(out_fd, 1 << 20), b""):
                     extractor.feed(chunk)
+                    tick()
                 if cancel.cancelled():
                     problem = "interrupted"
                 else:

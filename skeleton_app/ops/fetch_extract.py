@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from skeleton_app.safepath import name_problem
 from skeleton_app.tarcheck import BLOCK, TarHeader, parse_header
@@ -165,11 +165,9 @@ class TarExtractor:
     at the first member it will not write; call `close` at the end of the stream (and
     always: it removes a half-written temporary)."""
 
-    def __init__(self, tree: NodeTree, wanted: Collection[str],
-                 on_file: Callable[[str, int], None] | None = None):
+    def __init__(self, tree: NodeTree, wanted: Collection[str]):
         self.tree = tree
         self.wanted = frozenset(wanted)
-        self.on_file = on_file
         self.files = 0
         self.bytes = 0
         self.skipped: list[str] = []
@@ -294,8 +292,6 @@ class TarExtractor:
         f, self._file = self._file, None
         f.finish()
         self.files += 1
-        if self.on_file is not None:
-            self.on_file(f.shown, self.bytes)
 
     def _skipped(self, text: str) -> None:
         self.skipped_total += 1
