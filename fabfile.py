@@ -3,6 +3,8 @@
     fab -H linux-01,linux-02 deploy              fab -H linux-01 uptime
     fab -H linux-03 run --command "df -h /"      fab -H linux-02 daemon --action restart
     fab -H 10.0.0.5 status
+    fab -H linux-01 put --local app.conf --remote-dir /etc/app --mode 0640
+    fab -H linux-01 get --remote /var/log/app --local-dir got   (got/linux-01/app/...)
 
 -H takes node ids from the configuration (user, port and identity from the node's entry) or
 addresses (the `ssh` section's settings); `user@host` picks another user than your login
@@ -31,6 +33,7 @@ from invoke import Exit
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Session
 from skeleton_app.app.views import status as status_view
+from skeleton_app.app.views.copy import copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import deploy_text
 from skeleton_app.app.views.exec import exec_text
@@ -172,4 +175,49 @@ def daemon(c: Connection, action: str | None = None, wait_healthy: bool = False,
             print(result.to_json())
         else:
             daemon_text(result, [node], sys.stdout)
+    _finish(done)
+
+
+@task(iterable=["local"], help={
+    "local": "(PATH, repeatable) A local file or directory to copy (required).",
+    "remote_dir": "(DIR) Where on the host: absolute or ~/... (required; made if missing).",
+    "mode": "(MODE) Octal mode of every copied file, e.g. 0640 (directories keep theirs).",
+    "preserve": "Keep each file's mode and modification time (else: like cp).",
+    "json": _JSON, "config": _CONFIG})
+def put(c: Connection, local: list[str] | None = None, remote_dir: str | None = None,
+        mode: str | None = None, preserve: bool = False, json: bool = False,
+        config: str | None = None) -> None:
+    """Copy local files and directories into a directory on the host (rsync)."""
+    with _target(c, config) as (session, node):
+        if not remote_dir:
+            raise UsageError("--remote-dir is required")
+        request = commands.CopyRequest.parse(local or (), remote_dir, mode=mode,
+                                             preserve=preserve)
+        done = commands.copy(session, [node], request)
+        if json:
+            print(done.result.to_json())
+        else:
+            copy_text(done.result, sys.stdout)
+    _finish(done)
+
+
+@task(iterable=["remote"], help={
+    "remote": "(PATH, repeatable) A file or directory on the host: absolute or ~/..."
+              " (required).",
+    "local_dir": "(DIR) Write LOCAL_DIR/<host's node id>/... (required).",
+    "json": _JSON, "config": _CONFIG})
+def get(c: Connection, remote: list[str] | None = None, local_dir: str | None = None,
+        json: bool = False, config: str | None = None) -> None:
+    """Fetch files and directories from the host into LOCAL_DIR/<node>/ (symlinks skipped)."""
+    with _target(c, config) as (session, node):
+        if not local_dir:
+            raise UsageError("--local-dir is required")
+        done = commands.fetch(session, [node], commands.FetchRequest.parse(remote or (),
+                                                                           local_dir))
+        if json:
+            print(done.result.to_json())
+        else:
+            fetch_text(done.result, sys.stdout, local_dir=local_dir)
+            for line in skipped_lines(done.result):
+                print(f"skeleton: warning: {line}", file=sys.stderr)
     _finish(done)

@@ -4,6 +4,8 @@
     inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
     inv sync-models --source-node linux-01        inv logs --lines 500
     inv bootstrap --node linux-05
+    inv copy --local app.conf --remote-dir /etc/app --node linux-01 --mode 0640
+    inv fetch --remote /var/log/app --local-dir got     (got/<node>/app/...)
     inv jobs-submit --engine stt --input a.wav --wait   inv jobs-list --state failed
     inv jobs-show --job 12     inv jobs-cancel --job 12     inv jobs-retry --job 12
     inv jobs-dispatch
@@ -35,6 +37,7 @@ from skeleton_app.app.views import common as render
 from skeleton_app.app.views import jobs as jobs_view
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.bootstrap import bootstrap_text, failures
+from skeleton_app.app.views.copy import TransferProgress, copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import DeployProgress, deploy_text
 from skeleton_app.app.views.exec import exec_text
@@ -311,6 +314,53 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
             print(result.to_json())
         elif not follow:
             logs_text(result, sys.stdout, out_dir=out)
+        _finish(done)
+
+
+@task(iterable=[*_SELECTION, "local"], help={
+    **_HELP, "local": "(PATH, repeatable) A local file or directory to copy (required).",
+    "remote_dir": "(DIR) Where on every node: absolute or ~/... (required; made if missing).",
+    "mode": "(MODE) Octal mode of every copied file, e.g. 0640 (directories keep theirs).",
+    "preserve": "Keep each file's mode and modification time (else: like cp)."})
+def copy(c: Context, local: list[str] | None = None, remote_dir: str | None = None,
+         mode: str | None = None, preserve: bool = False, node: list[str] | None = None,
+         role: list[str] | None = None, exclude: list[str] | None = None, json: bool = False,
+         fanout: str | None = None, config: str | None = None) -> None:
+    """Copy local files and directories into a directory on every selected node."""
+    with _session(config, fanout) as session:
+        request = commands.CopyRequest.parse(local or (), _required(remote_dir, "--remote-dir"),
+                                             mode=mode, preserve=preserve)
+        nodes = _select(session, node, role, exclude)
+        done = commands.copy(session, nodes, request,
+                             progress=TransferProgress(nodes, enabled=not json))
+        if json:
+            print(done.result.to_json())
+        else:
+            copy_text(done.result, sys.stdout)
+        _finish(done)
+
+
+@task(iterable=[*_SELECTION, "remote"], help={
+    **_HELP, "remote": "(PATH, repeatable) A file or directory on the nodes: absolute or ~/..."
+                       " (required).",
+    "local_dir": "(DIR) Write LOCAL_DIR/<node>/... (required)."})
+def fetch(c: Context, remote: list[str] | None = None, local_dir: str | None = None,
+          node: list[str] | None = None, role: list[str] | None = None,
+          exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
+          config: str | None = None) -> None:
+    """Fetch files and directories from every selected node into LOCAL_DIR/<node>/."""
+    with _session(config, fanout) as session:
+        request = commands.FetchRequest.parse(remote or (),
+                                              _required(local_dir, "--local-dir"))
+        nodes = _select(session, node, role, exclude)
+        done = commands.fetch(session, nodes, request,
+                              progress=TransferProgress(nodes, enabled=not json))
+        if json:
+            print(done.result.to_json())
+        else:
+            fetch_text(done.result, sys.stdout, local_dir=request.local_dir)
+            for line in skipped_lines(done.result):
+                print(f"skeleton: warning: {line}", file=sys.stderr)
         _finish(done)
 
 

@@ -9,13 +9,17 @@ on blocks we took for data). The targets check again on their side; this is the 
     guard = TarGuard({b"./m/weights.bin": 1024})
     for chunk in stream:
         problem = guard.feed(chunk)     # None, or what is wrong, before the chunk goes on
+
+`parse_header` gives one header's fields with the same checks, for a reader that has no
+manifest and judges each member itself (`cluster fetch`, skeleton_app.ops.fetch_extract).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-__all__ = ["TarGuard"]
+__all__ = ["TarGuard", "TarHeader", "parse_header"]
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0")
@@ -122,3 +126,53 @@ def _name(header: bytes) -> bytes:
         if prefix:
             return prefix + b"/" + name
     return name
+
+
+# ---------------------------------------------------------------- one header, for readers
+# `cluster fetch` reads a node's tar itself (no manifest: a log grows between any listing and
+# the read), member by member; it parses each header with the same checks as TarGuard.
+
+@dataclass(frozen=True, slots=True)
+class TarHeader:
+    """One tar header block, parsed: `kind` is the type flag (b"0" file, b"5" directory, b"2"
+    symlink, b"L" a GNU long name, ...), `padded` the bytes of data (and padding) after it."""
+
+    name: bytes
+    kind: bytes
+    size: int
+    mode: int
+    mtime: int
+    linkname: bytes
+
+    @property
+    def padded(self) -> int:
+        return -(-self.size // BLOCK) * BLOCK
+
+    @property
+    def regular(self) -> bool:
+        return self.kind in _REGULAR or self.kind == b"7"  # 7: contiguous, a file for us
+
+
+def parse_header(header: bytes) -> TarHeader | str:
+    """The header in one 512-byte block, or what is wrong with it (bad checksum, unreadable
+    size, mode or time). An all-zero block is the caller's to recognise (end of archive)."""
+    if len(header) != BLOCK:
+        return "a short tar header"
+    if not _checksum_ok(header):
+        return "a tar header with a bad checksum"
+    size = _size(header[124:136])
+    if size is None:
+        return "a tar header with an unreadable size"
+    mode = _octal(header[100:108])
+    mtime = _size(header[136:148])
+    if mode is None or mtime is None:
+        return "a tar header with an unreadable mode or time"
+    return TarHeader(name=_name(header), kind=header[156:157] or b"\0", size=size,
+                     mode=mode, mtime=mtime, linkname=header[157:257].split(b"\0", 1)[0])
+
+
+def _octal(field: bytes) -> int | None:
+    try:
+        return int(field.strip(b" \0") or b"0", 8)
+    except ValueError:
+        return None

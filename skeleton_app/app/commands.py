@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from skeleton_app.config import Settings
     from skeleton_app.nodes import Node
     from skeleton_app.ops.bootstrap import BootstrapOutcome
+    from skeleton_app.ops.copy import CopyOutcome, TransferEvent
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
+    from skeleton_app.ops.fetch import FetchOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -340,6 +342,75 @@ def logs(session: Session, nodes: Sequence[Node], query: LogsQuery, *, out_dir: 
 
 def _discard(_node: str, _line: bytes) -> None:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRequest:
+    """`copy` arguments, checked before any node is selected or contacted (bad ones:
+    UsageError, exit 2): sources that exist, REMOTE_DIR absolute or `~/...`, an octal mode."""
+
+    sources: tuple[str, ...]
+    remote_dir: str
+    mode: int | None = None
+    preserve: bool = False
+
+    @classmethod
+    def parse(cls, sources: Sequence[str], remote_dir: str, *, mode: str | None = None,
+              preserve: bool = False) -> CopyRequest:
+        from skeleton_app.ops.copy_paths import local_sources, parse_mode, remote_path
+
+        remote_path(remote_dir, "REMOTE_DIR")
+        local_sources(sources)
+        return cls(tuple(sources), remote_dir, parse_mode(mode), preserve)
+
+
+def copy(session: Session, nodes: Sequence[Node], request: CopyRequest, *,
+         progress: LiveProgress[TransferEvent] | None = None) -> Done[CopyOutcome]:
+    """Copy local files and directories into the request's REMOTE_DIR on every node
+    (`cluster copy`, `inv copy`, `fab put`), drawing `progress` while it runs."""
+    from skeleton_app.ops import copy as copy_op
+
+    with live(progress) as on_progress:
+        result = copy_op.copy_to_nodes(session.cluster(), nodes, request.sources,
+                                       request.remote_dir, mode=request.mode,
+                                       preserve=request.preserve, fanout=session.fanout,
+                                       on_progress=on_progress)
+    mode = None if request.mode is None else f"{request.mode:04o}"
+    return session.finish("copy", {"sources": copy_op.describe_sources(request.sources),
+                                   "remote_dir": request.remote_dir, "mode": mode,
+                                   "preserve": request.preserve}, nodes, result)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """`fetch` arguments, checked before any node is selected or contacted: REMOTE paths
+    absolute or `~/...`, no two with the same last component."""
+
+    remotes: tuple[str, ...]
+    local_dir: str
+
+    @classmethod
+    def parse(cls, remotes: Sequence[str], local_dir: str) -> FetchRequest:
+        from skeleton_app.ops.copy_paths import fetch_names
+
+        fetch_names(remotes)
+        if not local_dir:
+            raise UsageError("LOCAL_DIR is empty")
+        return cls(tuple(remotes), local_dir)
+
+
+def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
+          progress: LiveProgress[TransferEvent] | None = None) -> Done[FetchOutcome]:
+    """Fetch files and directories from every node into LOCAL_DIR/<node>/ (`cluster fetch`,
+    `inv fetch`, `fab get`)."""
+    from skeleton_app.ops.fetch import fetch_from_nodes
+
+    with live(progress) as on_progress:
+        result = fetch_from_nodes(session.cluster(), nodes, request.remotes,
+                                  request.local_dir, fanout=session.fanout,
+                                  on_progress=on_progress)
+    return session.finish("fetch", {"remotes": list(request.remotes),
+                                    "local_dir": request.local_dir}, nodes, result)
 
 
 # ---------------------------------------------------------------- voice jobs (#14)

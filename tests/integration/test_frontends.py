@@ -34,10 +34,10 @@ from tests.support.deploy_support import (
 from tests.support.frontends import BIN, fab, inv, out, run_tool
 from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
-INV_TASKS = ["bootstrap", "daemon", "deploy", "exec", "jobs-cancel", "jobs-dispatch",
-             "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs", "status",
-             "sync-models"]
-FAB_TASKS = ["daemon", "deploy", "run", "status", "uptime"]
+INV_TASKS = ["bootstrap", "copy", "daemon", "deploy", "exec", "fetch", "jobs-cancel",
+             "jobs-dispatch", "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs",
+             "status", "sync-models"]
+FAB_TASKS = ["daemon", "deploy", "get", "put", "run", "status", "uptime"]
 PORT = 8793  # the stand-in daemon's port in these tests
 
 
@@ -464,8 +464,12 @@ def _cli_calls() -> dict[str, set[str]]:
     names = _imports(tree)
     # Importing Rich early is how the CLI hides its import time; nothing to render with.
     speedups = {"skeleton_app.app.views.common.preload_tables"}
-    return {task: _ops_calls(functions[fn], names, prefixes=LIBRARY) - speedups
-            for task, fn in commands.items()}
+    calls = {task: _ops_calls(functions[fn], names, prefixes=LIBRARY) - speedups
+             for task, fn in commands.items()}
+    copy_tree, copy_functions = _functions(REPO / "skeleton_app" / "app" / "cli" / "copy_cmds.py")
+    for task, fn in (("copy", "copy_cmd"), ("fetch", "fetch_cmd")):
+        calls[task] = _ops_calls(copy_functions[fn], _imports(copy_tree), prefixes=LIBRARY)
+    return calls
 
 
 def test_inv_tasks_call_the_same_commands_and_renderers_as_the_cli() -> None:
@@ -476,7 +480,10 @@ def test_inv_tasks_call_the_same_commands_and_renderers_as_the_cli() -> None:
         assert called == {f"skeleton_app.app.commands.{task}"} or (
             task == "exec" and called == {"skeleton_app.app.commands.exec_command"}) or (
             task == "logs" and called == {"skeleton_app.app.commands.logs",
-                                          "skeleton_app.app.commands.LogsQuery.parse"}), task
+                                          "skeleton_app.app.commands.LogsQuery.parse"}) or (
+            task in ("copy", "fetch") and called == {
+                f"skeleton_app.app.commands.{task}",
+                f"skeleton_app.app.commands.{task.title()}Request.parse"}), task
         assert any(not e.startswith(COMMANDS) for e in expected), task  # a view
         assert _ops_calls(functions[task], _imports(tree), functions, LIBRARY) == expected, task
 
@@ -488,7 +495,7 @@ def test_fab_tasks_call_commands_and_renderers_the_cli_calls() -> None:
         if _is_task(fn):
             called = _ops_calls(fn, _imports(tree), functions, LIBRARY)
             assert called & set(COMMANDS[0] + c for c in ("exec_command", "status", "deploy",
-                                                          "daemon")), name
+                                                          "daemon", "copy", "fetch")), name
             assert called <= set(everything), name
 
 

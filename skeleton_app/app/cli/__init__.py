@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import click
 
-from skeleton_app.app.cli import cluster_cmds, dev_cmds, jobs_cmds, registry_cmds
+from skeleton_app.app.cli import cluster_cmds, copy_cmds, dev_cmds, jobs_cmds, registry_cmds
 from skeleton_app.app.cli.options import Ctx
 from skeleton_app.errors import ExitCode, SkeletonError
 
@@ -50,6 +50,8 @@ def cli(ctx: click.Context, config: str | None) -> None:
 for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_cmds.nodes,
                registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed):
     cli.add_command(_group)
+for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
+    cluster_cmds.cluster.add_command(_command)
 
 
 # Set by `main()` when it runs as the `skeleton` command (not inside someone's process).

@@ -1,0 +1,117 @@
+"""Rendering `cluster copy` and `cluster fetch` for people: a live line per node while the
+bytes move (on a terminal only), then a row per node and the totals. Node-supplied text
+(paths, messages) goes through `sanitize` like all node output.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from skeleton_app.app.views.common import console, format_bytes, sanitize, table
+from skeleton_app.nodes import Node
+from skeleton_app.ops.copy import CopyOutcome, TransferEvent
+from skeleton_app.ops.fetch import FetchOutcome
+from skeleton_app.results import ClusterResult, NodeResult
+
+_PHASES = {"copy": "copying", "fetch": "fetching", "done": "done", "failed": "FAILED"}
+
+
+class TransferProgress:
+    """One line per node: a bar (copy: rsync's percent; fetch: no total is known, so the
+    bar fills when the node is done), phase, files, bytes. Draws only on a terminal (stderr
+    by default): pipes and `--json` stay clean. Pass `update` as the operation's
+    `on_progress` (`app.progress.live` does)."""
+
+    def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
+                 enabled: bool = True):
+        target = file or sys.stderr
+        self.enabled = enabled and target.isatty()
+        self._tasks: dict[str, Any] = {}
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.fields[node]:<16}"), BarColumn(bar_width=24),
+            TextColumn("{task.fields[phase]:<9}"), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), console=console(target), transient=False)
+        for node in nodes:
+            self._tasks[node.id] = self._progress.add_task(
+                "", total=100, node=node.id, phase="waiting", detail="")
+
+    def __enter__(self) -> TransferProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, event: TransferEvent) -> None:
+        task = self._tasks.get(event.node)
+        if task is None or not self.enabled:
+            return
+        detail = f"{event.files} files" if event.files else ""
+        if event.bytes is not None:
+            detail += f" {format_bytes(event.bytes)}"
+        if event.phase == "failed" and event.message:
+            detail = sanitize(event.message)[:60]
+        self._progress.update(task, completed=100 if event.phase == "done" else event.percent,
+                              phase=_PHASES.get(event.phase, event.phase),
+                              detail=detail.strip())
+
+
+def _state(r: NodeResult[Any], message: str | None) -> str:
+    if r.error_kind is not None:
+        return f"✗ {r.error_kind.value}: {r.error}"
+    if not r.ok:
+        return f"✗ exit {r.exit_code}: {message or (r.stderr.strip().splitlines() or [''])[-1]}"
+    return "✓"
+
+
+def copy_text(result: ClusterResult[CopyOutcome], out: IO[str]) -> None:
+    """A row per node (state, files written, bytes sent, time), then the totals."""
+    rows = []
+    files = sent = 0
+    for node, r in result.items():
+        o = r.outcome
+        files += o.files if o is not None else 0
+        sent += o.bytes_sent if o is not None else 0
+        rows.append([node, _state(r, o.message if o is not None else None),
+                     str(o.files if o is not None else 0),
+                     format_bytes(o.bytes_sent if o is not None else 0), f"{r.duration:.2f}s"])
+    table(None, ["node", "result", "files", "bytes sent", "time"], rows, file=out)
+    out.write(f"{len(result.ok)}/{len(result)} node(s) ok; {files} file(s) written,"
+              f" {format_bytes(sent)} sent, {result.duration:.2f}s\n")
+
+
+def fetch_text(result: ClusterResult[FetchOutcome], out: IO[str], *, local_dir: str) -> None:
+    """A row per node (state, files, bytes, skipped, time), then where the files went."""
+    rows = []
+    for node, r in result.items():
+        o = r.outcome
+        rows.append([node, _state(r, o.message if o is not None else None),
+                     str(o.files if o is not None else 0),
+                     format_bytes(o.bytes if o is not None else 0),
+                     str(o.skipped_total if o is not None else 0), f"{r.duration:.2f}s"])
+    table(None, ["node", "result", "files", "bytes", "skipped", "time"], rows, file=out)
+    out.write(f"{len(result.ok)}/{len(result)} node(s) ok; written to {local_dir}/<node>/\n")
+
+
+def skipped_lines(result: ClusterResult[FetchOutcome]) -> list[str]:
+    """One warning per member a node's fetch skipped (symlinks are never followed nor
+    recreated), for stderr."""
+    lines = []
+    for node, r in result.items():
+        o = r.outcome
+        if o is None:
+            continue
+        for item in o.skipped:
+            lines.append(f"{node}: skipped {item}: only files and directories are fetched")
+        more = o.skipped_total - len(o.skipped)
+        if more > 0:
+            lines.append(f"{node}: ... and {more} more skipped")
+    return [sanitize(line) for line in lines]
