@@ -125,12 +125,13 @@ def _finish(done: Done[Any]) -> NoReturn:
     "sudo": "Run the command under sudo (password asked once if a node needs one, or"
             " $SKELETON_SUDO_PASSWORD_FILE).",
     "sudo_user": "(USER) With --sudo: run as USER (default root)."})
+# sudo_user before sudo: Invoke then gives it -u (the other way round, its short flag is `--`).
 def exec(c: Context, command: str | None = None, node: list[str] | None = None,
          role: list[str] | None = None, exclude: list[str] | None = None,
          timeout: str | None = None, stream: bool = False, json: bool = False,
          out_dir: str | None = None, fanout: str | None = None,
-         config: str | None = None, stdin: bool = False, sudo: bool = False,
-         sudo_user: str | None = None) -> None:
+         config: str | None = None, stdin: bool = False, sudo_user: str | None = None,
+         sudo: bool = False) -> None:
     """Run a shell command on every selected node, in parallel."""
     from skeleton_app.app.exec_input import join_words, read_stdin, sudo_password_source
     from skeleton_app.ops.sudo import SudoRequest
