@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind, UsageError
@@ -124,11 +124,10 @@ class SudoPlan:
     failed: tuple[NodeResult[None], ...]
     password: str | None = None
 
-    def options(self, node: Node, base: RunOptions) -> RunOptions:
-        """The run options of `node`'s command: the password line before `base.stdin`."""
-        from dataclasses import replace
-
-        if self.password is None or node not in self.with_password:
+    def options(self, base: RunOptions) -> RunOptions:
+        """The run options of the nodes in `with_password`: the password line before
+        `base.stdin`. Made once and shared by those nodes (`--stdin` may be 64 MiB)."""
+        if self.password is None:
             return base
         return replace(base, stdin=password_line(self.password) + (base.stdin or b""))
 
@@ -181,9 +180,12 @@ def run_with_sudo(cluster: Cluster, command: str, nodes: Sequence[Node], sudo: S
     with_pw = sudo_command(command, sudo.user, password=True)
     without_pw = sudo_command(command, sudo.user, password=False)
 
+    with_pw_options = steps.options(base)
+
     def one(node: Node) -> NodeResult[None]:
-        text = with_pw if node in steps.with_password else without_pw
-        return connector.run(node, text, steps.options(node, base))
+        if node in steps.with_password:
+            return connector.run(node, with_pw, with_pw_options)
+        return connector.run(node, without_pw, base)
 
     ran = cluster.map(one, runnable, fanout=fanout, operation="exec") if runnable else None
     by_node = {r.node: r for r in steps.failed}

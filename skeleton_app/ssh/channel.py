@@ -43,10 +43,10 @@ _CONFIRM_KILL = 3.0  # seconds to wait for the node to report the kill before gi
 # the last step whether or not the node confirmed: the command returns within ~1 s.
 _CANCEL_STEPS = ((0.0, "INT"), (0.3, "TERM"), (0.6, "KILL"), (1.0, ""))
 _BUFFER_HEAD = 64 * 1024
+_BUFFER_TAIL = 64 * 1024
 # stdin up to this size is sent before output is read: it fits in the window sshd opens
 # (2 MiB), so sending never waits for the command to read it.
 _STDIN_INLINE = 1024 * 1024
-_BUFFER_TAIL = 64 * 1024
 
 
 class Buffer:
