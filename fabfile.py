@@ -2,6 +2,7 @@
 
     fab -H linux-01,linux-02 deploy              fab -H linux-01 uptime
     fab -H linux-03 run --command "df -h /"      fab -H linux-02 daemon --action restart
+    fab -H linux-03 run --sudo --command "systemctl restart foo"
     fab -H 10.0.0.5 status
     fab -H linux-01 put --local app.conf --remote-dir /etc/app --mode 0640
     fab -H linux-01 get --remote /var/log/app --local-dir got   (got/linux-01/app/...)
@@ -89,12 +90,20 @@ def _finish(done: Done[Any]) -> None:
         raise Exit(code=done.exit_code)
 
 
-def _command(c: Connection, command: str | None, timeout: str, config: str | None) -> None:
+def _command(c: Connection, command: str | None, timeout: str, config: str | None, *,
+             stdin: bool = False, sudo: bool = False, sudo_user: str | None = None) -> None:
+    from skeleton_app.app.exec_input import read_stdin, sudo_password_source
+    from skeleton_app.ops.sudo import SudoRequest
+
     with _target(c, config) as (session, node):
         if not command:
             raise UsageError("--command is required")
+        if sudo_user is not None and not sudo:
+            raise UsageError("--sudo-user needs --sudo")
+        request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
         done = commands.exec_command(session, [node], command,
-                                     timeout=_seconds(timeout, "--timeout") or None)
+                                     timeout=_seconds(timeout, "--timeout") or None,
+                                     stdin=read_stdin() if stdin else None, sudo=request)
         exec_text(done.result, sys.stdout)
     _finish(done)
 
@@ -107,11 +116,17 @@ def uptime(c: Connection, config: str | None = None) -> None:
 
 @task(help={"command": "The shell command to run, exactly as typed (required).",
             "timeout": "(SECONDS) Kill the command on the host after this long (default 0:"
-                       " ssh.command_timeout).", "config": _CONFIG})
+                       " ssh.command_timeout; unset: no timeout).",
+            "stdin": "Send this command's stdin (at most 64 MiB) to the host.",
+            "sudo": "Run the command under sudo (password asked once if the host needs one,"
+                    " or $SKELETON_SUDO_PASSWORD_FILE).",
+            "sudo_user": "(USER) With --sudo: run as USER (default root).",
+            "config": _CONFIG})
 def run(c: Connection, command: str | None = None, timeout: str = "0",
-        config: str | None = None) -> None:
+        config: str | None = None, stdin: bool = False, sudo: bool = False,
+        sudo_user: str | None = None) -> None:
     """Run a shell command on the host."""
-    _command(c, command, timeout, config)
+    _command(c, command, timeout, config, stdin=stdin, sudo=sudo, sudo_user=sudo_user)
 
 
 @task(help={"json": _JSON, "config": _CONFIG})

@@ -2,6 +2,7 @@
 
     inv status                                    inv deploy --node linux-05
     inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
+    inv exec --node linux-01 -- uname -r          inv exec --sudo --command "id -u"
     inv sync-models --source-node linux-01        inv logs --lines 500
     inv bootstrap --node linux-05
     inv copy --local app.conf --remote-dir /etc/app --node linux-01 --mode 0640
@@ -117,24 +118,40 @@ def _finish(done: Done[Any]) -> NoReturn:
 
 
 @task(iterable=_SELECTION, help={
-    **_HELP, "command": "The shell command to run, exactly as typed (required).",
+    **_HELP, "command": "The shell command to run, exactly as typed (or the words after"
+                        " `--`, joined with spaces: inv exec -n linux-01 -- uname -r).",
     "timeout": "(SECONDS) Kill the command on the node after this long (default"
-               " ssh.command_timeout).",
+               " ssh.command_timeout; unset: no timeout).",
     "stream": "Print lines live as 'node: line'.",
-    "out_dir": "Write every node's full stdout/stderr to DIR/<node>.out and .err."})
+    "out_dir": "Write every node's full stdout/stderr to DIR/<node>.out and .err.",
+    "stdin": "Send this command's stdin (at most 64 MiB) to every node.",
+    "sudo": "Run the command under sudo (password asked once if a node needs one, or"
+            " $SKELETON_SUDO_PASSWORD_FILE).",
+    "sudo_user": "(USER) With --sudo: run as USER (default root)."})
+# sudo_user before sudo: Invoke then gives it -u (the other way round, its short flag is `--`).
 def exec(c: Context, command: str | None = None, node: list[str] | None = None,
          role: list[str] | None = None, exclude: list[str] | None = None,
          timeout: str | None = None, stream: bool = False, json: bool = False,
          out_dir: str | None = None, fanout: str | None = None,
-         config: str | None = None) -> None:
+         config: str | None = None, stdin: bool = False, sudo_user: str | None = None,
+         sudo: bool = False) -> None:
     """Run a shell command on every selected node, in parallel."""
+    from skeleton_app.app.exec_input import join_words, read_stdin, sudo_password_source
+    from skeleton_app.ops.sudo import SudoRequest
+
     with _session(config, fanout) as session:
+        if command is None and "--" in sys.argv:  # Invoke keeps what follows `--` aside
+            command = join_words(sys.argv[sys.argv.index("--") + 1:])
         command = _required(command, "--command")
+        if sudo_user is not None and not sudo:
+            raise UsageError("--sudo-user needs --sudo")
+        request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
         nodes = _select(session, node, role, exclude)
         done = commands.exec_command(
             session, nodes, command, timeout=_seconds(timeout, "--timeout"), out_dir=out_dir,
             on_line=(lambda n, s, line: render.stream_line(sys.stdout, n, s, line))
-            if stream and not json else None)
+            if stream and not json else None,
+            stdin=read_stdin() if stdin else None, sudo=request)
         result = done.result
         if json:
             print(result.to_json())

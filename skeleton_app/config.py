@@ -56,6 +56,9 @@ def _default_user() -> str:
         return "root"
 
 
+OP_TIMEOUT = 300.0  # seconds: the operations' command timeout when ssh.command_timeout is unset
+
+
 @dataclass(frozen=True, slots=True)
 class SSHSettings:
     user: str = field(default_factory=_default_user)
@@ -64,7 +67,9 @@ class SSHSettings:
     known_hosts: str = "~/.ssh/known_hosts"
     host_key_policy: Literal["strict", "accept-new"] = "strict"
     connect_timeout: float = 10.0
-    command_timeout: float = 300.0
+    # None: unset. `cluster exec` (ad-hoc work, like clush/pdsh) then has no command timeout;
+    # every other operation is bounded by `op_timeout`.
+    command_timeout: float | None = None
     fanout: int = 64
     # Seconds of silence before a connection running a command is probed, and how long the
     # probe waits for a reply: a node silent for about 2 intervals is reported lost
@@ -72,6 +77,12 @@ class SSHSettings:
     keepalive: float = 3.0
     jump_host: str | None = None
     ssh_config: bool = True  # honour ~/.ssh/config (Host aliases, ProxyJump, ...)
+
+    @property
+    def op_timeout(self) -> float:
+        """The command timeout of every operation but `exec`: `command_timeout` when set,
+        else OP_TIMEOUT (bounded, as before `command_timeout` became optional)."""
+        return OP_TIMEOUT if self.command_timeout is None else self.command_timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from skeleton_app.ops.logs import LineFn
     from skeleton_app.ops.run import LineSink
     from skeleton_app.ops.status import StatusReport
+    from skeleton_app.ops.sudo import SudoRequest
     from skeleton_app.ops.sync_models import SyncOutcome, SyncProgress
     from skeleton_app.registry import Registry
     from skeleton_app.registry.job_records import Job, JobEvent
@@ -198,14 +199,22 @@ class Session:
 
 def exec_command(session: Session, nodes: Sequence[Node], command: str, *,
                  timeout: float | None = None, out_dir: str | None = None,
-                 on_line: LineSink | None = None) -> Done[None]:
+                 on_line: LineSink | None = None, stdin: bytes | None = None,
+                 sudo: SudoRequest | None = None) -> Done[None]:
     """Run `command` on every node in parallel (`skeleton cluster exec`, `inv exec`,
-    `fab run`)."""
+    `fab run`). The journal records the size of `stdin` and the sudo user, never the
+    bytes or the password."""
     from skeleton_app.ops.run import exec_command as run_op
 
     result = run_op(session.cluster(), command, nodes, timeout=timeout, out_dir=out_dir,
-                    on_line=on_line, fanout=session.fanout)
-    return session.finish("exec", {"command": command, "timeout": timeout}, nodes, result)
+                    on_line=on_line, fanout=session.fanout, stdin=stdin, sudo=sudo)
+    arguments: dict[str, Any] = {"command": command, "timeout": timeout}
+    if stdin is not None:
+        arguments["stdin_bytes"] = len(stdin)
+    if sudo is not None:
+        arguments["sudo"] = True
+        arguments["sudo_user"] = sudo.user
+    return session.finish("exec", arguments, nodes, result)
 
 
 def status(session: Session, nodes: Sequence[Node]) -> StatusDone[StatusReport]:

@@ -459,7 +459,7 @@ def _push(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
         return made if made.error_kind else (1, f"cannot create {wheels}: {_tail(made.stderr)}")
     sent = rsync(node, house.dir + "/", wheels + "/", settings=cluster.settings.ssh,
                  exclude=[".complete"], delete=True, compress=False,
-                 io_timeout=int(cluster.settings.ssh.command_timeout))
+                 io_timeout=int(cluster.settings.ssh.op_timeout))
     if not sent.ok:
         return (sent.exit_code or 1, f"pushing the wheels failed: {sent.error_message(1)}")
     return None
@@ -473,7 +473,7 @@ def _install(cluster: Cluster, node: Node, house: Wheelhouse) -> _StepFailure:
         "bootstrap.sh", "install", node.app_dir, house.python, house.digest, house.pip.file,
         house.project.file, *house.requires)
     install = cluster.connector.run(
-        node, command, RunOptions(timeout=cluster.settings.ssh.command_timeout, stdin=script))
+        node, command, RunOptions(timeout=cluster.settings.ssh.op_timeout, stdin=script))
     if install.error_kind is not None:
         return install
     values = _values(install.stdout)

@@ -1,4 +1,9 @@
-"""`cluster exec`: run one shell command on the selected nodes, in parallel."""
+"""`cluster exec`: run one shell command on the selected nodes, in parallel.
+
+Ad-hoc work has no command timeout unless one is asked for (`timeout`, else
+`ssh.command_timeout`), as with clush and pdsh: a long job is not killed by surprise, and a
+node that dies or freezes mid-command is still reported lost by the connection's keepalive
+probes. `stdin` reaches every node's command; `sudo` runs it under sudo (`ops.sudo`)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from pathlib import Path
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.nodes import Node, validate_node_id
+from skeleton_app.ops.sudo import SudoRequest, run_with_sudo
 from skeleton_app.results import ClusterResult
+from skeleton_app.ssh.runner import RunOptions
 
 LineSink = Callable[[str, str, str], None]  # (node, stream, line)
 
@@ -81,9 +88,14 @@ def exec_command(
     fanout: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     on_line: LineSink | None = None,
+    stdin: bytes | None = None,
+    sudo: SudoRequest | None = None,
 ) -> ClusterResult[None]:
     """Run `command` (exactly as typed) on `nodes`; full output to `out_dir` if given. exec
-    has no outcome of its own: each node's output and exit code are the result."""
+    has no outcome of its own: each node's output and exit code are the result. `timeout`
+    None: `ssh.command_timeout`, and when that is unset too, none at all."""
+    if timeout is None:
+        timeout = cluster.settings.ssh.command_timeout
     writer = _OutDir(Path(out_dir)) if out_dir else None
     splitter = _LineSplitter(on_line) if on_line else None
     if writer:
@@ -96,11 +108,14 @@ def exec_command(
         if splitter:
             splitter.feed(node, stream, data)
 
+    options = RunOptions(timeout=timeout, stdin=stdin, unbounded=timeout is None,
+                         sink=sink if (writer or splitter) else None)
     try:
-        return cluster.run(
-            command, nodes, timeout=timeout, fanout=fanout,
-            sink=sink if (writer or splitter) else None,
-        )
+        if sudo is not None:
+            return run_with_sudo(cluster, command, nodes, sudo, options, fanout=fanout)
+        connector = cluster.connector
+        return cluster.map(lambda node: connector.run(node, command, options), nodes,
+                           fanout=fanout, operation="exec")
     finally:
         if splitter:
             splitter.flush()

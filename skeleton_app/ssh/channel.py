@@ -44,6 +44,9 @@ _CONFIRM_KILL = 3.0  # seconds to wait for the node to report the kill before gi
 _CANCEL_STEPS = ((0.0, "INT"), (0.3, "TERM"), (0.6, "KILL"), (1.0, ""))
 _BUFFER_HEAD = 64 * 1024
 _BUFFER_TAIL = 64 * 1024
+# stdin up to this size is sent before output is read: it fits in the window sshd opens
+# (2 MiB), so sending never waits for the command to read it.
+_STDIN_INLINE = 1024 * 1024
 
 
 class Buffer:
@@ -104,9 +107,15 @@ def drive(link: Link, node: Node, channel: paramiko.Channel, command: str,
     final.enter_context(TOKEN.on_exit(lambda: send_signal(channel, "KILL")))
     try:
         channel.exec_command(command)
-        if options.stdin is not None:
-            channel.sendall(options.stdin)
-        channel.shutdown_write()
+        if options.stdin is not None and len(options.stdin) > _STDIN_INLINE:
+            # More than the node's receive window: sent from a thread, so that output is
+            # read (and deadlines, Ctrl-C and liveness are watched) while it goes out.
+            threading.Thread(target=_feed, args=(channel, options.stdin), daemon=True,
+                             name=f"stdin-{node.id}").start()
+        else:
+            if options.stdin is not None:
+                channel.sendall(options.stdin)
+            channel.shutdown_write()
         fd = channel.fileno()
         last_heard = time.monotonic()
         while True:
@@ -192,6 +201,20 @@ def drive(link: Link, node: Node, channel: paramiko.Channel, command: str,
         duration=time.monotonic() - started, stdout_bytes=out.total,
         stderr_bytes=err.total, truncated=out.truncated or err.truncated,
     )
+
+
+def _feed(channel: paramiko.Channel, data: bytes) -> None:
+    """Send `data` to the command's stdin, then EOF. A command that exits without reading
+    all of it closes the channel: that is its business, not an error of the run (the
+    driving loop reports exit status, timeouts and lost links)."""
+    with contextlib.suppress(Exception):
+        view = memoryview(data)
+        while view and not channel.closed:
+            sent = channel.send(bytes(view[:32768]))
+            if sent <= 0:
+                return
+            view = view[sent:]
+        channel.shutdown_write()
 
 
 def hold(transport: paramiko.Transport, command: str, *,

@@ -237,7 +237,9 @@ class Connector:
     def run(self, node: Node, command: str, options: RunOptions = _DEFAULT_RUN) -> NodeResult[Any]:
         """Run `command` on `node`; always returns a NodeResult, never raises for node faults."""
         started = time.monotonic()
-        timeout = self.settings.command_timeout if options.timeout is None else options.timeout
+        timeout = options.timeout
+        if timeout is None and not options.unbounded:
+            timeout = self.settings.op_timeout
         connect_timeout = self.settings.connect_timeout
         for attempt in (1, 2):
             if options.cancellable and TOKEN.cancelled:

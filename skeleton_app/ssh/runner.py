@@ -22,12 +22,15 @@ OutputSink = Callable[[str, str, bytes], None]  # (node id, "stdout"|"stderr", c
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
-    timeout: float | None = None  # None: settings.command_timeout
+    timeout: float | None = None  # None: settings.op_timeout (unless `unbounded`)
     stdin: bytes | None = None
     sink: OutputSink | None = None
     # False for clean-up steps that must run even after a cancel (unlocking, removing a
     # run dir): they are bounded by their timeout instead.
     cancellable: bool = True
+    # True with timeout None: no command deadline at all (`cluster exec` without --timeout
+    # or ssh.command_timeout, as clush/pdsh); keepalive probes still detect a dead node.
+    unbounded: bool = False
 
 
 class Session(Protocol):

@@ -19,30 +19,56 @@ def cluster() -> None:
 
 
 @cluster.command("exec")
-@click.argument("command")
+@click.argument("words", nargs=-1, required=True, metavar="[--] COMMAND...")
 @selection_options
 @click.option("--timeout", type=Seconds(), default=None,
-              help="Kill the command on the node after this many seconds.")
+              help="Kill the command on the node after this many seconds (default"
+                   " ssh.command_timeout; unset: no timeout, a dead node is still detected).")
 @click.option("--stream", is_flag=True, help="Print lines live as 'node: line'.")
 @json_option
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Write every node's full stdout/stderr to DIR/<node>.out and .err.")
+@click.option("--stdin", "use_stdin", is_flag=True,
+              help="Send this command's stdin (read whole, at most 64 MiB) to every node.")
+@click.option("--sudo", is_flag=True,
+              help="Run the command under sudo (password asked once, only if a node needs it;"
+                   " or from the file $SKELETON_SUDO_PASSWORD_FILE).")
+@click.option("--sudo-user", default=None, metavar="USER",
+              help="With --sudo: run as USER (default root).")
 @click.pass_context
-def exec_cmd(ctx: click.Context, command: str, config: str | None, node_specs: tuple[str, ...],
-             roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
-             timeout: float | None, stream: bool, as_json: bool, out_dir: str | None) -> int:
-    """Run COMMAND on every selected node, in parallel."""
+def exec_cmd(ctx: click.Context, words: tuple[str, ...], config: str | None,
+             node_specs: tuple[str, ...], roles: tuple[str, ...], exclude: tuple[str, ...],
+             fanout: int | None, timeout: float | None, stream: bool, as_json: bool,
+             out_dir: str | None, use_stdin: bool, sudo: bool, sudo_user: str | None) -> int:
+    """Run COMMAND on every selected node, in parallel.
+
+    \b
+    skeleton cluster exec -n node-01 "uname -r"      one word, as typed
+    skeleton cluster exec -n node-01 -- uname -r     words joined with spaces (as ssh, pdsh)
+    skeleton cluster exec -- 'ls /tmp' '|' wc -l     the node's shell runs: ls /tmp | wc -l
+    tar c dir | skeleton cluster exec --stdin -- tar x -C /tmp
+
+    Everything after `--` is the command, options included (POSIX): put skeleton's own
+    options before it. Without --timeout or ssh.command_timeout the command runs as long as
+    it needs (a node that stops answering is still reported lost, exit 4)."""
     from skeleton_app.app import commands
+    from skeleton_app.app.exec_input import join_words, read_stdin, sudo_password_source
     from skeleton_app.app.views import common as render
     from skeleton_app.app.views.exec import exec_text
+    from skeleton_app.ops.sudo import SudoRequest
 
+    command = join_words(words)
+    if sudo_user is not None and not sudo:
+        raise click.UsageError("--sudo-user needs --sudo")
+    request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
     session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
+    data = read_stdin() if use_stdin else None
     on_line = None
     if stream and not as_json:
         def on_line(node: str, s: str, line: str) -> None:
             render.stream_line(sys.stdout, node, s, line)
     done = commands.exec_command(session, nodes, command, timeout=timeout, out_dir=out_dir,
-                                 on_line=on_line)
+                                 on_line=on_line, stdin=data, sudo=request)
     result = done.result
     if as_json:
         click.echo(result.to_json())

@@ -58,7 +58,7 @@ def sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgres
     return rsync(
         node, p.source + "/", dest + "/", settings=ssh, exclude=p.exclude, filters=p.filters,
         delete=p.delete, dry_run=dry_run, checksum=p.checksum, rsync_opts=opts,
-        io_timeout=int(ssh.command_timeout), on_change=on_change, on_progress=on_progress,
+        io_timeout=int(ssh.op_timeout), on_change=on_change, on_progress=on_progress,
         rsync_path=writer,
     )
 
@@ -91,7 +91,7 @@ def _run_after(cluster: Cluster, node: Node, dest: str, command_line: str) -> No
     line = (f"export SKELETON_NODE_ID={shlex.quote(node.id)}; cd {shlex.quote(dest)} &&"
             f" {command_line}")
     return cluster.connector.run(node, line, RunOptions(
-        timeout=cluster.settings.ssh.command_timeout))
+        timeout=cluster.settings.ssh.op_timeout))
 
 
 def out_of_space(cluster: Cluster, node: Node, dest: str) -> bool:

@@ -166,7 +166,7 @@ class AttemptRun:
             # directory when it reports the end (as with wait's remove=True below).
             self.pgid, end = ctx.node_api.start_wait(
                 ctx.runner, self.node, job.id, self.n, command, input_name=spec.input_name,
-                input_data=data, timeout=ctx.settings.ssh.command_timeout, engine=engine,
+                input_data=data, timeout=ctx.settings.ssh.op_timeout, engine=engine,
                 slice_s=min(START_SLICE, engine.timeout),
                 max_bytes=ctx.settings.jobs.max_file_bytes, remove=True)
         except NodeError as exc:

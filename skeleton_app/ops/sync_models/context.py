@@ -106,7 +106,7 @@ class RunContext:
     def deadline(self, nbytes: int, rate: int = MIN_RATE) -> float:
         if self.options.timeout is not None:
             return self.options.timeout
-        return max(self.settings.ssh.command_timeout, 120.0 + nbytes / rate)
+        return max(self.settings.ssh.op_timeout, 120.0 + nbytes / rate)
 
     def job_sh(self, job: str, me: Node, nxt: Node | None, extra: str = "") -> bytes:
         """JOB/job.sh for `me`, forwarding to `nxt` (the recv step of the same job)."""

@@ -42,7 +42,7 @@ def prepare_round(ctx: RunContext, pending: list[Target]) -> list[Job]:
             facts = ctx.remote.call(t.node, "prepare", [ctx.remote.job_dir(t.job)],
                                     files=prepare_files(plan, ctx.manifests), job=t.job,
                                     job_files=job_files,
-                                    timeout=ctx.settings.ssh.command_timeout)
+                                    timeout=ctx.settings.ssh.op_timeout)
             t.staged_base = facts.staged
             ctx.report(t, "preflight", 0, plan.need_bytes)
         except NodeError as exc:

@@ -39,6 +39,12 @@ SSHD = "/usr/sbin/sshd"
 _LAUNCH_SH = """\
 set -e
 hostname "$2"
+# The host's own name resolves, as on an installed machine (127.0.1.1 in /etc/hosts); else
+# sudo adds "unable to resolve host" to every command's stderr. A copy in the host's dir,
+# bind-mounted in this mount namespace only: the machine's /etc/hosts is left alone.
+etc_hosts="$(dirname "$3")/etc-hosts"
+{ cat /etc/hosts 2>/dev/null || true; printf '127.0.1.1\t%s\n' "$2"; } >"$etc_hosts"
+mount --bind "$etc_hosts" /etc/hosts || true
 mount --bind "$3" "$4"
 printf '%s\\n' "$5" | while IFS= read -r dir; do
     [ -z "$dir" ] || mount -t tmpfs -o ro,size=4k skeleton-hidden "$dir"

@@ -74,6 +74,7 @@ from skeleton_app.testing.testbed.state import (
     netns_name,
     veth_name,
 )
+from skeleton_app.testing.testbed.sudoers import remove_sudo
 from skeleton_app.testing.testbed.system import _INSTALL_HINT, _PATH, _run, _tail, require_root
 
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")  # goes into sshd_config unquoted
@@ -202,6 +203,10 @@ def down(state_dir: str | os.PathLike[str] | None = None, instance: int = 0) -> 
     if db_dir.is_dir():
         localdb.stop_postgres(db_dir)
         removed.append(f"stopped PostgreSQL in {db_dir}")
+
+    # 2b. sudo rules a test added (testbed/sudoers.py): the machine's /etc, so undone here
+    # too, from what the state dir recorded, should the test have crashed.
+    removed += remove_sudo(state)
 
     # 3. Namespaces (their eth0 ends, hence the veth pairs, go with them) and links.
     existing_ns = set(_list_namespaces())

@@ -1,0 +1,106 @@
+"""sudo on the test hosts, for `exec --sudo` tests: a sudoers drop-in and a password for the
+login user, recorded in the state dir and removed afterwards.
+
+The hosts share the machine's /etc, so both changes are the machine's: the drop-in names
+this testbed's host *addresses* (sudo matches a rule's host against the addresses of the
+interfaces it sees, and a host sees only its own `eth0`), so it grants nothing elsewhere; the
+password goes where `hosts._ensure_user` left `*` (no password login). Before changing
+anything, `STATE/sudoers.json` records what to undo (the drop-in's path, the user's previous
+shadow field); `remove_sudo` (also called by `down`) undoes exactly that, so a crashed test
+leaves nothing behind once `skeleton testbed down` runs.
+
+    with sudo_rules(tb, "pw", nopasswd=["node-01"]):
+        ...  # node-01: sudo without a password; the other hosts: sudo with "pw"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from skeleton_app.errors import TestbedError
+from skeleton_app.testing.testbed.hosts import _password_field
+from skeleton_app.testing.testbed.state import USER, Testbed
+from skeleton_app.testing.testbed.system import _last_line, _run, require_root
+
+SUDOERS_DIR = Path("/etc/sudoers.d")
+_RECORD = "sudoers.json"
+
+
+def _dropin(testbed: Testbed) -> Path:
+    # No dot in the name: sudo skips drop-ins whose name holds one.
+    return SUDOERS_DIR / f"skeleton-testbed-{testbed.instance}"
+
+
+def _rules(testbed: Testbed, nopasswd: Sequence[str]) -> str:
+    lines = [f"# skeleton testbed {testbed.state_dir}: removed by `skeleton testbed down`",
+             f"Defaults:{USER} lecture=never"]
+    # The last matching rule wins: the NOPASSWD hosts come after the others.
+    for host_id in testbed.ids:
+        if host_id not in nopasswd:
+            lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) ALL")
+    for host_id in nopasswd:
+        lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) NOPASSWD: ALL")
+    return "\n".join(lines) + "\n"
+
+
+def add_sudo(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = ()) -> None:
+    """Let the login user sudo on the hosts: with `password`, or without one on `nopasswd`."""
+    require_root()
+    for host_id in nopasswd:
+        testbed.host(host_id)  # an unknown host is a UsageError before anything changes
+    if not shutil.which("sudo") or not SUDOERS_DIR.is_dir():
+        raise TestbedError("sudo is not installed (./scripts/setup installs it)")
+    record = testbed.state_dir / _RECORD
+    if record.exists():
+        raise TestbedError(f"sudo rules already added ({record}): remove_sudo first")
+    dropin = _dropin(testbed)
+    if dropin.exists():
+        raise TestbedError(f"{dropin} exists and is not recorded as ours: left alone")
+    record.write_text(json.dumps({"dropin": str(dropin), "user": USER,
+                                  "shadow": _password_field(USER)}))
+    candidate = dropin.with_name(dropin.name + ".new")  # ignored by sudo: it holds a dot
+    candidate.write_text(_rules(testbed, nopasswd))
+    os.chmod(candidate, 0o440)
+    # A broken drop-in would break sudo for the whole machine: checked before it counts.
+    check = _run(["visudo", "-cf", str(candidate)], check=False)
+    if check.returncode != 0:
+        candidate.unlink()
+        record.unlink()
+        raise TestbedError(f"visudo refused the drop-in: {_last_line(check.stderr)}")
+    os.replace(candidate, dropin)
+    _run(["chpasswd"], input=f"{USER}:{password}\n")
+
+
+def remove_sudo(state_dir: Path) -> list[str]:
+    """Undo what `add_sudo` recorded in `state_dir` (nothing if it recorded nothing)."""
+    record = state_dir / _RECORD
+    if not record.exists():
+        return []
+    data = json.loads(record.read_text())
+    done: list[str] = []
+    dropin = Path(data["dropin"])
+    for path in (dropin, dropin.with_name(dropin.name + ".new")):
+        if path.exists():
+            path.unlink()
+            done.append(f"sudoers drop-in {path}")
+    if _password_field(data["user"]) != data["shadow"]:
+        _run(["usermod", "-p", data["shadow"], data["user"]])
+        done.append(f"password of {data['user']} (back to {data['shadow']!r})")
+    record.unlink()
+    return done
+
+
+@contextmanager
+def sudo_rules(testbed: Testbed, password: str, *,
+               nopasswd: Sequence[str] = ()) -> Iterator[None]:
+    """`add_sudo` for the duration of the block."""
+    add_sudo(testbed, password, nopasswd=nopasswd)
+    try:
+        yield
+    finally:
+        remove_sudo(testbed.state_dir)
