@@ -200,7 +200,8 @@ class Session:
         try:
             write_state(PastRun.from_result(operation, arguments, result, started_at=started))
         except OSError as exc:
-            self.warn(f"skeleton: warning: last run not saved for @failed: {exc}")
+            if not self.settings.registry.dsn:  # else @failed reads the journal
+                self.warn(f"skeleton: warning: last run not saved for @failed: {exc}")
         try:
             registry = self.registry()
             if registry is None:
