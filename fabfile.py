@@ -7,9 +7,11 @@
     fab -H linux-01 put --local app.conf --remote-dir /etc/app --mode 0640
     fab -H linux-01 get --remote /var/log/app --local-dir got   (got/linux-01/app/...)
 
--H takes node ids from the configuration (user, port and identity from the node's entry) or
-addresses (the `ssh` section's settings); `user@host` picks another user than your login
-name. On its own, `fab` builds plain Fabric connections, which would add unknown host keys
+-H takes node ids from the configuration (user, port and identity from the node's entry),
+ranges of them (`fab -H 'node-[01-03]'`: one run of the task on every node of the range) or
+IP addresses (the `ssh` section's settings); `user@host` picks another user than your login
+name and `host:port` another port. An unknown name is an error naming the known nodes.
+On its own, `fab` builds plain Fabric connections, which would add unknown host keys
 without asking: these tasks never use that connection. Each looks its host up in skeleton's
 configuration and runs through skeleton's connector (our host-key policy, identity and
 timeouts), calling the same application command as `skeleton cluster ... --node HOST`
@@ -33,6 +35,7 @@ from invoke import Exit
 
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Session
+from skeleton_app.app.fab_hosts import explicit_ports, fab_nodes
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.copy import copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
@@ -44,31 +47,36 @@ from skeleton_app.nodes import Node, validate_fab_argv
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
 
 
-def _check_hosts() -> None:
+def _check_hosts() -> frozenset[tuple[str, int]]:
     """fab builds a Connection for each `-H` host before any task of ours runs: an empty
     host (`-H ,`) is a traceback there, and `-H @stt` reaches a task as host `stt`. So the
-    list is checked as fab loads this file: one clear line, exit 2, nothing runs."""
+    list is checked as fab loads this file: one clear line, exit 2, nothing runs. Returns
+    the (host, port) pairs typed with a port (`-H node-01:2222`)."""
     try:
-        validate_fab_argv(sys.argv)
+        return explicit_ports(validate_fab_argv(sys.argv))
     except SkeletonError as exc:
         print(f"skeleton: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 
-_check_hosts()
+_PORTS = _check_hosts()
 _JSON = "Print the whole result as JSON."
 
 
 @contextmanager
-def _target(c: Connection, config: str | None) -> Iterator[tuple[Session, Node]]:
-    """The application session and the node that -H named, with skeleton's settings (not
-    fab's connection). A SkeletonError becomes one line and its exit code."""
+def _target(c: Connection, config: str | None) -> Iterator[tuple[Session, tuple[Node, ...]]]:
+    """The application session and the nodes that -H named (one, or a range's), with
+    skeleton's settings (not fab's connection). A SkeletonError becomes one line and its
+    exit code."""
     try:
         if not isinstance(c, Connection):
             raise UsageError("no host: name one or more with fab -H HOST[,HOST...]")
         with Session(config) as session:
             user = c.user if c.user != c.ssh_config.get("user", c.config.user) else None
-            yield session, session.host(c.host, user=user)  # fab -H [user@]id-or-address
+            host = c.original_host or c.host  # as typed, not ~/.ssh/config's HostName
+            port = c.port if (host, c.port) in _PORTS else None
+            # fab -H [user@]id-range-or-address[:port]
+            yield session, fab_nodes(session, host, user=user, port=port)
     except SkeletonError as exc:
         raise Exit(f"skeleton: error: {exc}", code=exc.exit_code) from None
     except KeyboardInterrupt:
@@ -95,13 +103,13 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
     from skeleton_app.app.exec_input import read_stdin, sudo_password_source
     from skeleton_app.ops.sudo import SudoRequest
 
-    with _target(c, config) as (session, node):
+    with _target(c, config) as (session, nodes):
         if not command:
             raise UsageError("--command is required")
         if sudo_user is not None and not sudo:
             raise UsageError("--sudo-user needs --sudo")
         request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
-        done = commands.exec_command(session, [node], command,
+        done = commands.exec_command(session, nodes, command,
                                      timeout=_seconds(timeout, "--timeout") or None,
                                      stdin=read_stdin() if stdin else None, sudo=request)
         exec_text(done.result, sys.stdout)
@@ -132,13 +140,13 @@ def run(c: Connection, command: str | None = None, timeout: str = "0",
 @task(help={"json": _JSON, "config": _CONFIG})
 def status(c: Connection, json: bool = False, config: str | None = None) -> None:
     """Daemon, load, memory, GPU and disk of the host (one round trip)."""
-    with _target(c, config) as (session, node):
-        done = commands.status(session, [node])
+    with _target(c, config) as (session, nodes):
+        done = commands.status(session, nodes)
         result, registry_rows = done.result, done.registry_rows
         if json:
             print(status_view.status_json(result, registry_rows))
         else:
-            status_view.status_text(result, [node], registry_rows,
+            status_view.status_text(result, nodes, registry_rows,
                                     session.settings.registry.stale_after)
     _finish(done)
 
@@ -157,9 +165,9 @@ def deploy(c: Connection, source: str | None = None, dest: str | None = None,
            checksum: bool = False, force: bool = False, restart: bool = False,
            json: bool = False, config: str | None = None) -> None:
     """Push the code tree to the host with rsync."""
-    with _target(c, config) as (session, node):
+    with _target(c, config) as (session, nodes):
         started = time.monotonic()
-        done = commands.deploy(session, [node], source=source, dest=dest,
+        done = commands.deploy(session, nodes, source=source, dest=dest,
                                delete=True if delete else False if no_delete else None,
                                dry_run=dry_run, checksum=checksum, force=force,
                                restart=restart)
@@ -180,16 +188,16 @@ def daemon(c: Connection, action: str | None = None, wait_healthy: bool = False,
            health_timeout: str = "30", json: bool = False,
            config: str | None = None) -> None:
     """Start, stop, restart or check the node daemon on the host."""
-    with _target(c, config) as (session, node):
+    with _target(c, config) as (session, nodes):
         if not action:
             raise UsageError("--action is required")
-        done = commands.daemon(session, [node], action, wait_healthy=wait_healthy,
+        done = commands.daemon(session, nodes, action, wait_healthy=wait_healthy,
                                health_timeout=_seconds(health_timeout, "--health-timeout"))
         result = done.result
         if json:
             print(result.to_json())
         else:
-            daemon_text(result, [node], sys.stdout)
+            daemon_text(result, nodes, sys.stdout)
     _finish(done)
 
 
@@ -203,12 +211,12 @@ def put(c: Connection, local: list[str] | None = None, remote_dir: str | None = 
         mode: str | None = None, preserve: bool = False, json: bool = False,
         config: str | None = None) -> None:
     """Copy local files and directories into a directory on the host (rsync)."""
-    with _target(c, config) as (session, node):
+    with _target(c, config) as (session, nodes):
         if not remote_dir:
             raise UsageError("--remote-dir is required")
         request = commands.CopyRequest.parse(local or (), remote_dir, mode=mode,
                                              preserve=preserve)
-        done = commands.copy(session, [node], request)
+        done = commands.copy(session, nodes, request)
         if json:
             print(done.result.to_json())
         else:
@@ -224,10 +232,10 @@ def put(c: Connection, local: list[str] | None = None, remote_dir: str | None = 
 def get(c: Connection, remote: list[str] | None = None, local_dir: str | None = None,
         json: bool = False, config: str | None = None) -> None:
     """Fetch files and directories from the host into LOCAL_DIR/<node>/ (symlinks skipped)."""
-    with _target(c, config) as (session, node):
+    with _target(c, config) as (session, nodes):
         if not local_dir:
             raise UsageError("--local-dir is required")
-        done = commands.fetch(session, [node], commands.FetchRequest.parse(remote or (),
+        done = commands.fetch(session, nodes, commands.FetchRequest.parse(remote or (),
                                                                            local_dir))
         if json:
             print(done.result.to_json())

@@ -140,14 +140,16 @@ class Cluster:
             return self._jobs
 
     def select(self, patterns: Sequence[str] = (), *, roles: Sequence[str] = (),
-               exclude: Sequence[str] = ()) -> tuple[Node, ...]:
+               exclude: Sequence[str] = (),
+               failed: Sequence[str] | None = None) -> tuple[Node, ...]:
         """The nodes a selection names (`nodes.select`: every value must name a node;
-        `@NAME` is a group of the config's `groups:` section or a role)."""
+        `@NAME` is a group of the config's `groups:` section or a role; `@failed` is
+        `failed`, when given)."""
         if not self.nodes:
             where = self.settings.source or "the configuration"
             raise SelectionError(f"no nodes configured (in {where} or the registry)")
         return select(self.nodes, patterns, roles=roles, exclude=exclude,
-                      groups=dict(self.settings.groups))
+                      groups=dict(self.settings.groups), failed=failed)
 
     def node(self, ref: str) -> Node:
         """Look a node up by id or host/address (the seed's API accepts both)."""

@@ -186,6 +186,10 @@ def fold(ids: Iterable[str]) -> str:
 # operations, `@` groups from /etc/clustershell) is refused before it gets there.
 _PART_RE = re.compile(r"^[A-Za-z0-9._:*?\[\],-]+\Z")
 _GROUP_REF_RE = re.compile(r"^@([A-Za-z0-9][A-Za-z0-9._-]{0,62})\Z")
+# `@failed`: the previous run's failed and unreachable nodes (`ansible --limit @site.retry`).
+# The caller looks the run up (`app.commands.Session.select`) and passes the ids to
+# `select(failed=...)`; given that, it wins over a group or role of that name.
+FAILED_REF = "@failed"
 # A range that expands further than this is a typo (`linux-[1-99999999]`), not a cluster.
 MAX_RANGE = 10_000
 
@@ -245,10 +249,12 @@ def _expand_part(part: str) -> list[str]:
 
 
 def validate_host_list(value: str) -> list[str]:
-    """Check a `fab -H` value as fab will split it (on every comma) into `[user@]host`
-    connections: each element must name one node id or address. An empty element would
-    make fab crash, and `@NAME` would reach us as host `NAME` (fab reads the `@` as an
-    empty user): groups and roles are for `--node`, which expands them. SelectionError."""
+    """Check a `fab -H` value as fab will split it (on every comma) into `[user@]host[:port]`
+    connections: each element must name one node id, a range of them (`node-[01-03]`) or an
+    address. An empty element would make fab crash, and `@NAME` would reach us as host
+    `NAME` (fab reads the `@` as an empty user): groups and roles are for `--node`, which
+    expands them. A range with a comma (`node-[01,03]`) is cut in two by fab, and a port
+    that is not a number is a traceback in fab. SelectionError."""
     hosts = value.split(",")
     for host in hosts:
         user, at, name = host.rpartition("@")
@@ -258,21 +264,33 @@ def validate_host_list(value: str) -> list[str]:
             raise SelectionError(
                 f"-H {shown(value)}: {shown(host)} is a group or role: fab takes node ids or"
                 " addresses (use `skeleton cluster ... --node @NAME` or `inv ... --node`)")
+        if name.count("[") != name.count("]"):
+            raise SelectionError(
+                f"-H {shown(value)}: fab splits -H at every comma, so a range cannot hold one:"
+                " write node-[01-03] or list the ids")
+        address, colon, port = name.rpartition(":")
+        if colon and address.count(":") == 0 and port and not (
+                port.isdigit() and 1 <= int(port) <= 65535):
+            raise SelectionError(f"-H {shown(value)}: invalid port {shown(port)} in"
+                                 f" {shown(host)}: expected 1 to 65535")
     return hosts
 
 
-def validate_fab_argv(argv: Sequence[str]) -> None:
+def validate_fab_argv(argv: Sequence[str]) -> list[str]:
     """When `argv` is a `fab` command line, check its `-H`/`--hosts` value with
-    `validate_host_list` (SelectionError). Anything else passes."""
+    `validate_host_list` (SelectionError) and return its elements as typed. Anything else
+    passes (no elements)."""
     if not argv or os.path.basename(argv[0]) != "fab":
-        return
+        return []
+    hosts: list[str] = []
     for i, arg in enumerate(argv[1:], start=1):
         if arg in ("-H", "--hosts") and i + 1 < len(argv):
-            validate_host_list(argv[i + 1])
+            hosts += validate_host_list(argv[i + 1])
         elif arg.startswith("--hosts="):
-            validate_host_list(arg.partition("=")[2])
+            hosts += validate_host_list(arg.partition("=")[2])
         elif arg.startswith("-H") and len(arg) > 2:
-            validate_host_list(arg[2:])
+            hosts += validate_host_list(arg[2:])
+    return hosts
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -294,6 +312,11 @@ def _split_top_level(spec: str) -> list[str]:
     return parts
 
 
+def names_failed(specs: Iterable[str]) -> bool:
+    """Does any of these selection values name `@failed` (as one comma-separated element)?"""
+    return any(part.strip() == FAILED_REF for spec in specs for part in _split_top_level(spec))
+
+
 def _matches(node: Node, pattern: str) -> bool:
     if any(ch in pattern for ch in "*?"):
         return fnmatch.fnmatchcase(node.id, pattern)
@@ -304,9 +327,11 @@ class _Resolver:
     """Turns specs into nodes against the known nodes, the project's groups and roles.
     Every element must name at least one node: nothing ever widens to "all"."""
 
-    def __init__(self, nodes: Sequence[Node], groups: Mapping[str, Sequence[str]]):
+    def __init__(self, nodes: Sequence[Node], groups: Mapping[str, Sequence[str]],
+                 failed: Sequence[str] | None = None):
         self.nodes = nodes
         self.groups = groups
+        self.failed = failed
 
     def known(self) -> str:
         return "known nodes: " + (fold(n.id for n in self.nodes) or "(none)")
@@ -346,7 +371,10 @@ class _Resolver:
 
     def reference(self, where: str, name: str) -> set[str]:
         """`@NAME`: the config's group of that name, else the nodes with that role (the
-        role stays reachable with `--role`). Nothing else: never ClusterShell's groups."""
+        role stays reachable with `--role`). Nothing else: never ClusterShell's groups.
+        `@failed`, when the caller gave the previous run's failed ids, is those ids."""
+        if self.failed is not None and "@" + name == FAILED_REF:
+            return self.previous_failures(where, self.failed)
         if name in self.groups:
             members: set[str] = set()
             for member in self.groups[name]:
@@ -357,6 +385,15 @@ class _Resolver:
         if not has_role:
             self.fail(where, f"no group or role named {name!r} ({self.names()})")
         return has_role
+
+    def previous_failures(self, where: str, failed: Sequence[str]) -> set[str]:
+        # Never widen, never narrow silently: a failed node that is gone is an error.
+        known = {n.id for n in self.nodes}
+        gone = [node_id for node_id in failed if node_id not in known]
+        if gone:
+            self.fail(where, f"{FAILED_REF}: {fold(gone)} failed in the last run but"
+                      f" {'is' if len(gone) == 1 else 'are'} no longer a node")
+        return set(failed)
 
     def names(self) -> str:
         roles = sorted({r for n in self.nodes for r in n.roles})
@@ -385,6 +422,7 @@ def select(
     roles: Sequence[str] = (),
     exclude: Sequence[str] = (),
     groups: Mapping[str, Sequence[str]] | None = None,
+    failed: Sequence[str] | None = None,
 ) -> tuple[Node, ...]:
     """Select nodes: `patterns` (ids, addresses, ranges, globs, `@GROUP`/`@ROLE`; none
     given = all), then roles, then exclusions.
@@ -392,9 +430,10 @@ def select(
     Every value and every comma-separated element must name at least one node, in
     `exclude` too (a typo there would widen the run): an empty value, an unknown id, a glob
     or `@NAME` that matches nothing is a SelectionError listing the known nodes, and so is
-    a selection left empty. Only giving no `patterns` at all means every node.
+    a selection left empty. Only giving no `patterns` at all means every node. `failed`:
+    the ids `@failed` stands for (the previous run's failures; see FAILED_REF).
     """
-    resolver = _Resolver(nodes, groups or {})
+    resolver = _Resolver(nodes, groups or {}, failed)
     if isinstance(patterns, str) or isinstance(exclude, str) or isinstance(roles, str):
         raise TypeError("patterns, roles and exclude are sequences of strings, not a string")
     chosen = list(nodes)

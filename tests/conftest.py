@@ -33,12 +33,13 @@ SESSION_HOSTS = 6
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_dir() -> Iterator[Path]:
-    """The deploy hash cache of this session's many temporary trees goes
-    to a directory of the session's own, not to the user's ~/.cache; the CLI subprocesses
-    inherit it."""
+    """The deploy hash cache of this session's many temporary trees (and the last-run
+    state file) go to a directory of the session's own, not to the user's ~/.cache and
+    ~/.local/state; the CLI subprocesses inherit it."""
     with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp:
         mp = pytest.MonkeyPatch()
         mp.setenv("XDG_CACHE_HOME", tmp)
+        mp.setenv("XDG_STATE_HOME", tmp)  # the last-run file of `--node @failed`
         yield Path(tmp)
         mp.undo()
 

@@ -24,6 +24,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
 from skeleton_app.app.progress import LiveProgress, live
@@ -33,6 +34,7 @@ from skeleton_app.results import ClusterResult, OutcomeT
 if TYPE_CHECKING:
     # Imported when first used: `skeleton --help`, `testbed` and `nodes` need none of them.
     from skeleton_app.app.jobs_submit import JobsDone, JobsRequest, ResultFn
+    from skeleton_app.app.last_run import PastRun
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import Settings
     from skeleton_app.nodes import Node
@@ -150,8 +152,36 @@ class Session:
         return self._cluster
 
     def select(self, selection: Selection) -> tuple[Node, ...]:
+        """The nodes `selection` names; `@failed` there is the previous run's failures
+        (`last_run`), looked up only when named."""
+        from skeleton_app.nodes import names_failed
+
+        failed = None
+        if names_failed([*selection.nodes, *selection.exclude]):
+            failed = self.previous_failures()
         return self.cluster().select(list(selection.nodes), roles=list(selection.roles),
-                                     exclude=list(selection.exclude))
+                                     exclude=list(selection.exclude), failed=failed)
+
+    def last_run(self) -> PastRun | None:
+        """The previous run of any operation: the registry's newest finished run by this
+        user@host, else (no registry) the local state file's."""
+        from skeleton_app.app.last_run import PastRun, read_state
+
+        registry = self.registry()
+        if registry is None:
+            return read_state()
+        record = registry.last_run()
+        return None if record is None else PastRun.from_record(record)
+
+    def previous_failures(self) -> tuple[str, ...]:
+        """What `@failed` stands for; UsageError when there was no run or no failure."""
+        run = self.last_run()
+        if run is None:
+            raise UsageError("@failed: no previous run recorded"
+                             + ("" if self.registry() else " on this machine"))
+        if not run.failed:
+            raise UsageError(f"@failed: no failed nodes in the last run ({run.describe()})")
+        return run.failed
 
     def host(self, host: str, *, user: str | None = None) -> Node:
         """A node id from the configuration or an address (`fab -H`), as a node; `user`
@@ -163,8 +193,18 @@ class Session:
 
     def journal(self, operation: str, arguments: Mapping[str, Any], nodes: Sequence[Node],
                 result: ClusterResult[Any]) -> None:
-        """Record the run and every node's outcome when a registry is configured. Never
-        fails the command: a registry that cannot be written costs one warning line."""
+        """Record the run and every node's outcome when a registry is configured, and in
+        the local state file (`last_run`). Never fails the command: a registry or file that
+        cannot be written costs one warning line. Secrets are never recorded."""
+        from skeleton_app.app.last_run import PastRun, now, public_arguments, write_state
+
+        arguments = public_arguments(arguments)
+        started = now() - timedelta(seconds=result.duration or 0.0)
+        try:
+            write_state(PastRun.from_result(operation, arguments, result, started_at=started))
+        except OSError as exc:
+            if not self.settings.registry.dsn:  # else @failed reads the journal
+                self.warn(f"skeleton: warning: last run not saved for @failed: {exc}")
         try:
             registry = self.registry()
             if registry is None:
@@ -259,7 +299,8 @@ def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = N
 
     result = bootstrap_op(session.cluster(), nodes, source=source, wheelhouse=wheelhouse,
                           force=force, fanout=session.fanout)
-    return session.finish("bootstrap", {"source": source, "force": force}, nodes, result)
+    return session.finish("bootstrap", {"source": source, "wheelhouse": wheelhouse,
+                                        "force": force}, nodes, result)
 
 
 def daemon(session: Session, nodes: Sequence[Node], action: str, *,
@@ -271,7 +312,8 @@ def daemon(session: Session, nodes: Sequence[Node], action: str, *,
     result = daemon_control(session.cluster(), nodes, action, batch=batch,
                             wait_healthy=wait_healthy, health_timeout=health_timeout,
                             fanout=session.fanout)
-    return session.finish(f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy},
+    return session.finish(f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy,
+                                               "health_timeout": health_timeout},
                          nodes, result)
 
 

@@ -98,6 +98,9 @@ class Registry(Protocol):
     def get_run(self, run_id: int) -> RunRecord | None:
         ...
 
+    def last_run(self, *, who: str | None = None) -> RunRecord | None:
+        ...
+
     def close(self) -> None:
         ...
 

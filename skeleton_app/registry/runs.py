@@ -125,3 +125,13 @@ class RunJournal(PostgresSession):
                     (run_id,),
                 ).fetchall()
         return dataclasses.replace(run, nodes=tuple(nodes))
+
+    def last_run(self, *, who: str | None = None) -> RunRecord | None:
+        """The newest finished run recorded by `who` (default: this user@host), with its
+        nodes: what `--node @failed` and `runs retry last` start from."""
+        with self._session("cannot read the last run") as conn:
+            row = conn.execute(
+                "SELECT id FROM runs WHERE who = %s AND finished_at IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1", (who or default_who(),),
+            ).fetchone()
+        return None if row is None else self.get_run(int(row[0]))

@@ -113,3 +113,6 @@ class StaticRegistry:
 
     def get_run(self, run_id: int) -> RunRecord | None:
         raise self._read_only("the run journal")
+
+    def last_run(self, *, who: str | None = None) -> RunRecord | None:
+        return None  # no journal: the app layer's local state file holds the last run

@@ -108,6 +108,9 @@ class FakeRegistry:
     def get_run(self, run_id: int) -> RunRecord | None:
         raise NotImplementedError
 
+    def last_run(self, *, who: str | None = None) -> RunRecord | None:
+        raise NotImplementedError
+
     def close(self) -> None:
         self.closed += 1
 

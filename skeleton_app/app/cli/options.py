@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from skeleton_app.app.cli.completion import complete_nodes
 from skeleton_app.app.commands import Selection, Session
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 SELECTION_HELP = ("Nodes: ids, ranges (linux-[01-03]), globs (linux-*), addresses, @GROUP or"
-                  " @ROLE; repeatable, comma-separated.")
+                  " @ROLE, @failed (the failed and unreachable nodes of your last run, of any"
+                  " operation); repeatable, comma-separated.")
 
 
 class Seconds(click.ParamType[float, Any]):
@@ -131,11 +133,11 @@ def selection_options(fn: F) -> F:
     fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
                       help="At most this many nodes in flight (default ssh.fanout).")(fn)
     fn = click.option("--exclude", "exclude", multiple=True, metavar="SPEC",
-                      help="Leave these nodes out.")(fn)
+                      shell_complete=complete_nodes, help="Leave these nodes out.")(fn)
     fn = click.option("--role", "roles", multiple=True, metavar="ROLE",
                       help="Only nodes with this role; repeatable.")(fn)
     fn = click.option("--node", "-n", "node_specs", multiple=True, metavar="SPEC",
-                      help=SELECTION_HELP)(fn)
+                      shell_complete=complete_nodes, help=SELECTION_HELP)(fn)
     fn = click.option("--config", "-c", "config", default=None, metavar="PATH",
                       help="Config file (default $SKELETON_CONFIG, else ./config.yaml).")(fn)
     return fn

@@ -217,7 +217,7 @@ def nodes_export(ctx: click.Context, config: str | None) -> int:
 
 @click.group()
 def runs() -> None:
-    """Recorded cluster operations (with a registry)."""
+    """Recorded cluster operations: list and show (with a registry), retry."""
 
 
 @runs.command("list")
