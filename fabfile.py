@@ -156,6 +156,7 @@ def status(c: Connection, json: bool = False, config: str | None = None) -> None
             "delete": "Remove files the source no longer has (default deploy.delete).",
             "no_delete": "Never remove files on the host, whatever deploy.delete says.",
             "dry_run": "List what would change; change nothing.",
+            "diff": "Show the diff of each file that would change (implies --dry-run).",
             "checksum": "Compare file contents, not size and time.",
             "force": "Run rsync even when the host's digest says it is up to date.",
             "restart": "Stop the daemon, deploy, start it.", "json": _JSON,
@@ -163,19 +164,19 @@ def status(c: Connection, json: bool = False, config: str | None = None) -> None
 def deploy(c: Connection, source: str | None = None, dest: str | None = None,
            delete: bool = False, no_delete: bool = False, dry_run: bool = False,
            checksum: bool = False, force: bool = False, restart: bool = False,
-           json: bool = False, config: str | None = None) -> None:
+           json: bool = False, config: str | None = None, diff: bool = False) -> None:
     """Push the code tree to the host with rsync."""
     with _target(c, config) as (session, nodes):
         started = time.monotonic()
         done = commands.deploy(session, nodes, source=source, dest=dest,
                                delete=True if delete else False if no_delete else None,
                                dry_run=dry_run, checksum=checksum, force=force,
-                               restart=restart)
+                               restart=restart, diff=diff)
         result = done.result
         if json:
             print(result.to_json())
         else:
-            deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+            deploy_text(result, sys.stdout, list_changes=dry_run or diff, started=started)
     _finish(done)
 
 

@@ -186,6 +186,7 @@ def status(c: Context, node: list[str] | None = None, role: list[str] | None = N
               " (.venv/, logs/, ...) are never removed.",
     "no_delete": "Never remove files on the nodes, whatever deploy.delete says.",
     "dry_run": "List per node what would change; change nothing.",
+    "diff": "Show per node the diff of each file that would change (implies --dry-run).",
     "checksum": "Compare file contents, not size and time.",
     "force": "Run rsync even when the node's digest says it is up to date.",
     "restart": "Per node: stop the daemon, deploy, start it.",
@@ -196,7 +197,7 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
            dest: str | None = None, delete: bool = False, no_delete: bool = False,
            dry_run: bool = False, checksum: bool = False, force: bool = False,
            restart: bool = False, lock_wait: str = "10", json: bool = False,
-           fanout: str | None = None, config: str | None = None) -> None:
+           fanout: str | None = None, config: str | None = None, diff: bool = False) -> None:
     """Push the code tree to every selected node with rsync, in parallel."""
     with _session(config, fanout) as session:
         nodes = _select(session, node, role, exclude)
@@ -206,12 +207,12 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
             delete=True if delete else False if no_delete else None,  # None: deploy.delete
             dry_run=dry_run, checksum=checksum, force=force, restart=restart,
             lock_wait=_seconds(lock_wait, "--lock-wait", zero=True) or 0.0,
-            progress=None if json else DeployProgress(nodes))
+            progress=None if json else DeployProgress(nodes), diff=diff)
         result = done.result
         if json:
             print(result.to_json())
         else:
-            deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+            deploy_text(result, sys.stdout, list_changes=dry_run or diff, started=started)
         _finish(done)
 
 

@@ -273,9 +273,11 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
            dest: str | None = None, delete: bool | None = None, dry_run: bool = False,
            checksum: bool = False, force: bool = False, restart: bool = False,
            lock_wait: float | None = None, allow_secrets: bool = False,
-           progress: LiveProgress[DeployEvent] | None = None) -> Done[DeployOutcome]:
+           progress: LiveProgress[DeployEvent] | None = None,
+           diff: bool = False) -> Done[DeployOutcome]:
     """Push the code tree to every node (`delete` None: deploy.delete; `lock_wait` None: the
-    operation's default), drawing `progress` while it runs."""
+    operation's default), drawing `progress` while it runs; `diff`: a dry run that also
+    shows each changed file's diff against the node's copy."""
     from skeleton_app.ops.deploy import LOCK_WAIT
     from skeleton_app.ops.deploy import deploy as deploy_op
 
@@ -284,10 +286,11 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
                            dry_run=dry_run, checksum=checksum, force=force, restart=restart,
                            lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
                            allow_secrets=allow_secrets, on_progress=on_progress,
-                           fanout=session.fanout)
-    return session.finish("deploy-dry-run" if dry_run else "deploy",
+                           fanout=session.fanout, diff=diff)
+    return session.finish("deploy-dry-run" if dry_run or diff else "deploy",
                          {"source": source, "dest": dest, "delete": delete,
-                          "checksum": checksum, "force": force, "restart": restart},
+                          "checksum": checksum, "force": force, "restart": restart,
+                          **({"diff": True} if diff else {})},
                          nodes, result)
 
 

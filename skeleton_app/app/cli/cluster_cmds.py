@@ -114,6 +114,8 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
               help="Remove files the source no longer has (default deploy.delete); excluded"
                    " paths (.venv/, logs/, ...) are never removed.")
 @click.option("--dry-run", is_flag=True, help="List per node what would change; change nothing.")
+@click.option("--diff", is_flag=True,
+              help="Show per node the diff of each file that would change (implies --dry-run).")
 @click.option("--checksum", is_flag=True, help="Compare file contents, not size and time.")
 @click.option("--force", is_flag=True,
               help="Run rsync even when the node's digest says it is up to date.")
@@ -127,7 +129,7 @@ def status_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
 def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
                roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
                source: str | None, dest: str | None, delete: bool | None, dry_run: bool,
-               checksum: bool, force: bool, restart: bool, lock_wait: float,
+               diff: bool, checksum: bool, force: bool, restart: bool, lock_wait: float,
                allow_secrets: bool, as_json: bool) -> int:
     """Push the code tree to every selected node with rsync, in parallel."""
     import time
@@ -143,12 +145,12 @@ def deploy_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ..
     done = commands.deploy(session, nodes, source=source, dest=dest, delete=delete,
                            dry_run=dry_run, checksum=checksum, force=force, restart=restart,
                            lock_wait=lock_wait, allow_secrets=allow_secrets,
-                           progress=None if as_json else DeployProgress(nodes))
+                           progress=None if as_json else DeployProgress(nodes), diff=diff)
     result = done.result
     if as_json:
         click.echo(result.to_json())
     else:
-        deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+        deploy_text(result, sys.stdout, list_changes=dry_run or diff, started=started)
     return done.exit_code
 
 

@@ -86,10 +86,16 @@ class DeployProgress:
 def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
                 list_changes: bool = False, started: float | None = None) -> None:
     """A row per node (result, files changed, bytes sent, time), then the totals; with
-    `list_changes` (dry runs) each node's changes first."""
+    `list_changes` (dry runs) each node's changes first; for `deploy --diff` (outcomes that
+    hold a diff) each node's diffs instead (views/deploy_diff.py)."""
     dry = result.operation.endswith("dry-run")
     if list_changes:
         for node, r in result.items():
+            if r.outcome is not None and r.outcome.diff is not None:
+                from skeleton_app.app.views.deploy_diff import diff_text
+
+                diff_text(node, r.outcome.diff, out)
+                continue
             changes = r.outcome.changes if r.outcome is not None else ()
             if not r.ok and not changes:
                 continue

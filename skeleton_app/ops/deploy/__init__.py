@@ -34,9 +34,11 @@ The package, in the order of a deploy: `plan` (DeployPlan: source, excludes, che
 refusal), `lock` (deploy.sh's conversation, as generators driven by a session or by scripted
 replies), `apply` (rsync, after commands, daemon restart, cleanup), `digest` (the digest file),
 `events` (progress for live displays), `outcome` (DeployOutcome, the typed per-node result),
-`operation` (`deploy()` and one node's steps).
+`operation` (`deploy()` and one node's steps), `diff` (`deploy --diff`: each changed file
+against the node's copy, FileDiff/NodeDiff).
 """
 
+from skeleton_app.ops.deploy.diff import FileDiff, NodeDiff
 from skeleton_app.ops.deploy.digest import DeployedDigest, digest_lines
 from skeleton_app.ops.deploy.events import DeployEvent, OnProgress
 from skeleton_app.ops.deploy.operation import deploy
@@ -66,6 +68,8 @@ __all__ = [
     "DeployOutcome",
     "DeployPlan",
     "DeployedDigest",
+    "FileDiff",
+    "NodeDiff",
     "OnProgress",
     "Transfer",
     "TreeDigest",

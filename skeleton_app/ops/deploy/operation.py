@@ -15,6 +15,7 @@ from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
 from skeleton_app.ops.deploy import apply
 from skeleton_app.ops.deploy.apply import DeployResult
+from skeleton_app.ops.deploy.diff import compare
 from skeleton_app.ops.deploy.digest import digest_lines
 from skeleton_app.ops.deploy.events import DeployEvent, OnProgress, emitter
 from skeleton_app.ops.deploy.lock import Busy, HelperFailed, HelperTalk, drive, helper_command
@@ -41,6 +42,7 @@ def deploy(
     fanout: int | None = None,
     on_result: Callable[[NodeResult[Any]], None] | None = None,
     allow_secrets: bool = False,
+    diff: bool = False,
 ) -> ClusterResult[DeployOutcome]:
     """Push `source` (default `deploy.source`) to `dest` (default each node's app dir) on
     every node in parallel, bounded by fanout. One node's failure never stops the others.
@@ -52,10 +54,14 @@ def deploy(
     A tree holding private key material is refused (UsageError naming the files, nothing
     sent; skeleton_app.secret_scan) unless `allow_secrets`; `dry_run` refuses it too.
     `outcome` (a DeployOutcome) holds the changes, files changed, bytes sent, rsync's stats.
+    `diff` (implies `dry_run`): `outcome.diff` holds each changed file's diff against the
+    node's copy (ops/deploy/diff.py).
     """
+    dry_run = dry_run or diff
     p = plan(cluster, source=source, dest=dest, delete=delete, dry_run=dry_run,
              checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False,
              allow_secrets=allow_secrets)
+    p = replace(p, diff=diff)
     # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
     # more than those two). A tree that cannot be read fails here, before any node is
     # touched; the warm-up threads then end on their own.
@@ -94,6 +100,15 @@ def _dry_run(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> D
     out = DeployOutcome(dest=dest, dry_run=True, transfer=Transfer.of(tr))
     if not tr.ok:
         return apply.rsync_failed(node, tr, out, emit, started)
+    if p.diff:
+        emit(DeployEvent(node.id, "sync", message="diff"))
+        out = replace(out, diff=compare(cluster.connector, node, p.source, dest, out.changes,
+                                        timeout=cluster.settings.ssh.command_timeout))
+        if out.diff is not None and out.diff.error is not None:
+            emit(DeployEvent(node.id, "failed", message=out.diff.error))
+            return NodeResult(node=node.id, exit_code=1, stderr=out.diff.error + "\n",
+                              duration=time.monotonic() - started,
+                              outcome=replace(out, message=out.diff.error))
     emit(DeployEvent(node.id, "done", files=tr.files_changed))
     return NodeResult(node=node.id, exit_code=0, stdout=apply.listing(tr.changes),
                       duration=time.monotonic() - started, outcome=out)

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from skeleton_app.ops.deploy.diff import NodeDiff
 from skeleton_app.results import ClusterResult
 from skeleton_app.transfers import FileChange, TransferResult, TransferStats
 
@@ -68,6 +69,7 @@ class DeployOutcome:
     after: tuple[AfterRun, ...] = ()
     daemon_start: Mapping[str, object] | None = None
     message: str | None = None
+    diff: NodeDiff | None = None  # deploy --diff: the node's file diffs
 
     @property
     def files_changed(self) -> int:
@@ -101,6 +103,8 @@ class DeployOutcome:
             out["daemon_start"] = dict(self.daemon_start)
         if self.message is not None:
             out["message"] = self.message
+        if self.diff is not None:
+            out["diff"] = self.diff.as_dict()
         return out
 
 

@@ -42,6 +42,7 @@ class DeployPlan:
     owner: str
     digest: TreeDigest | None = None
     digest_excludes: tuple[str, ...] = field(default=())
+    diff: bool = False  # a dry run that also fetches the node's copies (ops/deploy/diff.py)
 
 
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
