@@ -34,7 +34,9 @@ The package, in the order of a deploy: `plan` (DeployPlan: source, excludes, che
 refusal), `lock` (deploy.sh's conversation, as generators driven by a session or by scripted
 replies), `apply` (rsync, after commands, daemon restart, cleanup), `digest` (the digest file),
 `events` (progress for live displays), `outcome` (DeployOutcome, the typed per-node result),
-`operation` (`deploy()` and one node's steps).
+`operation` (`deploy()` and one node's steps); `releases` (`deploy.strategy: releases`:
+each deploy in its own `releases/ID`, `current` switched atomically) and `rollback`
+(`rollback()`, `list_releases()`).
 """
 
 from skeleton_app.ops.deploy.digest import DeployedDigest, digest_lines

@@ -68,6 +68,7 @@ class DeployOutcome:
     after: tuple[AfterRun, ...] = ()
     daemon_start: Mapping[str, object] | None = None
     message: str | None = None
+    release: str | None = None  # deploy.strategy releases: the release made (and switched to)
 
     @property
     def files_changed(self) -> int:
@@ -101,6 +102,8 @@ class DeployOutcome:
             out["daemon_start"] = dict(self.daemon_start)
         if self.message is not None:
             out["message"] = self.message
+        if self.release is not None:
+            out["release"] = self.release
         return out
 
 
