@@ -2,7 +2,7 @@
 
     fab -H linux-01,linux-02 deploy              fab -H linux-01 uptime
     fab -H linux-03 run --command "df -h /"      fab -H linux-02 daemon --action restart
-    fab -H 10.0.0.5 status
+    fab -H 10.0.0.5 status                       fab -H linux-01 rollback --to ID
 
 -H takes node ids from the configuration (user, port and identity from the node's entry) or
 addresses (the `ssh` section's settings); `user@host` picks another user than your login
@@ -150,6 +150,23 @@ def deploy(c: Connection, source: str | None = None, dest: str | None = None,
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run, started=started)
+    _finish(done)
+
+
+@task(help={"to": "(ID) Switch to this release (default: the one before the current one).",
+            "restart": "Restart the daemon after the switch.", "json": _JSON,
+            "config": _CONFIG})
+def rollback(c: Connection, to: str | None = None, restart: bool = False, json: bool = False,
+             config: str | None = None) -> None:
+    """deploy.strategy releases: point the host's `current` back at the previous release."""
+    from skeleton_app.app.views.releases import rollback_text
+
+    with _target(c, config) as (session, node):
+        done = commands.rollback(session, [node], to=to, restart=restart)
+        if json:
+            print(done.result.to_json())
+        else:
+            rollback_text(done.result, sys.stdout)
     _finish(done)
 
 
