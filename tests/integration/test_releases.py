@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -302,3 +303,45 @@ def test_library_deploy_with_after_commands_runs_them_in_the_release(testbed: Te
         release = outcome.release
         ran = host_path(testbed, "node-06", f"{app_dir}/releases/{release}/after-ran")
         assert ran.read_text().strip() == f"{app_dir}/releases/{release}"
+
+
+def test_the_real_node_daemon_runs_from_current_with_the_shared_venv(
+        testbed: Testbed, tmp_path: Path, node_python: str) -> None:
+    # The daemon command as the default has it (`.venv/bin/python`, relative: through the
+    # release's .venv link to the app dir's, here the hosts' bootstrapped venv), in `current`.
+    # /health's details need the token the daemon writes through the release's
+    # .skeleton-deploy link, where health.sh reads it (<app_dir>/.skeleton-deploy).
+    app_dir = unique_app_dir("rel-real")
+    command = ".venv/bin/python -m skeleton_app daemon run --config config.yaml"
+    config = variant(testbed, tmp_path, app_dir=app_dir, port=8794,
+                     daemon={"command": command}, deploy=RELEASES)
+    src = tmp_path / "tree"
+    shutil.copytree(REPO / "skeleton_app", src / "skeleton_app",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(config, src / "config.yaml")
+    venv = str(Path(node_python).parent.parent)
+    nodes_arg = ("-n", "node-0[1-2]")
+    with daemons_stopped_after(settings_of(config)) as cluster:
+        nodes = cluster.select(["node-0[1-2]"])
+        for node in nodes:  # the app dir's .venv: the hosts' bootstrapped one
+            root = host_path(testbed, node.id, app_dir)
+            root.mkdir(parents=True)
+            (root / ".venv").symlink_to(venv)
+            chown_to_user(root)
+        versions = []
+        for release_note in ("A", "B"):  # --restart: the first one starts the daemon
+            (src / "skeleton_app" / "RELEASE").write_text(release_note + "\n")
+            proc = skeleton("cluster", "deploy", "--source", str(src), "--restart", "--json",
+                            *nodes_arg, config=config)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            versions.append(json.loads(proc.stdout)["nodes"]["node-01"]["data"]["version"])
+            for node in nodes:
+                health = health_check(cluster, node, timeout=20).outcome
+                assert health is not None and health.health is not None, health
+                assert health.health["code_version"] == versions[-1], health.health
+        proc = skeleton("cluster", "rollback", "--restart", *nodes_arg, config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for node in nodes:
+            health = health_check(cluster, node, timeout=20).outcome
+            assert health is not None and health.health is not None, health
+            assert health.health["code_version"] == versions[0], health.health
