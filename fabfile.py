@@ -6,6 +6,7 @@
     fab -H 10.0.0.5 status
     fab -H linux-01 put --local app.conf --remote-dir /etc/app --mode 0640
     fab -H linux-01 get --remote /var/log/app --local-dir got   (got/linux-01/app/...)
+    fab -H linux-01 rollback --to ID
 
 -H takes node ids from the configuration (user, port and identity from the node's entry),
 ranges of them (`fab -H 'node-[01-03]'`: one run of the task on every node of the range) or
@@ -177,6 +178,23 @@ def deploy(c: Connection, source: str | None = None, dest: str | None = None,
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run or diff, started=started)
+    _finish(done)
+
+
+@task(help={"to": "(ID) Switch to this release (default: the one before the current one).",
+            "restart": "Restart the daemon after the switch.", "json": _JSON,
+            "config": _CONFIG})
+def rollback(c: Connection, to: str | None = None, restart: bool = False, json: bool = False,
+             config: str | None = None) -> None:
+    """deploy.strategy releases: point the host's `current` back at the previous release."""
+    from skeleton_app.app.views.releases import rollback_text
+
+    with _target(c, config) as (session, nodes):
+        done = commands.rollback(session, nodes, to=to, restart=restart)
+        if json:
+            print(done.result.to_json())
+        else:
+            rollback_text(done.result, sys.stdout)
     _finish(done)
 
 

@@ -4,7 +4,7 @@
     inv exec --command "uptime" --node linux-01   inv daemon --action restart --node linux-02
     inv exec --node linux-01 -- uname -r          inv exec --sudo --command "id -u"
     inv sync-models --source-node linux-01        inv logs --lines 500
-    inv bootstrap --node linux-05
+    inv rollback --to ID                          inv releases
     inv copy --local app.conf --remote-dir /etc/app --node linux-01 --mode 0640
     inv fetch --remote /var/log/app --local-dir got     (got/<node>/app/...)
     inv jobs-submit --engine stt --input a.wav --wait   inv jobs-list --state failed
@@ -213,6 +213,42 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
             print(result.to_json())
         else:
             deploy_text(result, sys.stdout, list_changes=dry_run or diff, started=started)
+        _finish(done)
+
+
+@task(iterable=_SELECTION, help={
+    **_HELP, "to": "(ID) Switch to this release (default: the one before the current one).",
+    "restart": "Per node: restart the daemon after the switch."})
+def rollback(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+             exclude: list[str] | None = None, to: str | None = None, restart: bool = False,
+             json: bool = False, fanout: str | None = None, config: str | None = None) -> None:
+    """deploy.strategy releases: point `current` back at the previous release (or --to)."""
+    from skeleton_app.app.views.releases import rollback_text
+
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
+        done = commands.rollback(session, nodes, to=to, restart=restart)
+        if json:
+            print(done.result.to_json())
+        else:
+            rollback_text(done.result, sys.stdout)
+        _finish(done)
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def releases(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+             exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
+             config: str | None = None) -> None:
+    """deploy.strategy releases: each node's releases, newest first (* marks current)."""
+    from skeleton_app.app.views.releases import releases_text
+
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
+        done = commands.releases(session, nodes)
+        if json:
+            print(done.result.to_json())
+        else:
+            releases_text(done.result, sys.stdout)
         _finish(done)
 
 

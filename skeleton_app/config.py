@@ -108,6 +108,10 @@ class DeploySettings:
     exclude: tuple[str, ...] = (".venv/", "__pycache__/", "*.pyc", ".git/", "logs/")
     delete: bool = False
     after: tuple[str, ...] = ()
+    # releases: each deploy in <app_dir>/releases/ID, `current` switched atomically
+    # (ops/deploy/releases.py); in-place: rsync into the app dir itself.
+    strategy: Literal["in-place", "releases"] = "in-place"
+    keep_releases: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +221,7 @@ _POSITIVE = {
     ("ssh", "connect_timeout"), ("ssh", "command_timeout"), ("ssh", "fanout"),
     ("ssh", "keepalive"), ("registry", "connect_timeout"), ("registry", "stale_after"),
     ("jobs", "max_attempts"), ("jobs", "lease"), ("jobs", "max_file_bytes"), ("jobs", "slots"),
-    ("jobs", "poll"),
+    ("jobs", "poll"), ("deploy", "keep_releases"),
 }
 _NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines"),
                  ("jobs", "cooldown"), ("jobs", "stderr_tail")}

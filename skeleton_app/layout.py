@@ -18,6 +18,10 @@ DIGEST_FILE = ".skeleton-deploy/digest"  # first word: the deployed tree's diges
 DAEMON_LOG = "skeleton-daemon.log"  # in the node's logs dir
 # The daemon's /health token (mode 0600, in the deploy state dir: deploy never touches it).
 HEALTH_TOKEN_FILE = ".skeleton-deploy/health-token"
+# `deploy.strategy: releases`: each deploy in RELEASES_DIR/ID, CURRENT -> the live one (the
+# daemon runs in it); the state above stays at the app dir (ops/deploy/releases.py).
+RELEASES_DIR = "releases"
+CURRENT = "current"
 
 
 def pid_file(node: Node) -> str:
@@ -30,6 +34,14 @@ def lock_file(node: Node) -> str:
 
 def daemon_log(settings: Settings, node: Node) -> str:
     return posixpath.join(settings.logs_dir_for(node), DAEMON_LOG)
+
+
+def run_dir(settings: Settings, node: Node) -> str:
+    """Where the daemon runs: the app dir, or its `current` release with the releases
+    strategy (the pid, lock and log files stay where they are)."""
+    if settings.deploy.strategy == "releases":
+        return posixpath.join(node.app_dir, CURRENT)
+    return node.app_dir
 
 
 def health_token_file(node: Node) -> str:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
     from skeleton_app.ops.fetch import FetchOutcome
+    from skeleton_app.ops.deploy.rollback import ReleasesOutcome, RollbackOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -292,6 +293,27 @@ def deploy(session: Session, nodes: Sequence[Node], *, source: str | None = None
                           "checksum": checksum, "force": force, "restart": restart,
                           **({"diff": True} if diff else {})},
                          nodes, result)
+
+
+def rollback(session: Session, nodes: Sequence[Node], *, to: str | None = None,
+             restart: bool = False, lock_wait: float | None = None) -> Done[RollbackOutcome]:
+    """Point each node's `current` at the release before it, or at `to` (deploy.strategy
+    releases); `restart`: restart the daemon there."""
+    from skeleton_app.ops.deploy import LOCK_WAIT
+    from skeleton_app.ops.deploy.rollback import rollback as rollback_op
+
+    result = rollback_op(session.cluster(), nodes, to=to, restart=restart,
+                         lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
+                         fanout=session.fanout)
+    return session.finish("rollback", {"to": to, "restart": restart}, nodes, result)
+
+
+def releases(session: Session, nodes: Sequence[Node]) -> Done[ReleasesOutcome]:
+    """Each node's releases and which one is current."""
+    from skeleton_app.ops.deploy.rollback import list_releases
+
+    result = list_releases(session.cluster(), nodes, fanout=session.fanout)
+    return session.finish("releases", {}, nodes, result)
 
 
 def bootstrap(session: Session, nodes: Sequence[Node], *, source: str | None = None,

@@ -196,7 +196,7 @@ def describe(action: str, reply: DaemonReply) -> str:
 def _process_args(settings: Settings, node: Node, action: str) -> list[str]:
     validate_node_id(node.id)  # exported as SKELETON_NODE_ID and names the log
     d = settings.daemon
-    args = [action, node.app_dir, pid_file(node), log_file(settings, node),
+    args = [action, layout.run_dir(settings, node), pid_file(node), log_file(settings, node),
             layout.lock_file(node), f"{d.stop_grace:g}", f"{d.start_grace:g}", node.id]
     if action == "start":
         args += ["--", *check_command(settings)]

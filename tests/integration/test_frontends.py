@@ -36,8 +36,8 @@ from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
 INV_TASKS = ["bootstrap", "copy", "daemon", "deploy", "exec", "fetch", "jobs-cancel",
              "jobs-dispatch", "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs",
-             "status", "sync-models"]
-FAB_TASKS = ["daemon", "deploy", "get", "put", "run", "status", "uptime"]
+             "releases", "rollback", "status", "sync-models"]
+FAB_TASKS = ["daemon", "deploy", "get", "put", "rollback", "run", "status", "uptime"]
 PORT = 8793  # the stand-in daemon's port in these tests
 
 
@@ -458,10 +458,13 @@ def test_front_end_holds_no_logic_of_its_own(module: str) -> None:
 
 def _cli_calls() -> dict[str, set[str]]:
     tree, functions = _functions(REPO / "skeleton_app" / "app" / "cli" / "cluster_cmds.py")
+    release_tree, release_fns = _functions(REPO / "skeleton_app/app/cli/release_cmds.py")
+    functions = {**functions, **release_fns}
     commands = {"exec": "exec_cmd", "status": "status_cmd", "deploy": "deploy_cmd",
                 "daemon": "_daemon", "sync_models": "sync_models_cmd", "logs": "logs_cmd",
-                "bootstrap": "bootstrap_cmd"}
-    names = _imports(tree)
+                "bootstrap": "bootstrap_cmd", "rollback": "rollback_cmd",
+                "releases": "releases_cmd"}
+    names = {**_imports(tree), **_imports(release_tree)}
     # Importing Rich early is how the CLI hides its import time; nothing to render with.
     speedups = {"skeleton_app.app.views.common.preload_tables"}
     calls = {task: _ops_calls(functions[fn], names, prefixes=LIBRARY) - speedups
@@ -495,7 +498,8 @@ def test_fab_tasks_call_commands_and_renderers_the_cli_calls() -> None:
         if _is_task(fn):
             called = _ops_calls(fn, _imports(tree), functions, LIBRARY)
             assert called & set(COMMANDS[0] + c for c in ("exec_command", "status", "deploy",
-                                                          "daemon", "copy", "fetch")), name
+                                                          "daemon", "copy", "fetch",
+                                                          "rollback")), name
             assert called <= set(everything), name
 
 

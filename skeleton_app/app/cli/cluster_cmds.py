@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from skeleton_app.app.cli import release_cmds
 from skeleton_app.app.cli.options import Seconds, json_option, select, selection_options
 
 
@@ -358,3 +359,7 @@ def logs_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...]
     elif not follow:
         logs_text(result, sys.stdout, out_dir=out_dir)
     return done.exit_code
+
+
+cluster.add_command(release_cmds.rollback_cmd)  # deploy.strategy: releases
+cluster.add_command(release_cmds.releases_cmd)

@@ -35,7 +35,9 @@ refusal), `lock` (deploy.sh's conversation, as generators driven by a session or
 replies), `apply` (rsync, after commands, daemon restart, cleanup), `digest` (the digest file),
 `events` (progress for live displays), `outcome` (DeployOutcome, the typed per-node result),
 `operation` (`deploy()` and one node's steps), `diff` (`deploy --diff`: each changed file
-against the node's copy, FileDiff/NodeDiff).
+against the node's copy, FileDiff/NodeDiff); `releases` (`deploy.strategy: releases`:
+each deploy in its own `releases/ID`, `current` switched atomically) and `rollback`
+(`rollback()`, `list_releases()`).
 """
 
 from skeleton_app.ops.deploy.diff import FileDiff, NodeDiff

@@ -34,8 +34,11 @@ DeployResult = NodeResult[DeployOutcome]
 
 
 def sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgress,
-         *, dry_run: bool) -> TransferResult:
-    """rsync the source to `dest`, reporting each change and the overall percent."""
+         *, dry_run: bool, state_dir: str | None = None,
+         link_dest: str | None = None) -> TransferResult:
+    """rsync the source to `dest`, reporting each change and the overall percent.
+    `state_dir`: the dir whose .skeleton-deploy holds the writer lock (default `dest`);
+    `link_dest`: hard-link unchanged files to this tree on the node (a release)."""
     seen = 0
 
     def on_change(change: FileChange) -> None:
@@ -50,10 +53,12 @@ def sync(cluster: Cluster, node: Node, p: DeployPlan, dest: str, emit: OnProgres
     opts: list[str] = []
     if dry_run and supports("--mkpath"):
         opts.append("--mkpath")  # a first dry run to a fresh node must not fail on the path
+    if link_dest is not None:
+        opts.append(f"--link-dest={link_dest}")
     # The receiver holds the writer lock for as long as it lives (deploy.sh's `begin` waits
     # for it): it may outlive our session, and so the session's lock, if we are killed.
     writer = None if dry_run else shlex.join(
-        ["flock", "-w", "30", f"{dest}/{STATE_DIR}", "rsync"])
+        ["flock", "-w", "30", f"{state_dir or dest}/{STATE_DIR}", "rsync"])
     ssh = cluster.settings.ssh
     return rsync(
         node, p.source + "/", dest + "/", settings=ssh, exclude=p.exclude, filters=p.filters,

@@ -23,6 +23,7 @@ class DeployedDigest:
     delete: bool = False
     deployed_at: str | None = None
     deployed_by: str | None = None
+    release: str | None = None  # deploy.strategy releases: the release it describes
 
     @classmethod
     def parse(cls, lines: Sequence[str]) -> DeployedDigest:
@@ -31,7 +32,7 @@ class DeployedDigest:
         values = dict(line.partition("=")[::2] for line in lines[1:] if "=" in line)
         return cls(version=lines[0].strip() or None, tree=values.get("tree") or None,
                    delete=values.get("delete") == "1", deployed_at=values.get("deployed_at"),
-                   deployed_by=values.get("deployed_by"))
+                   deployed_by=values.get("deployed_by"), release=values.get("release"))
 
     def covers(self, tree: TreeDigest, *, delete: bool) -> bool:
         """Is a deploy of `tree` already in place? A tree deployed without --delete may

@@ -13,7 +13,7 @@ from skeleton_app import cancel
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
-from skeleton_app.ops.deploy import apply
+from skeleton_app.ops.deploy import apply, releases
 from skeleton_app.ops.deploy.apply import DeployResult
 from skeleton_app.ops.deploy.diff import compare
 from skeleton_app.ops.deploy.digest import digest_lines
@@ -62,6 +62,7 @@ def deploy(
              checksum=checksum, force=force, restart=restart, lock_wait=lock_wait, digest=False,
              allow_secrets=allow_secrets)
     p = replace(p, diff=diff)
+    p = releases.plan_releases(p, cluster.settings)
     # The first wave's handshakes overlap hashing the tree (a no-change deploy is little
     # more than those two). A tree that cannot be read fails here, before any node is
     # touched; the warm-up threads then end on their own.
@@ -72,7 +73,7 @@ def deploy(
     if not allow_secrets:
         refuse_secrets(tree, p.source)
     if not dry_run:
-        p = replace(p, digest=tree)
+        p = releases.name_release(replace(p, digest=tree), tree)
     emit = emitter(on_progress)
     result: ClusterResult[DeployOutcome] = cluster.map(
         lambda node: _deploy_node(cluster, node, p, emit), nodes, fanout=fanout,
@@ -96,7 +97,9 @@ def _dry_run(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> D
     started = time.monotonic()
     emit(DeployEvent(node.id, "sync", message="dry run"))
     dest = dest_for(p, node)
-    tr = apply.sync(cluster, node, p, dest, emit, dry_run=True)
+    # Releases: what would change against the live release.
+    target = releases.current_dir(dest) if p.release is not None else dest
+    tr = apply.sync(cluster, node, p, target, emit, dry_run=True)
     out = DeployOutcome(dest=dest, dry_run=True, transfer=Transfer.of(tr))
     if not tr.ok:
         return apply.rsync_failed(node, tr, out, emit, started)
@@ -149,7 +152,9 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             emit(DeployEvent(node.id, "failed", message=message))
             return done(out, exit_code=1, stderr=message + "\n")
         out = replace(out, locked=True, previous=granted.previous.version, version=tree.version)
-        unchanged = not p.force and granted.previous.covers(tree, delete=p.delete)
+        unchanged = not p.force and granted.previous.covers(tree, delete=p.delete) and (
+            # A tree deployed in place is not a release, nor the other way round.
+            (granted.previous.release is None) == (p.release is None))
 
         if not unchanged:
             # Before the daemon is stopped: a node that cannot take the deploy keeps running.
@@ -163,6 +168,13 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                                out)
             if reason is not None:
                 return refused(NodeErrorKind.ERROR, f"deploy helper: error={reason}", out)
+        staged: releases.Staged | None = None
+        if not unchanged and p.release is not None:
+            prepared = releases.prepare(cluster, node, dest, p.release)
+            if isinstance(prepared, str):
+                return refused(NodeErrorKind.LOCAL, prepared, out)
+            staged = prepared
+            out = replace(out, release=staged.id)
 
         if p.restart:
             if unchanged:  # `begin` records who holds the lock; a restart holds it too
@@ -171,20 +183,38 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
             stopped, facts = apply.daemon(cluster, node, "stop")
             out = replace(out, daemon_stop=facts)
             if not stopped.ok:
-                return apply.daemon_failed(node, "stop", stopped, facts, out, emit, started)
+                no_stop = apply.daemon_failed(node, "stop", stopped, facts, out, emit, started)
+                if staged is not None:
+                    no_stop = releases.abort(cluster, node, dest, staged, no_stop)
+                return no_stop
 
         listing = ""
         if unchanged:
             out = replace(out, unchanged=True, transfer=Transfer())
         else:
             emit(DeployEvent(node.id, "sync"))
-            tr = apply.sync(cluster, node, p, dest, emit, dry_run=False)
+            target = staged.dir if staged is not None else dest
+            tr = apply.sync(cluster, node, p, target, emit, dry_run=False, state_dir=dest,
+                            link_dest=releases.link_dest(dest, staged) if staged else None)
             out = replace(out, unchanged=False, transfer=Transfer.of(tr))
             listing = apply.listing(tr.changes)
             failed = _transfer_failed(cluster, node, tr, out, emit, started)
+            if failed is None and staged is not None and p.release is not None:
+                failed = releases.link(cluster, node, dest, staged, p.release, out, started)
             if failed is None:
-                out, failed = apply.run_afters(cluster, node, p, dest, out, emit, started)
+                out, failed = apply.run_afters(cluster, node, p, target, out, emit, started)
+            lines = digest_lines(tree, delete=p.delete, owner=p.owner, source=p.source)
+            if staged is not None:
+                lines.append(f"release={staged.id}")
+            if failed is None and staged is not None and p.release is not None:
+                emit(DeployEvent(node.id, "commit", message=f"switch to {staged.id}"))
+                failed, _ = releases.switch(cluster, node, dest, staged, p.release, lines, out,
+                                            started)
+                if failed is not None:
+                    emit(DeployEvent(node.id, "failed", message=failed.error or ""))
             if failed is not None:
+                if staged is not None:  # never switched: the half-built release goes
+                    failed = releases.abort(cluster, node, dest, staged, failed)
                 if p.restart:
                     # The daemon was stopped for this deploy: bring it back on what is there
                     # (after a failed transfer, the old files) rather than leave it down,
@@ -194,7 +224,6 @@ def _deploy_one(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -
                         failed.outcome or out, daemon_start=again))
                 return failed
             emit(DeployEvent(node.id, "commit"))
-            lines = digest_lines(tree, delete=p.delete, owner=p.owner, source=p.source)
             problem = drive(talk.commit(lines), session)
             if problem is not None:
                 emit(DeployEvent(node.id, "failed", message=problem))

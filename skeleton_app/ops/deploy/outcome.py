@@ -70,6 +70,7 @@ class DeployOutcome:
     daemon_start: Mapping[str, object] | None = None
     message: str | None = None
     diff: NodeDiff | None = None  # deploy --diff: the node's file diffs
+    release: str | None = None  # deploy.strategy releases: the release made (and switched to)
 
     @property
     def files_changed(self) -> int:
@@ -105,6 +106,8 @@ class DeployOutcome:
             out["message"] = self.message
         if self.diff is not None:
             out["diff"] = self.diff.as_dict()
+        if self.release is not None:
+            out["release"] = self.release
         return out
 
 

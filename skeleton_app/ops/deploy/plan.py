@@ -25,6 +25,17 @@ LOCK_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class ReleasePlan:
+    """`deploy.strategy: releases` (ops/deploy/releases.py): the release ID (set once the
+    tree is digested), how many releases to keep, the shared paths linked into each release
+    (`NAME?`: only when the node has it and the release does not)."""
+
+    keep: int
+    shared: tuple[str, ...]
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DeployPlan:
     """Everything decided before the first node is touched (shared by all nodes)."""
 
@@ -43,6 +54,7 @@ class DeployPlan:
     digest: TreeDigest | None = None
     digest_excludes: tuple[str, ...] = field(default=())
     diff: bool = False  # a dry run that also fetches the node's copies (ops/deploy/diff.py)
+    release: ReleasePlan | None = None  # None: in place
 
 
 def plan(cluster: Cluster, *, source: str | os.PathLike[str] | None = None,
