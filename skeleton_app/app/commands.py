@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from skeleton_app.ops.copy import CopyOutcome, TransferEvent
     from skeleton_app.ops.daemon import DaemonOutcome
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
-    from skeleton_app.ops.fetch import FetchOutcome
     from skeleton_app.ops.deploy.rollback import ReleasesOutcome, RollbackOutcome
+    from skeleton_app.ops.fetch import FetchOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn

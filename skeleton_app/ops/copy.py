@@ -132,7 +132,7 @@ def copy_to_nodes(
                                bytes=progress.bytes, files=count))
 
         tr = rsync(node, list(send), dest.rstrip("/") + "/", settings=ssh, partial_dir=None,
-                   rsync_opts=opts, io_timeout=int(ssh.command_timeout),
+                   rsync_opts=opts, io_timeout=int(ssh.op_timeout),
                    on_change=on_change, on_progress=on_bytes)
         out = CopyOutcome(remote_dir=remote_dir, files=count, bytes_sent=tr.bytes_sent,
                           paths=tuple(written))

@@ -105,8 +105,9 @@ def _dry_run(cluster: Cluster, node: Node, p: DeployPlan, emit: OnProgress) -> D
         return apply.rsync_failed(node, tr, out, emit, started)
     if p.diff:
         emit(DeployEvent(node.id, "sync", message="diff"))
-        out = replace(out, diff=compare(cluster.connector, node, p.source, dest, out.changes,
-                                        timeout=cluster.settings.ssh.command_timeout))
+        # Against the live release's files under deploy.strategy releases.
+        out = replace(out, diff=compare(cluster.connector, node, p.source, target, out.changes,
+                                        timeout=cluster.settings.ssh.op_timeout))
         if out.diff is not None and out.diff.error is not None:
             emit(DeployEvent(node.id, "failed", message=out.diff.error))
             return NodeResult(node=node.id, exit_code=1, stderr=out.diff.error + "\n",
