@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from skeleton_app.app.cli.options import select, selection_options
+from skeleton_app.app.cli.options import json_option, select, selection_options
 from skeleton_app.errors import UsageError
 
 
@@ -26,7 +26,7 @@ def _split(paths: tuple[str, ...], what: str) -> tuple[tuple[str, ...], str]:
               help="Octal mode of every copied file (e.g. 0640); directories keep theirs.")
 @click.option("--preserve", "-p", is_flag=True,
               help="Keep each file's mode and modification time (else: like cp).")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def copy_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
              node_specs: tuple[str, ...], roles: tuple[str, ...], exclude: tuple[str, ...],
@@ -52,7 +52,7 @@ def copy_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
 @click.command("fetch")
 @click.argument("paths", nargs=-1, required=True, metavar="REMOTE... LOCAL_DIR")
 @selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@json_option
 @click.pass_context
 def fetch_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
               node_specs: tuple[str, ...], roles: tuple[str, ...], exclude: tuple[str, ...],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from skeleton_app.app.cli.options import format_option, list_hosts_option, prepare
+from skeleton_app.app.cli.options import list_hosts_option, output_options, prepare
 from skeleton_app.app.cli.registry_cmds import runs
 
 if TYPE_CHECKING:
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 @click.option("--fanout", type=click.IntRange(min=1), default=None,
               help="At most this many nodes in flight (default ssh.fanout).")
 @list_hosts_option
-@format_option
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@output_options
 @click.pass_context
 def runs_retry(ctx: click.Context, run_ref: str, config: str | None, fanout: int | None,
                as_json: bool) -> int:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from skeleton_app.app.views.common import console, format_bytes, sanitize, table
+from skeleton_app.app.views.common import console, format_bytes, live_display, sanitize, table
 from skeleton_app.nodes import Node
 from skeleton_app.ops.copy import CopyOutcome, TransferEvent
 from skeleton_app.ops.fetch import FetchOutcome
@@ -27,7 +27,7 @@ class TransferProgress:
     def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
                  enabled: bool = True):
         target = file or sys.stderr
-        self.enabled = enabled and target.isatty()
+        self.enabled = enabled and live_display(target)
         self._tasks: dict[str, Any] = {}
         if not self.enabled:
             return
