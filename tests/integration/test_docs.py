@@ -38,6 +38,7 @@ from skeleton_app.cluster import Cluster
 from skeleton_app.ops.daemon import daemon_control
 from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
+from skeleton_app.testing.testbed.sudoers import sudo_rules
 from tests.support.deploy_support import (
     daemons_stopped_after,
     host_path,
@@ -54,6 +55,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PORT = 8794  # the lab's stand-in daemon
 ROLES = [["stt_realtime", "tts"], ["stt_batch"], ["tts"], ["llm"], ["stt_realtime"], ["audio"]]
 MODEL = "en_US-lessac-medium"
+SUDO_PASSWORD = "lab-sudo-pw"
 HOME_FILES = ("x.wav", "y.wav", "config.yaml")  # what the Python examples copy to the nodes
 MARKER = re.compile(r"<!-- (run|output|norun)(?::\s*([\w-]+))? -->")
 FENCE = re.compile(r"(```+)(\w*)\s*")
@@ -199,13 +201,20 @@ def lab(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (voice / f"{MODEL}.onnx").write_bytes(model)
     (voice / f"{MODEL}.onnx.json").write_text('{"audio": {"sample_rate": 22050}}\n')
     chown_to_user(host_path(testbed, ids["linux-01"], app_dir))
+    # `exec --sudo` (README "Coming from ..."): the login user may sudo with a password, which
+    # the blocks read from a file, as a script would.
+    (project / "sudo.pw").write_text(f"{SUDO_PASSWORD}\n")
+    (project / "sudo.pw").chmod(0o600)
     try:
-        yield Lab(testbed, project, config, app_dir, model)
+        with sudo_rules(testbed, SUDO_PASSWORD):
+            yield Lab(testbed, project, config, app_dir, model)
     finally:
         with Cluster.from_config(config, env={}) as cluster:
             daemon_control(cluster, cluster.nodes, "stop")
         for host_id in ids.values():  # what the docs made on the shared hosts
             shutil.rmtree(host_path(testbed, host_id, app_dir), ignore_errors=True)
+            shutil.rmtree(host_path(testbed, host_id, app_dir + "-releases"), ignore_errors=True)
+            shutil.rmtree(testbed.host(host_id).home / "conf", ignore_errors=True)
             for name in HOME_FILES:
                 (testbed.host(host_id).home / name).unlink(missing_ok=True)
 
@@ -251,6 +260,28 @@ def test_every_command_shown_is_executed() -> None:
                   "cluster daemon", "cluster sync-models", "cluster logs", "inv ", "fab ",
                   "testbed down"):
         assert shown in tour, shown
+
+
+COMING_FROM = "## Coming from clush / pdsh / Ansible / Fabric"
+COMMAND_SPAN = re.compile(r"`((?:skeleton|fab|inv|echo|eval) [^`]+)`")
+
+
+def test_every_command_of_the_coming_from_table_is_run() -> None:
+    """Each skeleton command in the right-hand column of the README's "Coming from" table
+    is in the run block right after the table, exactly as the table shows it."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(COMING_FROM):]
+    section = section[:section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    block = next(b for b in parse(REPO / "README.md")
+                 if b.marker == "run" and b.line > text[:text.index(COMING_FROM)].count("\n"))
+    assert len(rows) >= 12
+    for row in rows:
+        ours = row.split(" | ", 1)[1]
+        shown = COMMAND_SPAN.findall(ours)
+        assert shown, row
+        for command in (c.replace("\\|", "|") for c in shown):  # `\|`: a pipe in a table
+            assert command in block.code, f"not run in {block}: {command}"
 
 
 def test_output_matching_is_strict() -> None:

@@ -15,6 +15,7 @@ leaves nothing behind once `skeleton testbed down` runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,8 +33,11 @@ _RECORD = "sudoers.json"
 
 
 def _dropin(testbed: Testbed) -> Path:
-    # No dot in the name: sudo skips drop-ins whose name holds one.
-    return SUDOERS_DIR / f"skeleton-testbed-{testbed.instance}"
+    # No dot in the name: sudo skips drop-ins whose name holds one. The state dir's hash
+    # keeps two test runs of the same instance number (each in its own namespaces, sharing
+    # this machine's /etc) from meeting on one file.
+    tag = hashlib.sha256(str(testbed.state_dir).encode()).hexdigest()[:8]
+    return SUDOERS_DIR / f"skeleton-testbed-{testbed.instance}-{tag}"
 
 
 def _rules(testbed: Testbed, nopasswd: Sequence[str]) -> str:
