@@ -1,0 +1,52 @@
+"""Attacks from the #15 security review, on real sshd hosts: each test is the attack that
+once worked, kept so it never works again.
+
+- `exec --sudo` on a node whose sudoers lets `sh` run without a password but not `true`
+  (the probe's command): the password line must never reach the user's command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from skeleton_app.testing.testbed import Testbed
+from skeleton_app.testing.testbed.sudoers import sudo_rules
+from tests.support.frontends import out
+from tests.support.helpers import REPO
+
+SECRET = "Hunter2-review 'q\" $z"
+PASSWORD_ENV = "SKELETON_SUDO_PASSWORD_FILE"
+
+
+def _exec(config: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "skeleton_app", "cluster", "exec", "--config", str(config),
+         *args], capture_output=True, text=True, timeout=120, env=full_env, cwd=REPO,
+        start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def test_sudo_password_never_reaches_a_command_sudo_runs_without_one(
+        testbed: Testbed, tmp_path: Path) -> None:
+    pw = tmp_path / f"pw-{uuid.uuid4().hex[:8]}"
+    pw.write_text(SECRET + "\n")
+    pw.chmod(0o600)
+    # node-02: `sh` needs no password there (as a site may allow one tool), `true` does.
+    # node-03: `true` needs none, `sh` does. node-01: a rule on the arguments lets the
+    # guarded command line run without a password (not the probe's `sh -c true`).
+    with sudo_rules(testbed, SECRET,
+                    nopasswd_commands={"node-01": r"/bin/sh -c IFS\=*, /usr/bin/sh -c IFS\=*",
+                                       "node-02": "/bin/sh, /usr/bin/sh",
+                                       "node-03": "/bin/true, /usr/bin/true"}):
+        proc = _exec(testbed.config_path, "--sudo", "--node", "node-0[1-3]", "--",
+                     "cat; echo done-$(id -u)", env={PASSWORD_ENV: str(pw)})
+    assert "Hunter2" not in proc.stdout + proc.stderr, out(proc)
+    assert proc.returncode == 1, out(proc)  # a command failed on a node
+    assert "---------------- node-[02-03] ----------------\ndone-0\n" in proc.stdout, out(proc)
+    assert "skeleton: sudo did not read the password for this command line" in proc.stdout
+    assert "node-01: exit 126" in proc.stdout, out(proc)
