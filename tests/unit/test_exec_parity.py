@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -203,16 +204,40 @@ def test_stdin_is_read_whole_bounded_and_never_from_a_terminal() -> None:
 def test_the_password_file_is_read_once_without_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "pw"
     path.write_text(SECRET + "\n")
+    path.chmod(0o600)
     source = sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})
     assert source(["n1"]) == SECRET
     path.unlink()
     assert source(["n2"]) == SECRET  # asked once per command
     for content, error in (("", "is empty"), ("a\nb\n", "more than one line")):
         path.write_text(content)
+        path.chmod(0o600)
         with pytest.raises(UsageError, match=error):
             sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"])
     with pytest.raises(UsageError, match="cannot read"):
         sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(tmp_path / "no")})(["n1"])
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_a_password_file_other_users_may_read_or_write_is_refused(tmp_path: Path,
+                                                                  mode: int) -> None:
+    path = tmp_path / "pw"
+    path.write_text(SECRET + "\n")
+    path.chmod(mode)
+    with pytest.raises(UsageError, match=f"accessible by other users \\(mode 0{mode:o}\\)"
+                                         ": chmod 600"):
+        sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"])
+    path.chmod(0o400)
+    assert sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"]) == SECRET
+    # A pipe (`SKELETON_SUDO_PASSWORD_FILE=<(pass show sudo)`) has no file mode to judge.
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, SECRET.encode() + b"\n")
+    os.close(write_fd)
+    try:
+        env = {exec_input.PASSWORD_FILE_ENV: f"/dev/fd/{read_fd}"}
+        assert sudo_password_source(env=env)(["n1"]) == SECRET
+    finally:
+        os.close(read_fd)
 
 
 def test_no_terminal_and_no_file_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
