@@ -47,7 +47,11 @@ def _rules(testbed: Testbed, nopasswd: Sequence[str],
     for host_id in nopasswd:
         lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) NOPASSWD: ALL")
     # Per-command NOPASSWD (`{"node-02": "/bin/sh"}`): that command only, the rest with the
-    # password (sudoers as sites write it for one tool).
+    # password (sudoers as sites write it for one tool). No cached credential then: the
+    # machine's other sudo runs (the hosts share /run/sudo, and pids repeat across
+    # namespaces) must not decide which command line asks for the password.
+    if nopasswd_commands:
+        lines.insert(2, f"Defaults:{USER} timestamp_timeout=0")
     for host_id, commands in (nopasswd_commands or {}).items():
         lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) NOPASSWD: {commands}")
     return "\n".join(lines) + "\n"
