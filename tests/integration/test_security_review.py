@@ -3,16 +3,22 @@ once worked, kept so it never works again.
 
 - `exec --sudo` on a node whose sudoers lets `sh` run without a password but not `true`
   (the probe's command): the password line must never reach the user's command.
+- `cluster fetch` of files mode 0777 on the node: they must not land world-writable here
+  (the user's umask applies, as with tar).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+from skeleton_app.cluster import Cluster
+from skeleton_app.config import load_config
+from skeleton_app.ops.fetch import fetch_from_nodes
 from skeleton_app.testing.testbed import Testbed
 from skeleton_app.testing.testbed.sudoers import sudo_rules
 from tests.support.frontends import out
@@ -50,3 +56,22 @@ def test_sudo_password_never_reaches_a_command_sudo_runs_without_one(
     assert "---------------- node-[02-03] ----------------\ndone-0\n" in proc.stdout, out(proc)
     assert "skeleton: sudo did not read the password for this command line" in proc.stdout
     assert "node-01: exit 126" in proc.stdout, out(proc)
+
+
+def test_fetch_never_leaves_world_writable_files_here(testbed: Testbed, tmp_path: Path) -> None:
+    tag = f"sec-{uuid.uuid4().hex[:8]}"
+    with Cluster(load_config(testbed.config_path, env={})) as cluster:
+        nodes = cluster.select(["node-01"])
+        made = cluster.run(f"mkdir -p {tag}/d && echo x > {tag}/d/open && chmod 0777 {tag}/d/open"
+                           f" && chmod 0777 {tag}/d", nodes)
+        assert made.exit_code() == 0, made
+        old = os.umask(0o022)
+        try:
+            result = fetch_from_nodes(cluster, nodes, [f"~/{tag}/d"], str(tmp_path / "o"))
+        finally:
+            os.umask(old)
+            cluster.run(f"chmod 0755 {tag}/d; rm -rf {tag}", nodes)
+    assert result.exit_code() == 0, result["node-01"]
+    got = tmp_path / "o" / "node-01" / "d" / "open"
+    assert got.read_text() == "x\n"
+    assert stat.S_IMODE(got.stat().st_mode) == 0o755
