@@ -3,19 +3,27 @@ worked, kept so it never works again.
 
 - `cluster fetch`: a node that sends its files mode 0777 left world-writable files on this
   machine (the extractor set the node's bits as they came, past the user's umask).
+- `--node @failed`: a node "id" in the state file (or the journal) that is an escape
+  sequence reached the terminal raw in the error that names it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from skeleton_app.errors import SelectionError
+from skeleton_app.nodes import Node, select
 from skeleton_app.ops.fetch_extract import NodeTree, TarExtractor, open_node_dir, process_umask
+from tests.support.helpers import REPO
 
 
 def _tar(name: str, data: bytes, mode: int) -> bytes:
@@ -54,3 +62,38 @@ def test_a_node_cannot_leave_files_here_more_open_than_the_umask(
         os.close(node_fd)
         os.close(root_fd)
     assert stat.S_IMODE((tmp_path / "node-01" / "app").stat().st_mode) == kept
+
+
+HOSTILE = "\x1b]0;PWNED\x07evil[1-9999999]"
+
+
+def test_failed_ids_that_are_not_ids_are_named_quoted_never_raw() -> None:
+    nodes = [Node(id="a", host="10.0.0.1")]
+    with pytest.raises(SelectionError) as caught:
+        select(nodes, ["@failed"], failed=[HOSTILE, "a"])
+    message = str(caught.value)
+    assert "\x1b" not in message and "\\x1b]0;PWNED" in message
+    assert "which is not a node id" in message
+    assert select(nodes, ["@failed"], failed=["a"]) == (nodes[0],)
+    with pytest.raises(SelectionError, match="no longer a node"):
+        select(nodes, ["@failed"], failed=["b"])
+
+
+def test_a_hostile_state_file_never_reaches_the_terminal_raw(tmp_path: Path) -> None:
+    (tmp_path / "skeleton").mkdir()
+    (tmp_path / "skeleton" / "last-run.json").write_text(json.dumps({
+        "format": 1, "operation": "exec", "arguments": {},
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "nodes": {HOSTILE: {"exit_code": 1, "error_kind": None},
+                  "a": {"exit_code": 1, "error_kind": None}}}))
+    config = tmp_path / "c.yaml"
+    config.write_text("nodes:\n - {id: a, host: 10.255.255.1}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    env["XDG_STATE_HOME"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "skeleton_app", "cluster", "exec", "--config", str(config),
+         "--node", "@failed", "--list-hosts", "--", "true"], capture_output=True, text=True,
+        timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "\x1b" not in proc.stdout + proc.stderr
+    assert "which is not a node id" in proc.stderr
