@@ -5,6 +5,8 @@ worked, kept so it never works again.
   machine (the extractor set the node's bits as they came, past the user's umask).
 - `--node @failed`: a node "id" in the state file (or the journal) that is an escape
   sequence reached the terminal raw in the error that names it.
+- the state file: read through a symlink, or from a directory another user may write; and
+  `runs retry last` runs the command it records.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import stat
 import subprocess
 import sys
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from skeleton_app.errors import SelectionError
+from skeleton_app.app.last_run import PastRun, read_state, write_state
+from skeleton_app.errors import SelectionError, UsageError
 from skeleton_app.nodes import Node, select
 from skeleton_app.ops.fetch_extract import NodeTree, TarExtractor, open_node_dir, process_umask
 from tests.support.helpers import REPO
@@ -97,3 +101,31 @@ def test_a_hostile_state_file_never_reaches_the_terminal_raw(tmp_path: Path) -> 
     assert proc.returncode == 2, proc.stderr
     assert "\x1b" not in proc.stdout + proc.stderr
     assert "which is not a node id" in proc.stderr
+
+
+def test_the_state_file_is_read_only_when_no_other_user_could_have_written_it(
+        tmp_path: Path) -> None:
+    run = PastRun("exec", {"command": "true"}, datetime(2026, 1, 2, tzinfo=UTC), {})
+    home = tmp_path / "skeleton"
+    path = write_state(run, home)
+    assert read_state(home) is not None
+    home.chmod(0o777)  # a shared XDG_STATE_HOME: anyone may swap the file
+    with pytest.raises(UsageError, match="may be written by another user: not used"):
+        read_state(home)
+    home.chmod(0o700)
+    path.chmod(0o666)
+    with pytest.raises(UsageError, match="writable by other users: not used"):
+        read_state(home)
+    path.chmod(0o600)
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_text(run.to_json().replace('"true"', '"rm -rf ~"'))
+    path.unlink()
+    path.symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="a symlink is never followed"):
+        read_state(home)
+    if os.geteuid() == 0:  # only root can give a file away
+        path.unlink()
+        write_state(run, home)
+        os.chown(path, 65534, 65534)
+        with pytest.raises(UsageError, match="owned by uid 65534, not by you"):
+            read_state(home)
