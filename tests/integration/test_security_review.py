@@ -5,11 +5,14 @@ once worked, kept so it never works again.
   (the probe's command): the password line must never reach the user's command.
 - `cluster fetch` of files mode 0777 on the node: they must not land world-writable here
   (the user's umask applies, as with tar).
+- `cluster copy` onto a name that is a symlink on the node: the link is replaced, its target
+  never written through (checked, holds: rsync renames its temporary over the link).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from skeleton_app.ops.fetch import fetch_from_nodes
 from skeleton_app.testing.testbed import Testbed
 from skeleton_app.testing.testbed.sudoers import sudo_rules
 from tests.support.frontends import out
-from tests.support.helpers import REPO
+from tests.support.helpers import REPO, chown_to_user, skeleton
 
 SECRET = "Hunter2-review 'q\" $z"
 PASSWORD_ENV = "SKELETON_SUDO_PASSWORD_FILE"
@@ -75,3 +78,25 @@ def test_fetch_never_leaves_world_writable_files_here(testbed: Testbed, tmp_path
     got = tmp_path / "o" / "node-01" / "d" / "open"
     assert got.read_text() == "x\n"
     assert stat.S_IMODE(got.stat().st_mode) == 0o755
+
+
+def test_copy_replaces_a_symlink_at_the_target_never_writes_through_it(
+        testbed: Testbed, tmp_path: Path) -> None:
+    tag = f"sec-{uuid.uuid4().hex[:8]}"
+    root = testbed.host("node-01").home / tag
+    (root / "dst").mkdir(parents=True)
+    victim = root / "victim"
+    victim.write_text("keep\n")
+    (root / "dst" / "app.conf").symlink_to(victim)
+    chown_to_user(root)
+    local = tmp_path / "app.conf"
+    local.write_text("new\n")
+    try:
+        proc = skeleton("cluster", "copy", str(local), f"~/{tag}/dst", "--node", "node-01",
+                        config=testbed.config_path)
+        assert proc.returncode == 0, out(proc)
+        assert victim.read_text() == "keep\n"
+        placed = root / "dst" / "app.conf"
+        assert not placed.is_symlink() and placed.read_text() == "new\n"
+    finally:
+        shutil.rmtree(root)
