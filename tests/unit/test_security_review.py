@@ -5,6 +5,8 @@ worked, kept so it never works again.
   machine (the extractor set the node's bits as they came, past the user's umask).
 - `--node @failed`: a node "id" in the state file (or the journal) that is an escape
   sequence reached the terminal raw in the error that names it.
+- `cluster fetch` (and sync-models manifests): a name holding a C1 control (U+009B, CSI to
+  many terminals) was written to disk as sent.
 - the state file: read through a symlink, or from a directory another user may write; and
   `runs retry last` runs the command it records.
 """
@@ -26,7 +28,14 @@ import pytest
 from skeleton_app.app.last_run import PastRun, read_state, write_state
 from skeleton_app.errors import SelectionError, UsageError
 from skeleton_app.nodes import Node, select
-from skeleton_app.ops.fetch_extract import NodeTree, TarExtractor, open_node_dir, process_umask
+from skeleton_app.ops.fetch_extract import (
+    NodeTree,
+    Refused,
+    TarExtractor,
+    open_node_dir,
+    process_umask,
+)
+from skeleton_app.safepath import name_problem
 from tests.support.helpers import REPO
 
 
@@ -129,3 +138,21 @@ def test_the_state_file_is_read_only_when_no_other_user_could_have_written_it(
         os.chown(path, 65534, 65534)
         with pytest.raises(UsageError, match="owned by uid 65534, not by you"):
             read_state(home)
+
+
+@pytest.mark.parametrize("name", ["app/a\u009b31mX", "app/\u0085x", "app/x\x7f"])
+def test_a_name_with_a_c1_control_is_refused(tmp_path: Path, name: str) -> None:
+    assert name_problem(name) == "a control character (NUL, newline, ...)"
+    assert name_problem("app/caf\u00e9 \u00a0x") is None  # printable Latin-1 is a name
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    node_fd = open_node_dir(root_fd, "node-01")
+    tree = NodeTree(node_fd)
+    try:
+        ex = TarExtractor(tree, ["app"], umask=0o022)
+        with pytest.raises(Refused, match="a control character"):
+            ex.feed(_tar(name, b"x", 0o644))
+    finally:
+        tree.close()
+        os.close(node_fd)
+        os.close(root_fd)
+    assert list((tmp_path / "node-01").iterdir()) == []
