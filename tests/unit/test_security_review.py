@@ -7,6 +7,7 @@ worked, kept so it never works again.
   sequence reached the terminal raw in the error that names it.
 - `cluster fetch` (and sync-models manifests): a name holding a C1 control (U+009B, CSI to
   many terminals) was written to disk as sent.
+- `RunOptions` (the sudo run's stdin starts with the password) showed its stdin in repr.
 - the state file: read through a symlink, or from a directory another user may write; and
   `runs retry last` runs the command it records.
 """
@@ -35,7 +36,9 @@ from skeleton_app.ops.fetch_extract import (
     open_node_dir,
     process_umask,
 )
+from skeleton_app.ops.sudo import SudoPlan
 from skeleton_app.safepath import name_problem
+from skeleton_app.ssh.runner import RunOptions
 from tests.support.helpers import REPO
 
 
@@ -156,3 +159,9 @@ def test_a_name_with_a_c1_control_is_refused(tmp_path: Path, name: str) -> None:
         os.close(node_fd)
         os.close(root_fd)
     assert list((tmp_path / "node-01").iterdir()) == []
+
+
+def test_the_sudo_password_is_not_in_the_run_options_repr() -> None:
+    options = SudoPlan((), (), (), password="Hunter2-repr").options(RunOptions(stdin=b"x"))
+    assert options.stdin is not None and options.stdin.startswith(b"Hunter2-repr\n")
+    assert "Hunter2" not in repr(options) and "Hunter2" not in str(options)
