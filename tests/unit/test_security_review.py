@@ -8,6 +8,8 @@ worked, kept so it never works again.
 - `cluster fetch` (and sync-models manifests): a name holding a C1 control (U+009B, CSI to
   many terminals) was written to disk as sent.
 - `RunOptions` (the sudo run's stdin starts with the password) showed its stdin in repr.
+- `runs retry` of an `exec --sudo [--sudo-user U]` run ran the command without sudo, as the
+  login user (root by default) instead of U; an `exec --stdin` run without its input.
 - the state file: read through a symlink, or from a directory another user may write; and
   `runs retry last` runs the command it records.
 """
@@ -26,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from skeleton_app.app.last_run import PastRun, read_state, write_state
+from skeleton_app.app import retry
+from skeleton_app.app.last_run import NodeOutcome, PastRun, read_state, write_state
 from skeleton_app.errors import SelectionError, UsageError
 from skeleton_app.nodes import Node, select
 from skeleton_app.ops.fetch_extract import (
@@ -165,3 +168,30 @@ def test_the_sudo_password_is_not_in_the_run_options_repr() -> None:
     options = SudoPlan((), (), (), password="Hunter2-repr").options(RunOptions(stdin=b"x"))
     assert options.stdin is not None and options.stdin.startswith(b"Hunter2-repr\n")
     assert "Hunter2" not in repr(options) and "Hunter2" not in str(options)
+
+
+def _retry_exec(monkeypatch: pytest.MonkeyPatch, arguments: dict[str, object]
+                ) -> dict[str, object]:
+    seen: dict[str, object] = {}
+
+    def fake_exec(_session: object, nodes: object, command: str, **kw: object) -> str:
+        seen.update(kw, command=command)
+        return "done"
+
+    monkeypatch.setattr(retry.commands, "exec_command", fake_exec)
+    run = PastRun("exec", arguments, datetime(2026, 1, 2, tzinfo=UTC),
+                  {"a": NodeOutcome(1, None)})
+    retry.run(object(), retry.RetryPlan(run, ()))  # type: ignore[arg-type]
+    return seen
+
+
+def test_retry_of_a_sudo_run_keeps_sudo_and_its_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _retry_exec(monkeypatch, {"command": "psql -c 'select 1'", "timeout": None,
+                                     "sudo": True, "sudo_user": "postgres"})
+    sudo = seen["sudo"]
+    assert sudo is not None and getattr(sudo, "user", None) == "postgres"
+    assert _retry_exec(monkeypatch, {"command": "id -u"})["sudo"] is None
+    with pytest.raises(UsageError, match="--sudo-user: expected"):
+        _retry_exec(monkeypatch, {"command": "id", "sudo": True, "sudo_user": "-x;id"})
+    with pytest.raises(UsageError, match="exec --stdin cannot be retried"):
+        _retry_exec(monkeypatch, {"command": "tar x", "stdin_bytes": 10})
