@@ -388,6 +388,12 @@ class _Resolver:
 
     def previous_failures(self, where: str, failed: Sequence[str]) -> set[str]:
         # Never widen, never narrow silently: a failed node that is gone is an error.
+        # The ids come from a file or the registry's journal, not from us: one that is not
+        # even an id (an escape sequence, a range) is named quoted, never folded or printed.
+        bad = [i for i in failed if not isinstance(i, str) or not NODE_ID_RE.match(i)]
+        if bad:
+            self.fail(where, f"{FAILED_REF}: the last run names {shown(bad[0])}, which is not"
+                      " a node id (a damaged state file or journal)")
         known = {n.id for n in self.nodes}
         gone = [node_id for node_id in failed if node_id not in known]
         if gone:

@@ -5,7 +5,7 @@ target, whatever is really on its disk). Nothing it names may lead outside the d
 is copied into, so:
 
 * a name is a relative path of plain components: no leading "/", no "", "." or ".."
-  component, no NUL, newline or other control character;
+  component, no NUL, newline or other control character (C1 controls included);
 * a symlink is kept only if it resolves inside the tree, resolved as the kernel would resolve
   it on the receiving side: component by component from the link's own directory, following
   every symlink of the tree on the way (`a/b/c/d/u -> ../../..` then
@@ -35,7 +35,9 @@ def name_problem(rel: str) -> str | None:
         return None
     if rel.startswith("/"):
         return "an absolute path"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+    # C1 controls too (U+0080-U+009F: U+009B is CSI to many terminals): such a name would
+    # replay escape sequences at every `find` or `tar tv` of the copy.
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in rel):
         return "a control character (NUL, newline, ...)"
     if len(rel.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
         return "a name longer than PATH_MAX"

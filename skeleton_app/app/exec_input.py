@@ -5,7 +5,8 @@
   shell's `ls /tmp | wc -l`; quote a word to keep its spaces or shell characters together).
 - `--stdin`: read once, whole, before anything runs; at most STDIN_LIMIT bytes; a terminal
   is refused (the command would wait for Ctrl-D on every node).
-- the sudo password: from the file named by SKELETON_SUDO_PASSWORD_FILE, else asked once on
+- the sudo password: from the file named by SKELETON_SUDO_PASSWORD_FILE (refused when other
+  users may read or write it, as ssh refuses such a private key), else asked once on
   the controlling terminal (/dev/tty, so `--stdin`'s pipe is left alone, as sudo and ssh do).
   Neither: a UsageError (exit 2) naming the nodes that need it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
@@ -55,6 +57,13 @@ def read_stdin(stream: BinaryIO | None = None, *, limit: int = STDIN_LIMIT) -> b
 def _read_password_file(path: str) -> str:
     try:
         with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            # As ssh does for a private key: a password file others may read (or write) is
+            # refused, not used. A pipe (`<(pass show sudo)`) is the user's own: no mode.
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                raise UsageError(
+                    f"{PASSWORD_FILE_ENV}: {path} is accessible by other users (mode"
+                    f" {stat.S_IMODE(st.st_mode):04o}): chmod 600 it (not used)")
             raw = fh.read(_PASSWORD_FILE_LIMIT + 1)
     except OSError as exc:
         raise UsageError(f"{PASSWORD_FILE_ENV}: cannot read {path}: {exc.strerror}") from None

@@ -6,7 +6,9 @@ any operation). Without one, the app layer keeps it in a local state file, rewri
 every cluster command: `$XDG_STATE_HOME/skeleton/last-run.json` (else
 `~/.local/state/skeleton/last-run.json`), mode 0600, replaced atomically (temp file +
 rename), so a reader never sees half a file and two commands finishing together leave one
-whole run. Arguments that look like secrets are never recorded, here or in the journal.
+whole run. It is read only when it is a regular file (no symlink) owned by this user, in a
+directory no other user may write: `runs retry last` runs the command it records.
+Arguments that look like secrets are never recorded, here or in the journal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,15 +160,47 @@ def read_state(directory: Path | None = None) -> PastRun | None:
     (names the file: delete it to start afresh)."""
     path = (directory or state_dir()) / STATE_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        raise UsageError(f"{path}: cannot read the last run: {exc.strerror}"
+                         " (a symlink is never followed)") from None
+    try:
+        problem = _not_private(fd, path.parent)
+        if problem is not None:
+            # `runs retry last` runs the command recorded here: a file another user could
+            # have written is refused, as ssh refuses such a ~/.ssh.
+            raise UsageError(f"{path}: {problem}: not used (delete it, or make it yours"
+                             " and not writable by others)")
+        with os.fdopen(fd, encoding="utf-8") as fh:
+            fd = -1
+            text = fh.read()
+    except OSError as exc:
         raise UsageError(f"{path}: cannot read the last run: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     try:
         return PastRun.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: not a readable last-run file ({exc}); delete it") from None
+
+
+def _not_private(fd: int, directory: Path) -> str | None:
+    """Why the open state file (or its directory) may hold another user's words, or None."""
+    uid = os.geteuid()
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != uid:
+        return f"owned by uid {st.st_uid}, not by you"
+    if st.st_mode & 0o022:
+        return "writable by other users"
+    dst = os.stat(directory)
+    if dst.st_uid != uid or dst.st_mode & 0o022:
+        return f"its directory {directory} may be written by another user"
+    return None
 
 
 def now() -> datetime:

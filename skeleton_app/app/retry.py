@@ -115,7 +115,19 @@ def _exec(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
     command = args.text("command")
     if not command:
         raise UsageError(f"{args.run.name}: no command recorded")
-    return commands.exec_command(session, nodes, command, timeout=args.number("timeout"))
+    if args.count("stdin_bytes") is not None:
+        raise UsageError(f"{args.run.name}: exec --stdin cannot be retried (its input is not"
+                         " recorded): run it again with --node @failed")
+    sudo = None
+    if args.flag("sudo"):
+        # As recorded: under sudo, as the same user (without this a `--sudo-user postgres`
+        # run was retried as the login user, root by default). The password is asked again.
+        from skeleton_app.app.exec_input import sudo_password_source
+        from skeleton_app.ops.sudo import SudoRequest
+
+        sudo = SudoRequest(sudo_password_source(), args.text("sudo_user"))
+    return commands.exec_command(session, nodes, command, timeout=args.number("timeout"),
+                                 sudo=sudo)
 
 
 def _status(session: Session, nodes: tuple[Node, ...], _args: _Args) -> Done[Any]:

@@ -48,6 +48,7 @@ from skeleton_app.ops.fetch_extract import (
     Refused,
     TarExtractor,
     open_node_dir,
+    process_umask,
 )
 from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.ssh.openssh import ssh_argv
@@ -108,6 +109,7 @@ def fetch_from_nodes(
     for node in nodes:
         validate_node_id(node.id)  # ids become directory names
     root_fd = prepare_local_dir(local_dir)
+    umask = process_umask()  # read once, before the workers start
     command = "sh -s -- " + shlex.join(path for path, _ in wanted)
     script = payloads.data(SCRIPT)
     emit = on_progress or (lambda _event: None)
@@ -121,7 +123,7 @@ def fetch_from_nodes(
             return NodeResult(node=node.id, error_kind=NodeErrorKind.LOCAL, error=str(exc),
                               outcome=replace(out, message=str(exc)))
         tree = NodeTree(node_fd)
-        extractor = TarExtractor(tree, [name for _, name in wanted])
+        extractor = TarExtractor(tree, [name for _, name in wanted], umask=umask)
         last = [0.0]
 
         def tick() -> None:  # after each chunk read: bytes so far, a few times a second

@@ -14,7 +14,10 @@ here member by member, never handed to a tar program or `tarfile.extractall`:
   -> /etc) is refused, never followed, whatever the node sends;
 * a file is written to a new temporary name in its directory (O_CREAT|O_EXCL|O_NOFOLLOW) and
   renamed over its name when whole, so a reader never sees half a file and rename() replaces
-  whatever sits at the name without following it.
+  whatever sits at the name without following it;
+* a file's mode is the node's permission bits less this process's umask (as tar extracts
+  for a user who is not root): a node cannot leave group- or world-writable files here that
+  the user's umask forbids, nor set-id bits.
 
 Memory is bounded: data goes to disk as it arrives; a GNU long name is at most 64 KiB; pax
 headers, which our node script never asks for, are refused with other unknown types.
@@ -36,6 +39,21 @@ _SKIPPED_KINDS = {b"2": "symlink", b"1": "hard link", b"3": "character device",
                   b"4": "block device", b"6": "fifo"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc/self/status), so that
+    threads creating files meanwhile never see a temporary one."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)  # no /proc: the classic read, briefly the strictest mask
+    os.umask(old)
+    return old
 
 
 class Refused(Exception):
@@ -116,7 +134,9 @@ class NodeTree:
 class _File:
     """One member being written: a temporary name in its directory, renamed when whole."""
 
-    def __init__(self, tree: NodeTree, parts: tuple[str, ...], header: TarHeader):
+    def __init__(self, tree: NodeTree, parts: tuple[str, ...], header: TarHeader,
+                 umask: int):
+        self.umask = umask
         self.dir_fd = tree.directory(parts[:-1])
         self.name = parts[-1]
         self.shown = "/".join(parts)
@@ -139,7 +159,8 @@ class _File:
 
     def finish(self) -> None:
         try:
-            os.fchmod(self.fd, self.header.mode & 0o777)  # never set-id bits from a node
+            # Never set-id bits from a node, never more than the user's umask allows.
+            os.fchmod(self.fd, self.header.mode & 0o777 & ~self.umask)
             with contextlib.suppress(OSError, OverflowError, ValueError):
                 ns = self.header.mtime * 1_000_000_000
                 os.utime(self.fd, ns=(ns, ns))
@@ -165,9 +186,10 @@ class TarExtractor:
     at the first member it will not write; call `close` at the end of the stream (and
     always: it removes a half-written temporary)."""
 
-    def __init__(self, tree: NodeTree, wanted: Collection[str]):
+    def __init__(self, tree: NodeTree, wanted: Collection[str], *, umask: int | None = None):
         self.tree = tree
         self.wanted = frozenset(wanted)
+        self.umask = process_umask() if umask is None else umask
         self.files = 0
         self.bytes = 0
         self.skipped: list[str] = []
@@ -261,7 +283,7 @@ class TarExtractor:
         parts = self._check(raw, header)
         shown = "/".join(parts)
         if header.regular:
-            self._file = _File(self.tree, parts, header)
+            self._file = _File(self.tree, parts, header, self.umask)
             self._skip = header.padded - header.size
             if not header.size:
                 self._done_file()

@@ -3,20 +3,27 @@ node needs one, and only on stdin.
 
 How it goes (each step one round trip per node, in parallel):
 
-1. probe: `sudo -n [-u U] true`. A node where that succeeds (NOPASSWD, or sudo needs no
-   password there) runs the command with `sudo -n`: no password is ever asked for it.
+1. probe: `sudo -n [-u U] -- sh -c true`. A node where that succeeds (NOPASSWD, or sudo
+   needs no password there) runs the command with `sudo -n`: no password is ever asked for
+   it. The probe runs `sh`, the program step 3 runs: sudoers rules are per command, and a
+   node where only `true` (or only `sh`) needs no password must be read as it will behave.
 2. only when some node answered "a password is required": the password is asked once (the
    caller's `PasswordSource`: the terminal or `SKELETON_SUDO_PASSWORD_FILE`; it raises a
    UsageError, exit 2, when it has neither, before the command ran anywhere) and checked
-   with `sudo -k -S -p '' [-u U] true`. A node that refuses it reports one line,
+   with `sudo -k -S -p '' [-u U] -- sh -c true`. A node that refuses it reports one line,
    "sudo: wrong password", and does not run the command: sudo -S reads a new password line
    after each wrong one, so running the command right away would feed the lines of
    `--stdin` to sudo as further guesses.
-3. the command: `sudo -S -k -p '' [-u U] -- sh -c CMD` with the password line first on
-   stdin (then the `--stdin` bytes, which reach the command), or `sudo -n [-u U] -- sh -c
-   CMD`. `-p ''`: sudo's prompt never reaches stdout. `-k`: sudo ignores (and does not
-   write) cached credentials, so it always reads the password line: a cached credential
-   would otherwise hand that line to the command.
+3. the command: `sudo -S -k -p '' [-u U] -- sh -c GUARD sh CMD` with the password line, then
+   a one-time token line, first on stdin (then the `--stdin` bytes, which reach the
+   command), or `sudo -n [-u U] -- sh -c CMD`. GUARD reads one line and runs `sh -c CMD`
+   only when that line is the token, i.e. only when sudo itself consumed the password line
+   before it: a sudoers rule that lets this very command line run without a password (rules
+   can match arguments) would otherwise hand the password to the command's stdin, and from
+   there to its output, the terminal and the run journal. `-p ''`: sudo's prompt never
+   reaches stdout. `-k`: sudo ignores (and does not write) cached credentials, so it always
+   reads the password line: a cached credential would otherwise hand that line to the
+   command.
 
 The password travels on the channel's stdin only: never in a command line (`ps` on the node
 shows `sudo -S -k -p  -- sh -c ...`), never in a result, an error or the run journal.
@@ -25,9 +32,10 @@ shows `sudo -S -k -p  -- sh -c ...`), never in a result, an error or the run jou
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from skeleton_app.cluster import Cluster
 from skeleton_app.errors import NodeErrorKind, UsageError
@@ -43,6 +51,11 @@ _SUDO_USER_RE = re.compile(r"^(#[0-9]{1,10}|[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\$?)
 # sudo's messages are localised: the probes run with LC_ALL=C so they can be read.
 _PROBE_ENV = "LC_ALL=C "
 WRONG_PASSWORD = "sudo: wrong password"
+# The command's exit code when sudo ran it without reading the password (step 3's guard).
+NOT_READ_EXIT = 126
+_GUARD = ('IFS= read -r _l; [ "$_l" = {token} ] || {{ echo "skeleton: sudo did not read the'
+          ' password for this command line (a NOPASSWD rule matches it?): not run, the'
+          ' password discarded" >&2; exit {code}; }}; unset _l; exec sh -c "$1"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +83,36 @@ def _user_args(user: str | None) -> list[str]:
 
 def probe_command(user: str | None) -> str:
     """Succeeds when sudo needs no password on the node."""
-    return _PROBE_ENV + shlex.join(["sudo", "-n", *_user_args(user), "true"])
+    return _PROBE_ENV + shlex.join(["sudo", "-n", *_user_args(user), "--", "sh", "-c", "true"])
 
 
 def check_command(user: str | None) -> str:
     """Reads the password line from stdin and checks it, caching nothing."""
-    return _PROBE_ENV + shlex.join(["sudo", "-k", "-S", "-p", "", *_user_args(user), "true"])
+    return _PROBE_ENV + shlex.join(["sudo", "-k", "-S", "-p", "", *_user_args(user), "--", "sh",
+                                    "-c", "true"])
 
 
-def sudo_command(command: str, user: str | None, *, password: bool) -> str:
+def sudo_command(command: str, user: str | None, *, password: bool,
+                 token: str | None = None) -> str:
     """`command` under sudo, as `sh -c COMMAND` (quoted: the node's shell sees it as one
-    word). With `password`, sudo reads the password line from stdin first."""
-    flags = ["-S", "-k", "-p", ""] if password else ["-n"]
-    return shlex.join(["sudo", *flags, *_user_args(user), "--", "sh", "-c", command])
+    word). With `password`, sudo reads the password line from stdin first, and the command
+    runs only when the next line is `token` (step 3 above; `password_line(pw, token)`)."""
+    if not password:
+        return shlex.join(["sudo", "-n", *_user_args(user), "--", "sh", "-c", command])
+    if token is None or not re.fullmatch(r"[0-9a-f]{16,64}", token):
+        raise ValueError("sudo_command: a password run needs a hex token")
+    guard = _GUARD.format(token=token, code=NOT_READ_EXIT)
+    return shlex.join(["sudo", "-S", "-k", "-p", "", *_user_args(user), "--", "sh", "-c",
+                       guard, "sh", command])
 
 
-def password_line(password: str) -> bytes:
-    return password.encode() + b"\n"
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def password_line(password: str, token: str | None = None) -> bytes:
+    """The password line sudo reads; then, for step 3, the token line the guard reads."""
+    return password.encode() + b"\n" + (token.encode() + b"\n" if token else b"")
 
 
 def _last_line(text: str) -> str:
@@ -123,13 +149,15 @@ class SudoPlan:
     with_password: tuple[Node, ...]
     failed: tuple[NodeResult[None], ...]
     password: str | None = None
+    token: str = field(default_factory=new_token)
 
     def options(self, base: RunOptions) -> RunOptions:
-        """The run options of the nodes in `with_password`: the password line before
-        `base.stdin`. Made once and shared by those nodes (`--stdin` may be 64 MiB)."""
+        """The run options of the nodes in `with_password`: the password and token lines
+        before `base.stdin`. Made once and shared by those nodes (`--stdin` may be 64 MiB)."""
         if self.password is None:
             return base
-        return replace(base, stdin=password_line(self.password) + (base.stdin or b""))
+        return replace(base, stdin=password_line(self.password, self.token)
+                       + (base.stdin or b""))
 
 
 def plan(cluster: Cluster, nodes: Sequence[Node], sudo: SudoRequest, *,
@@ -177,7 +205,7 @@ def run_with_sudo(cluster: Cluster, command: str, nodes: Sequence[Node], sudo: S
     steps = plan(cluster, nodes, sudo, fanout=fanout)
     runnable = [n for n in nodes if n in steps.without_password or n in steps.with_password]
     connector = cluster.connector
-    with_pw = sudo_command(command, sudo.user, password=True)
+    with_pw = sudo_command(command, sudo.user, password=True, token=steps.token)
     without_pw = sudo_command(command, sudo.user, password=False)
 
     with_pw_options = steps.options(base)

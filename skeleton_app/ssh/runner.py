@@ -11,7 +11,7 @@ This module imports no Paramiko: operations and the fake import it for the types
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from skeleton_app.nodes import Node
@@ -23,7 +23,9 @@ OutputSink = Callable[[str, str, bytes], None]  # (node id, "stdout"|"stderr", c
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     timeout: float | None = None  # None: settings.op_timeout (unless `unbounded`)
-    stdin: bytes | None = None
+    # Not in repr: it may start with a sudo password (ops/sudo.py), and a repr ends up in
+    # logs, assertion messages and tracebacks with locals.
+    stdin: bytes | None = field(default=None, repr=False)
     sink: OutputSink | None = None
     # False for clean-up steps that must run even after a cancel (unlocking, removing a
     # run dir): they are bounded by their timeout instead.

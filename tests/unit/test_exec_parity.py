@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -75,8 +76,14 @@ class Asked:
 
 def test_sudo_command_quotes_the_command_as_one_word_for_sh_c() -> None:
     command = "echo 'a b' | wc -c; echo $HOME"
-    line = sudo_command(command, None, password=True)
-    assert shlex.split(line) == ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c", command]
+    token = "ab" * 16
+    words = shlex.split(sudo_command(command, None, password=True, token=token))
+    assert words[:8] == ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c"]
+    # The guard: the command runs as `sh -c COMMAND` only after the token line.
+    assert words[9:] == ["sh", command] and token in words[8]
+    assert words[8].endswith('exec sh -c "$1"')
+    with pytest.raises(ValueError, match="token"):
+        sudo_command(command, None, password=True)
     assert shlex.split(sudo_command(command, "postgres", password=False)) == [
         "sudo", "-n", "-u", "postgres", "--", "sh", "-c", command]
 
@@ -98,8 +105,12 @@ def test_sudo_asks_once_for_the_nodes_that_need_it_and_sends_it_on_stdin_only() 
     ran = {c.node: c for c in runner.calls if c.command.endswith("'id -u'")}
     assert set(ran) == {"n1", "n2"}  # n3 refused the password, n4 is down
     assert ran["n1"].command == "sudo -n -- sh -c 'id -u'" and ran["n1"].stdin == b"data\n"
-    assert ran["n2"].command == "sudo -S -k -p '' -- sh -c 'id -u'"
-    assert ran["n2"].stdin == (SECRET + "\ndata\n").encode()
+    words = shlex.split(ran["n2"].command)
+    assert words[:8] == ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c"]
+    assert words[9:] == ["sh", "id -u"]
+    token = ran["n2"].stdin.split(b"\n")[1].decode()
+    assert len(token) == 32 and token in words[8]  # a one-time token, read by the guard
+    assert ran["n2"].stdin == (SECRET + "\n" + token + "\ndata\n").encode()
     assert all(SECRET not in c.command for c in runner.calls)  # never in a command line
     assert result["n1"].ok and result["n2"].ok
     assert result["n3"].error_kind == NodeErrorKind.LOCAL
@@ -117,7 +128,7 @@ def test_no_password_is_asked_when_every_node_is_nopasswd() -> None:
     cluster = Cluster(Settings(), NODES[:2], connector=runner)
     result = exec_command(cluster, "true", NODES[:2], sudo=SudoRequest(never, user="app"))
     assert result.exit_code() == 0
-    assert runner.commands("n1") == ["LC_ALL=C sudo -n -u app true",
+    assert runner.commands("n1") == ["LC_ALL=C sudo -n -u app -- sh -c true",
                                      "sudo -n -u app -- sh -c true"]
 
 
@@ -193,16 +204,40 @@ def test_stdin_is_read_whole_bounded_and_never_from_a_terminal() -> None:
 def test_the_password_file_is_read_once_without_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "pw"
     path.write_text(SECRET + "\n")
+    path.chmod(0o600)
     source = sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})
     assert source(["n1"]) == SECRET
     path.unlink()
     assert source(["n2"]) == SECRET  # asked once per command
     for content, error in (("", "is empty"), ("a\nb\n", "more than one line")):
         path.write_text(content)
+        path.chmod(0o600)
         with pytest.raises(UsageError, match=error):
             sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"])
     with pytest.raises(UsageError, match="cannot read"):
         sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(tmp_path / "no")})(["n1"])
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_a_password_file_other_users_may_read_or_write_is_refused(tmp_path: Path,
+                                                                  mode: int) -> None:
+    path = tmp_path / "pw"
+    path.write_text(SECRET + "\n")
+    path.chmod(mode)
+    with pytest.raises(UsageError, match=f"accessible by other users \\(mode 0{mode:o}\\)"
+                                         ": chmod 600"):
+        sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"])
+    path.chmod(0o400)
+    assert sudo_password_source(env={exec_input.PASSWORD_FILE_ENV: str(path)})(["n1"]) == SECRET
+    # A pipe (`SKELETON_SUDO_PASSWORD_FILE=<(pass show sudo)`) has no file mode to judge.
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, SECRET.encode() + b"\n")
+    os.close(write_fd)
+    try:
+        env = {exec_input.PASSWORD_FILE_ENV: f"/dev/fd/{read_fd}"}
+        assert sudo_password_source(env=env)(["n1"]) == SECRET
+    finally:
+        os.close(read_fd)
 
 
 def test_no_terminal_and_no_file_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +40,8 @@ def _dropin(testbed: Testbed) -> Path:
     return SUDOERS_DIR / f"skeleton-testbed-{testbed.instance}-{tag}"
 
 
-def _rules(testbed: Testbed, nopasswd: Sequence[str]) -> str:
+def _rules(testbed: Testbed, nopasswd: Sequence[str],
+           nopasswd_commands: Mapping[str, str] | None = None) -> str:
     lines = [f"# skeleton testbed {testbed.state_dir}: removed by `skeleton testbed down`",
              f"Defaults:{USER} lecture=never"]
     # The last matching rule wins: the NOPASSWD hosts come after the others.
@@ -49,13 +50,23 @@ def _rules(testbed: Testbed, nopasswd: Sequence[str]) -> str:
             lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) ALL")
     for host_id in nopasswd:
         lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) NOPASSWD: ALL")
+    # Per-command NOPASSWD (`{"node-02": "/bin/sh"}`): that command only, the rest with the
+    # password (sudoers as sites write it for one tool). No cached credential then: the
+    # machine's other sudo runs (the hosts share /run/sudo, and pids repeat across
+    # namespaces) must not decide which command line asks for the password.
+    if nopasswd_commands:
+        lines.insert(2, f"Defaults:{USER} timestamp_timeout=0")
+    for host_id, commands in (nopasswd_commands or {}).items():
+        lines.append(f"{USER} {testbed.host(host_id).ip} = (ALL) NOPASSWD: {commands}")
     return "\n".join(lines) + "\n"
 
 
-def add_sudo(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = ()) -> None:
-    """Let the login user sudo on the hosts: with `password`, or without one on `nopasswd`."""
+def add_sudo(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = (),
+             nopasswd_commands: Mapping[str, str] | None = None) -> None:
+    """Let the login user sudo on the hosts: with `password`, or without one on `nopasswd`
+    (or, on the hosts of `nopasswd_commands`, for those commands)."""
     require_root()
-    for host_id in nopasswd:
+    for host_id in [*nopasswd, *(nopasswd_commands or {})]:
         testbed.host(host_id)  # an unknown host is a UsageError before anything changes
     if not shutil.which("sudo") or not SUDOERS_DIR.is_dir():
         raise TestbedError("sudo is not installed (./scripts/setup installs it)")
@@ -68,7 +79,7 @@ def add_sudo(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = ()) -
     record.write_text(json.dumps({"dropin": str(dropin), "user": USER,
                                   "shadow": _password_field(USER)}))
     candidate = dropin.with_name(dropin.name + ".new")  # ignored by sudo: it holds a dot
-    candidate.write_text(_rules(testbed, nopasswd))
+    candidate.write_text(_rules(testbed, nopasswd, nopasswd_commands))
     os.chmod(candidate, 0o440)
     # A broken drop-in would break sudo for the whole machine: checked before it counts.
     check = _run(["visudo", "-cf", str(candidate)], check=False)
@@ -100,10 +111,10 @@ def remove_sudo(state_dir: Path) -> list[str]:
 
 
 @contextmanager
-def sudo_rules(testbed: Testbed, password: str, *,
-               nopasswd: Sequence[str] = ()) -> Iterator[None]:
+def sudo_rules(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = (),
+               nopasswd_commands: Mapping[str, str] | None = None) -> Iterator[None]:
     """`add_sudo` for the duration of the block."""
-    add_sudo(testbed, password, nopasswd=nopasswd)
+    add_sudo(testbed, password, nopasswd=nopasswd, nopasswd_commands=nopasswd_commands)
     try:
         yield
     finally:
