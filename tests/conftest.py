@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from skeleton_app.config import Settings, load_config
+from skeleton_app.testing import localdb
 from skeleton_app.testing import testbed as tb_mod
 from skeleton_app.testing.testbed import Testbed
 from tests.support.helpers import bootstrap_testbed
@@ -35,11 +36,17 @@ SESSION_HOSTS = 6
 def _own_cache_dir() -> Iterator[Path]:
     """The deploy hash cache of this session's many temporary trees (and the last-run
     state file) go to a directory of the session's own, not to the user's ~/.cache and
-    ~/.local/state; the CLI subprocesses inherit it."""
-    with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp:
+    ~/.local/state; the CLI subprocesses inherit it. It also keeps the hosts' first
+    bootstrapped .venv (bootstrap_testbed) and, in a directory PostgreSQL may traverse, one
+    initdb result that every new throwaway PostgreSQL of the session copies (localdb's
+    $SKELETON_PG_TEMPLATE_DIR)."""
+    with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="skeleton-pg-template-", dir="/tmp") as pg_tmp:
+        Path(pg_tmp).chmod(0o755)
         mp = pytest.MonkeyPatch()
         mp.setenv("XDG_CACHE_HOME", tmp)
         mp.setenv("XDG_STATE_HOME", tmp)  # the last-run file of `--node @failed`
+        mp.setenv(localdb.TEMPLATE_ENV, pg_tmp)
         yield Path(tmp)
         mp.undo()
 
@@ -116,7 +123,8 @@ def node_python(testbed: Testbed) -> str:
 # Markers by what a test needs (registered in pyproject.toml), so `pytest -m "not root"` runs
 # the part that needs no namespaces or sshd hosts in seconds.
 _ROOT_FIXTURES = {"testbed", "make_testbed", "settings", "node_python"}
-_PG_FIXTURES = {"postgres", "make_postgres", "empty_dsn", "db_dsn", "registry"}
+_PG_FIXTURES = {"postgres", "make_postgres", "empty_dsn", "db_dsn", "registry",
+                "schema_template"}
 _ROOT_DIRS = {"integration"}
 _PG_DIRS = {"registry"}
 

@@ -2,7 +2,9 @@
 
     postgres       session-wide throwaway PostgreSQL on 127.0.0.1 (skeleton_app.testing.localdb)
     empty_dsn      a fresh, empty database in it for one test (dropped afterwards)
-    db_dsn         the same with the schema created by `init_schema`
+    db_dsn         a fresh database with the schema created by `init_schema`: a copy of
+                   one database the session ran `init_schema` on (`schema_template`), so a
+                   test does not pay for the migrations (1-3 s on a busy machine)
     registry       a PostgresRegistry on db_dsn
     make_postgres  factory for a test's own server, for tests that stop and restart it
 
@@ -72,10 +74,23 @@ def empty_dsn(postgres: LocalPostgres) -> Iterator[str]:
         postgres.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def schema_template(postgres: LocalPostgres) -> str:
+    """Name of a database of the session server holding exactly what `init_schema` makes;
+    nobody connects to it after that (PostgreSQL copies only unused templates)."""
+    name = "t_schema_template"
+    init_schema(postgres.create_database(name))
+    return name
+
+
 @pytest.fixture
-def db_dsn(empty_dsn: str) -> str:
-    init_schema(empty_dsn)
-    return empty_dsn
+def db_dsn(postgres: LocalPostgres, schema_template: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    dsn = postgres.create_database(name, template=schema_template)
+    try:
+        yield dsn
+    finally:
+        postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -64,15 +65,69 @@ def chown_to_user(path: Path) -> None:
 def bootstrap_testbed(bed: Testbed) -> str:
     """`cluster bootstrap` on every host of `bed` (in parallel, from the wheels that
     ./scripts/setup built); returns the hosts' own virtualenv Python. The hosts never run the
-    daemon with the controller's virtualenv."""
+    daemon with the controller's virtualenv.
+
+    Fast after the session's first one: the first bootstrap's `app/.venv` is kept (see
+    `_seed_node_venvs`) and every later testbed's hosts start from hard links of it, so the
+    real `bootstrap` that follows finds its own digest there and only probes ("up to date"),
+    as on a node bootstrapped before. When the wheels changed meanwhile, the digest differs
+    and bootstrap installs for real, as it would on a node. A pip install per host (15-40 s
+    on a loaded 2-core machine) was the largest part of every such test."""
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import load_config
     from skeleton_app.ops.bootstrap import bootstrap
 
-    with Cluster(load_config(bed.config_path, env={})) as cluster:
+    settings = load_config(bed.config_path, env={})
+    seeded = _seed_node_venvs(bed) if settings.app.dir == tbm.APP_DIR else False
+    with Cluster(settings) as cluster:
         result = bootstrap(cluster, cluster.nodes)
     assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
+    if not seeded and settings.app.dir == tbm.APP_DIR:
+        _keep_node_venv(bed)
     return f"{tbm.APP_DIR}/.venv/bin/python"
+
+
+def _node_venv_cache() -> Path | None:
+    """Where this session keeps a bootstrapped hosts' .venv: in the session's own cache dir
+    (tests/conftest.py points XDG_CACHE_HOME at a temporary directory removed at the end).
+    None outside such a session: then nothing is kept."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if not cache or not Path(cache).name.startswith("skeleton-cache-"):
+        return None
+    return Path(cache) / "skeleton-test-node-venv"
+
+
+def _keep_node_venv(bed: Testbed) -> None:
+    """Copy the first host's freshly bootstrapped .venv aside (a real copy: the hosts' own
+    files stay theirs, whatever a test does to them later)."""
+    cache = _node_venv_cache()
+    if cache is None or cache.exists():
+        return
+    venv = bed.hosts[0].app_dir / ".venv"
+    tmp = cache.with_name(cache.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(["cp", "-a", "--", str(venv), str(tmp)], check=True)
+    tmp.rename(cache)
+
+
+def _seed_node_venvs(bed: Testbed) -> bool:
+    """Give every host of `bed` without a .venv hard links of the kept one (owner, modes and
+    the bootstrap digest included; every path inside a venv is the same on every host, since
+    each host mounts its own home at the same place). Hard links, not copies: 140 MB per host
+    took 8 s on a busy disk, links take well under one. pip and rsync replace files rather
+    than write into them, so a later install on one host never changes another's; a test must
+    not modify a file of a seeded venv in place. Returns whether the kept venv was there."""
+    cache = _node_venv_cache()
+    if cache is None or not (cache / ".skeleton-bootstrap").is_file():
+        return False
+    for host in bed.hosts:
+        venv = host.app_dir / ".venv"
+        if not venv.exists() and venv.parent.is_dir():
+            linked = subprocess.run(["cp", "-al", "--", str(cache), str(venv)],
+                                    capture_output=True, check=False)
+            if linked.returncode != 0:  # e.g. another file system: bootstrap installs
+                shutil.rmtree(venv, ignore_errors=True)
+    return True
 
 
 def plant_clustershell_groups(cfgdir: Path, groups: str) -> None:
