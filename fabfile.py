@@ -247,15 +247,16 @@ def put(c: Connection, local: list[str] | None = None, remote_dir: str | None = 
     "remote": "(PATH, repeatable) A file or directory on the host: absolute or ~/..."
               " (required).",
     "local_dir": "(DIR) Write LOCAL_DIR/<host's node id>/... (required).",
+    "max_bytes": "(SIZE) At most this much file data from the host (default 4G).",
     "json": _JSON, "config": _CONFIG})
 def get(c: Connection, remote: list[str] | None = None, local_dir: str | None = None,
-        json: bool = False, config: str | None = None) -> None:
+        max_bytes: str = "4G", json: bool = False, config: str | None = None) -> None:
     """Fetch files and directories from the host into LOCAL_DIR/<node>/ (symlinks skipped)."""
     with _target(c, config) as (session, nodes):
         if not local_dir:
             raise UsageError("--local-dir is required")
-        done = commands.fetch(session, nodes, commands.FetchRequest.parse(remote or (),
-                                                                           local_dir))
+        request = commands.FetchRequest.parse(remote or (), local_dir, max_bytes=max_bytes)
+        done = commands.fetch(session, nodes, request)
         if json:
             print(done.result.to_json())
         else:

@@ -397,15 +397,17 @@ def copy(c: Context, local: list[str] | None = None, remote_dir: str | None = No
 @task(iterable=[*_SELECTION, "remote"], help={
     **_HELP, "remote": "(PATH, repeatable) A file or directory on the nodes: absolute or ~/..."
                        " (required).",
-    "local_dir": "(DIR) Write LOCAL_DIR/<node>/... (required)."})
+    "local_dir": "(DIR) Write LOCAL_DIR/<node>/... (required).",
+    "max_bytes": "(SIZE) At most this much file data from each node (default 4G)."})
 def fetch(c: Context, remote: list[str] | None = None, local_dir: str | None = None,
           node: list[str] | None = None, role: list[str] | None = None,
           exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
-          config: str | None = None) -> None:
+          max_bytes: str = "4G", config: str | None = None) -> None:
     """Fetch files and directories from every selected node into LOCAL_DIR/<node>/."""
     with _session(config, fanout) as session:
         request = commands.FetchRequest.parse(remote or (),
-                                              _required(local_dir, "--local-dir"))
+                                              _required(local_dir, "--local-dir"),
+                                              max_bytes=max_bytes)
         nodes = _select(session, node, role, exclude)
         done = commands.fetch(session, nodes, request,
                               progress=TransferProgress(nodes, enabled=not json))

@@ -457,6 +457,9 @@ def copy(session: Session, nodes: Sequence[Node], request: CopyRequest, *,
                                    "preserve": request.preserve}, nodes, result)
 
 
+FETCH_MAX_BYTES = 4 << 30  # per node: a lying node must not fill this machine's disk
+
+
 @dataclass(frozen=True, slots=True)
 class FetchRequest:
     """`fetch` arguments, checked before any node is selected or contacted: REMOTE paths
@@ -464,15 +467,18 @@ class FetchRequest:
 
     remotes: tuple[str, ...]
     local_dir: str
+    max_bytes: int = FETCH_MAX_BYTES
 
     @classmethod
-    def parse(cls, remotes: Sequence[str], local_dir: str) -> FetchRequest:
+    def parse(cls, remotes: Sequence[str], local_dir: str, *,
+              max_bytes: str | int = FETCH_MAX_BYTES) -> FetchRequest:
         from skeleton_app.ops.copy_paths import fetch_names
+        from skeleton_app.ops.logs.options import parse_size
 
         fetch_names(remotes)
         if not local_dir:
             raise UsageError("LOCAL_DIR is empty")
-        return cls(tuple(remotes), local_dir)
+        return cls(tuple(remotes), local_dir, parse_size(max_bytes))
 
 
 def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
@@ -484,7 +490,7 @@ def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
     with live(progress) as on_progress:
         result = fetch_from_nodes(session.cluster(), nodes, request.remotes,
                                   request.local_dir, fanout=session.fanout,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, max_bytes=request.max_bytes)
     return session.finish("fetch", {"remotes": list(request.remotes),
                                     "local_dir": request.local_dir}, nodes, result)
 

@@ -99,11 +99,13 @@ def fetch_from_nodes(
     *,
     fanout: int | None = None,
     on_progress: OnEvent | None = None,
+    max_bytes: int | None = None,
 ) -> ClusterResult[FetchOutcome]:
     """Fetch `remotes` (absolute or `~/...`; files or directories) from every node into
-    `local_dir`/<node>/. Bad arguments raise UsageError before any node is contacted. One
-    NodeResult per node: exit 0 when every path came; exit 1 when a path is missing on the
-    node, the node sent what it may not (refused) or this machine could not write; an error
+    `local_dir`/<node>/, at most `max_bytes` of file data from each (None: no bound). Bad
+    arguments raise UsageError before any node is contacted. One NodeResult per node: exit
+    0 when every path came; exit 1 when a path is missing on the node, the node sent what it
+    may not (refused; also more than `max_bytes`) or this machine could not write; an error
     kind when it could not be reached (exit 4) or Ctrl-C stopped it (130)."""
     wanted = fetch_names(remotes)
     for node in nodes:
@@ -123,7 +125,8 @@ def fetch_from_nodes(
             return NodeResult(node=node.id, error_kind=NodeErrorKind.LOCAL, error=str(exc),
                               outcome=replace(out, message=str(exc)))
         tree = NodeTree(node_fd)
-        extractor = TarExtractor(tree, [name for _, name in wanted], umask=umask)
+        extractor = TarExtractor(tree, [name for _, name in wanted], umask=umask,
+                                 max_bytes=max_bytes)
         last = [0.0]
 
         def tick() -> None:  # after each chunk read: bytes so far, a few times a second

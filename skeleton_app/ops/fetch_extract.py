@@ -186,8 +186,12 @@ class TarExtractor:
     at the first member it will not write; call `close` at the end of the stream (and
     always: it removes a half-written temporary)."""
 
-    def __init__(self, tree: NodeTree, wanted: Collection[str], *, umask: int | None = None):
+    def __init__(self, tree: NodeTree, wanted: Collection[str], *, umask: int | None = None,
+                 max_bytes: int | None = None):
         self.tree = tree
+        # A lying node could stream until the controller's disk is full: file data past
+        # this many bytes is refused (None: no bound).
+        self.max_bytes = max_bytes
         self.wanted = frozenset(wanted)
         self.umask = process_umask() if umask is None else umask
         self.files = 0
@@ -283,6 +287,9 @@ class TarExtractor:
         parts = self._check(raw, header)
         shown = "/".join(parts)
         if header.regular:
+            if self.max_bytes is not None and self.bytes + header.size > self.max_bytes:
+                raise Refused(f"{shown!r} ({header.size} bytes) would take the files sent past"
+                              f" the bound of {self.max_bytes} bytes (--max-bytes)")
             self._file = _File(self.tree, parts, header, self.umask)
             self._skip = header.padded - header.size
             if not header.size:

@@ -320,6 +320,27 @@ def test_a_missing_remote_path_fails_that_node_only(cluster: Cluster, testbed: T
     assert (tmp_path / "o" / "node-02" / "logs" / "app.log").exists()  # the rest came
 
 
+def test_a_node_that_sends_more_than_max_bytes_is_stopped(testbed: Testbed, tmp_path: Path,
+                                                          tag: str) -> None:
+    # node-01's log is 2 MiB (more than --max-bytes 1M), node-02's is small: node-01 fails
+    # with one line naming the bound and its big file is not written; node-02 is fetched.
+    for node in ("node-01", "node-02"):
+        _plant(testbed, node, tag)
+    big = _home(testbed, "node-01") / tag / "logs" / "app.log"
+    big.write_bytes(b"x" * (2 << 20))
+    chown_to_user(big)
+    proc = skeleton("cluster", "fetch", f"~/{tag}/logs", str(tmp_path / "o"), "--max-bytes",
+                    "1M", "--node", "node-01,node-02", config=testbed.config_path)
+    assert proc.returncode == 1, proc.stderr + proc.stdout
+    assert "--max-bytes" in proc.stdout + proc.stderr
+    assert not (tmp_path / "o" / "node-01" / "logs" / "app.log").exists()
+    assert (tmp_path / "o" / "node-02" / "logs" / "app.log").read_text() == (
+        "hello from node-02\n")
+    bad = skeleton("cluster", "fetch", f"~/{tag}/logs", str(tmp_path / "p"), "--max-bytes",
+                   "lots", "--node", "node-01", config=testbed.config_path)
+    assert bad.returncode == 2 and "--max-bytes" in bad.stderr, bad.stderr
+
+
 def test_fetch_from_a_down_node_exits_4(testbed: Testbed, tmp_path: Path, tag: str) -> None:
     _plant(testbed, "node-01", tag)
     tb.stop_sshd(testbed, "node-02")

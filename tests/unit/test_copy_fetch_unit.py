@@ -326,3 +326,32 @@ def test_parse_header_fields() -> None:
         b"app/a", 3, 0o600, 1234, True)
     assert header.padded == 512
     assert parse_header(b"\0" * 100) == "a short tar header"
+
+
+def test_file_data_past_max_bytes_is_refused_before_it_is_written(
+        node_dir: tuple[Path, NodeTree]) -> None:
+    # A lying node streams until the controller's disk is full: the bound stops it at the
+    # first file that would cross it, and nothing of that file is written.
+    path, tree = node_dir
+    data = _tar([("app/a", F, b"x" * 600, ""), ("app/b", F, b"y" * 600, ""),
+                 ("app/c", F, b"z", "")])
+    ex = TarExtractor(tree, ("app",), max_bytes=1000)
+    with pytest.raises(Refused, match=r"'app/b' \(600 bytes\).*1000 bytes \(--max-bytes\)"):
+        for i in range(0, len(data), 512):
+            ex.feed(data[i:i + 512])
+    ex.abort()
+    assert _everything(path) == ["app", "app/a"]
+    ex = TarExtractor(tree, ("app",), max_bytes=1201)
+    ex.feed(data)
+    ex.close()
+    assert ex.bytes == 1201
+
+
+def test_max_bytes_of_fetch_is_a_size(tmp_path: Path) -> None:
+    from skeleton_app.app.commands import FETCH_MAX_BYTES, FetchRequest
+    from skeleton_app.errors import UsageError
+
+    assert FetchRequest.parse(["/var/log/x"], str(tmp_path)).max_bytes == FETCH_MAX_BYTES
+    assert FetchRequest.parse(["/var/log/x"], str(tmp_path), max_bytes="16M").max_bytes == 16 << 20
+    with pytest.raises(UsageError, match="--max-bytes"):
+        FetchRequest.parse(["/var/log/x"], str(tmp_path), max_bytes="lots")

@@ -52,18 +52,22 @@ def copy_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
 @click.command("fetch")
 @click.argument("paths", nargs=-1, required=True, metavar="REMOTE... LOCAL_DIR")
 @selection_options
+@click.option("--max-bytes", "max_bytes", default="4G", show_default=True, metavar="SIZE",
+              help="At most this much file data from each node (64K, 16M, 1G); a node that"
+                   " sends more is stopped there.")
 @json_option
 @click.pass_context
 def fetch_cmd(ctx: click.Context, paths: tuple[str, ...], config: str | None,
               node_specs: tuple[str, ...], roles: tuple[str, ...], exclude: tuple[str, ...],
-              fanout: int | None, as_json: bool) -> int:
+              fanout: int | None, max_bytes: str, as_json: bool) -> int:
     """Fetch REMOTE files and directories (absolute or ~/...) from every selected node into
     LOCAL_DIR/<node>/. Symlinks on the nodes are skipped and named, never followed."""
     from skeleton_app.app import commands
     from skeleton_app.app.views.copy import TransferProgress, fetch_text, skipped_lines
 
     remotes, local_dir = _split(paths, "fetch needs REMOTE... LOCAL_DIR")
-    request = commands.FetchRequest.parse(remotes, local_dir)  # bad ones: exit 2 here
+    # Bad ones: exit 2 here.
+    request = commands.FetchRequest.parse(remotes, local_dir, max_bytes=max_bytes)
     session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
     done = commands.fetch(session, nodes, request,
                           progress=TransferProgress(nodes, enabled=not as_json))
