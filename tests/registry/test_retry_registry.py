@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from skeleton_app.app.cli.completion import WAIT_ENV
 from skeleton_app.nodes import Node
 from skeleton_app.registry.postgres import PostgresRegistry
 from skeleton_app.registry.runs import default_who
@@ -39,5 +40,7 @@ def test_completion_offers_the_registrys_nodes(registry: PostgresRegistry, db_ds
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"registry": {"dsn": db_dsn},
                                    "nodes": [{"id": "node-01", "host": "192.0.2.1"}]}))
-    offered = tab("skeleton cluster exec --node ", env_for(cfg))
+    # The registry path itself, not its speed: a loaded CI machine may take over the default
+    # 0.3 s to import psycopg and connect (a registry that never answers: test_completion).
+    offered = tab("skeleton cluster exec --node ", {**env_for(cfg), WAIT_ENV: "5"})
     assert offered == ["node-01", "db-node-7", "@failed", "@llm"], offered

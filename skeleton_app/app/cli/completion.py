@@ -22,6 +22,20 @@ if TYPE_CHECKING:
 # libpq's connect_timeout cannot go below 2 s, so the registry is asked from a daemon
 # thread that the completion stops waiting for after this long (the process then exits).
 REGISTRY_WAIT = 0.3
+# A slow link to the registry may want longer (a shell waits on every TAB: at most 5 s).
+WAIT_ENV = "SKELETON_COMPLETION_WAIT"
+
+
+def registry_wait() -> float:
+    """REGISTRY_WAIT, or $SKELETON_COMPLETION_WAIT seconds (0..5) when set and a number."""
+    import math
+    import os
+
+    try:
+        wait = float(os.environ.get(WAIT_ENV, REGISTRY_WAIT))
+    except ValueError:
+        return REGISTRY_WAIT
+    return min(max(wait, 0.0), 5.0) if math.isfinite(wait) else REGISTRY_WAIT
 SHELLS = ("bash", "zsh", "fish")
 
 INSTALL_HELP = """Print the completion script for SHELL. Install it with:
@@ -133,7 +147,7 @@ def _settings(ctx: click.Context) -> Settings | None:
 
 
 def _registry_nodes(settings: Settings) -> tuple[Node, ...]:
-    """The registry's nodes if it answers within REGISTRY_WAIT seconds, else none."""
+    """The registry's nodes if it answers within `registry_wait()` seconds, else none."""
     if not settings.registry.dsn:
         return ()
     found: list[tuple[Node, ...]] = []
@@ -150,5 +164,5 @@ def _registry_nodes(settings: Settings) -> tuple[Node, ...]:
 
     asker = threading.Thread(target=ask, name="skeleton-completion", daemon=True)
     asker.start()
-    asker.join(REGISTRY_WAIT)
+    asker.join(registry_wait())
     return found[0] if found else ()
