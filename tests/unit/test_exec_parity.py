@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -188,6 +189,32 @@ def test_stdin_is_read_whole_bounded_and_never_from_a_terminal() -> None:
         read_stdin(io.BytesIO(b"abcd"), limit=3)
     with pytest.raises(UsageError, match="stdin is a terminal"):
         read_stdin(_Tty(b"x"))
+
+
+def test_a_closed_stdin_is_one_usage_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `skeleton cluster exec --stdin -- wc -c <&-`: Python starts with sys.stdin = None.
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(UsageError, match="stdin is closed"):
+        read_stdin()
+    closed = io.BytesIO(b"x")
+    closed.close()
+    with pytest.raises(UsageError, match="stdin is closed"):
+        read_stdin(closed)
+
+
+def test_stdin_is_closed_end_to_end(tmp_path: Path) -> None:
+    """The real CLI with fd 0 closed: exit 2 and one line (was a traceback), before any
+    node is contacted (the config's one node could not answer anyway)."""
+    config = tmp_path / "config.yaml"
+    config.write_text("nodes:\n  - {id: n1, host: 127.0.0.1, port: 1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "skeleton_app", "cluster", "exec", "--config", str(config),
+         "--stdin", "--", "wc", "-c"],
+        stdin=None, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "skeleton: error: --stdin: stdin is closed (pipe or redirect the input)"]
 
 
 def test_the_password_file_is_read_once_without_its_newline(tmp_path: Path) -> None:
