@@ -144,6 +144,18 @@ def test_sudo_missing_or_not_allowed_is_one_line_and_no_password_asked() -> None
     assert result.exit_code() == 1
 
 
+def test_an_unknown_sudo_user_is_named_not_the_audit_plugin_line() -> None:
+    # What sudo 1.9 prints for `sudo -n -u nosuchuser true` (Debian 12).
+    runner = FakeRunner(lambda call: Reply(
+        1, stderr="sudo: unknown user nosuchuser\n"
+                  "sudo: error initializing audit plugin sudoers_audit\n"))
+    cluster = Cluster(Settings(), NODES[:1], connector=runner)
+    result = exec_command(cluster, "true", NODES[:1],
+                          sudo=SudoRequest(Asked(), user="nosuchuser"))
+    assert result["n1"].summary() == "local: sudo: unknown user nosuchuser"
+    assert len(runner.calls) == 1  # the probe only: the command ran nowhere
+
+
 def test_exec_has_no_timeout_unless_asked_and_other_runs_stay_bounded() -> None:
     runner = RecordingRunner(lambda call: Reply(0))
     cluster = Cluster(Settings(), NODES[:1], connector=runner)
