@@ -36,7 +36,7 @@ from invoke import Exit
 
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Session
-from skeleton_app.app.fab_hosts import explicit_ports, fab_nodes
+from skeleton_app.app.fab_hosts import check_all, explicit_ports, fab_nodes
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.copy import copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
@@ -48,19 +48,20 @@ from skeleton_app.nodes import Node, validate_fab_argv
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
 
 
-def _check_hosts() -> frozenset[tuple[str, int]]:
+def _check_hosts() -> list[str]:
     """fab builds a Connection for each `-H` host before any task of ours runs: an empty
     host (`-H ,`) is a traceback there, and `-H @stt` reaches a task as host `stt`. So the
     list is checked as fab loads this file: one clear line, exit 2, nothing runs. Returns
-    the (host, port) pairs typed with a port (`-H node-01:2222`)."""
+    the elements as typed (each is looked up in the configuration by the first task)."""
     try:
-        return explicit_ports(validate_fab_argv(sys.argv))
+        return validate_fab_argv(sys.argv)
     except SkeletonError as exc:
         print(f"skeleton: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 
-_PORTS = _check_hosts()
+_HOSTS = _check_hosts()
+_PORTS = explicit_ports(_HOSTS)  # (host, port) typed with a port (`-H node-01:2222`)
 _JSON = "Print the whole result as JSON."
 
 
@@ -73,6 +74,7 @@ def _target(c: Connection, config: str | None) -> Iterator[tuple[Session, tuple[
         if not isinstance(c, Connection):
             raise UsageError("no host: name one or more with fab -H HOST[,HOST...]")
         with Session(config) as session:
+            check_all(session, _HOSTS)  # every -H host known before the first one runs
             user = c.user if c.user != c.ssh_config.get("user", c.config.user) else None
             host = c.original_host or c.host  # as typed, not ~/.ssh/config's HostName
             port = c.port if (host, c.port) in _PORTS else None
