@@ -254,6 +254,8 @@ def test_no_terminal_and_no_file_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
     (["--sudo-user", "x", "--", "true"], "--sudo-user needs --sudo"),
     (["--sudo", "--sudo-user", "-x", "--", "true"], "--sudo-user: expected"),
     (["--", " "], "no command given"),
+    # pdsh's `uname -r` without `--`: -r is read as an option of ours
+    (["uname", "-r"], "No such option '-r'. The command's own options go after `--`"),
 ])
 def test_cli_bad_exec_input_exits_2_before_connecting(tmp_path: Path, args: list[str],
                                                       message: str) -> None:

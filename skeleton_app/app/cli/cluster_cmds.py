@@ -19,7 +19,23 @@ def cluster() -> None:
     4 unreachable, 130 interrupted)."""
 
 
-@cluster.command("exec")
+class _ExecCommand(click.Command):
+    """`exec` as pdsh users type it, `exec -n x uname -r`: click reads `-r` as one of ours.
+    The error then says where the command's own options go."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if "--" in args or exc.possibilities:  # a typo of ours: click's own suggestion
+                raise
+            raise click.NoSuchOption(
+                exc.option_name, ctx=exc.ctx,
+                message=f"{exc.message} The command's own options go after `--`: skeleton"
+                        " cluster exec [OPTIONS] -- uname -r") from None
+
+
+@cluster.command("exec", cls=_ExecCommand)
 @click.argument("words", nargs=-1, required=True, metavar="[--] COMMAND...")
 @selection_options
 @click.option("--timeout", type=Seconds(), default=None,
