@@ -63,6 +63,12 @@ def plan(session: Session, ref: str) -> RetryPlan:
                          f" {', '.join(RETRYABLE)})")
     if not run.failed:
         raise UsageError(f"no failed nodes in {run.name} ({run.describe()})")
+    if run.operation == "exec" and run.arguments.get("stdin_bytes") is not None:
+        # Only the size of --stdin is journaled: rerun without it, the command would read
+        # an empty stdin and do something else than the run it repeats.
+        raise UsageError(f"{run.name} sent {run.arguments['stdin_bytes']} bytes of --stdin,"
+                         " which are not recorded: send them again with `skeleton cluster"
+                         " exec --stdin --node @failed ...`")
     try:
         nodes = session.cluster().select(list(run.failed))
     except SelectionError as exc:
@@ -112,10 +118,18 @@ Runner = Callable[["Session", "tuple[Node, ...]", _Args], "Done[Any]"]
 
 
 def _exec(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    from skeleton_app.app.exec_input import sudo_password_source
+    from skeleton_app.ops.sudo import SudoRequest
+
     command = args.text("command")
     if not command:
         raise UsageError(f"{args.run.name}: no command recorded")
-    return commands.exec_command(session, nodes, command, timeout=args.number("timeout"))
+    # `exec --sudo` again under sudo (the password, never journaled, is asked again when a
+    # node needs one): without it the retry would run the command as the login user.
+    sudo = (SudoRequest(sudo_password_source(), args.text("sudo_user"))
+            if args.flag("sudo") else None)
+    return commands.exec_command(session, nodes, command, timeout=args.number("timeout"),
+                                 sudo=sudo)
 
 
 def _status(session: Session, nodes: tuple[Node, ...], _args: _Args) -> Done[Any]:

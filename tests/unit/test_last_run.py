@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -116,3 +117,39 @@ def test_session_journals_then_selects_and_retries_the_failures(
         commands.exec_command(session, NODES[:1], "true")
         with pytest.raises(UsageError, match=r"no failed nodes in the last run \(exec at "):
             session.select(Selection(["@failed"]))
+
+
+def test_retry_of_exec_sudo_runs_under_sudo_and_a_stdin_run_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs retry` of `exec --sudo` ran the command without sudo (as the login user); of
+    `exec --stdin`, with an empty stdin. The first keeps sudo, the second exits 2."""
+    from skeleton_app.ops.sudo import SudoRequest
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def node(call: Call) -> Reply:
+        if call.command.startswith("LC_ALL=C sudo -n"):
+            return Reply(0)  # NOPASSWD: no password is asked
+        return Reply(0 if call.node == "n1" else 1)
+
+    runner = FakeRunner(node)
+    with session_over(tmp_path, runner) as session:
+        asked: list[list[str]] = []
+
+        def password(nodes: Sequence[str]) -> str:
+            asked.append(list(nodes))
+            return "pw"
+
+        request = SudoRequest(password, user="postgres")
+        commands.exec_command(session, NODES[:2], "id -un", sudo=request)
+        runner.calls.clear()
+        again = retry.run(session, retry.plan(session, "last"))
+        assert [c.node for c in runner.calls] == ["n2", "n2"]
+        assert runner.calls[-1].command == "sudo -n -u postgres -- sh -c 'id -un'"
+        assert again.exit_code == 1 and asked == []
+
+        commands.exec_command(session, NODES[:2], "tar x -C /srv", stdin=b"12345")
+        runner.calls.clear()
+        with pytest.raises(UsageError, match=r"sent 5 bytes of --stdin, which are not recorded"):
+            retry.plan(session, "last")
+        assert runner.calls == []
