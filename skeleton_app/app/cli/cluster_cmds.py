@@ -36,7 +36,7 @@ class _ExecCommand(click.Command):
 
 
 @cluster.command("exec", cls=_ExecCommand)
-@click.argument("words", nargs=-1, required=True, metavar="[--] COMMAND...")
+@click.argument("words", nargs=-1, required=False, metavar="[--] COMMAND...")
 @selection_options
 @click.option("--timeout", type=Seconds(), default=None,
               help="Kill the command on the node after this many seconds (default"
@@ -74,7 +74,10 @@ def exec_cmd(ctx: click.Context, words: tuple[str, ...], config: str | None,
     from skeleton_app.app.views.exec import exec_text
     from skeleton_app.ops.sudo import SudoRequest
 
-    command = join_words(words)
+    # `exec -n @failed --list-hosts` needs no command (pdsh -q, ansible --list-hosts);
+    # otherwise a missing one is one line, exit 2.
+    listing = not words and ctx.find_root().obj.list_hosts
+    command = "" if listing else join_words(words)
     if sudo_user is not None and not sudo:
         raise click.UsageError("--sudo-user needs --sudo")
     request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
