@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -485,8 +486,9 @@ def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
         result = fetch_from_nodes(session.cluster(), nodes, request.remotes,
                                   request.local_dir, fanout=session.fanout,
                                   on_progress=on_progress)
-    return session.finish("fetch", {"remotes": list(request.remotes),
-                                    "local_dir": request.local_dir}, nodes, result)
+    return session.finish("fetch", {"remotes": list(request.remotes),  # absolute: retried
+                                    "local_dir": os.path.abspath(request.local_dir)},  # anywhere
+                          nodes, result)
 
 
 # ---------------------------------------------------------------- voice jobs (#14)

@@ -109,6 +109,13 @@ class _Args:
         value: float | int | None = self._get(key, (float, int), None)
         return None if value is None else float(value)
 
+    def texts(self, key: str) -> list[str]:
+        value: list[Any] = self._get(key, (list,), None) or []
+        if not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{self.run.name}: recorded argument {key!r} is not a list of"
+                             " strings")
+        return [str(v) for v in value]
+
     def count(self, key: str) -> int | None:
         value: int | None = self._get(key, (int,), None)
         return value
@@ -169,6 +176,25 @@ def _sync_models(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done
                                 relay=bool(args.flag("relay")))
 
 
+def _copy(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    remote_dir = args.text("remote_dir")
+    if not remote_dir:
+        raise UsageError(f"{args.run.name}: no REMOTE_DIR recorded")
+    # Checked again as on the command line: a source removed since is exit 2, nothing runs.
+    request = commands.CopyRequest.parse(args.texts("sources"), remote_dir,
+                                         mode=args.text("mode"),
+                                         preserve=bool(args.flag("preserve")))
+    return commands.copy(session, nodes, request)
+
+
+def _fetch(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    local_dir = args.text("local_dir")
+    if not local_dir:
+        raise UsageError(f"{args.run.name}: no LOCAL_DIR recorded")
+    return commands.fetch(session, nodes,
+                          commands.FetchRequest.parse(args.texts("remotes"), local_dir))
+
+
 # Operation name as journaled -> how to run it again. An operation not here (logs, one a
 # newer version journals) is refused by name: exit 2, nothing runs.
 RETRYABLE: dict[str, Runner] = {
@@ -180,4 +206,6 @@ RETRYABLE: dict[str, Runner] = {
     **{f"daemon {action}": _daemon(action) for action in ("start", "stop", "restart",
                                                          "status")},
     "sync-models": _sync_models,
+    "copy": _copy,
+    "fetch": _fetch,
 }
