@@ -101,9 +101,31 @@ def _finish(done: Done[Any]) -> None:
         raise Exit(code=done.exit_code)
 
 
+# fab runs a task once per -H host, in this one process: what the controller gives once
+# (its stdin, the sudo password) is read for the first host and kept for the others. Read
+# again, stdin would be empty for every host after the first, and the password asked anew.
+_ONCE: dict[str, Any] = {}
+
+
+def _stdin_once() -> bytes:
+    from skeleton_app.app.exec_input import read_stdin
+
+    if "stdin" not in _ONCE:
+        _ONCE["stdin"] = read_stdin()
+    data: bytes = _ONCE["stdin"]
+    return data
+
+
+def _password_once() -> Any:
+    from skeleton_app.app.exec_input import sudo_password_source
+
+    if "password" not in _ONCE:
+        _ONCE["password"] = sudo_password_source()  # asks at most once, then remembers
+    return _ONCE["password"]
+
+
 def _command(c: Connection, command: str | None, timeout: str, config: str | None, *,
              stdin: bool = False, sudo: bool = False, sudo_user: str | None = None) -> None:
-    from skeleton_app.app.exec_input import read_stdin, sudo_password_source
     from skeleton_app.ops.sudo import SudoRequest
 
     with _target(c, config) as (session, nodes):
@@ -111,10 +133,10 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
             raise UsageError("--command is required")
         if sudo_user is not None and not sudo:
             raise UsageError("--sudo-user needs --sudo")
-        request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
+        request = SudoRequest(_password_once(), sudo_user) if sudo else None
         done = commands.exec_command(session, nodes, command,
                                      timeout=_seconds(timeout, "--timeout") or None,
-                                     stdin=read_stdin() if stdin else None, sudo=request)
+                                     stdin=_stdin_once() if stdin else None, sudo=request)
         exec_text(done.result, sys.stdout)
     _finish(done)
 
