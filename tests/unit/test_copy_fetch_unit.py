@@ -65,6 +65,20 @@ def test_local_sources_must_exist_and_are_sent_as_themselves(tmp_path: Path,
         local_sources([])
 
 
+def test_local_sources_that_are_no_file_nor_directory_are_refused(
+        tmp_path: Path) -> None:
+    """`copy /dev/null ~/x` and a named pipe said ✓ with 0 files (rsync skips them)."""
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UsageError, match="fifo is a named pipe: copy sends files"):
+        local_sources([str(tmp_path / "fifo")])
+    with pytest.raises(UsageError, match="/dev/null is a character device"):
+        local_sources(["/dev/null"])
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "l").symlink_to("f")
+    assert local_sources([str(tmp_path / "f"), str(tmp_path / "l")]) == (
+        str(tmp_path / "f"), str(tmp_path / "l"))
+
+
 @pytest.mark.parametrize(("text", "mode"), [("644", 0o644), ("0640", 0o640), (None, None),
                                             ("2755", 0o2755)])
 def test_parse_mode(text: str | None, mode: int | None) -> None:
