@@ -303,6 +303,11 @@ def rollback(session: Session, nodes: Sequence[Node], *, to: str | None = None,
     from skeleton_app.ops.deploy import LOCK_WAIT
     from skeleton_app.ops.deploy.rollback import rollback as rollback_op
 
+    if session.settings.deploy.strategy != "releases":
+        # In place, `current` is not what runs: switching it (and the node's digest) would
+        # change nothing the daemon uses and mislead the next deploy's no-op check.
+        raise UsageError(f"rollback needs deploy.strategy: releases (this configuration"
+                         f" deploys {session.settings.deploy.strategy}); nothing was changed")
     result = rollback_op(session.cluster(), nodes, to=to, restart=restart,
                          lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
                          fanout=session.fanout)
