@@ -5,6 +5,7 @@
     inv exec --node linux-01 -- uname -r          inv exec --sudo --command "id -u"
     inv sync-models --source-node linux-01        inv logs --lines 500
     inv rollback --to ID                          inv releases
+    inv bootstrap --node linux-05
     inv copy --local app.conf --remote-dir /etc/app --node linux-01 --mode 0640
     inv fetch --remote /var/log/app --local-dir got     (got/<node>/app/...)
     inv jobs-submit --engine stt --input a.wav --wait   inv jobs-list --state failed
