@@ -36,7 +36,7 @@ from invoke import Exit
 
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Session
-from skeleton_app.app.fab_hosts import explicit_ports, fab_nodes
+from skeleton_app.app.fab_hosts import check_all, explicit_ports, fab_nodes
 from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.copy import copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
@@ -48,19 +48,20 @@ from skeleton_app.nodes import Node, validate_fab_argv
 _CONFIG = "Config file (default $SKELETON_CONFIG, else ./config.yaml)."
 
 
-def _check_hosts() -> frozenset[tuple[str, int]]:
+def _check_hosts() -> list[str]:
     """fab builds a Connection for each `-H` host before any task of ours runs: an empty
     host (`-H ,`) is a traceback there, and `-H @stt` reaches a task as host `stt`. So the
     list is checked as fab loads this file: one clear line, exit 2, nothing runs. Returns
-    the (host, port) pairs typed with a port (`-H node-01:2222`)."""
+    the elements as typed (each is looked up in the configuration by the first task)."""
     try:
-        return explicit_ports(validate_fab_argv(sys.argv))
+        return validate_fab_argv(sys.argv)
     except SkeletonError as exc:
         print(f"skeleton: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 
-_PORTS = _check_hosts()
+_HOSTS = _check_hosts()
+_PORTS = explicit_ports(_HOSTS)  # (host, port) typed with a port (`-H node-01:2222`)
 _JSON = "Print the whole result as JSON."
 
 
@@ -73,6 +74,7 @@ def _target(c: Connection, config: str | None) -> Iterator[tuple[Session, tuple[
         if not isinstance(c, Connection):
             raise UsageError("no host: name one or more with fab -H HOST[,HOST...]")
         with Session(config) as session:
+            check_all(session, _HOSTS)  # every -H host known before the first one runs
             user = c.user if c.user != c.ssh_config.get("user", c.config.user) else None
             host = c.original_host or c.host  # as typed, not ~/.ssh/config's HostName
             port = c.port if (host, c.port) in _PORTS else None
@@ -99,9 +101,31 @@ def _finish(done: Done[Any]) -> None:
         raise Exit(code=done.exit_code)
 
 
+# fab runs a task once per -H host, in this one process: what the controller gives once
+# (its stdin, the sudo password) is read for the first host and kept for the others. Read
+# again, stdin would be empty for every host after the first, and the password asked anew.
+_ONCE: dict[str, Any] = {}
+
+
+def _stdin_once() -> bytes:
+    from skeleton_app.app.exec_input import read_stdin
+
+    if "stdin" not in _ONCE:
+        _ONCE["stdin"] = read_stdin()
+    data: bytes = _ONCE["stdin"]
+    return data
+
+
+def _password_once() -> Any:
+    from skeleton_app.app.exec_input import sudo_password_source
+
+    if "password" not in _ONCE:
+        _ONCE["password"] = sudo_password_source()  # asks at most once, then remembers
+    return _ONCE["password"]
+
+
 def _command(c: Connection, command: str | None, timeout: str, config: str | None, *,
              stdin: bool = False, sudo: bool = False, sudo_user: str | None = None) -> None:
-    from skeleton_app.app.exec_input import read_stdin, sudo_password_source
     from skeleton_app.ops.sudo import SudoRequest
 
     with _target(c, config) as (session, nodes):
@@ -109,10 +133,10 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
             raise UsageError("--command is required")
         if sudo_user is not None and not sudo:
             raise UsageError("--sudo-user needs --sudo")
-        request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
+        request = SudoRequest(_password_once(), sudo_user) if sudo else None
         done = commands.exec_command(session, nodes, command,
                                      timeout=_seconds(timeout, "--timeout") or None,
-                                     stdin=read_stdin() if stdin else None, sudo=request)
+                                     stdin=_stdin_once() if stdin else None, sudo=request)
         exec_text(done.result, sys.stdout)
     _finish(done)
 

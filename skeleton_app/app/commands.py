@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -302,6 +303,11 @@ def rollback(session: Session, nodes: Sequence[Node], *, to: str | None = None,
     from skeleton_app.ops.deploy import LOCK_WAIT
     from skeleton_app.ops.deploy.rollback import rollback as rollback_op
 
+    if session.settings.deploy.strategy != "releases":
+        # In place, `current` is not what runs: switching it (and the node's digest) would
+        # change nothing the daemon uses and mislead the next deploy's no-op check.
+        raise UsageError(f"rollback needs deploy.strategy: releases (this configuration"
+                         f" deploys {session.settings.deploy.strategy}); nothing was changed")
     result = rollback_op(session.cluster(), nodes, to=to, restart=restart,
                          lock_wait=LOCK_WAIT if lock_wait is None else lock_wait,
                          fanout=session.fanout)
@@ -491,8 +497,9 @@ def fetch(session: Session, nodes: Sequence[Node], request: FetchRequest, *,
         result = fetch_from_nodes(session.cluster(), nodes, request.remotes,
                                   request.local_dir, fanout=session.fanout,
                                   on_progress=on_progress, max_bytes=request.max_bytes)
-    return session.finish("fetch", {"remotes": list(request.remotes),
-                                    "local_dir": request.local_dir}, nodes, result)
+    return session.finish("fetch", {"remotes": list(request.remotes),  # absolute: retried
+                                    "local_dir": os.path.abspath(request.local_dir)},  # anywhere
+                          nodes, result)
 
 
 # ---------------------------------------------------------------- voice jobs (#14)

@@ -39,15 +39,23 @@ def join_words(words: Sequence[str]) -> str:
 
 def read_stdin(stream: BinaryIO | None = None, *, limit: int = STDIN_LIMIT) -> bytes:
     """All of the controller's stdin for `--stdin`; UsageError (exit 2) if it is a terminal
-    or holds more than `limit` bytes."""
-    stream = sys.stdin.buffer if stream is None else stream
+    or holds more than `limit` bytes, and when there is no stdin to read (`<&-`: Python then
+    has no sys.stdin at all) or it cannot be read."""
+    if stream is None:
+        if sys.stdin is None:
+            raise UsageError("--stdin: stdin is closed (pipe or redirect the input)")
+        stream = sys.stdin.buffer
     try:
         interactive = stream.isatty()
     except ValueError:  # closed
-        interactive = False
+        raise UsageError("--stdin: stdin is closed (pipe or redirect the input)") from None
     if interactive:
         raise UsageError("--stdin: stdin is a terminal (pipe or redirect the input)")
-    data = stream.read(limit + 1)
+    try:
+        data = stream.read(limit + 1)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"--stdin: cannot read stdin: {reason}") from None
     if len(data) > limit:
         raise UsageError(f"--stdin: more than {limit} bytes on stdin (the limit: it is held"
                          " in memory and sent to every node)")

@@ -51,6 +51,22 @@ def fab_nodes(session: Session, host: str, *, user: str | None = None,
     return tuple(found)
 
 
+def host_part(element: str) -> str:
+    """The host of a `-H` element typed as `[user@]host[:port]` (an IPv6 address, whose
+    colons are not a port's, stays whole)."""
+    address = element.rpartition("@")[2]
+    name, colon, port = address.rpartition(":")
+    return name if colon and ":" not in name and port.isdigit() else address
+
+
+def check_all(session: Session, elements: list[str]) -> None:
+    """Every `-H` element names nodes or an address, else SelectionError naming the known
+    nodes. fab runs the task host by host: without this, `fab -H node-01,nosuch run` ran on
+    node-01 before the typo stopped it. Looks up the configuration only; contacts no one."""
+    for element in elements:
+        fab_nodes(session, host_part(element))
+
+
 def explicit_ports(hosts: list[str]) -> frozenset[tuple[str, int]]:
     """(host, port) for each `-H` element typed with a port (`[user@]host:port`): fab's
     Connection has a port either way, this says whether the user asked for it."""

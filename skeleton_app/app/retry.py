@@ -63,6 +63,12 @@ def plan(session: Session, ref: str) -> RetryPlan:
                          f" {', '.join(RETRYABLE)})")
     if not run.failed:
         raise UsageError(f"no failed nodes in {run.name} ({run.describe()})")
+    if run.operation == "exec" and run.arguments.get("stdin_bytes") is not None:
+        # Only the size of --stdin is journaled: rerun without it, the command would read
+        # an empty stdin and do something else than the run it repeats.
+        raise UsageError(f"{run.name} sent {run.arguments['stdin_bytes']} bytes of --stdin,"
+                         " which are not recorded: send them again with `skeleton cluster"
+                         " exec --stdin --node @failed ...`")
     try:
         nodes = session.cluster().select(list(run.failed))
     except SelectionError as exc:
@@ -103,6 +109,13 @@ class _Args:
         value: float | int | None = self._get(key, (float, int), None)
         return None if value is None else float(value)
 
+    def texts(self, key: str) -> list[str]:
+        value: list[Any] = self._get(key, (list,), None) or []
+        if not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{self.run.name}: recorded argument {key!r} is not a list of"
+                             " strings")
+        return [str(v) for v in value]
+
     def count(self, key: str) -> int | None:
         value: int | None = self._get(key, (int,), None)
         return value
@@ -112,6 +125,9 @@ Runner = Callable[["Session", "tuple[Node, ...]", _Args], "Done[Any]"]
 
 
 def _exec(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    from skeleton_app.app.exec_input import sudo_password_source
+    from skeleton_app.ops.sudo import SudoRequest
+
     command = args.text("command")
     if not command:
         raise UsageError(f"{args.run.name}: no command recorded")
@@ -122,9 +138,6 @@ def _exec(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
     if args.flag("sudo"):
         # As recorded: under sudo, as the same user (without this a `--sudo-user postgres`
         # run was retried as the login user, root by default). The password is asked again.
-        from skeleton_app.app.exec_input import sudo_password_source
-        from skeleton_app.ops.sudo import SudoRequest
-
         sudo = SudoRequest(sudo_password_source(), args.text("sudo_user"))
     return commands.exec_command(session, nodes, command, timeout=args.number("timeout"),
                                  sudo=sudo)
@@ -167,6 +180,25 @@ def _sync_models(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done
                                 relay=bool(args.flag("relay")))
 
 
+def _copy(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    remote_dir = args.text("remote_dir")
+    if not remote_dir:
+        raise UsageError(f"{args.run.name}: no REMOTE_DIR recorded")
+    # Checked again as on the command line: a source removed since is exit 2, nothing runs.
+    request = commands.CopyRequest.parse(args.texts("sources"), remote_dir,
+                                         mode=args.text("mode"),
+                                         preserve=bool(args.flag("preserve")))
+    return commands.copy(session, nodes, request)
+
+
+def _fetch(session: Session, nodes: tuple[Node, ...], args: _Args) -> Done[Any]:
+    local_dir = args.text("local_dir")
+    if not local_dir:
+        raise UsageError(f"{args.run.name}: no LOCAL_DIR recorded")
+    return commands.fetch(session, nodes,
+                          commands.FetchRequest.parse(args.texts("remotes"), local_dir))
+
+
 # Operation name as journaled -> how to run it again. An operation not here (logs, one a
 # newer version journals) is refused by name: exit 2, nothing runs.
 RETRYABLE: dict[str, Runner] = {
@@ -178,4 +210,6 @@ RETRYABLE: dict[str, Runner] = {
     **{f"daemon {action}": _daemon(action) for action in ("start", "stop", "restart",
                                                          "status")},
     "sync-models": _sync_models,
+    "copy": _copy,
+    "fetch": _fetch,
 }

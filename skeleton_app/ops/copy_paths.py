@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
 
 from skeleton_app.errors import UsageError
@@ -56,11 +57,27 @@ def local_sources(paths: Sequence[str]) -> tuple[str, ...]:
             raise UsageError(f"local path {path!r} holds a control character")
         if not os.path.lexists(path):
             raise UsageError(f"no such local file or directory: {path}")
+        kind = _special_kind(path)
+        if kind is not None:
+            # rsync would skip it ("skipping non-regular file") and the copy say ✓, 0 files
+            raise UsageError(f"{path} is a {kind}: copy sends files, directories and symlinks")
         trimmed = path.rstrip("/") or "/"
         if trimmed == "/":
             raise UsageError("copying / is not supported: name the directories to copy")
         out.append(trimmed if trimmed.startswith("/") else "./" + trimmed)
     return tuple(out)
+
+
+def _special_kind(path: str) -> str | None:
+    """What `path` is when it is none of a file, a directory or a symlink."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def parse_mode(text: str | None) -> int | None:

@@ -115,9 +115,11 @@ def password_line(password: str, token: str | None = None) -> bytes:
     return password.encode() + b"\n" + (token.encode() + b"\n" if token else b"")
 
 
-def _last_line(text: str) -> str:
+def _first_line(text: str) -> str:
+    # sudo says why first; what follows is fallout (`sudo: unknown user U` is followed by
+    # `sudo: error initializing audit plugin sudoers_audit`, which names no cause).
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+    return lines[0][:200] if lines else ""
 
 
 def _refused(result: NodeResult[None], *, checking: bool) -> NodeResult[None] | None:
@@ -134,7 +136,7 @@ def _refused(result: NodeResult[None], *, checking: bool) -> NodeResult[None] | 
         return failure(result.node, NodeErrorKind.LOCAL, WRONG_PASSWORD, result.duration)
     if not checking and "password is required" in err:
         return None
-    reason = _last_line(err) or f"sudo exited {result.exit_code}"
+    reason = _first_line(err) or f"sudo exited {result.exit_code}"
     if not reason.startswith("sudo:"):
         reason = f"sudo: {reason}"
     return failure(result.node, NodeErrorKind.LOCAL, reason, result.duration)

@@ -112,6 +112,15 @@ def test_stdin_reaches_every_node(testbed: Testbed) -> None:
          "--command", "tr a-z A-Z"], input=b"from fab\n", capture_output=True, cwd=REPO,
         env={**os.environ, "SKELETON_CONFIG": str(testbed.config_path)}, timeout=120)
     assert by_fab.returncode == 0 and b"FROM FAB\n" in by_fab.stdout, by_fab
+    # fab runs the task host by host: every host gets the same bytes (the second got none)
+    by_fab = subprocess.run(
+        [str(Path(sys.executable).parent / "fab"), "-H", "node-01,node-[02-03]", "run",
+         "--stdin", "--command", 'printf "%s " "$(hostname)"; sha256sum'], input=data,
+        capture_output=True, cwd=REPO, timeout=120,
+        env={**os.environ, "SKELETON_CONFIG": str(testbed.config_path)})
+    assert by_fab.returncode == 0, by_fab
+    for host in ("node-01", "node-02", "node-03"):
+        assert f"{host} {digest}  -\n".encode() in by_fab.stdout, by_fab.stdout
 
 
 def test_stdin_from_a_terminal_or_over_the_limit_is_refused(testbed: Testbed,

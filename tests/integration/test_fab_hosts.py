@@ -87,6 +87,9 @@ def test_fab_host_range_expands(testbed: Testbed) -> None:
     ("not-a-node.example", "unknown node not-a-node.example"),
     ("node-[01,02]", "fab splits -H at every comma"),
     ("node-01:http", "invalid port 'http'"),
+    # fab runs a task host by host: a typo later in the list stops it before the first
+    ("node-01,node-99", "unknown node node-99"),
+    ("node-[01-02],skeleton@node-98:22", "unknown node node-98"),
 ])
 def test_fab_unknown_hosts_are_errors(testbed: Testbed, hosts: str, message: str) -> None:
     refused = fab("-H", hosts, "run", "--command", "touch ~/fab-ran", config=testbed.config_path)

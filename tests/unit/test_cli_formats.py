@@ -72,6 +72,9 @@ class Runs:
     def get_run(self, run_id: int) -> RunRecord | None:
         return self.RUN if run_id == 7 else None
 
+    def last_run(self, *, who: str | None = None) -> RunRecord | None:
+        return self.RUN
+
     def list_entries(self, *, enabled_only: bool = True
                      ) -> tuple[tuple[NodeEntry, ...], tuple[str, ...]]:
         return tuple(NodeEntry(spec=NodeSpec(id=n.id, host=n.host), node=n, seen_ago=3.0,
@@ -266,6 +269,14 @@ def test_runs_show_json_has_the_run_and_every_node(fake: Path) -> None:
 def test_an_unknown_run_is_a_usage_error_in_json_too(fake: Path) -> None:
     code, out, err = run_all(["runs", "show", "8", "--json"])
     assert (code, out) == (2, "") and "unknown run 8" in err
+
+
+def test_runs_show_last_is_the_newest_run_as_runs_retry_last(fake: Path) -> None:
+    assert run(["runs", "show", "last", "--json"]) == run(["runs", "show", "7", "--json"])
+    code, out, err = run_all(["runs", "show", "newest"])
+    assert (code, out) == (2, "")
+    assert err.splitlines() == ["skeleton: error: runs show: expected a run id or `last`,"
+                                " got 'newest'"]
 
 
 def test_a_table_without_a_json_form_prints_objects_keyed_by_column() -> None:

@@ -35,6 +35,7 @@ def config(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("command", [
     ["cluster", "exec", "--list-hosts", "--role", "stt", "touch /tmp/never"],
+    ["cluster", "exec", "--list-hosts", "--role", "stt"],  # no command needed to list
     ["cluster", "status", "--list-hosts", "--role", "stt"],
     ["cluster", "deploy", "--list-hosts", "--role", "stt"],
     ["cluster", "daemon", "restart", "--list-hosts", "--role", "stt"],
@@ -54,6 +55,15 @@ def test_list_hosts_with_a_bad_selection_is_still_a_usage_error(
         main(["-c", config, "cluster", "exec", "--list-hosts", "--node", "linux-09", "true"])
     assert exit_.value.code == 2
     assert "unknown node linux-09" in capsys.readouterr().err
+
+
+def test_exec_without_a_command_is_one_line(config: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["-c", config, "cluster", "exec", "--role", "stt"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "skeleton: error: no command given: skeleton cluster exec [OPTIONS] -- COMMAND..."]
 
 
 ROWS = [["linux-01", "up", "a\tb"], ["linux-002", "down", "x\ny"]]

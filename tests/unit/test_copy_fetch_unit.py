@@ -65,6 +65,20 @@ def test_local_sources_must_exist_and_are_sent_as_themselves(tmp_path: Path,
         local_sources([])
 
 
+def test_local_sources_that_are_no_file_nor_directory_are_refused(
+        tmp_path: Path) -> None:
+    """`copy /dev/null ~/x` and a named pipe said ✓ with 0 files (rsync skips them)."""
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UsageError, match="fifo is a named pipe: copy sends files"):
+        local_sources([str(tmp_path / "fifo")])
+    with pytest.raises(UsageError, match="/dev/null is a character device"):
+        local_sources(["/dev/null"])
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "l").symlink_to("f")
+    assert local_sources([str(tmp_path / "f"), str(tmp_path / "l")]) == (
+        str(tmp_path / "f"), str(tmp_path / "l"))
+
+
 @pytest.mark.parametrize(("text", "mode"), [("644", 0o644), ("0640", 0o640), (None, None),
                                             ("2755", 0o2755)])
 def test_parse_mode(text: str | None, mode: int | None) -> None:
@@ -159,6 +173,28 @@ def test_copy_and_fetch_journal_their_runs_and_a_refused_node_exits_4(tmp_path: 
         ("fetch", {"remotes": ["/etc/hosts"], "local_dir": str(tmp_path / "got")}, ["n1"])]
     assert [r for r in journal.results] == [copied.result, fetched.result]
     assert list((tmp_path / "got" / "n1").iterdir()) == []
+
+
+def test_copy_counts_as_written_only_what_reached_nodes_that_succeeded() -> None:
+    """rsync names a file as it starts sending it: a node that failed (`copy a.txt /`:
+    permission denied) or was interrupted wrote at most that many, maybe none."""
+    from skeleton_app.app.views.copy import copy_text
+    from skeleton_app.ops.copy import CopyOutcome
+    from skeleton_app.results import ClusterResult, NodeResult
+
+    def row(node: str, exit_code: int, files: int) -> NodeResult[CopyOutcome]:
+        return NodeResult(node=node, exit_code=exit_code, duration=0.5,
+                          outcome=CopyOutcome("/x", files=files, bytes_sent=100),
+                          stderr="" if exit_code == 0 else "rsync: mkstemp failed\n")
+
+    result = ClusterResult([row("n1", 0, 2), row("n2", 23, 2), row("n3", 23, 0)],
+                           operation="copy", duration=0.5)
+    out = io.StringIO()
+    copy_text(result, out)
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[:3] == ["n1", "✓", "2"]
+    assert "≤2" in lines[2].split() and lines[3].split()[-3] == "0"
+    assert lines[-1].startswith("1/3 node(s) ok; 2 file(s) written, 300B sent")
 
 
 # ------------------------------------------------------------------ the fetch's tar reader

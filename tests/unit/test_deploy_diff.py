@@ -85,6 +85,7 @@ def test_too_large_files_say_their_size() -> None:
     assert got is not None and got.message == "diff too large (999999 bytes)"
     got = d.render("late", "n", _local("x"), d.NodeCopy("budget", 5), new=False)
     assert got is not None and got.kind == "too-large"
+    assert got.message == "not read: 1024 KiB were already read from this node"
 
 
 def test_a_symlink_on_the_node_is_refused_whatever_the_local_side() -> None:
@@ -98,7 +99,8 @@ def test_diff_text_past_the_node_cap_is_named_too_large() -> None:
     files = [d.FileDiff(f"f{i}", "changed", diff="x" * 40) for i in range(5)]
     got = d.capped(files, cap=100)
     assert [f.kind for f in got] == ["changed", "changed", "too-large", "too-large", "too-large"]
-    assert got[2].message == "diff too large (40 bytes)"
+    # a 40-byte diff is not "too large": the node's cap was filled by the others
+    assert got[2].message == "diff not shown (40 bytes): this node's diffs passed 0 KiB"
 
 
 def _reply(*lines: str) -> str:

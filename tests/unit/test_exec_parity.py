@@ -154,6 +154,18 @@ def test_sudo_missing_or_not_allowed_is_one_line_and_no_password_asked() -> None
     assert result.exit_code() == 1
 
 
+def test_an_unknown_sudo_user_is_named_not_the_audit_plugin_line() -> None:
+    # What sudo 1.9 prints for `sudo -n -u nosuchuser true` (Debian 12).
+    runner = FakeRunner(lambda call: Reply(
+        1, stderr="sudo: unknown user nosuchuser\n"
+                  "sudo: error initializing audit plugin sudoers_audit\n"))
+    cluster = Cluster(Settings(), NODES[:1], connector=runner)
+    result = exec_command(cluster, "true", NODES[:1],
+                          sudo=SudoRequest(Asked(), user="nosuchuser"))
+    assert result["n1"].summary() == "local: sudo: unknown user nosuchuser"
+    assert len(runner.calls) == 1  # the probe only: the command ran nowhere
+
+
 def test_exec_has_no_timeout_unless_asked_and_other_runs_stay_bounded() -> None:
     runner = RecordingRunner(lambda call: Reply(0))
     cluster = Cluster(Settings(), NODES[:1], connector=runner)
@@ -199,6 +211,32 @@ def test_stdin_is_read_whole_bounded_and_never_from_a_terminal() -> None:
         read_stdin(io.BytesIO(b"abcd"), limit=3)
     with pytest.raises(UsageError, match="stdin is a terminal"):
         read_stdin(_Tty(b"x"))
+
+
+def test_a_closed_stdin_is_one_usage_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `skeleton cluster exec --stdin -- wc -c <&-`: Python starts with sys.stdin = None.
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(UsageError, match="stdin is closed"):
+        read_stdin()
+    closed = io.BytesIO(b"x")
+    closed.close()
+    with pytest.raises(UsageError, match="stdin is closed"):
+        read_stdin(closed)
+
+
+def test_stdin_is_closed_end_to_end(tmp_path: Path) -> None:
+    """The real CLI with fd 0 closed: exit 2 and one line (was a traceback), before any
+    node is contacted (the config's one node could not answer anyway)."""
+    config = tmp_path / "config.yaml"
+    config.write_text("nodes:\n  - {id: n1, host: 127.0.0.1, port: 1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "skeleton_app", "cluster", "exec", "--config", str(config),
+         "--stdin", "--", "wc", "-c"],
+        stdin=None, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "skeleton: error: --stdin: stdin is closed (pipe or redirect the input)"]
 
 
 def test_the_password_file_is_read_once_without_its_newline(tmp_path: Path) -> None:
@@ -250,6 +288,8 @@ def test_no_terminal_and_no_file_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
     (["--sudo-user", "x", "--", "true"], "--sudo-user needs --sudo"),
     (["--sudo", "--sudo-user", "-x", "--", "true"], "--sudo-user: expected"),
     (["--", " "], "no command given"),
+    # pdsh's `uname -r` without `--`: -r is read as an option of ours
+    (["uname", "-r"], "No such option '-r'. The command's own options go after `--`"),
 ])
 def test_cli_bad_exec_input_exits_2_before_connecting(tmp_path: Path, args: list[str],
                                                       message: str) -> None:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +118,102 @@ def test_session_journals_then_selects_and_retries_the_failures(
         commands.exec_command(session, NODES[:1], "true")
         with pytest.raises(UsageError, match=r"no failed nodes in the last run \(exec at "):
             session.select(Selection(["@failed"]))
+
+
+def test_retry_of_exec_sudo_runs_under_sudo_and_a_stdin_run_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs retry` of `exec --sudo` ran the command without sudo (as the login user); of
+    `exec --stdin`, with an empty stdin. The first keeps sudo, the second exits 2."""
+    from skeleton_app.ops.sudo import SudoRequest
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def node(call: Call) -> Reply:
+        if call.command.startswith("LC_ALL=C sudo -n"):
+            return Reply(0)  # NOPASSWD: no password is asked
+        return Reply(0 if call.node == "n1" else 1)
+
+    runner = FakeRunner(node)
+    with session_over(tmp_path, runner) as session:
+        asked: list[list[str]] = []
+
+        def password(nodes: Sequence[str]) -> str:
+            asked.append(list(nodes))
+            return "pw"
+
+        request = SudoRequest(password, user="postgres")
+        commands.exec_command(session, NODES[:2], "id -un", sudo=request)
+        runner.calls.clear()
+        again = retry.run(session, retry.plan(session, "last"))
+        assert [c.node for c in runner.calls] == ["n2", "n2"]
+        assert runner.calls[-1].command == "sudo -n -u postgres -- sh -c 'id -un'"
+        assert again.exit_code == 1 and asked == []
+
+        commands.exec_command(session, NODES[:2], "tar x -C /srv", stdin=b"12345")
+        runner.calls.clear()
+        with pytest.raises(UsageError, match=r"sent 5 bytes of --stdin, which are not recorded"):
+            retry.plan(session, "last")
+        assert runner.calls == []
+
+
+def test_copy_and_fetch_runs_are_retried_with_their_arguments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs retry` of a copy or a fetch (ansible's retry file covers every task): the
+    same sources, REMOTE_DIR, mode and LOCAL_DIR (absolute, wherever the retry runs), on
+    the failed nodes only; a source removed since is exit 2 before anything runs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "app.conf").write_text("x\n")
+    seen: list[tuple[str, str, Any]] = []
+
+    def fake_copy(session: Session, nodes: Sequence[Node], request: commands.CopyRequest,
+                  **_kw: Any) -> Any:
+        seen.append(("copy", ",".join(ids(tuple(nodes))), request))
+        return _Finished(session, "copy", {"sources": [str(tmp_path / "app.conf")],
+                                           "remote_dir": request.remote_dir, "mode": "0640",
+                                           "preserve": request.preserve}, nodes)
+
+    def fake_fetch(session: Session, nodes: Sequence[Node], request: commands.FetchRequest,
+                   **_kw: Any) -> Any:
+        seen.append(("fetch", ",".join(ids(tuple(nodes))), request))
+        return _Finished(session, "fetch", {"remotes": list(request.remotes),
+                                            "local_dir": str(tmp_path / "got")}, nodes)
+
+    monkeypatch.setattr(commands, "copy", fake_copy)
+    monkeypatch.setattr(commands, "fetch", fake_fetch)
+    with session_over(tmp_path, FakeRunner(mixed)) as session:
+        commands.copy(session, NODES, commands.CopyRequest.parse(
+            ["app.conf"], "~/etc", mode="640", preserve=True))
+        plan = retry.plan(session, "last")
+        assert plan.operation == "copy" and ids(plan.nodes) == ["n2", "n3"]
+        retry.run(session, plan)
+        assert seen[-1] == ("copy", "n2,n3", commands.CopyRequest(
+            (str(tmp_path / "app.conf"),), "~/etc", 0o640, True))
+
+        commands.fetch(session, NODES, commands.FetchRequest.parse(["/var/log/app"], "got"))
+        monkeypatch.chdir("/")
+        retry.run(session, retry.plan(session, "last"))
+        last: tuple[str, str, Any] = seen[-1]
+        assert last == ("fetch", "n2,n3", commands.FetchRequest(
+            ("/var/log/app",), str(tmp_path / "got")))
+
+        commands.copy(session, NODES, commands.CopyRequest.parse(
+            [str(tmp_path / "app.conf")], "~/etc"))
+        (tmp_path / "app.conf").unlink()
+        count = len(seen)
+        with pytest.raises(UsageError, match="no such local file or directory"):
+            retry.run(session, retry.plan(session, "last"))
+        assert len(seen) == count  # nothing ran
+
+
+def _Finished(session: Session, operation: str, arguments: dict[str, Any],
+              nodes: Sequence[Node]) -> Any:
+    """What commands.copy/fetch journal, with n2 failed and n3 unreachable."""
+    from skeleton_app.results import ClusterResult, NodeResult
+
+    result: ClusterResult[None] = ClusterResult(
+        [NodeResult(node=n.id, exit_code=0 if n.id in ("n1", "n4") else 1, duration=0.1)
+         if n.id != "n3" else NodeResult(node=n.id, error_kind=NodeErrorKind.UNREACHABLE,
+                                         error="no route", duration=0.1) for n in nodes],
+        operation=operation, duration=0.1)
+    return session.finish(operation, arguments, nodes, result)

@@ -305,3 +305,29 @@ def test_property_random_specs_never_select_more_than_they_name(spec: str,
         assert spelled or wildcard or role, (spec, node.id)
     if exclude:
         assert len(select(NODES, [spec])) > len(chosen)
+
+
+@pytest.mark.parametrize(("element", "host"), [
+    ("node-01", "node-01"), ("node-01:2222", "node-01"), ("ops@node-01:22", "node-01"),
+    ("ops@node-[01-02]", "node-[01-02]"), ("10.0.0.5", "10.0.0.5"), ("fe80::1", "fe80::1"),
+])
+def test_fab_host_part(element: str, host: str) -> None:
+    from skeleton_app.app.fab_hosts import host_part
+
+    assert host_part(element) == host
+
+
+def test_fab_hosts_are_all_checked_before_any_runs() -> None:
+    """`fab -H node-01,nosuch run` ran on node-01 before the typo stopped it: every element
+    is looked up in the configuration first (no connection, no DNS)."""
+    from skeleton_app.app.commands import Session
+    from skeleton_app.app.fab_hosts import check_all
+    from skeleton_app.cluster import Cluster
+    from skeleton_app.config import Settings
+
+    nodes = (Node(id="node-01", host="127.0.0.1", port=1),
+             Node(id="node-02", host="127.0.0.1", port=1))
+    session = Session(cluster=Cluster(Settings(), nodes))
+    check_all(session, ["node-01", "ops@node-[01-02]:22", "10.0.0.5"])
+    with pytest.raises(SelectionError, match=r"unknown node nosuch .*known nodes: node-\[01-02\]"):
+        check_all(session, ["node-01:22", "nosuch"])

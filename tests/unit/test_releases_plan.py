@@ -79,3 +79,19 @@ def test_views() -> None:
     out = io.StringIO()
     rollback_text(rolled, out)
     assert out.getvalue().splitlines()[1].split() == ["n1", "✓", b, a]
+
+
+def test_rollback_in_place_is_a_usage_error_before_any_node_is_contacted() -> None:
+    """`cluster rollback` under the default in-place strategy switched a leftover `current`
+    on the nodes; it is exit 2 now, and no node is contacted (FakeRunner sees nothing)."""
+    import pytest
+
+    from skeleton_app.app import commands
+    from skeleton_app.errors import UsageError
+    from skeleton_app.testing.fake import FakeRunner
+
+    runner = FakeRunner(lambda call: NotImplemented)
+    session = commands.Session(cluster=Cluster(_settings(), [NODE], connector=runner))
+    with pytest.raises(UsageError, match=r"rollback needs deploy\.strategy: releases"):
+        commands.rollback(session, [NODE], to=None)
+    assert runner.calls == []

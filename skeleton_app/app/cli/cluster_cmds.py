@@ -19,8 +19,24 @@ def cluster() -> None:
     4 unreachable, 130 interrupted)."""
 
 
-@cluster.command("exec")
-@click.argument("words", nargs=-1, required=True, metavar="[--] COMMAND...")
+class _ExecCommand(click.Command):
+    """`exec` as pdsh users type it, `exec -n x uname -r`: click reads `-r` as one of ours.
+    The error then says where the command's own options go."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if "--" in args or exc.possibilities:  # a typo of ours: click's own suggestion
+                raise
+            raise click.NoSuchOption(
+                exc.option_name, ctx=exc.ctx,
+                message=f"{exc.message} The command's own options go after `--`: skeleton"
+                        " cluster exec [OPTIONS] -- uname -r") from None
+
+
+@cluster.command("exec", cls=_ExecCommand)
+@click.argument("words", nargs=-1, required=False, metavar="[--] COMMAND...")
 @selection_options
 @click.option("--timeout", type=Seconds(), default=None,
               help="Kill the command on the node after this many seconds (default"
@@ -58,7 +74,10 @@ def exec_cmd(ctx: click.Context, words: tuple[str, ...], config: str | None,
     from skeleton_app.app.views.exec import exec_text
     from skeleton_app.ops.sudo import SudoRequest
 
-    command = join_words(words)
+    # `exec -n @failed --list-hosts` needs no command (pdsh -q, ansible --list-hosts);
+    # otherwise a missing one is one line, exit 2.
+    listing = not words and ctx.find_root().obj.list_hosts
+    command = "" if listing else join_words(words)
     if sudo_user is not None and not sudo:
         raise click.UsageError("--sudo-user needs --sudo")
     request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None

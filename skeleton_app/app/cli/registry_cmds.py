@@ -239,18 +239,22 @@ def runs_list(ctx: click.Context, config: str | None, limit: int, as_json: bool)
 
 
 @runs.command("show")
-@click.argument("run_id", type=int)
+@click.argument("run_ref", metavar="RUN")
 @config_option
 @output_options
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: int, config: str | None, as_json: bool) -> int:
-    """One run with its per-node outcomes (--json: the record and every node's)."""
+def runs_show(ctx: click.Context, run_ref: str, config: str | None, as_json: bool) -> int:
+    """One run with its per-node outcomes (--json: the record and every node's). RUN: a
+    run id, or `last` (your newest run, as `runs retry last`)."""
     from skeleton_app.app.views import runs as view
 
+    if run_ref != "last" and not run_ref.isdigit():
+        raise UsageError(f"runs show: expected a run id or `last`, got {run_ref!r}")
     with _registry(ctx, config) as registry:
-        record = registry.get_run(run_id)
+        record = registry.last_run() if run_ref == "last" else registry.get_run(int(run_ref))
     if record is None:
-        raise UsageError(f"unknown run {run_id}")
+        raise UsageError("runs show last: no run recorded" if run_ref == "last"
+                         else f"unknown run {run_ref}")
     if as_json:
         click.echo(view.run_json(record))
     else:

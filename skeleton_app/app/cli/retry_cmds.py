@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -32,7 +33,7 @@ def runs_retry(ctx: click.Context, run_ref: str, config: str | None, fanout: int
     unreachable nodes only; journaled as a new run. RUN: a run id (`skeleton runs list`,
     with a registry) or `last` (the last run of any operation by this user on this
     machine; without a registry, the local state file). Retries exec, status, deploy,
-    bootstrap, daemon and sync-models runs; others exit 2."""
+    bootstrap, daemon, sync-models, copy and fetch runs; others exit 2."""
     from skeleton_app.app import retry
 
     state = prepare(ctx, config, fanout)
@@ -49,11 +50,13 @@ def runs_retry(ctx: click.Context, run_ref: str, config: str | None, fanout: int
     if as_json:
         click.echo(done.result.to_json())
     else:
-        _render(plan.operation, done, session.settings.registry.stale_after, started)
+        _render(plan.operation, done, session.settings.registry.stale_after, started,
+                plan.run.arguments)
     return done.exit_code
 
 
-def _render(operation: str, done: Done[Any], stale_after: float, started: float) -> None:
+def _render(operation: str, done: Done[Any], stale_after: float, started: float,
+            arguments: Mapping[str, Any]) -> None:
     """The view the operation's own command uses."""
     from skeleton_app.app.commands import StatusDone, SyncDone
     from skeleton_app.app.views import common as render
@@ -79,6 +82,16 @@ def _render(operation: str, done: Done[Any], stale_after: float, started: float)
         bootstrap_text(result)
         for line in failures(result):
             click.echo(f"skeleton: {render.sanitize(line)}", err=True)
+    elif operation == "copy":
+        from skeleton_app.app.views.copy import copy_text
+
+        copy_text(result, sys.stdout)
+    elif operation == "fetch":
+        from skeleton_app.app.views.copy import fetch_text, skipped_lines
+
+        fetch_text(result, sys.stdout, local_dir=str(arguments.get("local_dir")))
+        for line in skipped_lines(result):
+            click.echo(f"skeleton: warning: {line}", err=True)
     elif operation.startswith("daemon "):
         from skeleton_app.app.views.daemon import daemon_text
 

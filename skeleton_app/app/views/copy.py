@@ -72,16 +72,23 @@ def _state(r: NodeResult[Any], message: str | None) -> str:
     return "✓"
 
 
+def _copied(r: NodeResult[CopyOutcome]) -> str:
+    # rsync names a file when it starts sending it: on a node that failed or was
+    # interrupted, that many were begun and at most that many are in place (none half-written).
+    files = r.outcome.files if r.outcome is not None else 0
+    return str(files) if r.ok or not files else f"≤{files}"
+
+
 def copy_text(result: ClusterResult[CopyOutcome], out: IO[str]) -> None:
-    """A row per node (state, files written, bytes sent, time), then the totals."""
+    """A row per node (state, files written, bytes sent, time), then the totals: the files
+    of the nodes that succeeded (a failed node's count is only an upper bound)."""
     rows = []
     files = sent = 0
     for node, r in result.items():
         o = r.outcome
-        files += o.files if o is not None else 0
+        files += o.files if o is not None and r.ok else 0
         sent += o.bytes_sent if o is not None else 0
-        rows.append([node, _state(r, o.message if o is not None else None),
-                     str(o.files if o is not None else 0),
+        rows.append([node, _state(r, o.message if o is not None else None), _copied(r),
                      format_bytes(o.bytes_sent if o is not None else 0), f"{r.duration:.2f}s"])
     table(None, ["node", "result", "files", "bytes sent", "time"], rows, file=out)
     out.write(f"{len(result.ok)}/{len(result)} node(s) ok; {files} file(s) written,"

@@ -7,7 +7,7 @@ trip (`payloads/deploy_diff.sh` over the pooled runner, read-only): requests go 
 stdin, replies name the number, never a path, so a node cannot make us read or show anything
 we did not ask for. A path that is a symlink on the node (or under one) is refused, never
 followed. Sizes are capped: FILE_CAP bytes of one file, NODE_BUDGET bytes from one node in all,
-DIFF_CAP bytes of diff text per node; beyond them a file is named "diff too large (N bytes)".
+DIFF_CAP bytes of diff text per node; beyond them a file is named "diff not shown (N bytes)".
 
 Kinds: `changed` (a unified diff of the node's copy, a/, against the local one, b/), `new`
 (the local file whole, from /dev/null), `deleted` (named: `--delete`), `binary` ("binary file
@@ -300,7 +300,11 @@ def render(path: str, node_id: str, local: LocalCopy, copy: NodeCopy,
         return FileDiff(path, "refused", message=local.error)
     if local.data is None:
         return too_large(path, local.size)
-    if copy.status in ("big", "budget"):
+    if copy.status == "budget":
+        # The file may be small: the node had already sent its NODE_BUDGET for others.
+        return FileDiff(path, "too-large", message=f"not read: {NODE_BUDGET // 1024} KiB"
+                        " were already read from this node")
+    if copy.status == "big":
         return too_large(path, max(copy.size or 0, local.size))
     if new or copy.status in ("absent", "notfile", "present"):
         text = text_of(local.data)
@@ -323,7 +327,9 @@ def capped(files: Sequence[FileDiff], cap: int = DIFF_CAP) -> tuple[FileDiff, ..
     for f in files:
         size = len(f.diff.encode())
         if f.diff and total + size > cap:
-            out.append(too_large(f.path, size))
+            # Not this file's size: the node's diffs so far filled the cap.
+            out.append(FileDiff(f.path, "too-large", message=f"diff not shown ({size} bytes):"
+                                f" this node's diffs passed {cap // 1024} KiB"))
             continue
         total += size
         out.append(f)
