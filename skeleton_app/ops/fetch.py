@@ -30,7 +30,6 @@ import contextlib
 import os
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -53,6 +52,7 @@ from skeleton_app.ops.fetch_extract import (
 from skeleton_app.results import ClusterResult, NodeResult
 from skeleton_app.ssh.openssh import ssh_argv
 from skeleton_app.transfers import TransferResult, classify_failure
+from skeleton_app.transfers.run import stderr_tail
 
 SCRIPT = "fetch.sh"
 _STDERR_KEEP = 64 * 1024
@@ -168,17 +168,7 @@ def _stream(cluster: Cluster, node: Node, command: str, script: bytes,
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=cancel.die_with_parent())
-    err = bytearray()
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        fd = proc.stderr.fileno()
-        for chunk in iter(lambda: os.read(fd, 65536), b""):
-            err.extend(chunk)
-            del err[:-_STDERR_KEEP]
-
-    reader = threading.Thread(target=drain, daemon=True, name="fetch-stderr")
-    reader.start()
+    err, reader = stderr_tail(proc, "fetch-stderr", _STDERR_KEEP)
     problem: str | None = None
     stopped = False
     try:

@@ -27,6 +27,25 @@ from skeleton_app.transfers.output import FileChange, OutputParser, Progress, Tr
 _STDERR_KEEP = 64 * 1024
 
 
+def stderr_tail(proc: subprocess.Popen[bytes], name: str,
+                keep: int = _STDERR_KEEP) -> tuple[bytearray, threading.Thread]:
+    """Drain `proc`'s stderr on a started thread, keeping its last `keep` bytes in the
+    returned buffer (a chatty child never blocks on a full pipe, nor fills our memory)."""
+    err = bytearray()
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        fd = proc.stderr.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            err.extend(chunk)
+            if len(err) > keep:
+                del err[: len(err) - keep]
+
+    reader = threading.Thread(target=drain, daemon=True, name=name)
+    reader.start()
+    return err, reader
+
+
 def run_rsync(
     argv: Sequence[str],
     *,
@@ -50,18 +69,7 @@ def run_rsync(
     started = time.monotonic()
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, preexec_fn=die_with_parent())
-    err = bytearray()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        fd = proc.stderr.fileno()
-        for chunk in iter(lambda: os.read(fd, 65536), b""):
-            err.extend(chunk)
-            if len(err) > _STDERR_KEEP:
-                del err[: len(err) - _STDERR_KEEP]
-
-    reader = threading.Thread(target=read_stderr, daemon=True, name="rsync-stderr")
-    reader.start()
+    err, reader = stderr_tail(proc, "rsync-stderr")
     killed = threading.Event()
 
     def kill() -> None:
