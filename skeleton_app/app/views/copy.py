@@ -5,11 +5,11 @@ bytes move (on a terminal only), then a row per node and the totals. Node-suppli
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from skeleton_app.app.views.common import console, format_bytes, live_display, sanitize, table
+from skeleton_app.app.views.common import format_bytes, sanitize, table
+from skeleton_app.app.views.node_bars import NodeBars
 from skeleton_app.nodes import Node
 from skeleton_app.ops.copy import CopyOutcome, TransferEvent
 from skeleton_app.ops.fetch import FetchOutcome
@@ -18,7 +18,7 @@ from skeleton_app.results import ClusterResult, NodeResult
 _PHASES = {"copy": "copying", "fetch": "fetching", "done": "done", "failed": "FAILED"}
 
 
-class TransferProgress:
+class TransferProgress(NodeBars):
     """One line per node: a bar (copy: rsync's percent; fetch: no total is known, so the
     bar fills when the node is done), phase, files, bytes. Draws only on a terminal (stderr
     by default): pipes and `--json` stay clean. Pass `update` as the operation's
@@ -26,42 +26,16 @@ class TransferProgress:
 
     def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
                  enabled: bool = True):
-        target = file or sys.stderr
-        self.enabled = enabled and live_display(target)
-        self._tasks: dict[str, Any] = {}
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            TextColumn("{task.fields[node]:<16}"), BarColumn(bar_width=24),
-            TextColumn("{task.fields[phase]:<9}"), TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(), console=console(target), transient=False)
-        for node in nodes:
-            self._tasks[node.id] = self._progress.add_task(
-                "", total=100, node=node.id, phase="waiting", detail="")
-
-    def __enter__(self) -> TransferProgress:
-        if self.enabled:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.stop()
+        super().__init__(nodes, file, enabled=enabled)
 
     def update(self, event: TransferEvent) -> None:
-        task = self._tasks.get(event.node)
-        if task is None or not self.enabled:
-            return
         detail = f"{event.files} files" if event.files else ""
         if event.bytes is not None:
             detail += f" {format_bytes(event.bytes)}"
         if event.phase == "failed" and event.message:
             detail = sanitize(event.message)[:60]
-        self._progress.update(task, completed=100 if event.phase == "done" else event.percent,
-                              phase=_PHASES.get(event.phase, event.phase),
-                              detail=detail.strip())
+        self._set(event.node, 100 if event.phase == "done" else event.percent,
+                  _PHASES.get(event.phase, event.phase), detail.strip())
 
 
 def _state(r: NodeResult[Any], message: str | None) -> str:

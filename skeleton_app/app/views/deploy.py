@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
-from skeleton_app.app.views.common import console, format_bytes, live_display, sanitize, table
+from skeleton_app.app.views.common import format_bytes, sanitize, table
+from skeleton_app.app.views.node_bars import NodeBars
 from skeleton_app.nodes import Node
 from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
 from skeleton_app.results import ClusterResult
@@ -21,7 +22,7 @@ _PHASES = {
 }
 
 
-class DeployProgress:
+class DeployProgress(NodeBars):
     """One line per node: phase, a bar of the transfer's percent, files seen, bytes.
 
     Use as a context manager and pass `update` as the deploy's `on_progress`. Draws only on a
@@ -31,44 +32,9 @@ class DeployProgress:
 
     def __init__(self, nodes: Sequence[Node], file: IO[str] | None = None, *,
                  force: bool = False):
-        import sys
-
-        target = file or sys.stderr
-        self.enabled = force or live_display(target)
-        self._tasks: dict[str, Any] = {}
-        if not self.enabled:
-            return  # piped: no display, and no need to import Rich's progress machinery
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._console = console(target)
-        self._progress = Progress(
-            TextColumn("{task.fields[node]:<16}"),
-            BarColumn(bar_width=24),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[phase]:<16}"),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=self._console,
-            transient=False,
-        )
-        for node in nodes:
-            self._tasks[node.id] = self._progress.add_task(
-                "", total=100, node=node.id, phase="waiting", detail="")
-
-    def __enter__(self) -> DeployProgress:
-        if self.enabled:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.stop()
+        super().__init__(nodes, file, force=force, percent=True, phase_width=16)
 
     def update(self, event: DeployEvent) -> None:
-        task = self._tasks.get(event.node)
-        if task is None or not self.enabled:
-            return
-        fields: dict[str, Any] = {"phase": _PHASES.get(event.phase, event.phase)}
         detail = []
         if event.files:
             detail.append(f"{event.files} files")
@@ -76,11 +42,11 @@ class DeployProgress:
             detail.append(format_bytes(event.bytes))
         if event.phase == "failed" and event.message:
             detail = [sanitize(event.message)[:60]]
-        fields["detail"] = " ".join(detail)
         completed = event.percent
         if event.phase in ("done", "unchanged", "commit", "after", "start"):
             completed = 100
-        self._progress.update(task, completed=completed, **fields)
+        self._set(event.node, completed, _PHASES.get(event.phase, event.phase),
+                  " ".join(detail))
 
 
 def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
