@@ -31,6 +31,7 @@ import yaml
 
 from skeleton_app.engines import DEFAULT_ENGINES, Engine, build_engines
 from skeleton_app.errors import ConfigError, SelectionError
+from skeleton_app.jack_settings import JackSettings, build_jack
 from skeleton_app.nodes import (
     ROLE_RE,
     Node,
@@ -171,6 +172,7 @@ class Settings:
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     engines: tuple[Engine, ...] = DEFAULT_ENGINES
+    jack: JackSettings = field(default_factory=JackSettings)  # skeleton_app/jack_settings.py
     nodes: tuple[Node, ...] = ()
     # `groups:` of the config file, for `--node @NAME`: (name, (spec, ...)) pairs, so that
     # Settings stays frozen and hashable.
@@ -620,8 +622,8 @@ def load_config(
     src = str(file) if file else "defaults"
 
     for top in data:
-        if top not in SECTIONS and top not in ("nodes", "groups", "engines"):
-            valid = ", ".join([*SECTIONS, "engines", "nodes", "groups"])
+        if top not in SECTIONS and top not in ("nodes", "groups", "engines", "jack"):
+            valid = ", ".join([*SECTIONS, "engines", "jack", "nodes", "groups"])
             raise ConfigError(f"unknown section (valid: {valid})", source=src, key=str(top))
 
     sections: dict[str, Any] = {}
@@ -662,6 +664,7 @@ def load_config(
     groups = _build_groups(data.get("groups"), src)
     engines = build_engines(data.get("engines"), src)
     settings = Settings(**sections, groups=groups, engines=engines,
+                        jack=build_jack(data.get("jack"), src),
                         source=str(file) if file else None,
                         ssh_explicit=ssh_explicit)
     if not nodes:
