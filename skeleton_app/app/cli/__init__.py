@@ -29,7 +29,14 @@ from typing import NoReturn
 
 import click
 
-from skeleton_app.app.cli import cluster_cmds, copy_cmds, dev_cmds, jobs_cmds, registry_cmds
+from skeleton_app.app.cli import (
+    cluster_cmds,
+    copy_cmds,
+    dev_cmds,
+    jack_cmds,
+    jobs_cmds,
+    registry_cmds,
+)
 from skeleton_app.app.cli import retry_cmds as _retry_cmds  # noqa: F401  (runs retry)
 from skeleton_app.app.cli.completion import completion
 from skeleton_app.app.cli.options import Ctx
@@ -45,12 +52,13 @@ def cli(ctx: click.Context, config: str | None) -> None:
     """Run a small cluster of voice/ML nodes over plain SSH."""
     ctx.obj = Ctx(config)
     ctx.call_on_close(ctx.obj.close)
-    if _handle_sigint and ctx.invoked_subcommand == "cluster":
+    if _handle_sigint and ctx.invoked_subcommand in ("cluster", "jack"):
         _install_sigint()
 
 
 for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_cmds.nodes,
-               registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed, completion):
+               registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed, jack_cmds.jack,
+               completion):
     cli.add_command(_group)
 for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
     cluster_cmds.cluster.add_command(_command)
