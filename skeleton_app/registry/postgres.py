@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from skeleton_app.errors import RegistryError, UsageError
 from skeleton_app.nodes import Node
+from skeleton_app.registry.metrics_history import MetricsHistory, insert_sample
 from skeleton_app.registry.queries import (
     NODE_COLUMNS,
     REGISTER_SELF_SQL,
@@ -170,7 +171,8 @@ class NodeTable(PostgresSession):
                 check_text("code_version", code_version, limit=100)
         except FieldError as exc:
             raise UsageError(f"invalid heartbeat from {shown(node_id)}: {exc}") from None
-        with self._session(f"cannot record heartbeat of {node_id}") as conn:
+        with self._session(f"cannot record heartbeat of {node_id}") as conn, \
+                conn.transaction():
             cur = conn.execute(
                 "UPDATE nodes SET last_seen = now(), metrics = %s, daemon_state = %s,"
                 " code_version = coalesce(%s, code_version),"
@@ -179,7 +181,10 @@ class NodeTable(PostgresSession):
                 " WHERE id = %s",
                 (Jsonb(checked), daemon_state, code_version, daemon_pid, started_at, node_id),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            insert_sample(conn, node_id, checked)  # the history (migration 0004)
+            return True
 
     def mark_stopped(self, node_id: str) -> bool:
         with self._session(f"cannot mark {node_id} stopped") as conn:
@@ -234,7 +239,7 @@ class NodeTable(PostgresSession):
     # -- runs
 
 
-class PostgresRegistry(NodeTable, NodeRoles, RunJournal):
+class PostgresRegistry(NodeTable, NodeRoles, RunJournal, MetricsHistory):
     """The registry in PostgreSQL. One connection, opened on first use and reopened after
     a failure, so a long-running daemon survives a database restart. Thread-safe.
     """

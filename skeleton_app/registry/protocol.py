@@ -14,6 +14,7 @@ from skeleton_app.nodes import Node
 from skeleton_app.registry.records import NodeEntry, NodeSpec, RunRecord
 
 if TYPE_CHECKING:
+    from skeleton_app.registry.metrics_history import MetricSample
     from skeleton_app.results import ClusterResult
 
 
@@ -75,6 +76,10 @@ class Registry(Protocol):
         ...
 
     def heartbeats(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        ...
+
+    def metric_history(self, node_ids: Sequence[str], *, seconds: float,
+                       points: int = 120) -> dict[str, tuple[MetricSample, ...]]:
         ...
 
     def record_status(self, node_id: str, status: Mapping[str, Any]) -> bool:

@@ -39,6 +39,9 @@ def _node_grants(role: sql.Identifier) -> list[sql.Composed]:
         sql.SQL("GRANT SELECT ON nodes TO {}").format(role),
         sql.SQL("GRANT INSERT ({}) ON nodes TO {}").format(columns(_NODE_INSERT_COLUMNS), role),
         sql.SQL("GRANT UPDATE ({}) ON nodes TO {}").format(columns(_NODE_UPDATE_COLUMNS), role),
+        # Its own heartbeat history (migration 0004): written, down-sampled and pruned by
+        # the daemon itself.
+        sql.SQL("GRANT SELECT, INSERT, DELETE ON node_metrics TO {}").format(role),
     ]
 
 

@@ -11,6 +11,7 @@ from skeleton_app.nodes import Node
 from skeleton_app.registry.records import NodeEntry, NodeSpec, RunRecord
 
 if TYPE_CHECKING:
+    from skeleton_app.registry.metrics_history import MetricSample
     from skeleton_app.results import ClusterResult
 
 
@@ -92,6 +93,10 @@ class StaticRegistry:
 
     def heartbeats(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {}  # no daemon reports anywhere without a database
+
+    def metric_history(self, node_ids: Sequence[str], *, seconds: float,
+                       points: int = 120) -> dict[str, tuple[MetricSample, ...]]:
+        return {}  # no history without a database
 
     def record_status(self, node_id: str, status: Mapping[str, Any]) -> bool:
         return False

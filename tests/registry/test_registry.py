@@ -140,8 +140,12 @@ def test_localdb_start_returns_the_running_server_and_refuses_other_addresses(
 
 def test_init_schema_creates_the_tables_and_twice_changes_nothing(empty_dsn: str):
     first = init_schema(empty_dsn)
-    shipped = ("0001_initial.sql", "0002_node_trust.sql", "0003_jobs.sql")
-    assert (first.before, first.after, first.applied) == (0, 3, shipped)
+    # Every migration shipped, in order (new ones are added each round: no fixed count).
+    shipped = tuple(m.name for m in reg_mod.migrations())
+    assert shipped[:4] == ("0001_initial.sql", "0002_node_trust.sql", "0003_jobs.sql",
+                           "0004_metrics_history.sql")
+    last = len(shipped)
+    assert (first.before, first.after, first.applied) == (0, last, shipped)
     assert {"nodes", "runs", "run_nodes", "schema_version"} <= tables(empty_dsn)
     columns = {r[0] for r in sql(empty_dsn, "SELECT column_name FROM information_schema.columns"
                                             " WHERE table_name = 'nodes'")}
@@ -149,9 +153,9 @@ def test_init_schema_creates_the_tables_and_twice_changes_nothing(empty_dsn: str
             "app_dir", "enabled", "registered_at", "last_seen", "daemon_state", "code_version",
             "metrics"} <= columns
     second = init_schema(empty_dsn)
-    assert (second.before, second.after, second.applied) == (3, 3, ())
+    assert (second.before, second.after, second.applied) == (last, last, ())
     assert sql(empty_dsn, "SELECT version, name FROM schema_version ORDER BY version") == [
-        (1, "0001_initial.sql"), (2, "0002_node_trust.sql"), (3, "0003_jobs.sql")]
+        (k, name) for k, name in enumerate(shipped, 1)]
 
 
 def test_init_schema_concurrently_from_many_shells(empty_dsn: str):
@@ -180,7 +184,7 @@ def test_init_schema_concurrently_from_many_shells(empty_dsn: str):
         assert p.returncode == 0, err
     assert errors == []
     assert sql(empty_dsn, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,)]
+        (k,) for k in range(1, len(reg_mod.migrations()) + 1)]
 
 
 def test_schema_missing_tells_to_run_db_init(empty_dsn: str):
@@ -207,13 +211,16 @@ def test_schema_newer_than_the_code_is_refused_and_left_alone(db_dsn: str):
 def test_schema_older_asks_for_upgrade_and_db_init_applies_the_new_migration(
         db_dsn: str, monkeypatch: pytest.MonkeyPatch):
     shipped = reg_mod.migrations()
-    extra = Migration(4, "0004_test.sql", "ALTER TABLE nodes ADD COLUMN test_extra integer;")
+    n = len(shipped)
+    extra = Migration(n + 1, f"{n + 1:04d}_test.sql",
+                      "ALTER TABLE nodes ADD COLUMN test_extra integer;")
     monkeypatch.setattr(schema_mod, "migrations", lambda: (*shipped, extra))
     reg = PostgresRegistry(db_dsn, defaults=TEST_DEFAULTS)
-    with pytest.raises(RegistryError, match=r"version 3, this skeleton_app needs version 4"):
+    with pytest.raises(RegistryError,
+                       match=rf"version {n}, this skeleton_app needs version {n + 1}"):
         reg.list_nodes()
     status = init_schema(db_dsn)
-    assert (status.before, status.after, status.applied) == (3, 4, ("0004_test.sql",))
+    assert (status.before, status.after, status.applied) == (n, n + 1, (extra.name,))
     assert reg.list_nodes() == ((), ())
 
 
