@@ -10,10 +10,29 @@
 Each testbed claims a free instance (its own subnet, bridge and namespace names) and a fresh
 state dir, so suites running side by side, inside or outside a containing namespace, never
 collide. Teardown always goes through `testbed.down()`, also when a test fails.
+
+Parallel runs: `./scripts/test` runs pytest-xdist (`-n 3 --dist loadgroup`; `-n 0` or
+`-p no:xdist` for one process, e.g. under a debugger). Every worker is a pytest session of
+its own: its own `testbed` (own instance, subnet, bridge, state dir), `postgres`, cache and
+state dirs ($XDG_CACHE_HOME, $XDG_STATE_HOME); they share only what is safe to share (the
+hosts' first bootstrapped .venv and the initdb template, in the run's directory,
+$SKELETON_TEST_RUN_DIR). A whole module runs on one worker (tests/support/xdist_schedule.py),
+so a module fixture is made once. For a new test file that means:
+  - use the fixtures above; never a fixed path under /tmp, $HOME or /etc, a fixed port on
+    the controller (127.0.0.1), or a fixed testbed instance: take tmp_path, port 0, make_testbed;
+  - a fixed port or path *on the hosts* is fine (every worker has its own hosts), except the
+    hosts' shared /tmp, /run and /var: name files there uniquely (uuid);
+  - anything machine-wide (the login user's password, /etc/sudoers.d: `sudo_rules`) goes in
+    `pytestmark = pytest.mark.xdist_group("sudo")` (one worker, one after the other);
+    `sudo_rules` also holds a machine-wide lock, so it is safe anyway, only slower;
+  - a test that times something runs next to other busy workers: poll with a deadline,
+    never assert a tight bound measured on a quiet machine.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,28 +44,61 @@ from skeleton_app.config import Settings, load_config
 from skeleton_app.testing import localdb
 from skeleton_app.testing import testbed as tb_mod
 from skeleton_app.testing.testbed import Testbed
-from tests.support.helpers import bootstrap_testbed
+from tests.support.helpers import RUN_DIR_ENV, bootstrap_testbed
 
 pytest_plugins = ["tests.support.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
 
 SESSION_HOSTS = 6
+_RUN_DIR_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the main process only (the xdist controller, or the one process without xdist):
+    the run's directory, shared by its workers (they inherit the environment)."""
+    config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker")
+    if hasattr(config, "workerinput") or RUN_DIR_ENV in os.environ:
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="skeleton-test-run-", dir="/tmp"))
+    # PostgreSQL (as `postgres`) must traverse it to reach the template inside.
+    run_dir.chmod(0o755)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    config.stash[_RUN_DIR_KEY] = run_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run_dir = config.stash.get(_RUN_DIR_KEY, None)
+    if run_dir is not None:
+        os.environ.pop(RUN_DIR_ENV, None)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` (what ./scripts/test passes): whole modules and xdist_groups as
+    units, longest first (tests/support/xdist_schedule.py). Other --dist modes as xdist has
+    them."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.support.xdist_schedule import ModuleScheduling
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_dir() -> Iterator[Path]:
     """The deploy hash cache of this session's many temporary trees (and the last-run
-    state file) go to a directory of the session's own, not to the user's ~/.cache and
-    ~/.local/state; the CLI subprocesses inherit it. It also keeps the hosts' first
-    bootstrapped .venv (bootstrap_testbed) and, in a directory PostgreSQL may traverse, one
-    initdb result that every new throwaway PostgreSQL of the session copies (localdb's
+    state file) go to a directory of the session's own (one per xdist worker), not to the
+    user's ~/.cache and ~/.local/state; the CLI subprocesses inherit it. The run's directory
+    (shared by the workers) keeps the hosts' first bootstrapped .venv (bootstrap_testbed)
+    and one initdb result that every new throwaway PostgreSQL of the run copies (localdb's
     $SKELETON_PG_TEMPLATE_DIR)."""
-    with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="skeleton-pg-template-", dir="/tmp") as pg_tmp:
-        Path(pg_tmp).chmod(0o755)
+    pg_template = Path(os.environ[RUN_DIR_ENV]) / "pg-template"
+    pg_template.mkdir(mode=0o755, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skeleton-cache-") as tmp:
         mp = pytest.MonkeyPatch()
         mp.setenv("XDG_CACHE_HOME", tmp)
         mp.setenv("XDG_STATE_HOME", tmp)  # the last-run file of `--node @failed`
-        mp.setenv(localdb.TEMPLATE_ENV, pg_tmp)
+        mp.setenv(localdb.TEMPLATE_ENV, str(pg_template))
         yield Path(tmp)
         mp.undo()
 

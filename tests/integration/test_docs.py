@@ -52,6 +52,8 @@ from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
 BIN = Path(sys.executable).parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# The login user's password is the machine's (sudo_rules): one worker runs these modules.
+pytestmark = pytest.mark.xdist_group("sudo")
 PORT = 8794  # the lab's stand-in daemon
 ROLES = [["stt_realtime", "tts"], ["stt_batch"], ["tts"], ["llm"], ["stt_realtime"], ["audio"]]
 MODEL = "en_US-lessac-medium"

@@ -31,6 +31,8 @@ from skeleton_app.testing.testbed.sudoers import sudo_rules
 from tests.support.frontends import fab, out, run_tool
 from tests.support.helpers import REPO, config_variant
 
+# The login user's password is the machine's (sudo_rules): one worker runs these modules.
+pytestmark = pytest.mark.xdist_group("sudo")
 SECRET = "Tr0ub4dor&3 'x\" $y"  # quotes, spaces and $ must all reach sudo as typed
 PASSWORD_ENV = "SKELETON_SUDO_PASSWORD_FILE"
 

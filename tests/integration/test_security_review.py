@@ -19,6 +19,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from skeleton_app.cluster import Cluster
 from skeleton_app.config import load_config
 from skeleton_app.ops.fetch import fetch_from_nodes
@@ -27,6 +29,8 @@ from skeleton_app.testing.testbed.sudoers import sudo_rules
 from tests.support.frontends import out
 from tests.support.helpers import REPO, chown_to_user, skeleton
 
+# The login user's password is the machine's (sudo_rules): one worker runs these modules.
+pytestmark = pytest.mark.xdist_group("sudo")
 SECRET = "Hunter2-review 'q\" $z"
 PASSWORD_ENV = "SKELETON_SUDO_PASSWORD_FILE"
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
+# The directory of one test run, shared by its xdist workers (made by tests/conftest.py).
+RUN_DIR_ENV = "SKELETON_TEST_RUN_DIR"
 
 
 def config_variant(testbed: Testbed, path: Path, *, ssh: Mapping[str, Any] | None = None,
@@ -78,23 +82,38 @@ def bootstrap_testbed(bed: Testbed) -> str:
     from skeleton_app.ops.bootstrap import bootstrap
 
     settings = load_config(bed.config_path, env={})
-    seeded = _seed_node_venvs(bed) if settings.app.dir == tbm.APP_DIR else False
-    with Cluster(settings) as cluster:
-        result = bootstrap(cluster, cluster.nodes)
-    assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
-    if not seeded and settings.app.dir == tbm.APP_DIR:
-        _keep_node_venv(bed)
+    with _first_bootstrap():
+        seeded = _seed_node_venvs(bed) if settings.app.dir == tbm.APP_DIR else False
+        with Cluster(settings) as cluster:
+            result = bootstrap(cluster, cluster.nodes)
+        assert result.exit_code() == 0, {n: r.data or r.summary() for n, r in result.items()}
+        if not seeded and settings.app.dir == tbm.APP_DIR:
+            _keep_node_venv(bed)
     return f"{tbm.APP_DIR}/.venv/bin/python"
 
 
 def _node_venv_cache() -> Path | None:
-    """Where this session keeps a bootstrapped hosts' .venv: in the session's own cache dir
-    (tests/conftest.py points XDG_CACHE_HOME at a temporary directory removed at the end).
-    None outside such a session: then nothing is kept."""
-    cache = os.environ.get("XDG_CACHE_HOME")
-    if not cache or not Path(cache).name.startswith("skeleton-cache-"):
+    """Where this run keeps a bootstrapped hosts' .venv: in the run's directory, shared by
+    its xdist workers (tests/conftest.py makes it and removes it at the end). None outside
+    such a run: then nothing is kept."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if not run_dir or not Path(run_dir).is_dir():
         return None
-    return Path(cache) / "skeleton-test-node-venv"
+    return Path(run_dir) / "skeleton-test-node-venv"
+
+
+@contextlib.contextmanager
+def _first_bootstrap() -> Iterator[None]:
+    """While no .venv is kept yet, one bootstrap at a time in the whole run: the workers that
+    start together wait for the first one's venv (seconds) rather than each pip-installing
+    their own on the same two cores (minutes)."""
+    cache = _node_venv_cache()
+    if cache is None or (cache / ".skeleton-bootstrap").is_file():
+        yield
+        return
+    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _keep_node_venv(bed: Testbed) -> None:

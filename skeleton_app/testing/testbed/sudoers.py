@@ -15,10 +15,12 @@ leaves nothing behind once `skeleton testbed down` runs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,9 @@ from skeleton_app.testing.testbed.system import _last_line, _run, require_root
 
 SUDOERS_DIR = Path("/etc/sudoers.d")
 _RECORD = "sudoers.json"
+# Machine-wide, like what it guards (/run/lock is not per namespace: every suite sees it).
+LOCK_PATH = Path("/run/lock/skeleton-testbed-sudo.lock")
+LOCK_TIMEOUT = 900.0
 
 
 def _dropin(testbed: Testbed) -> Path:
@@ -113,9 +118,45 @@ def remove_sudo(state_dir: Path) -> list[str]:
 @contextmanager
 def sudo_rules(testbed: Testbed, password: str, *, nopasswd: Sequence[str] = (),
                nopasswd_commands: Mapping[str, str] | None = None) -> Iterator[None]:
-    """`add_sudo` for the duration of the block."""
-    add_sudo(testbed, password, nopasswd=nopasswd, nopasswd_commands=nopasswd_commands)
-    try:
-        yield
-    finally:
-        remove_sudo(testbed.state_dir)
+    """`add_sudo` for the duration of the block, holding the machine's sudo lock: the login
+    user and its password are the whole machine's, so two blocks (parallel test workers, or
+    two suites on one machine) take turns rather than overwrite each other's password."""
+    with _machine_lock():
+        add_sudo(testbed, password, nopasswd=nopasswd, nopasswd_commands=nopasswd_commands)
+        try:
+            yield
+        finally:
+            remove_sudo(testbed.state_dir)
+
+
+_held = 0  # how deep this process is inside _machine_lock (a nested block is no conflict)
+
+
+@contextmanager
+def _machine_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
+    # O_NOFOLLOW: the directory is world-writable; never follow a link planted there.
+    fd = os.open(LOCK_PATH, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{LOCK_PATH}: another test has held the sudo lock"
+                                       f" for {timeout:.0f}s") from None
+                time.sleep(0.2)
+        _held = 1
+        try:
+            yield
+        finally:
+            _held = 0
