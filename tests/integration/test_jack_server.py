@@ -28,6 +28,7 @@ from skeleton_app.ops.jack.server import PID_FILE, connect_ports, server_control
 from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
 from tests.support.deploy_support import host_path
+from tests.support.frontends import inv, out
 from tests.support.helpers import chown_to_user, config_variant, skeleton
 
 NODES = ["node-01", "node-02", "node-03"]
@@ -117,6 +118,10 @@ def test_start_status_connect_disconnect_stop(testbed: Testbed, tmp_path: Path) 
         text = skeleton("jack", "status", "-n", "node-01", config=config)
         assert text.returncode == 0, text.stderr
         assert "48000" in text.stdout and "system:playback_2" in text.stdout
+        # inv: the same command and view (the xrun count may have grown meanwhile).
+        task = inv("jack-status", "--node", "node-01", config=config)
+        assert task.returncode == 0, out(task)
+        assert task.stdout.splitlines()[-4:] == text.stdout.splitlines()[-4:]
 
         # connect, connect again (already), a typo'd port, disconnect twice.
         a, b = "system:capture_1", "system:playback_1"
@@ -147,6 +152,11 @@ def test_start_status_connect_disconnect_stop(testbed: Testbed, tmp_path: Path) 
         assert r.ok and r.outcome is not None and r.outcome.state == "disconnected", r
         twice = skeleton("jack", "disconnect", "node-01", a, b, config=config)
         assert twice.returncode == 0 and "not connected" in twice.stdout, twice
+        ports = ("--node", "node-01", "--port-a", a, "--port-b", b)
+        task = inv("jack-connect", *ports, config=config)
+        assert task.returncode == 0 and "connected: " in task.stdout, out(task)
+        task = inv("jack-disconnect", *ports, config=config)
+        assert task.returncode == 0 and "disconnected: " in task.stdout, out(task)
 
         stopped = skeleton("jack", "stop", "-n", "node-0[1-3]", "--json", config=config)
         assert stopped.returncode == 0, stopped.stderr

@@ -9,7 +9,7 @@ from typing import IO
 
 from skeleton_app.app.views.common import sanitize, table
 from skeleton_app.nodes import Node
-from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome
+from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome, state_words
 from skeleton_app.results import ClusterResult
 
 
@@ -31,7 +31,8 @@ def server_text(result: ClusterResult[JackServerOutcome], nodes: Sequence[Node],
             rows.append([node.id, "✗", r.summary(), "", "", "", "", ""])
             continue
         o = r.outcome
-        summary = o.summary
+        # The facts have their own columns: the state and what went wrong.
+        summary = state_words(o) + (f": {o.message}" if o.message else "")
         if o.log_tail:
             summary += "\n" + "\n".join(f"  | {line}" for line in o.log_tail[-10:])
         ok = "✓" if r.ok else "✗"

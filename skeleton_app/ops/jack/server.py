@@ -151,17 +151,21 @@ def parse_reply(action: str, server: str, text: str) -> JackServerOutcome:
     return replace(outcome, summary=describe(outcome))
 
 
-def describe(o: JackServerOutcome) -> str:
-    """One line for people: 'running (pid 12), 48000 Hz, 256 frames, 0 xruns, 4 ports'."""
-    words = {"running": "running", "stopped": "stopped", "foreign": "running (not started by"
-             " skeleton)", "unresponsive": "not answering", "missing": "jackd2 missing",
-             "started": "started", "already-running": "already running",
-             "died": "died at start", "not-running": "not running",
-             "error": "error"}.get(o.state, o.state)
+def state_words(o: JackServerOutcome) -> str:
+    """The state for people: 'running (pid 12)', 'stopped with SIGKILL after the grace'."""
+    words = {"foreign": "running (not started by skeleton)", "unresponsive": "not answering",
+             "already-running": "already running", "died": "died at start",
+             "not-running": "not running"}.get(o.state, o.state)
     if o.pid is not None and o.state != "foreign":
         words += f" (pid {o.pid})"
     if o.state == "stopped" and o.signal == "KILL":
         words += " with SIGKILL after the grace period"
+    return words
+
+
+def describe(o: JackServerOutcome) -> str:
+    """One line for people: 'running (pid 12), 48000 Hz, 256 frames, 0 xruns, 4 ports'."""
+    words = state_words(o)
     facts = []
     if o.sample_rate is not None:
         facts.append(f"{o.sample_rate} Hz")
