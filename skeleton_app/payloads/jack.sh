@@ -27,7 +27,8 @@
 #   start       started (0) | already-running (0; ours or foreign: never a second jackd) |
 #               died (1) | error (1: did not answer in time, stopped again) | missing (1)
 #   stop        stopped (0) | not-running (0) | foreign (1: left running) | error (1)
-#   abort       stopped (0) | not-running (0: no server of that start)
+#   abort       stopped (0; also when the start's own trap stopped it: PID_FILE.aborted
+#               holds `TOKEN PID`) | not-running (0: no server of that start)
 #   connect     connected (0) | error (1)      disconnect  disconnected (0) | error (1)
 #   bad arguments: state=error, exit 2, nothing done
 # POSIX sh only (runs under dash); every expansion is quoted.
@@ -223,6 +224,12 @@ do_abort() {
         printf 'state=stopped\npid=%s\nsignal=%s\n' "$pid" "$stop_signal"
         exit 0
     fi
+    if [ -n "$token" ] && read -r _tok _pid _rest <"$pid_file.aborted" 2>/dev/null &&
+        [ "$_tok" = "$token" ]; then
+        rm -f -- "$pid_file.aborted"
+        printf 'state=stopped\npid=%s\nmessage=stopped by the start itself at the interrupt\n' "$_pid"
+        exit 0
+    fi
     printf 'state=not-running\n'
     exit 0
 }
@@ -230,12 +237,15 @@ do_abort() {
 # interrupted: the start's channel got SIGINT/SIGTERM (Ctrl-C on the controller): stop the
 # jackd this start launched, so nothing is left half-started. The controller's abort is the
 # second line of defence when this shell is killed before it gets here.
+# The TERM that follows the INT must not cut this short; the note left beside the pid file
+# tells the controller's abort that this start's jackd is already gone (its reply on this
+# channel may never be read).
 interrupted() {
-    trap - INT TERM HUP
+    trap '' INT TERM HUP
     if read_record "$pid_file" && read -r _p _s _b rec_token _rest <"$pid_file" &&
         [ "$rec_token" = "$token" ] && is_ours "$pid" "$start" "$boot"; then
         stop_tenths=2
-        stop_ours
+        stop_ours && printf '%s %s\n' "$token" "$pid" >"$pid_file.aborted"
     fi
     printf 'state=error\nmessage=interrupted: the new jackd was stopped again\n'
     exit 130
@@ -257,6 +267,7 @@ do_start() {
     fi
     command -v setsid >/dev/null 2>&1 || { printf 'state=error\nmessage=setsid is not installed on the node (util-linux)\n'; exit 1; }
     _note=$(stale_note)
+    rm -f -- "$pid_file.aborted"
     mkdir -p -- "$(dirname -- "$log_file")" "$(dirname -- "$pid_file")" || {
         printf 'state=error\nmessage=cannot create the directories of %s and %s\n' "$log_file" "$pid_file"
         exit 1

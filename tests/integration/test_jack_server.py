@@ -11,6 +11,10 @@ or a slow one (a script that sleeps before it execs jackd).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,7 +33,7 @@ from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
 from tests.support.deploy_support import host_path
 from tests.support.frontends import inv, out
-from tests.support.helpers import chown_to_user, config_variant, skeleton
+from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
 NODES = ["node-01", "node-02", "node-03"]
 DUMMY = {"driver": "dummy", "driver_options": ["-r", "48000", "-p", "256"]}
@@ -240,6 +244,7 @@ def test_ctrl_c_during_start_leaves_nothing_half_started(testbed: Testbed,
                 timer.cancel()
             r = result["node-01"]
             assert r.error_kind is NodeErrorKind.INTERRUPTED, r
+            assert r.error is not None and "stopped again" in r.error, r
             assert result.exit_code() == 130
             assert not host_path(testbed, "node-01", f"{settings.app.dir}/{PID_FILE}").exists()
             leftovers = tbm.host_exec(testbed, "node-01", ["pgrep", "-f", settings.app.dir],
@@ -248,6 +253,40 @@ def test_ctrl_c_during_start_leaves_nothing_half_started(testbed: Testbed,
             assert _jackd_pids(testbed, "node-01") == []
     finally:
         cancel.reset()
+
+
+def test_ctrl_c_in_the_cli_during_start(testbed: Testbed, tmp_path: Path) -> None:
+    """A real SIGINT to the CLI's process group (a terminal's Ctrl-C) while two nodes start
+    a slow jackd: exit 130, each node says so, nothing of the start is left on either."""
+    config, settings = _config(testbed, tmp_path, jackd_in_app="bin/jackd")
+    for node in ("node-01", "node-02"):
+        _node_file(testbed, settings, node, "bin/jackd",
+                   '#!/bin/sh\nsleep 30\nexec /usr/bin/jackd "$@"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skeleton_app", "jack", "start", "-n", "node-0[1-2]",
+         "--config", str(config)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pid_files = [host_path(testbed, n, f"{settings.app.dir}/{PID_FILE}")
+                     for n in ("node-01", "node-02")]
+        for _ in range(300):  # both starts have launched their (slow) jackd
+            if all(p.exists() for p in pid_files):
+                break
+            threading.Event().wait(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert out.count("stopped again") == 2, out
+    for node, pid_file in zip(("node-01", "node-02"), pid_files, strict=True):
+        assert not pid_file.exists(), node
+        leftovers = tbm.host_exec(testbed, node, ["pgrep", "-f", settings.app.dir],
+                                  check=False).stdout.split()
+        assert leftovers == [], (node, leftovers)
 
 
 @pytest.mark.parametrize("args", [
@@ -261,3 +300,71 @@ def test_bad_input_is_exit_2_before_anything_runs(testbed: Testbed, tmp_path: Pa
     out = skeleton("jack", *args, config=config)
     assert out.returncode == 2, out
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def _spawn(testbed: Testbed, cluster: Cluster, node: str, settings: Settings,
+           command: str) -> int:
+    """Start `command` detached on `node` as its login user (as a user would by hand);
+    return its pid inside the host."""
+    pid_path = f"{settings.app.dir}/spawned.pid"
+    r = cluster.run(f"mkdir -p {settings.app.dir} && setsid -f sh -c 'echo $$ >{pid_path};"
+                    f" exec {command}' </dev/null >/dev/null 2>&1", cluster.select([node]),
+                    timeout=30)
+    assert r.exit_code() == 0, r.to_json()
+    local = host_path(testbed, node, pid_path)
+    for _ in range(50):
+        if local.exists() and local.read_text().strip():
+            return int(local.read_text())
+        threading.Event().wait(0.1)
+    raise AssertionError(f"{command!r} did not start on {node}")
+
+
+def test_a_server_skeleton_did_not_start_is_left_alone(testbed: Testbed,
+                                                      tmp_path: Path) -> None:
+    config, settings = _config(testbed, tmp_path)
+    server = settings.jack.server_name
+    with Cluster(settings) as cluster:
+        pid = _spawn(testbed, cluster, "node-01", settings,
+                     f"env JACK_NO_AUDIO_RESERVATION=1 jackd -n {server} -d dummy -r 44100"
+                     " -p 128")
+        try:
+            for _ in range(50):
+                seen = server_control(cluster, cluster.select(["node-01"]), "status")
+                if seen.exit_code() == 0:
+                    break
+                threading.Event().wait(0.1)
+            o = seen["node-01"].outcome
+            assert o is not None and o.state == "foreign", seen.to_json()
+            assert (o.sample_rate, o.period, o.xruns) == (44100, 128, None)
+            started = skeleton("jack", "start", "-n", "node-01", "--json", config=config)
+            data = json.loads(started.stdout)["nodes"]["node-01"]["data"]
+            assert started.returncode == 0 and data["state"] == "already-running", started
+            assert "not started by skeleton" in data["message"]
+            assert _jackd_pids(testbed, "node-01") == [pid]
+            stopped = skeleton("jack", "stop", "-n", "node-01", config=config)
+            assert stopped.returncode == 1 and "left running" in stopped.stdout, stopped
+            assert _alive(testbed, "node-01", pid)
+        finally:
+            tbm.host_exec(testbed, "node-01", ["kill", str(pid)], check=False)
+
+
+def test_stop_never_signals_a_process_the_pid_file_does_not_prove_ours(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """A pid file naming a live process with another start time (a recycled pid), or with
+    the right start time but not jackd: stop signals neither."""
+    config, settings = _config(testbed, tmp_path)
+    with Cluster(settings) as cluster:
+        pid = _spawn(testbed, cluster, "node-01", settings, "sleep 120")
+        try:
+            stat = tbm.host_exec(testbed, "node-01", ["cat", f"/proc/{pid}/stat"]).stdout
+            start_time = stat.rsplit(")", 1)[1].split()[19]
+            boot = tbm.host_exec(testbed, "node-01",
+                                 ["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+            for record in (f"{pid} 1{start_time} {boot} tok", f"{pid} {start_time} {boot} tok"):
+                _node_file(testbed, settings, "node-01", PID_FILE, record + "\n")
+                out = skeleton("jack", "stop", "-n", "node-01", "--json", config=config)
+                data = json.loads(out.stdout)["nodes"]["node-01"]["data"]
+                assert out.returncode == 0 and data["state"] == "not-running", out
+                assert _alive(testbed, "node-01", pid), record
+        finally:
+            tbm.host_exec(testbed, "node-01", ["kill", str(pid)], check=False)
