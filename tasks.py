@@ -10,6 +10,9 @@
     inv jobs-submit --engine stt --input a.wav --wait   inv jobs-list --state failed
     inv jobs-show --job 12     inv jobs-cancel --job 12     inv jobs-retry --job 12
     inv jobs-dispatch
+    inv jack-status     inv jack-start --node linux-01     inv jack-stop
+    inv jack-connect --node linux-01 --port-a system:capture_1 --port-b system:playback_1
+    inv jack-disconnect --node linux-01 --port-a system:capture_1 --port-b system:playback_1
 
 Thin: every task selects nodes, calls the same application command as `skeleton cluster ...`
 (`skeleton_app.app.commands`: it runs the operation and journals the run in the registry),
@@ -42,6 +45,7 @@ from skeleton_app.app.views.copy import TransferProgress, copy_text, fetch_text,
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import DeployProgress, deploy_text
 from skeleton_app.app.views.exec import exec_text
+from skeleton_app.app.views.jack_server import connect_text, server_text
 from skeleton_app.app.views.logs import logs_text
 from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
 from skeleton_app.errors import SkeletonError, UsageError
@@ -518,3 +522,76 @@ def jobs_dispatch(c: Context, config: str | None = None) -> None:
         outcome = commands.jobs_dispatch(
             session, on_event=lambda line: print(render.sanitize(line), flush=True))
         print(jobs_view.dispatch_summary(outcome), file=sys.stderr)
+
+
+# ---------------------------------------------------------------- skeleton jack (servers)
+
+
+def _jack(config: str | None, fanout: str | None, action: str, node: list[str] | None,
+          role: list[str] | None, exclude: list[str] | None, json: bool) -> None:
+    with _session(config, fanout) as session:
+        nodes = _select(session, node, role, exclude)
+        done = commands.jack_server(session, nodes, action)
+        if json:
+            print(done.result.to_json())
+        else:
+            server_text(done.result, nodes, sys.stdout)
+        _finish(done)
+
+
+def _ports(config: str | None, node: str | None, a: str | None, b: str | None, json: bool,
+           disconnect: bool) -> None:
+    with _session(config, None) as session:
+        done = commands.jack_connect(session, _required(node, "--node"),
+                                     _required(a, "--port-a"), _required(b, "--port-b"),
+                                     disconnect=disconnect)
+        if json:
+            print(done.result.to_json())
+        else:
+            connect_text(done.result, sys.stdout, sys.stderr)
+        _finish(done)
+
+
+_PORTS_HELP = {"config": _HELP["config"], "node": "(NODE) The node (required).",
+               "port_a": "(PORT) A port as `jack-status` lists it (required).",
+               "port_b": "(PORT) The other port (required).", "json": _HELP["json"]}
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def jack_status(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+                exclude: list[str] | None = None, json: bool = False,
+                fanout: str | None = None, config: str | None = None) -> None:
+    """Each node's JACK server: up, sample rate, period, xruns, ports and connections."""
+    _jack(config, fanout, "status", node, role, exclude, json)
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def jack_start(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+               exclude: list[str] | None = None, json: bool = False,
+               fanout: str | None = None, config: str | None = None) -> None:
+    """Start jackd with each node's configured driver (a running server is left alone)."""
+    _jack(config, fanout, "start", node, role, exclude, json)
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def jack_stop(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+              exclude: list[str] | None = None, json: bool = False,
+              fanout: str | None = None, config: str | None = None) -> None:
+    """Stop the jackd that jack-start started (SIGTERM, then SIGKILL)."""
+    _jack(config, fanout, "stop", node, role, exclude, json)
+
+
+@task(help=_PORTS_HELP)
+def jack_connect(c: Context, node: str | None = None, port_a: str | None = None,
+                 port_b: str | None = None, json: bool = False,
+                 config: str | None = None) -> None:
+    """Connect two JACK ports on one node (already connected is success)."""
+    _ports(config, node, port_a, port_b, json, disconnect=False)
+
+
+@task(help=_PORTS_HELP)
+def jack_disconnect(c: Context, node: str | None = None, port_a: str | None = None,
+                    port_b: str | None = None, json: bool = False,
+                    config: str | None = None) -> None:
+    """Disconnect two JACK ports on one node (not connected is success)."""
+    _ports(config, node, port_a, port_b, json, disconnect=True)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
     from skeleton_app.ops.deploy.rollback import ReleasesOutcome, RollbackOutcome
     from skeleton_app.ops.fetch import FetchOutcome
+    from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -346,6 +347,30 @@ def daemon(session: Session, nodes: Sequence[Node], action: str, *,
     return session.finish(f"daemon {action}", {"batch": batch, "wait_healthy": wait_healthy,
                                                "health_timeout": health_timeout},
                          nodes, result)
+
+
+def jack_server(session: Session, nodes: Sequence[Node],
+                action: str) -> Done[JackServerOutcome]:
+    """status | start | stop each node's JACK server (`skeleton jack status|start|stop`)."""
+    from skeleton_app.ops.jack.server import server_control
+
+    result = server_control(session.cluster(), nodes, action, fanout=session.fanout)
+    return session.finish(f"jack {action}", {}, nodes, result)
+
+
+def jack_connect(session: Session, node_ref: str, source: str, dest: str, *,
+                 disconnect: bool = False) -> Done[JackConnectOutcome]:
+    """Connect (or disconnect) two JACK ports on one node (`skeleton jack connect NODE A
+    B`); an unknown node or a malformed port name is exit 2 before anything runs."""
+    from skeleton_app.ops.jack.server import check_port_name, connect_ports
+
+    check_port_name(source)
+    check_port_name(dest)
+    cluster = session.cluster()
+    node = cluster.node(node_ref)
+    result = connect_ports(cluster, node, source, dest, disconnect=disconnect)
+    return session.finish("jack disconnect" if disconnect else "jack connect",
+                          {"source": source, "dest": dest}, [node], result)
 
 
 @dataclass(frozen=True, slots=True)

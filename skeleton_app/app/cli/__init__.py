@@ -37,6 +37,7 @@ from skeleton_app.app.cli import (
     jobs_cmds,
     registry_cmds,
 )
+from skeleton_app.app.cli import jack_server_cmds as _jack_server  # noqa: F401  (jack status...)
 from skeleton_app.app.cli import retry_cmds as _retry_cmds  # noqa: F401  (runs retry)
 from skeleton_app.app.cli.completion import completion
 from skeleton_app.app.cli.options import Ctx

@@ -45,6 +45,9 @@ hostname "$2"
 etc_hosts="$(dirname "$3")/etc-hosts"
 { cat /etc/hosts 2>/dev/null || true; printf '127.0.1.1\t%s\n' "$2"; } >"$etc_hosts"
 mount --bind "$etc_hosts" /etc/hosts || true
+# JACK keeps its server sockets, semaphores and shared memory in /dev/shm: a real node has its
+# own, and hosts sharing the machine's would see each other's servers (same uid, same name).
+mount -t tmpfs -o mode=1777,nosuid,nodev skeleton-shm /dev/shm || true
 mount --bind "$3" "$4"
 printf '%s\\n' "$5" | while IFS= read -r dir; do
     [ -z "$dir" ] || mount -t tmpfs -o ro,size=4k skeleton-hidden "$dir"
