@@ -227,7 +227,8 @@ do_probe() {
         [ "$_comm" = "$_comm_want" ] || continue
         _pid=${_dir#/proc/}
         alive "$_pid" || continue
-        printf 'proc=%s %s\n' "$_pid" "$(tr '\0\n' '  ' 2>/dev/null <"$_dir/cmdline")"
+        _args=$(tr '\0\n' '  ' 2>/dev/null <"$_dir/cmdline")
+        printf 'proc=%s %s\n' "$_pid" "${_args% }"
     done
     echo '--- begin ports'
     if command -v jack_lsp >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ from skeleton_app.app.cli.options import (
     Seconds,
     config_option,
     json_option,
+    output_options,
     prepare,
     select,
     selection_options,
@@ -34,7 +35,7 @@ from skeleton_app.errors import ExitCode
 @click.option("--timeout", type=Seconds(), default=None,
               help="Seconds to wait for both ends to connect (default 15).")
 @config_option
-@json_option
+@output_options
 @click.pass_context
 def link_cmd(ctx: click.Context, hub: str, client: str, channels: int | None,
              port_offset: int | None, timeout: float | None, config: str | None,
@@ -55,7 +56,7 @@ def link_cmd(ctx: click.Context, hub: str, client: str, channels: int | None,
 @click.argument("a", metavar="HUB", shell_complete=complete_nodes)
 @click.argument("b", metavar="CLIENT", shell_complete=complete_nodes)
 @config_option
-@json_option
+@output_options
 @click.pass_context
 def unlink_cmd(ctx: click.Context, a: str, b: str, config: str | None, as_json: bool) -> int:
     """Stop both ends of the link between two nodes (either order) and forget it."""
