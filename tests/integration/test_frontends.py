@@ -34,7 +34,8 @@ from tests.support.deploy_support import (
 from tests.support.frontends import BIN, fab, inv, out, run_tool
 from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
-INV_TASKS = ["bootstrap", "copy", "daemon", "deploy", "exec", "fetch", "jobs-cancel",
+INV_TASKS = ["bootstrap", "copy", "daemon", "deploy", "exec", "fetch", "jack-link",
+             "jack-mesh", "jack-unlink", "jobs-cancel",
              "jobs-dispatch", "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs",
              "releases", "rollback", "status", "sync-models"]
 FAB_TASKS = ["daemon", "deploy", "get", "put", "rollback", "run", "status", "uptime"]
