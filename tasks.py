@@ -13,6 +13,8 @@
     inv jack-status     inv jack-start --node linux-01     inv jack-stop
     inv jack-connect --node linux-01 --port-a system:capture_1 --port-b system:playback_1
     inv jack-disconnect --node linux-01 --port-a system:capture_1 --port-b system:playback_1
+    inv jack-link --hub linux-01 --client linux-02    inv jack-mesh
+    inv jack-unlink --hub linux-01 --client linux-02
 
 Thin: every task selects nodes, calls the same application command as `skeleton cluster ...`
 (`skeleton_app.app.commands`: it runs the operation and journals the run in the registry),
@@ -595,3 +597,55 @@ def jack_disconnect(c: Context, node: str | None = None, port_a: str | None = No
                     config: str | None = None) -> None:
     """Disconnect two JACK ports on one node (not connected is success)."""
     _ports(config, node, port_a, port_b, json, disconnect=True)
+# ---------------------------------------------------------------- JackTrip links (#17)
+
+_LINK_HELP = {"config": _HELP["config"], "json": _HELP["json"],
+              "hub": "(NODE) The node of JackTrip's hub server.",
+              "client": "(NODE) The node of its client.",
+              "channels": "(N) Audio channels each way (default jack.channels).",
+              "port_offset": "(N) Port = jack.udp_base_port + N (default: the first free)."}
+
+
+@task(help=_LINK_HELP)
+def jack_link(c: Context, hub: str | None = None, client: str | None = None,
+              channels: str | None = None, port_offset: str | None = None,
+              json: bool = False, config: str | None = None) -> None:
+    """A JackTrip link: hub server on --hub, client on --client (restored when down)."""
+    from skeleton_app.app.views import jack_links as view
+
+    with _session(config, None) as session:
+        if port_offset is not None and not port_offset.strip().isdigit():
+            raise UsageError(f"--port-offset: expected a whole number >= 0, got {port_offset!r}")
+        offset = None if port_offset is None else int(port_offset)
+        done = commands.jack_link(session, _required(hub, "--hub"),
+                                  _required(client, "--client"),
+                                  channels=_count(channels, "--channels"), port_offset=offset)
+        print(view.link_json(done.result)) if json else view.link_text(done.result)
+        _finish(done)
+
+
+@task(help={k: v for k, v in _LINK_HELP.items() if k not in ("channels", "port_offset")})
+def jack_unlink(c: Context, hub: str | None = None, client: str | None = None,
+                json: bool = False, config: str | None = None) -> None:
+    """Stop both ends of the JackTrip link between --hub and --client, forget it."""
+    from skeleton_app.app.views import jack_links as view
+
+    with _session(config, None) as session:
+        done = commands.jack_unlink(session, _required(hub, "--hub"),
+                                    _required(client, "--client"))
+        print(view.link_json(done.result)) if json else view.link_text(done.result)
+        _finish(done)
+
+
+@task(iterable=_SELECTION, help=_HELP)
+def jack_mesh(c: Context, node: list[str] | None = None, role: list[str] | None = None,
+              exclude: list[str] | None = None, json: bool = False,
+              fanout: str | None = None, config: str | None = None) -> None:
+    """Every JackTrip link: ends, channels, state, queue; exit 1 when one is not up."""
+    from skeleton_app.app.views import jack_links as view
+
+    with _session(config, fanout) as session:
+        mesh = commands.jack_mesh(session, _select(session, node, role, exclude))
+        print(view.mesh_json(mesh)) if json else view.mesh_text(mesh)
+        code = mesh.result.exit_code()
+        raise Exit(code=code or int(any(s.state != "up" for s in mesh.links)))

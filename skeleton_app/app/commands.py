@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from skeleton_app.app.last_run import PastRun
     from skeleton_app.cluster import Cluster
     from skeleton_app.config import Settings
+    from skeleton_app.jack_link_records import LinkStore
     from skeleton_app.nodes import Node
     from skeleton_app.ops.bootstrap import BootstrapOutcome
     from skeleton_app.ops.copy import CopyOutcome, TransferEvent
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from skeleton_app.ops.deploy.rollback import ReleasesOutcome, RollbackOutcome
     from skeleton_app.ops.fetch import FetchOutcome
     from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome
+    from skeleton_app.ops.jack.links import LinkEndOutcome, LinkState, Mesh
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -629,3 +631,77 @@ def jobs_dispatch(session: Session, *,
                   on_event: Callable[[str], None] | None = None) -> DispatchOutcome:
     """Run jobs until Ctrl-C; the jobs still running are left to their leases."""
     return jobs_facade(session).dispatcher(on_event=on_event).run()
+
+
+# ---------------------------------------------------------------- JackTrip links (#17)
+#
+# `skeleton jack link|unlink|mesh`, `inv jack-link|jack-unlink|jack-mesh`: ops/jack/links.py
+# over the link records of `jack_link_store`.
+
+def jack_link_store(session: Session) -> LinkStore:
+    """What links should exist: the registry's `jack_links` table when one is configured,
+    else the state file on this machine (ops/jack/link_file.py)."""
+    if session.settings.registry.dsn:
+        from skeleton_app.registry.jack_links import open_link_store
+
+        return open_link_store(session.settings)
+    from skeleton_app.ops.jack.link_file import FileLinkStore
+
+    return FileLinkStore()
+
+
+def jack_link(session: Session, hub: str, client: str, *, channels: int | None = None,
+              port_offset: int | None = None,
+              timeout: float | None = None) -> Done[LinkEndOutcome]:
+    """JackTrip's hub server on `hub`, its client on `client`; recorded once it is up."""
+    import getpass
+    import socket
+
+    from skeleton_app.ops.jack import links
+
+    cluster = session.cluster()
+    store = jack_link_store(session)
+    try:
+        result = links.link(cluster, store, hub, client, channels=channels,
+                            port_offset=port_offset,
+                            timeout=links.LINK_TIMEOUT if timeout is None else timeout,
+                            made_by=f"{getpass.getuser()}@{socket.gethostname()}")
+    finally:
+        store.close()
+    nodes = (cluster.node(hub), cluster.node(client))
+    return session.finish("jack link", {"hub": hub, "client": client, "channels": channels,
+                                        "port_offset": port_offset}, nodes, result)
+
+
+def jack_unlink(session: Session, a: str, b: str) -> Done[LinkEndOutcome]:
+    """Stop both ends of the link joining `a` and `b` and drop its record (idempotent)."""
+    from skeleton_app.ops.jack import links
+
+    cluster = session.cluster()
+    store = jack_link_store(session)
+    try:
+        result = links.unlink(cluster, store, a, b)
+    finally:
+        store.close()
+    return session.finish("jack unlink", {"a": a, "b": b},
+                          (cluster.node(a), cluster.node(b)), result)
+
+
+def jack_mesh(session: Session, nodes: Sequence[Node] | None = None) -> Mesh:
+    """Every recorded link's state and every jacktrip process no record names."""
+    from skeleton_app.ops.jack import links
+
+    store = jack_link_store(session)
+    try:
+        return links.mesh(session.cluster(), store, nodes, fanout=session.fanout)
+    finally:
+        store.close()
+
+
+def jack_down_links(session: Session,
+                    nodes: Sequence[Node] | None = None) -> dict[str, tuple[LinkState, ...]]:
+    """Per node id, the recorded links touching it that are not up (`jack status` flags
+    them as dropped)."""
+    from skeleton_app.ops.jack.links import down_links
+
+    return down_links(jack_mesh(session, nodes))

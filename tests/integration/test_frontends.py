@@ -35,7 +35,8 @@ from tests.support.frontends import BIN, fab, inv, out, run_tool
 from tests.support.helpers import REPO, chown_to_user, config_variant, skeleton
 
 INV_TASKS = ["bootstrap", "copy", "daemon", "deploy", "exec", "fetch", "jack-connect",
-             "jack-disconnect", "jack-start", "jack-status", "jack-stop", "jobs-cancel",
+             "jack-disconnect", "jack-link", "jack-mesh", "jack-start", "jack-status",
+             "jack-stop", "jack-unlink", "jobs-cancel",
              "jobs-dispatch", "jobs-list", "jobs-retry", "jobs-show", "jobs-submit", "logs",
              "releases", "rollback", "status", "sync-models"]
 FAB_TASKS = ["daemon", "deploy", "get", "put", "rollback", "run", "status", "uptime"]
