@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from skeleton_app.testing import localdb
+from skeleton_app.testing import testbed as tb_mod
 from skeleton_app.testing.testbed import Testbed
 from tests.support.helpers import REPO, skeleton
 
@@ -80,11 +81,17 @@ def test_database_lost_mid_command_warns_once_and_keeps_exit_code(
         make_testbed: Callable[..., Testbed]) -> None:
     bed = make_testbed(2, db=True)
     assert bed.db is not None
-    argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "sleep 3; hostname",
+    argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "sleep 5; hostname",
             "--config", str(bed.config_path)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
-    time.sleep(1.5)  # nodes selected from the database, command running
+    # Nodes selected from the database, command running: seen on the nodes themselves (a
+    # fixed wait was too short for a CLI starting on a busy machine).
+    deadline = time.monotonic() + 60
+    while not all(tb_mod.host_exec(bed, host, ["pgrep", "-u", tb_mod.USER, "-f", "sleep 5"],
+                                   check=False).returncode == 0 for host in bed.ids):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
     localdb.stop_postgres(bed.db.dir)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
