@@ -156,6 +156,7 @@ class WebApi:
             found = self.source.read(
                 lambda: registry.metric_history(ids, seconds=seconds, points=POINTS), {})
         return {"registry": self.source.as_dict(), "range": range_name, "seconds": seconds,
+                "now": time.time(),
                 "nodes": {node: _columns(samples) for node, samples in found.items()}}
 
     # ------------------------------------------------------------------ journal and queue

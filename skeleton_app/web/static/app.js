@@ -16,6 +16,7 @@
     logNode: "",
     logLevel: "",
     nodeIds: [],
+    xRange: [Date.now() / 1000 - 3600, Date.now() / 1000],
   };
   window.skeletonWeb = state;
 
@@ -159,7 +160,12 @@
     return {
       width: 440,
       height: 180,
-      scales: { x: { time: true }, load: { auto: true }, pct: { auto: false, range: [0, 100] } },
+      // The whole range, not just the span of the data (one point would span years).
+      scales: {
+        x: { time: true, range: function () { return state.xRange; } },
+        load: { auto: true },
+        pct: { auto: false, range: [0, 100] },
+      },
       series: [
         {},
         { label: "load", scale: "load", stroke: "#1f77b4", width: 1.5 },
@@ -176,6 +182,7 @@
   }
 
   function renderHistory(data) {
+    state.xRange = [data.now - data.seconds, data.now];
     const box = document.getElementById("charts");
     const seen = new Set();
     state.nodeIds.forEach(function (id) {
