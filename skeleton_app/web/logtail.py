@@ -139,9 +139,10 @@ class LogFollower:
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every node's follower (their ssh sessions end: the node scripts stop)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)  # first: it starts no worker after this
         for _thread, stop, _started in list(self._workers.values()):
             stop.set()
-        self._thread.join(timeout)
         deadline = time.monotonic() + timeout
         for thread, _stop, _started in list(self._workers.values()):
             thread.join(max(0.1, deadline - time.monotonic()))

@@ -163,6 +163,20 @@ def test_the_page_in_a_real_browser(make_testbed: Callable[..., Testbed],
         shot = page.screenshot(tmp_path / "skeleton-web.png")
         print(f"screenshot: {shot}")
         assert shot.stat().st_size > 10_000
+        # The pane's filters: by level, then by node.
+        choose = ("(([id, value]) => {{ const s = document.getElementById(id); s.value = value;"
+                  " s.dispatchEvent(new Event('change')); }})({})")
+        page.evaluate(choose.format('["log-level", "ERROR"]'))
+        only = page.wait_for("(p => p.childElementCount > 0 && Array.from(p.children).every("
+                             "d => d.className === 'ERROR' || d.className === 'CRITICAL')"
+                             " && p.textContent)(document.getElementById('logs'))")
+        assert "owned" in only and "registry up" not in only
+        page.evaluate(choose.format('["log-level", ""]'))
+        page.evaluate(choose.format('["log-node", "node-02"]'))
+        only = page.wait_for("(p => p.childElementCount > 0 && Array.from(p.children).every("
+                             "d => d.textContent.startsWith('node-02: ')) && p.textContent)"
+                             "(document.getElementById('logs'))")
+        assert "registry up" in only
         assert page.errors() == []
 
         # ---------------------------------------------------------------- registry down
