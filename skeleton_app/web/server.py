@@ -166,6 +166,7 @@ def _handler(web: WebServer) -> type[BaseHTTPRequestHandler]:
 class _Handler(BaseHTTPRequestHandler):
     server_state: WebServer
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a connection may sit idle or half-sent: no thread held forever
 
     def version_string(self) -> str:
         return "skeleton-web"  # no Python version for a scanner to match
