@@ -140,8 +140,9 @@ class WebApi:
 
     # ------------------------------------------------------------------ the history
 
-    def history(self, range_name: str) -> dict[str, Any] | None:
-        """Every node's history over `range_name` (1h, 24h, 7d); None for another name."""
+    def history(self, range_name: str, node: str | None = None) -> dict[str, Any] | None:
+        """Every node's (or `node`'s) history over `range_name` (1h, 24h, 7d); None for
+        another range."""
         seconds = RANGES.get(range_name)
         if seconds is None:
             return None
@@ -153,6 +154,8 @@ class WebApi:
             if not ids:
                 none: tuple[NodeEntry, ...] = ()
                 ids = [e.node.id for e in self.source.read(self._read_entries, none)]
+            if node is not None:
+                ids = [i for i in ids if i == node]
             found = self.source.read(
                 lambda: registry.metric_history(ids, seconds=seconds, points=POINTS), {})
         return {"registry": self.source.as_dict(), "range": range_name, "seconds": seconds,

@@ -216,9 +216,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/nodes":
             self._json(api.nodes())
         elif path == "/api/history":
-            history = api.history(one("range") or "1h")
+            node = one("node")
+            history = api.history(one("range") or "1h", node) if (
+                node is None or len(node) <= MAX_NODE_ID) else None
             if history is None:
-                self._send(HTTPStatus.BAD_REQUEST, b"range: one of 1h, 24h, 7d\n",
+                self._send(HTTPStatus.BAD_REQUEST, b"range: one of 1h, 24h, 7d; node: an id\n",
                            "text/plain")
             else:
                 self._json(history)

@@ -121,6 +121,9 @@ def test_nodes_history_runs_and_jobs(settings: Settings, db_dsn: str) -> None:
                 assert cols["gpu_util"][-1] == pytest.approx(60.0)
                 assert cols["gpu_mem_used"][-1] == pytest.approx(0.25)
                 assert history["nodes"]["n2"]["load1"] == [None]
+            status, _, history = get(server, "/api/history?range=24h&node=n2")
+            assert status == 200 and set(history["nodes"]) == {"n2"}
+            assert get(server, "/api/history?range=24h&node=nope")[2]["nodes"] == {}
 
             status, _, runs = get(server, "/api/runs")
             assert status == 200 and [tuple(r) for r in runs["runs"]] == [RUN_KEYS]
