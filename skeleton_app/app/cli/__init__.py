@@ -36,6 +36,7 @@ from skeleton_app.app.cli import (
     jack_cmds,
     jobs_cmds,
     registry_cmds,
+    web_cmds,
 )
 from skeleton_app.app.cli import jack_server_cmds as _jack_server  # noqa: F401  (jack status...)
 from skeleton_app.app.cli import jack_link_cmds as _jack_link_cmds  # noqa: F401  (jack link)
@@ -60,7 +61,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_cmds.nodes,
                registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed, jack_cmds.jack,
-               completion):
+               completion, web_cmds.web):
     cli.add_command(_group)
 for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
     cluster_cmds.cluster.add_command(_command)
