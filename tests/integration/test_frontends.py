@@ -92,8 +92,10 @@ def test_help_documents_every_option(tool: str, module: str, task: str) -> None:
         assert line, f"{tool} --help {task}: --{flag} undocumented:\n{proc.stdout}"
     if tool == "inv":
         # The jobs tasks select no nodes (the dispatcher routes each job): only --config.
+        # jack-connect/-disconnect name ONE node, as `skeleton jack connect NODE A B`.
         commons = ("config",) if task.startswith("jobs-") else (
-            "config", "node", "role", "exclude", "fanout", "json")
+            ("config", "node", "json") if task in ("jack-connect", "jack-disconnect") else
+            ("config", "node", "role", "exclude", "fanout", "json"))
         for common in commons:
             assert f"--{common}" in options, (task, common)
 

@@ -104,7 +104,7 @@ def test_parse_reply_failures() -> None:
 
 def test_port_names_are_checked_before_anything_runs() -> None:
     assert check_port_name("system:capture_1") == "system:capture_1"
-    for bad in ("", "nocolon", "a:b\nc:d", "x:" + "y" * 400):
+    for bad in ("", "nocolon", "a:b\nc:d", "x:" + "y" * 400, "-s:evil"):
         with pytest.raises(UsageError):
             check_port_name(bad)
 

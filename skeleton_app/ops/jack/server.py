@@ -250,7 +250,8 @@ def server_control(cluster: Cluster, nodes: Sequence[Node], action: str, *,
 
 def check_port_name(name: str) -> str:
     """A port name as typed: refused before anything runs when no JACK port looks like it."""
-    if (not name or len(name) > _PORT_MAX or ":" not in name
+    # A leading '-' would reach jack_connect as an option.
+    if (not name or len(name) > _PORT_MAX or ":" not in name or name.startswith("-")
             or any(c in name for c in "\n\r\0")):
         raise UsageError(f"invalid JACK port name {name[:80]!r}: expected CLIENT:PORT on one"
                          " line, as `skeleton jack status` lists them")
