@@ -30,6 +30,7 @@ from skeleton_app.config import load_config
 from skeleton_app.jack_settings import JackDriver
 from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
+from tests.support.frontends import inv
 from tests.support.helpers import config_variant, skeleton
 
 pytestmark = pytest.mark.slow
@@ -149,9 +150,12 @@ def test_a_tone_crosses_the_link_and_a_dropped_client_shows_down(jack_config: Pa
     [state] = _mesh(jack_config)
     assert (state["hub"], state["client"], state["state"]) == ("node-01", "node-02", "up")
     assert (state["channels"], state["queue"], state["buffer_strategy"]) == (2, 4, 1)
-    # Linking again is a no-op while the link is up.
+    # Linking again is a no-op while the link is up; `inv` shows the same mesh.
     code, out, err = _jack(jack_config, "link", "node-01", "node-02")
     assert code == 0 and "already up" in out, out + err
+    proc = inv("jack-mesh", "--json", config=jack_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [s["state"] for s in json.loads(proc.stdout)["links"]] == ["up"]
 
     settings = load_config(jack_config, env={})
     with Cluster(settings) as cluster:
@@ -209,6 +213,22 @@ def test_a_port_in_use_is_one_line_and_leaves_nothing_started(jack_config: Path)
         assert procs.strip() == "", "the hub was left running"
         _node_sh(cluster, "node-02", "kill $(cat app/logs/holder.pid)")
     assert _mesh(jack_config) == []  # nothing recorded
+
+
+def test_a_jacktrip_no_record_names_is_unexpected(jack_config: Path) -> None:
+    settings = load_config(jack_config, env={})
+    with Cluster(settings) as cluster:
+        _node_sh(cluster, "node-01", _detached(
+            f"JACK_DEFAULT_SERVER={SERVER} exec jacktrip -S -B 4999 -U 4999 -p 5",
+            "app/logs/stray.log"))
+        _wait(lambda: "jacktrip" in _node_sh(cluster, "node-01", "pgrep -ax jacktrip || true"),
+              10, "the stray jacktrip")
+        try:
+            [state] = _mesh(jack_config)
+            assert (state["hub"], state["state"]) == ("node-01", "unexpected"), state
+            assert "jacktrip -S -B 4999" in str(state["detail"]), state
+        finally:
+            _node_sh(cluster, "node-01", "pkill -x jacktrip || true")
 
 
 def test_bad_input(jack_config: Path, testbed: Testbed, tmp_path: Path) -> None:

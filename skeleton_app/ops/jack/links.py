@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skeleton_app.cluster import Cluster
-from skeleton_app.errors import NodeErrorKind, UsageError
+from skeleton_app.errors import NodeErrorKind, SelectionError, UsageError
 from skeleton_app.jack_link_records import LinkRecord, LinkStore
 from skeleton_app.nodes import Node
 from skeleton_app.ops.jack import link_ends as ends
@@ -368,9 +368,21 @@ def _log_tail(cluster: Cluster, plan: EndPlan) -> tuple[str, ...]:
 def unlink(cluster: Cluster, store: LinkStore, a_ref: str,
            b_ref: str) -> ClusterResult[LinkEndOutcome]:
     """Stop both ends of the link joining A and B (either direction) and drop its record.
-    Idempotent: with nothing running and no record, both nodes say `not running`."""
-    a, b = _pair(cluster, a_ref, b_ref)
+    Idempotent: with nothing running and no record, both nodes say `not running`. A
+    recorded link whose node is no longer known is forgotten, its known end stopped."""
     records, warnings = store.load()
+    try:
+        a, b = _pair(cluster, a_ref, b_ref)
+        stop_on = [a, b]
+    except SelectionError:
+        gone = next((r for r in records if r.joins(a_ref, b_ref)), None)
+        if gone is None:
+            raise
+        known = {n.id for n in cluster.nodes}
+        stop_on = [cluster.node(n) for n in gone.ends if n in known]
+        # The node that left: a stand-in with its id, for the names of the other's end.
+        a, b = (cluster.node(n) if n in known else Node(id=n, host="127.0.0.1")
+                for n in (a_ref, b_ref))
     record = next((r for r in records if r.joins(a.id, b.id)), None)
     started = time.monotonic()
     base = record or LinkRecord(a.id, b.id, cluster.settings.jack.channels, 0, 1, 0,
@@ -399,7 +411,7 @@ def unlink(cluster: Cluster, store: LinkStore, a_ref: str,
             role, peer, "stopped" if said else "not-running",
             "; ".join(said) or "not running"))
 
-    result = cluster.map(stop_all, [a, b], operation="jack unlink")
+    result = cluster.map(stop_all, stop_on, operation="jack unlink")
     if all(r.ok for r in result.values()):
         store.delete(a.id, b.id)
     return ClusterResult(result.values(), operation="jack unlink",
