@@ -188,11 +188,16 @@ def test_a_tone_crosses_the_link_and_a_dropped_client_shows_down(jack_config: Pa
     code, out, _ = _jack(jack_config, "mesh")
     assert code == 1 and "down" in out, out
 
-    # `link` again restores it.
+    # `link` again restores it; with other settings, it replaces both ends (none is left).
     code, out, err = _jack(jack_config, "link", "node-01", "node-02")
     assert code == 0, out + err
     [state] = _mesh(jack_config)
     assert state["state"] == "up", state
+    code, out, err = _jack(jack_config, "link", "node-01", "node-02", "--channels", "1",
+                           "--port-offset", "3")
+    assert code == 0, out + err
+    [state] = _mesh(jack_config)  # no `unexpected` row: the old ends (port 4464) are gone
+    assert (state["state"], state["channels"], state["port"]) == ("up", 1, 4467), state
 
     code, out, err = _jack(jack_config, "unlink", "node-02", "node-01")  # either order
     assert code == 0, out + err
