@@ -683,8 +683,8 @@ def jack_unlink(session: Session, a: str, b: str) -> Done[LinkEndOutcome]:
         result = links.unlink(cluster, store, a, b)
     finally:
         store.close()
-    return session.finish("jack unlink", {"a": a, "b": b},
-                          (cluster.node(a), cluster.node(b)), result)
+    nodes = tuple(n for n in cluster.nodes if n.id in result)
+    return session.finish("jack unlink", {"a": a, "b": b}, nodes, result)
 
 
 def jack_mesh(session: Session, nodes: Sequence[Node] | None = None) -> Mesh:

@@ -92,9 +92,11 @@ def test_help_documents_every_option(tool: str, module: str, task: str) -> None:
         assert line, f"{tool} --help {task}: --{flag} undocumented:\n{proc.stdout}"
     if tool == "inv":
         # The jobs tasks select no nodes (the dispatcher routes each job): only --config.
-        # jack-connect/-disconnect name ONE node, as `skeleton jack connect NODE A B`.
+        # jack-connect/-disconnect name ONE node, as `skeleton jack connect NODE A B`;
+        # jack-link and jack-unlink name their two nodes (--hub, --client).
         commons = ("config",) if task.startswith("jobs-") else (
             ("config", "node", "json") if task in ("jack-connect", "jack-disconnect") else
+            ("config", "json") if task in ("jack-link", "jack-unlink") else
             ("config", "node", "role", "exclude", "fanout", "json"))
         for common in commons:
             assert f"--{common}" in options, (task, common)

@@ -30,6 +30,7 @@ from skeleton_app.config import load_config
 from skeleton_app.jack_settings import JackDriver
 from skeleton_app.testing import testbed as tbm
 from skeleton_app.testing.testbed import Testbed
+from tests.support.frontends import inv
 from tests.support.helpers import config_variant, skeleton
 
 pytestmark = pytest.mark.slow
@@ -47,9 +48,19 @@ def _node_sh(cluster: Cluster, node: str, command: str, timeout: float = 30) -> 
     return r.stdout
 
 
-def _detached(command: str, log: str) -> str:
-    """`command` on a node, detached from the SSH session (its own session, stdio to `log`)."""
-    return (f"setsid -f sh -c {shlex.quote(command)} </dev/null >>{shlex.quote(log)} 2>&1")
+def _detached(command: str, name: str) -> str:
+    """`exec command` on a node, detached from the SSH session (its own session, stdio to
+    app/logs/NAME.log), its pid in app/logs/NAME.pid: the teardown kills exactly it."""
+    inner = f"echo $$ >app/logs/{name}.pid; exec {command}"
+    return (f"mkdir -p app/logs && setsid -f sh -c {shlex.quote(inner)} </dev/null"
+            f" >>app/logs/{name}.log 2>&1")
+
+
+def _kill(cluster: Cluster, host: str, *names: str) -> None:
+    """Stop what `_detached` started under these names (by its recorded pid)."""
+    for name in names:
+        _node_sh(cluster, host, f"[ ! -f app/logs/{name}.pid ] ||"
+                 f" {{ kill $(cat app/logs/{name}.pid) 2>/dev/null; rm -f app/logs/{name}.pid; }}")
 
 
 def _private_shm(testbed: Testbed, host: str) -> bool:
@@ -75,21 +86,19 @@ def jack_config(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> I
     argv = shlex.join(_DRIVER.argv("jackd", SERVER))
     with Cluster(settings) as cluster:
         for host in HOSTS:
-            _node_sh(cluster, host, "mkdir -p app/logs && "
-                     + _detached(f"exec {argv}", "app/logs/jackd-test.log"))
+            _node_sh(cluster, host, _detached(argv, "jackd-test"))
         for host in HOSTS:
             _wait(lambda h=host: _lsp(cluster, h) is not None, 20, f"jackd on {host}")
     try:
         yield path
     finally:
-        for host in HOSTS:
-            # Only the processes of the test user inside the host's own PID namespace.
-            tbm.host_exec(testbed, host, ["sh", "-c", "pkill -u skeleton -x jacktrip;"
-                                          " pkill -u skeleton -x jack_simple_cli;"
-                                          " pkill -u skeleton -x jackd; sleep 0.5"],
-                          check=False)
-            if host in mounted:
-                tbm.host_exec(testbed, host, ["umount", "-l", "/dev/shm"], check=False)
+        skeleton("jack", "unlink", "node-01", "node-02", config=path)  # a failed test's ends
+        with Cluster(settings) as cluster:
+            for host in HOSTS:
+                _kill(cluster, host, "tone", "holder", "stray", "jackd-test")
+        time.sleep(0.5)  # jackd leaves its sockets before the tmpfs goes
+        for host in mounted:
+            tbm.host_exec(testbed, host, ["umount", "-l", "/dev/shm"], check=False)
 
 
 @pytest.fixture(autouse=True)
@@ -149,20 +158,23 @@ def test_a_tone_crosses_the_link_and_a_dropped_client_shows_down(jack_config: Pa
     [state] = _mesh(jack_config)
     assert (state["hub"], state["client"], state["state"]) == ("node-01", "node-02", "up")
     assert (state["channels"], state["queue"], state["buffer_strategy"]) == (2, 4, 1)
-    # Linking again is a no-op while the link is up.
+    # Linking again is a no-op while the link is up; `inv` shows the same mesh.
     code, out, err = _jack(jack_config, "link", "node-01", "node-02")
     assert code == 0 and "already up" in out, out + err
+    proc = inv("jack-mesh", "--json", config=jack_config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [s["state"] for s in json.loads(proc.stdout)["links"]] == ["up"]
 
     settings = load_config(jack_config, env={})
     with Cluster(settings) as cluster:
         silent = _amplitude(cluster)  # the control case: nothing plays into the link
         _node_sh(cluster, "node-01", _detached(
-            f"JACK_DEFAULT_SERVER={SERVER} exec jack_simple_client tone",
-            "app/logs/tone.log"))
+            f"env JACK_DEFAULT_SERVER={SERVER} jack_simple_client tone", "tone"))
         _wait(lambda: "tone:output1" in (_lsp(cluster, "node-01") or []), 20, "the tone")
         _node_sh(cluster, "node-01", f"JACK_DEFAULT_SERVER={SERVER} jack_connect"
                  " tone:output1 jt-node-02:send_1")
         loud = _amplitude(cluster)
+        _kill(cluster, "node-01", "tone")
         assert silent < 0.001, f"the link carries sound with no tone played: {silent}"
         assert loud > 0.05, f"the tone did not cross the link: max amplitude {loud}"
 
@@ -176,11 +188,16 @@ def test_a_tone_crosses_the_link_and_a_dropped_client_shows_down(jack_config: Pa
     code, out, _ = _jack(jack_config, "mesh")
     assert code == 1 and "down" in out, out
 
-    # `link` again restores it.
+    # `link` again restores it; with other settings, it replaces both ends (none is left).
     code, out, err = _jack(jack_config, "link", "node-01", "node-02")
     assert code == 0, out + err
     [state] = _mesh(jack_config)
     assert state["state"] == "up", state
+    code, out, err = _jack(jack_config, "link", "node-01", "node-02", "--channels", "1",
+                           "--port-offset", "3")
+    assert code == 0, out + err
+    [state] = _mesh(jack_config)  # no `unexpected` row: the old ends (port 4464) are gone
+    assert (state["state"], state["channels"], state["port"]) == ("up", 1, 4467), state
 
     code, out, err = _jack(jack_config, "unlink", "node-02", "node-01")  # either order
     assert code == 0, out + err
@@ -195,10 +212,9 @@ def test_a_port_in_use_is_one_line_and_leaves_nothing_started(jack_config: Path)
     with Cluster(settings) as cluster:
         # Something else holds UDP 4474 on node-02 (the client's port of offset 10).
         _node_sh(cluster, "node-02", _detached(
-            "echo $$ >app/logs/holder.pid; exec python3 -c 'import socket, time;"
+            "python3 -c 'import socket, time;"
             " s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-            " s.bind((\"0.0.0.0\", 4474)); time.sleep(60)'",
-            "app/logs/holder.log"))
+            " s.bind((\"0.0.0.0\", 4474)); time.sleep(60)'", "holder"))
         _wait(lambda: ":117A " in _node_sh(cluster, "node-02", "cat /proc/net/udp"), 10,
               "the UDP holder")  # 4474 = 0x117A
         code, out, err = _jack(jack_config, "link", "node-01", "node-02", "--port-offset", "10")
@@ -207,8 +223,23 @@ def test_a_port_in_use_is_one_line_and_leaves_nothing_started(jack_config: Path)
         assert "node-01: hub port 4474 -> node-02: stopped again" in out, out
         procs = _node_sh(cluster, "node-01", "pgrep -x jacktrip || true")
         assert procs.strip() == "", "the hub was left running"
-        _node_sh(cluster, "node-02", "kill $(cat app/logs/holder.pid)")
+        _kill(cluster, "node-02", "holder")
     assert _mesh(jack_config) == []  # nothing recorded
+
+
+def test_a_jacktrip_no_record_names_is_unexpected(jack_config: Path) -> None:
+    settings = load_config(jack_config, env={})
+    with Cluster(settings) as cluster:
+        _node_sh(cluster, "node-01", _detached(
+            f"env JACK_DEFAULT_SERVER={SERVER} jacktrip -S -B 4999 -U 4999 -p 5", "stray"))
+        _wait(lambda: "jacktrip" in _node_sh(cluster, "node-01", "pgrep -ax jacktrip || true"),
+              10, "the stray jacktrip")
+        try:
+            [state] = _mesh(jack_config)
+            assert (state["hub"], state["state"]) == ("node-01", "unexpected"), state
+            assert "jacktrip -S -B 4999" in str(state["detail"]), state
+        finally:
+            _kill(cluster, "node-01", "stray")
 
 
 def test_bad_input(jack_config: Path, testbed: Testbed, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from skeleton_app.cluster import Cluster
 from skeleton_app.config import Settings
 from skeleton_app.errors import UsageError
 from skeleton_app.jack_link_records import LinkRecord, record_from_mapping
@@ -19,6 +20,7 @@ from skeleton_app.nodes import Node
 from skeleton_app.ops.jack import link_ends as ends
 from skeleton_app.ops.jack.link_file import FileLinkStore
 from skeleton_app.ops.jack.links import _jacktrip_error, _unexpected, _why_down, down_links
+from skeleton_app.testing.fake import Call, FakeRunner, Handler, Reply
 
 # `sh -s -- probe ...` on node-01 with the link node-01 -> node-02 up (as real jacktrip 1.7.0
 # and jackd2 1.9.21 -d dummy answered on the test hosts; pid 977 and its name added).
@@ -190,3 +192,54 @@ def test_the_state_file_is_private_and_checked(tmp_path: Path) -> None:
     store.path.chmod(0o600)
     with pytest.raises(UsageError, match="not a JackTrip links file"):
         store.load()
+
+
+# ---------------------------------------------------------------- link/unlink over scripted nodes
+
+
+def _fake_cluster(handler: Handler) -> Cluster:
+    return Cluster(Settings(), [A, B], connector=FakeRunner(handler))
+
+
+def test_link_without_a_jack_server_starts_nothing(tmp_path: Path) -> None:
+    from skeleton_app.ops.jack.links import link
+
+    def node(call: Call) -> Reply:
+        assert call.stdin is not None and b"jacktrip.sh" in call.stdin
+        assert call.command.startswith("sh -s -- probe "), call.command  # never a start
+        jack = "down" if call.node == "node-02" else "up"
+        return Reply(0, f"jacktrip=ok\njack={jack}\n--- begin ports\n--- end ports\n")
+
+    cluster = _fake_cluster(node)
+    store = FileLinkStore(tmp_path)
+    result = link(cluster, store, "node-01", "node-02")
+    assert result.exit_code() == 1
+    hub, client = result["node-01"].outcome, result["node-02"].outcome
+    assert hub is not None and client is not None
+    assert client.summary == ("no JACK server 'default' runs on node-02: start it first"
+                              " (skeleton jack start --node node-02)")
+    assert hub.summary == "not started: the other end cannot"
+    assert store.load() == ((), ())
+    with pytest.raises(UsageError, match="both ends are node-01"):
+        link(cluster, store, "node-01", "10.213.0.11")  # the same node by its address
+
+
+def test_unlink_forgets_a_link_whose_node_left(tmp_path: Path) -> None:
+    from skeleton_app.errors import SelectionError
+    from skeleton_app.ops.jack.links import unlink
+
+    seen: list[str] = []
+
+    def node(call: Call) -> Reply:
+        seen.append(f"{call.node}: {call.command.split(' -- ', 1)[1].split()[0]}")
+        return Reply(0, "state=not-running\n")
+
+    cluster = _fake_cluster(node)
+    store = FileLinkStore(tmp_path)
+    store.put(_record("node-01", "node-09"))
+    result = unlink(cluster, store, "node-01", "node-09")
+    assert list(result) == ["node-01"] and result.exit_code() == 0
+    assert seen == ["node-01: stop", "node-01: stop"]  # its two possible ends, nothing else
+    assert store.load() == ((), ())
+    with pytest.raises(SelectionError, match="unknown node 'node-09'"):
+        unlink(cluster, store, "node-01", "node-09")  # no record left: an unknown node

@@ -30,8 +30,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from skeleton_app import cancel
 from skeleton_app.cluster import Cluster
-from skeleton_app.errors import NodeErrorKind, UsageError
+from skeleton_app.errors import NodeErrorKind, SelectionError, UsageError
 from skeleton_app.jack_link_records import LinkRecord, LinkStore
 from skeleton_app.nodes import Node
 from skeleton_app.ops.jack import link_ends as ends
@@ -182,8 +183,13 @@ def link(cluster: Cluster, store: LinkStore, hub_ref: str, client_ref: str, *,
     started = time.monotonic()
     hub_plan = ends.hub_plan(cluster.settings, record, hub)
     client_plan = ends.client_plan(cluster.settings, record, client, hub)
-    results = _make(cluster, record, hub_plan, client_plan, timeout,
-                    same=existing is not None and existing.same_settings(record))
+    same = existing is not None and existing.same_settings(record)
+    # Made again with other settings: the ends of the old ones go first (their pid files
+    # name them by the old port and client name).
+    old = None if existing is None or same else (
+        ends.hub_plan(cluster.settings, existing, hub),
+        ends.client_plan(cluster.settings, existing, client, hub))
+    results = _make(cluster, record, hub_plan, client_plan, timeout, same=same, old=old)
     if all(r.ok for r in results) and not (existing and existing.same_settings(record)):
         store.put(record)
     return ClusterResult(results, operation="jack link",
@@ -204,7 +210,8 @@ def _free_offset(records: Sequence[LinkRecord]) -> int:
 
 
 def _make(cluster: Cluster, record: LinkRecord, hub: EndPlan, client: EndPlan,
-          timeout: float, *, same: bool) -> list[NodeResult[LinkEndOutcome]]:
+          timeout: float, *, same: bool,
+          old: tuple[EndPlan, EndPlan] | None) -> list[NodeResult[LinkEndOutcome]]:
     port = ends.link_port(cluster.settings, record)
     probes = cluster.map(lambda n: probe(cluster, n), [hub.node, client.node],
                          operation="jack probe")
@@ -215,10 +222,12 @@ def _make(cluster: Cluster, record: LinkRecord, hub: EndPlan, client: EndPlan,
         return [_ok(p, port, "already-up", "already up") for p in (hub, client)]
     # Whatever runs of this link (a dropped client, a hub left alone) goes first: a fresh
     # hub gives the client the hub's first UDP slot, the one `mesh` expects.
-    _stop(cluster, client)
-    _stop(cluster, hub)
+    for plan in (*(old or ()), client, hub):
+        _stop(cluster, plan)
     r, reply = _start(cluster, hub)
     if reply is None or reply.state not in ("started", "already-running"):
+        if reply is None:  # cut off (Ctrl-C, a lost link): it may have started all the same
+            _stop(cluster, hub)
         return [_start_failure(r, reply, hub, port),
                 _not_started(client, port, f"the hub on {hub.node.id} did not start")]
     r, creply = _start(cluster, client)
@@ -234,6 +243,8 @@ def _make(cluster: Cluster, record: LinkRecord, hub: EndPlan, client: EndPlan,
     _stop(cluster, hub)
     why = (f"the link did not come up within {timeout:g} s (client -> {hub.node.host}:"
            f"{port}): both ends stopped again")
+    if cancel.cancelled():
+        why = f"{cancel.INTERRUPTED} before the link was up: both ends stopped again"
     return [_not_started(hub, port, why),
             NodeResult(node=client.node.id, exit_code=1, outcome=LinkEndOutcome(
                 client.role, client.peer, "failed", why, port=port,
@@ -325,7 +336,7 @@ def _wait_up(cluster: Cluster, record: LinkRecord, hub: EndPlan, client: EndPlan
                              operation="jack probe")
         if _is_up(record, hub, client, probes.outcomes()):
             return True
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or cancel.cancelled():
             return False
         time.sleep(0.3)
 
@@ -368,9 +379,21 @@ def _log_tail(cluster: Cluster, plan: EndPlan) -> tuple[str, ...]:
 def unlink(cluster: Cluster, store: LinkStore, a_ref: str,
            b_ref: str) -> ClusterResult[LinkEndOutcome]:
     """Stop both ends of the link joining A and B (either direction) and drop its record.
-    Idempotent: with nothing running and no record, both nodes say `not running`."""
-    a, b = _pair(cluster, a_ref, b_ref)
+    Idempotent: with nothing running and no record, both nodes say `not running`. A
+    recorded link whose node is no longer known is forgotten, its known end stopped."""
     records, warnings = store.load()
+    try:
+        a, b = _pair(cluster, a_ref, b_ref)
+        stop_on = [a, b]
+    except SelectionError:
+        gone = next((r for r in records if r.joins(a_ref, b_ref)), None)
+        if gone is None:
+            raise
+        known = {n.id for n in cluster.nodes}
+        stop_on = [cluster.node(n) for n in gone.ends if n in known]
+        # The node that left: a stand-in with its id, for the names of the other's end.
+        a, b = (cluster.node(n) if n in known else Node(id=n, host="127.0.0.1")
+                for n in (a_ref, b_ref))
     record = next((r for r in records if r.joins(a.id, b.id)), None)
     started = time.monotonic()
     base = record or LinkRecord(a.id, b.id, cluster.settings.jack.channels, 0, 1, 0,
@@ -399,7 +422,7 @@ def unlink(cluster: Cluster, store: LinkStore, a_ref: str,
             role, peer, "stopped" if said else "not-running",
             "; ".join(said) or "not running"))
 
-    result = cluster.map(stop_all, [a, b], operation="jack unlink")
+    result = cluster.map(stop_all, stop_on, operation="jack unlink")
     if all(r.ok for r in result.values()):
         store.delete(a.id, b.id)
     return ClusterResult(result.values(), operation="jack unlink",
