@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from skeleton_app.ops.deploy import DeployEvent, DeployOutcome
     from skeleton_app.ops.deploy.rollback import ReleasesOutcome, RollbackOutcome
     from skeleton_app.ops.fetch import FetchOutcome
-    from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome
     from skeleton_app.ops.jack.links import LinkEndOutcome, LinkState, Mesh
+    from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome
     from skeleton_app.ops.jobs.dispatcher import DispatchOutcome
     from skeleton_app.ops.jobs.queue import JobDetail, JobResult, Jobs
     from skeleton_app.ops.logs import LineFn
@@ -351,13 +351,37 @@ def daemon(session: Session, nodes: Sequence[Node], action: str, *,
                          nodes, result)
 
 
+@dataclass(frozen=True, slots=True)
+class JackDone(Done[OutcomeT]):
+    """`jack status|start|stop`: also, for status, the recorded JackTrip links of the
+    selected nodes that are not up (node id -> its dropped links)."""
+
+    dropped: Mapping[str, tuple[LinkState, ...]] = field(default_factory=dict)
+
+
 def jack_server(session: Session, nodes: Sequence[Node],
-                action: str) -> Done[JackServerOutcome]:
-    """status | start | stop each node's JACK server (`skeleton jack status|start|stop`)."""
+                action: str) -> JackDone[JackServerOutcome]:
+    """status | start | stop each node's JACK server (`skeleton jack status|start|stop`);
+    status also flags the dropped links of each node (a probe only when a record names
+    one of them)."""
     from skeleton_app.ops.jack.server import server_control
 
     result = server_control(session.cluster(), nodes, action, fanout=session.fanout)
-    return session.finish(f"jack {action}", {}, nodes, result)
+    done = session.finish(f"jack {action}", {}, nodes, result)
+    dropped: dict[str, tuple[LinkState, ...]] = {}
+    if action == "status":
+        ids = {n.id for n in nodes}
+        store = jack_link_store(session)
+        try:
+            records, _ = store.load()
+        finally:
+            store.close()
+        if any(end in ids for record in records for end in record.ends):
+            from skeleton_app.ops.jack.links import down_links
+
+            dropped = {node: links for node, links in down_links(
+                jack_mesh(session, nodes)).items() if node in ids}
+    return JackDone(done.result, done.nodes, dropped)
 
 
 def jack_connect(session: Session, node_ref: str, source: str, dest: str, *,

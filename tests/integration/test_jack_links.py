@@ -187,12 +187,20 @@ def test_a_tone_crosses_the_link_and_a_dropped_client_shows_down(jack_config: Pa
     assert "client end not running on node-02" in str(state["detail"]), state
     code, out, _ = _jack(jack_config, "mesh")
     assert code == 1 and "down" in out, out
+    # `jack status` flags the dropped link on both of its nodes (and not on node-03).
+    code, out, err = _jack(jack_config, "status")
+    assert "node-02: link node-01 <-> node-02 down: client end not running" in out, out + err
+    assert "node-01: link node-01 <-> node-02 down" in out and "node-03: link" not in out, out
+    code, out, err = _jack(jack_config, "status", "-n", "node-01", "--json")
+    assert [d["state"] for d in json.loads(out)["dropped_links"]["node-01"]] == ["down"], out
 
     # `link` again restores it; with other settings, it replaces both ends (none is left).
     code, out, err = _jack(jack_config, "link", "node-01", "node-02")
     assert code == 0, out + err
     [state] = _mesh(jack_config)
     assert state["state"] == "up", state
+    code, out, err = _jack(jack_config, "status")
+    assert " <-> " not in out, out  # restored: nothing flagged
     code, out, err = _jack(jack_config, "link", "node-01", "node-02", "--channels", "1",
                            "--port-offset", "3")
     assert code == 0, out + err

@@ -38,8 +38,8 @@ from skeleton_app.app.cli import (
     registry_cmds,
     web_cmds,
 )
-from skeleton_app.app.cli import jack_server_cmds as _jack_server  # noqa: F401  (jack status...)
 from skeleton_app.app.cli import jack_link_cmds as _jack_link_cmds  # noqa: F401  (jack link)
+from skeleton_app.app.cli import jack_server_cmds as _jack_server  # noqa: F401  (jack status...)
 from skeleton_app.app.cli import retry_cmds as _retry_cmds  # noqa: F401  (runs retry)
 from skeleton_app.app.cli.completion import completion
 from skeleton_app.app.cli.options import Ctx

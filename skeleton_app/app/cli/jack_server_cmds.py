@@ -24,14 +24,16 @@ def _server(ctx: click.Context, action: str, config: str | None, node_specs: tup
             roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
             as_json: bool) -> int:
     from skeleton_app.app import commands
-    from skeleton_app.app.views.jack_server import server_text
+    from skeleton_app.app.views.jack_server import dropped_text, server_text, status_json
 
     session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
     done = commands.jack_server(session, nodes, action)
     if as_json:
-        click.echo(done.result.to_json())
+        click.echo(status_json(done.result, done.dropped) if action == "status"
+                   else done.result.to_json())
     else:
         server_text(done.result, nodes, sys.stdout)
+        dropped_text(done.dropped, sys.stdout)
     return done.exit_code
 
 

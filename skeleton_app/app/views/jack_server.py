@@ -4,11 +4,13 @@ status) a row per port with what it is connected to. Port and client names are n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 from skeleton_app.app.views.common import sanitize, table
 from skeleton_app.nodes import Node
+from skeleton_app.ops.jack.links import LinkState
 from skeleton_app.ops.jack.server import JackConnectOutcome, JackServerOutcome, state_words
 from skeleton_app.results import ClusterResult
 
@@ -49,6 +51,24 @@ def server_text(result: ClusterResult[JackServerOutcome], nodes: Sequence[Node],
         table(None, ["node", "port", "direction", "connected to"], port_rows, file=out)
     for warning in result.warnings:
         out.write(f"warning: {sanitize(warning)}\n")
+
+
+def dropped_text(dropped: Mapping[str, Sequence[LinkState]], out: IO[str]) -> None:
+    """`jack status`: one line per recorded JackTrip link of a node that is not up."""
+    for node, links in dropped.items():
+        for link in links:
+            why = f": {link.detail}" if link.detail else ""
+            out.write(sanitize(f"{node}: link {link.hub} <-> {link.client} {link.state}{why}"
+                               " (skeleton jack link to restore it)") + "\n")
+
+
+def status_json(result: ClusterResult[JackServerOutcome],
+                dropped: Mapping[str, Sequence[LinkState]]) -> str:
+    """The result's JSON with `dropped_links` (node id -> the links that are not up)."""
+    data = result.to_dict()
+    data["dropped_links"] = {node: [link.as_dict() for link in links]
+                             for node, links in dropped.items()}
+    return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def connect_text(result: ClusterResult[JackConnectOutcome], out: IO[str],
