@@ -45,8 +45,9 @@ class JackDriver:
     options: tuple[str, ...] = ()
 
     def argv(self, jackd: str, server_name: str) -> tuple[str, ...]:
-        """jackd's whole command line (no realtime: the dummy driver and test hosts have no
-        rtprio; a real sound card node can add `-R` through its own options if it has it)."""
+        """jackd's whole command line. jackd2 asks for realtime scheduling by default, which
+        a sound card node wants; where it is not allowed (test hosts) jackd logs "Cannot use
+        real-time scheduling" and runs on."""
         return (jackd, "-n", server_name, "-d", self.driver, *self.options)
 
 
