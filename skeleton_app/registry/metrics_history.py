@@ -57,7 +57,10 @@ class MetricSample:
 def _number(value: object, high: float, low: float = 0.0) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer of 400 digits: jsonb keeps it, a float cannot
+        return None
     return number if math.isfinite(number) and low <= number <= high else None
 
 
