@@ -1,0 +1,65 @@
+"""`skeleton cluster top`: the live view of the selected nodes (registered into the `cluster`
+group by `app.cli`). The picture comes from the registry (no SSH per refresh) or, without
+one, from one status probe per refresh; the loop and its keys live in `app.top`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from skeleton_app.app.cli.options import (
+    Seconds,
+    json_option,
+    output_format,
+    select,
+    selection_options,
+)
+
+SORT_KEYS = ("name", "load", "mem", "gpu", "age")  # = app.views.top.SORT_KEYS (Rich-free here)
+
+
+@click.command("top")
+@selection_options
+@click.option("--interval", type=Seconds(), default=2.0, show_default=True, metavar="SECONDS",
+              help="Seconds between refreshes.")
+@click.option("--sort", type=click.Choice(SORT_KEYS), default="load", show_default=True,
+              help="Order of the rows (`s` cycles it while running).")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts).")
+@json_option
+@click.pass_context
+def top_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
+            roles: tuple[str, ...], exclude: tuple[str, ...], fanout: int | None,
+            interval: float, sort: str, once: bool, as_json: bool) -> int:
+    """Watch the selected nodes live: daemon, heartbeat age, load and memory history, GPU,
+    disk and running jobs, refreshed every 2 s (keys: q quits, s changes the sort).
+
+    With a registry nothing is sent to the nodes: the daemons' heartbeats are read from it.
+    Without one each refresh probes every node once (as `cluster status`)."""
+    from skeleton_app.app import top
+    from skeleton_app.app.views import common as render
+
+    if as_json and not once:
+        raise click.UsageError("--json needs --once (a live view has no JSON form)")
+    fmt = output_format(ctx)
+    session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
+    source = top.picture_source(session, nodes)
+    if as_json:
+        click.echo(json.dumps(top.picture_json(source(), sort), indent=2))
+        return 0
+    if once and fmt in ("plain", "tsv", "table"):
+        from skeleton_app.app.views.top import COLUMNS, table_rows
+
+        render.table(None, COLUMNS, table_rows(source(), sort))
+        return 0
+    if once or not render.live_display(sys.stdout):
+        from rich.console import Console
+
+        # The terminal's width; piped: $COLUMNS, else 80 (Rich's rule).
+        top.run_batch(source, interval=interval, sort=sort, out=sys.stdout,
+                      width=Console().width, once=once)
+        return 0
+    top.run_live(source, interval=interval, sort=sort)
+    return 0
