@@ -38,22 +38,31 @@ if TYPE_CHECKING:
 
 PROBE_TIMEOUT = 5.0  # seconds: a refresh without a registry waits at most this for a node
 Source = Callable[[], ClusterPicture]
+Selector = Callable[[], Sequence["Node"]]
 
 
-def picture_source(session: Session, nodes: Sequence[Node]) -> Source:
+def picture_source(session: Session, nodes: Sequence[Node] | Selector) -> Source:
     """A function returning the cluster picture now: from the registry when one is
     configured (its connection reopens by itself after a failure), else from one status
-    probe of every node (the history is what this process probed before)."""
+    probe of every node (the history is what this process probed before).
+
+    `nodes` may be a function selecting them, for a registry that was down when `top`
+    started: it is called again at each refresh until it answers (`RegistryError` until
+    then), and the view says the registry is down meanwhile."""
     from skeleton_app.errors import RegistryError
     from skeleton_app.registry.jobs import open_job_store
 
     settings = session.settings
+    selected: list[Sequence[Node]] = [] if callable(nodes) else [nodes]
     if not settings.registry.dsn:
         cluster = session.cluster()
         last: list[ClusterPicture] = []
 
         def probe() -> ClusterPicture:
-            picture = probe_picture(cluster, nodes, timeout=PROBE_TIMEOUT,
+            if not selected:
+                assert callable(nodes)
+                selected.append(nodes())
+            picture = probe_picture(cluster, selected[0], timeout=PROBE_TIMEOUT,
                                     previous=last[-1] if last else None)
             last[:] = [picture]
             return picture
@@ -64,13 +73,16 @@ def picture_source(session: Session, nodes: Sequence[Node]) -> Source:
 
     def from_registry() -> ClusterPicture:
         try:
+            if not selected:
+                assert callable(nodes)
+                selected.append(nodes())
             registry = session.registry()
         except RegistryError as exc:
-            return bare_picture(nodes, source="registry",
+            return bare_picture(selected[0] if selected else (), source="registry",
                                 problem=f"registry down, retrying: {exc}")
         assert registry is not None  # a DSN is configured
-        return registry_picture(registry, nodes, stale_after=settings.registry.stale_after,
-                                jobs=jobs)
+        return registry_picture(registry, selected[0],
+                                stale_after=settings.registry.stale_after, jobs=jobs)
 
     return from_registry
 

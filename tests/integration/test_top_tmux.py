@@ -80,7 +80,12 @@ class Tmux:
         self("new-session", "-d", "-x", "80", "-y", "24", "-s", name, command)
 
     def screen(self, name: str) -> list[str]:
-        return self("capture-pane", "-p", "-t", name).splitlines()
+        return self("capture-pane", "-p", "-t", f"={name}:").splitlines()
+
+    def keys(self, name: str, *keys: str) -> None:
+        # `=NAME:` is exactly that session's pane: a bare `top` may resolve to another
+        # session's pane once there are two.
+        self("send-keys", "-t", f"={name}:", *keys)
 
     def wait(self, name: str, check: Callable[[list[str]], Any], what: str,
              timeout: float = 60.0) -> Any:
@@ -170,17 +175,27 @@ def test_top_live_in_80x24(bed: Bed, tmux: Tmux) -> None:
         spark_cells(now.get(n, [])) > before[n] for n in NODES), "the sparklines grow",
         timeout=40)
 
-    # The registry goes away: the view says so and keeps running; it recovers after.
+    # The registry goes away: the view says so and keeps running; it recovers after. A
+    # `top` started during the outage waits for it too (its nodes come from the registry).
+    def down(lines: list[str]) -> bool:
+        return any("registry down" in line for line in lines)
+
     localdb.stop_postgres(db.dir)
     try:
-        tmux.wait("top", lambda lines: any("registry down" in line for line in lines),
-                  "the registry's outage on screen", timeout=30)
+        tmux.wait("top", down, "the registry's outage on screen", timeout=30)
         assert exited(tmux.screen("top")) is None
+        tmux.start("late", top_command(bed.config, "--interval", "1"))
+        tmux.wait("late", down, "the outage on a view started during it", timeout=30)
     finally:
         localdb.start_postgres(db.dir, listen=("127.0.0.1", bed.testbed.gateway),
                                port=db.port)
-    tmux.wait("top", lambda lines: not any("registry down" in line for line in lines)
-              and all_nodes(lines), "the view recovers", timeout=60)
+    for name in ("top", "late"):
+        tmux.wait(name, lambda lines: not down(lines) and all_nodes(lines),
+                  f"the view {name!r} recovers", timeout=60)
+    tmux.keys("late", "q")
+    late = tmux.wait("late", lambda lines: exited(lines) is not None and lines,
+                     "the late view quits", timeout=20)
+    assert exited(late) == 0
 
     # `s` cycles the sort key: name -> load -> mem -> gpu -> age. The node whose daemon
     # stopped has the oldest heartbeat, and the age sort puts it on top.
@@ -191,7 +206,7 @@ def test_top_live_in_80x24(bed: Bed, tmux: Tmux) -> None:
                   "node-03's daemon shown stopped", timeout=30)
         time.sleep(3 * HEARTBEAT)  # its heartbeat is now the oldest
         for key in ("load", "mem", "gpu", "age"):
-            tmux("send-keys", "-t", "top", "s")
+            tmux.keys("top", "s")
             tmux.wait("top", lambda lines, k=key: f"sort {k} " in lines[0],
                       f"the title says sort {key}", timeout=10)
         tmux.wait("top", lambda lines: order(lines)[:1] == ["node-03"],
@@ -200,7 +215,7 @@ def test_top_live_in_80x24(bed: Bed, tmux: Tmux) -> None:
         skeleton("cluster", "daemon", "start", "--node", "node-03", config=bed.config)
 
     # `q` quits with 0, and the terminal is back in its normal (cooked, echoing) modes.
-    tmux("send-keys", "-t", "top", "q")
+    tmux.keys("top", "q")
     lines = tmux.wait("top", lambda lines: exited(lines) is not None and lines, "exit after q",
                       timeout=20)
     assert exited(lines) == 0
@@ -210,7 +225,7 @@ def test_top_live_in_80x24(bed: Bed, tmux: Tmux) -> None:
 def test_top_ctrl_c_exits_130_and_restores_the_terminal(bed: Bed, tmux: Tmux) -> None:
     tmux.start("top", top_command(bed.config, "--interval", "1"))
     tmux.wait("top", lambda lines: set(rows(lines)) == set(NODES), "the first frame")
-    tmux("send-keys", "-t", "top", "C-c")
+    tmux.keys("top", "C-c")
     lines = tmux.wait("top", lambda lines: exited(lines) is not None and lines,
                       "exit after Ctrl-C", timeout=20)
     assert exited(lines) == 130

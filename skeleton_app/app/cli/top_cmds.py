@@ -17,6 +17,8 @@ from skeleton_app.app.cli.options import (
     select,
     selection_options,
 )
+from skeleton_app.app.commands import Selection
+from skeleton_app.errors import RegistryError
 
 SORT_KEYS = ("name", "load", "mem", "gpu", "age")  # = app.views.top.SORT_KEYS (Rich-free here)
 
@@ -44,8 +46,17 @@ def top_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
     if as_json and not once:
         raise click.UsageError("--json needs --once (a live view has no JSON form)")
     fmt = output_format(ctx)
-    session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
-    source = top.picture_source(session, nodes)
+    try:
+        session, nodes = select(ctx, config, fanout, node_specs, roles, exclude)
+        source = top.picture_source(session, nodes)
+    except RegistryError:
+        # A live view outlasts an outage, also one at its start: it selects the nodes once
+        # the registry answers and says it is down meanwhile. A one-shot answer is exit 3.
+        if once or ctx.find_root().obj.list_hosts:
+            raise
+        session = ctx.find_root().obj.session()
+        selection = Selection(node_specs, roles, exclude)
+        source = top.picture_source(session, lambda: session.select(selection))
     if as_json:
         click.echo(json.dumps(top.picture_json(source(), sort), indent=2))
         return 0
