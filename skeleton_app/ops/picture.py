@@ -120,8 +120,13 @@ def _sample_dict(sample: MetricSample) -> dict[str, Any]:
 
 
 def sample_of(metrics: Mapping[str, Any], at: float) -> MetricSample:
-    """A heartbeat's metrics dict (or a probe's, in the same shape) as a checked sample."""
-    values = sample_values(metrics)
+    """A heartbeat's metrics dict (or a probe's, in the same shape) as a checked sample.
+    A dict the check itself cannot read (an integer too large for a float: JSON allows it)
+    is an empty sample: one node's row never stops the view."""
+    try:
+        values = sample_values(metrics)
+    except (OverflowError, TypeError, ValueError, KeyError, IndexError):
+        return MetricSample(at=at)
     return MetricSample(
         at=at, load1=values["load1"], cpu_busy=values["cpu_busy"],
         mem_total=values["mem_total"], mem_available=values["mem_available"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
 from skeleton_app.engines import DEFAULT_ENGINES
@@ -115,3 +116,16 @@ def test_registry_down_is_a_problem_in_the_picture_then_it_recovers(
         localdb.start_postgres(pg.base_dir, port=pg.port)
         back = registry_picture(registry, NODES)
         assert back.problem is None and back.nodes[0].latest is not None
+
+
+def test_a_row_written_by_anything_else_never_stops_the_picture(
+        db_dsn: str, registry: PostgresRegistry) -> None:
+    add(registry, *NODES[:2])
+    assert registry.heartbeat("n2", metrics=HEALTHY)
+    # jsonb keeps integers of any size; Python's float does not.
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE nodes SET metrics = %s::jsonb, last_seen = now()"
+                     " WHERE id = 'n1'", ('{"load": [1' + "0" * 400 + ']}',))
+    n1, n2 = registry_picture(registry, NODES[:2]).nodes
+    assert n1.latest is not None and n1.latest.load1 is None
+    assert n2.latest is not None and n2.latest.load1 == 1.5
