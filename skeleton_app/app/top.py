@@ -170,9 +170,9 @@ def run_live(source: Source, *, interval: float, sort: str,
 
 
 def run_batch(source: Source, *, interval: float, sort: str, out: IO[str],
-              width: int, once: bool = False) -> None:
+              width: int, once: bool = False) -> ClusterPicture:
     """Plain frames on a pipe or a file, every `interval` seconds (`top -b`), until Ctrl-C;
-    one frame with `once`."""
+    one frame with `once`. Returns the last picture."""
     from skeleton_app.app.views.top import frame_text
 
     while True:
@@ -180,7 +180,7 @@ def run_batch(source: Source, *, interval: float, sort: str, out: IO[str],
         out.write(frame_text(picture, width=width, height=None, sort=sort) + "\n")
         out.flush()
         if once or cancel.TOKEN.wait(interval):
-            return
+            return picture
 
 
 def picture_json(picture: ClusterPicture, sort: str) -> dict[str, Any]:

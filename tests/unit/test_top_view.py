@@ -10,6 +10,7 @@ import pty
 import termios
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -234,3 +235,15 @@ def test_json_needs_once() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["cluster", "top", "--json"])
     assert exc.value.code == 2
+
+
+def test_once_with_a_dead_registry_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SKELETON_DATABASE_URL", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text("registry:\n  dsn: host=127.0.0.1 port=1 dbname=x user=x\n"
+                      "  connect_timeout: 2\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["cluster", "top", "--once", "--json", "--config", str(config)])
+    assert exc.value.code == 3
+    assert "127.0.0.1:1" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,7 +19,10 @@ from skeleton_app.app.cli.options import (
     selection_options,
 )
 from skeleton_app.app.commands import Selection
-from skeleton_app.errors import RegistryError
+from skeleton_app.errors import ExitCode, RegistryError
+
+if TYPE_CHECKING:
+    from skeleton_app.ops.picture import ClusterPicture
 
 SORT_KEYS = ("name", "load", "mem", "gpu", "age")  # = app.views.top.SORT_KEYS (Rich-free here)
 
@@ -57,20 +61,31 @@ def top_cmd(ctx: click.Context, config: str | None, node_specs: tuple[str, ...],
         session = ctx.find_root().obj.session()
         selection = Selection(node_specs, roles, exclude)
         source = top.picture_source(session, lambda: session.select(selection))
-    if as_json:
-        click.echo(json.dumps(top.picture_json(source(), sort), indent=2))
-        return 0
-    if once and fmt in ("plain", "tsv", "table"):
-        from skeleton_app.app.views.top import COLUMNS, table_rows
+    if once and (as_json or fmt in ("plain", "tsv", "table")):
+        picture = source()
+        if as_json:
+            click.echo(json.dumps(top.picture_json(picture, sort), indent=2))
+        else:
+            from skeleton_app.app.views.top import COLUMNS, table_rows
 
-        render.table(None, COLUMNS, table_rows(source(), sort))
-        return 0
+            render.table(None, COLUMNS, table_rows(picture, sort))
+        return _exit_code(picture)
     if once or not render.live_display(sys.stdout):
         from rich.console import Console
 
         # The terminal's width; piped: $COLUMNS, else 80 (Rich's rule).
-        top.run_batch(source, interval=interval, sort=sort, out=sys.stdout,
-                      width=Console().width, once=once)
-        return 0
+        last = top.run_batch(source, interval=interval, sort=sort, out=sys.stdout,
+                             width=Console().width, once=once)
+        return _exit_code(last) if once else 0
     top.run_live(source, interval=interval, sort=sort)
     return 0
+
+
+def _exit_code(picture: ClusterPicture) -> ExitCode:
+    """`--once`: 3 when the registry could not be read (the frame says why), else 0."""
+    if picture.problem:
+        from skeleton_app.app.views.common import sanitize
+
+        click.echo(f"skeleton: error: {sanitize(picture.problem)}", err=True)
+        return ExitCode.REGISTRY
+    return ExitCode.OK
