@@ -246,7 +246,7 @@ def frame_text(picture: ClusterPicture, *, width: int, height: int | None,
 
 
 COLUMNS = ["node", "daemon", "heartbeat", "load1", "mem", "gpu", "gpu_mem", "disk", "jobs",
-           "version"]
+           "version", "error"]
 
 
 def table_rows(picture: ClusterPicture, sort: str = "load") -> list[list[str]]:
@@ -261,6 +261,6 @@ def table_rows(picture: ClusterPicture, sort: str = "load") -> list[list[str]]:
             percent(n.gpu_mem_fraction),
             percent(latest.disk_used_fraction if latest else None),
             "-" if n.jobs_running is None else str(n.jobs_running),
-            n.code_version or (n.error or "-"),
+            n.code_version or "-", n.error or "",
         ])
     return rows
