@@ -138,8 +138,9 @@ def _wait(fd: int | None, seconds: float) -> bytes | None:
 
 def run_live(source: Source, *, interval: float, sort: str,
              console: Console | None = None, stdin: IO[str] | None = None) -> None:
-    """Redraw every `interval` seconds until `q`, Ctrl-C (the cancel token) or end of input.
-    `s` cycles the sort key and redraws at once."""
+    """Redraw every `interval` seconds until `q` or Ctrl-C (the cancel token); at the end
+    of input (the terminal went away) it keeps drawing without keys. `s` cycles the sort
+    key and redraws at once."""
     from rich.console import Console
     from rich.live import Live
 
@@ -162,10 +163,14 @@ def run_live(source: Source, *, interval: float, sort: str,
             if got == b"":  # the terminal went away: no more keys, keep drawing
                 fd = None
                 continue
-            if b"q" in got or b"Q" in got:
+            # Only what was typed before an escape sequence: arrows and function keys send
+            # letters too (F2 is ESC O Q).
+            typed = got.split(b"\x1b")[0]
+            if b"q" in typed:
                 return
-            if b"s" in got and picture is not None:
-                sort = next_sort(sort)
+            if b"s" in typed and picture is not None:
+                for _ in range(typed.count(b"s")):
+                    sort = next_sort(sort)
                 live.update(_Frame(picture, sort, True), refresh=True)
 
 
