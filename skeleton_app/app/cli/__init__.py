@@ -36,6 +36,7 @@ from skeleton_app.app.cli import (
     jack_cmds,
     jobs_cmds,
     registry_cmds,
+    top_cmds,
     web_cmds,
 )
 from skeleton_app.app.cli import jack_link_cmds as _jack_link_cmds  # noqa: F401  (jack link)
@@ -65,6 +66,7 @@ for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_
     cli.add_command(_group)
 for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
     cluster_cmds.cluster.add_command(_command)
+cluster_cmds.cluster.add_command(top_cmds.top_cmd)  # cluster top
 
 
 # Set by `main()` when it runs as the `skeleton` command (not inside someone's process).
