@@ -43,7 +43,8 @@ def test_heartbeats_become_history_averaged_per_bucket(registry: PostgresRegistr
 def test_hostile_values_are_stored_as_nothing(registry: PostgresRegistry) -> None:
     add(registry, "n1")
     assert registry.heartbeat("n1", metrics={
-        "load": [1e300, 0, 0], "cpu_busy": 7, "mem_total": -5, "disk_free": 10 ** 400, "mem_available": "<b>x</b>",
+        "load": [1e300, 0, 0], "cpu_busy": 7, "mem_total": -5, "disk_free": 10 ** 400,
+        "mem_available": "<b>x</b>",
         "disk_total": True, "gpu": {"gpus": [{"utilization_pct": 1e9}, "x"] * 100},
         "jobs_running": -1})
     (sample,) = registry.metric_history(["n1"], seconds=60, points=1)["n1"]
