@@ -32,6 +32,7 @@ import click
 from skeleton_app.app.cli import cluster_cmds, copy_cmds, dev_cmds, jobs_cmds, registry_cmds
 from skeleton_app.app.cli import retry_cmds as _retry_cmds  # noqa: F401  (runs retry)
 from skeleton_app.app.cli.completion import completion
+from skeleton_app.app.cli.keeper_cmds import keeper
 from skeleton_app.app.cli.options import Ctx
 from skeleton_app.errors import ExitCode, SkeletonError
 
@@ -52,6 +53,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_cmds.nodes,
                registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed, completion):
     cli.add_command(_group)
+cli.add_command(keeper)  # warm mode's connection keeper (skeleton_app/keeper)
 for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
     cluster_cmds.cluster.add_command(_command)
 
