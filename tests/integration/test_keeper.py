@@ -7,6 +7,7 @@ configs say `ssh.persist: 0` (tests/conftest.py): warm mode is on only here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -342,3 +343,43 @@ def test_ctrl_c_of_a_warm_exec_leaves_nothing_on_the_nodes(testbed: Testbed, tmp
     # The keeper's connections survive a client's Ctrl-C: the next command is warm.
     assert k.run("cluster", "exec", "-n", "node-0[1-2]", "true", config=config).returncode == 0
     assert k.opened("node-01") == 1, k.log
+
+
+def test_the_warm_fast_path_prints_what_the_cli_prints_without_click_rich_or_paramiko(
+        testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-3]")
+    command = ["--config", str(config), "--",
+               "echo same; [ $(hostname) = node-02 ] && echo two >&2; exit 3"]
+    for extra in ([], ["--json"], ["--format", "json"], ["--timeout", "20"]):
+        warm = k.run("cluster", "exec", "-n", "node-0[1-3]", *extra, *command, config=None)
+        cold = k.run("cluster", "--no-persist", "exec", "-n", "node-0[1-3]", *extra, *command,
+                     config=None)
+        assert warm.returncode == cold.returncode == 1, warm.stderr + cold.stderr
+        if "json" in " ".join(extra):
+            def shape(text: str) -> object:
+                data = json.loads(text)
+                for node in data["nodes"].values():
+                    node["duration"] = 0
+                data["duration"] = 0
+                return data
+            assert shape(warm.stdout) == shape(cold.stdout)
+        else:
+            assert warm.stdout == cold.stdout
+        assert warm.stderr == cold.stderr == ""
+    slow = k.run("cluster", "exec", "-n", "node-01", "--timeout", "1", "--config", str(config),
+                 "--", "sleep 5", config=None)
+    assert slow.returncode == 4 and "node-01: timeout:" in slow.stdout, slow.stdout
+    # What the warm command loaded: no Click, no Rich, no Paramiko.
+    argv = [sys.executable, "-X", "importtime", "-m", "skeleton_app", "cluster", "exec",
+            "-n", "node-01", "--config", str(config), "true"]
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {line.split("|")[2].strip() for line in proc.stderr.splitlines()
+              if line.startswith("import time:") and "|" in line}
+    assert "skeleton_app.keeper.client" in loaded
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko"))
+    assert heavy == []
