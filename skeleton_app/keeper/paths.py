@@ -8,6 +8,7 @@ of their own where our commands send their work, stdin and sudo passwords includ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def keeper_paths(env: dict[str, str] | None = None, *, make: bool = True) -> Kee
     """The keeper's paths, the directory made 0700 (`make`) and checked."""
     path = base_dir(env)
     if make:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # not a directory: check_dir says so
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_dir(path)
     return KeeperPaths(path)

@@ -9,6 +9,8 @@ import time
 
 import click
 
+from skeleton_app.app.cli.options import output_options
+
 
 @click.group()
 def keeper() -> None:
@@ -16,9 +18,10 @@ def keeper() -> None:
 
 
 @keeper.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the keeper's state as JSON.")
+@output_options
 def status_cmd(as_json: bool) -> int:
     """Is a keeper running, and which connections does it hold (exit 1: none running)."""
+    from skeleton_app.app.views import common as render
     from skeleton_app.keeper.client import request
     from skeleton_app.keeper.paths import keeper_paths
 
@@ -29,18 +32,14 @@ def status_cmd(as_json: bool) -> int:
                    else f"no keeper running ({paths.socket})")
         return 1
     if as_json:
-        click.echo(json.dumps({"running": True, **state}, indent=2))
+        click.echo(json.dumps({"running": True, **state, "log": str(paths.log)}, indent=2))
         return 0
     up = time.time() - float(state["started"])
     click.echo(f"keeper pid {state['pid']}, up {up:.0f}s, persist {state['persist']:g}s,"
                f" socket {state['socket']}, log {paths.log}")
-    connections = state["connections"]
-    if not connections:
-        click.echo("no connections held")
-    for c in connections:
-        busy = f", {c['busy']} running" if c["busy"] else ""
-        click.echo(f"  {c['node']:<20} {c['user']}@{c['host']}:{c['port']}"
-                   f"  idle {c['idle']:.0f}s of {c['persist']:g}s{busy}")
+    rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}", f"{c['idle']:.0f}s",
+             f"{c['persist']:g}s", str(c["busy"])] for c in state["connections"]]
+    render.table("connections held", ["node", "login", "idle", "persist", "running"], rows)
     return 0
 
 
