@@ -8,7 +8,7 @@ used and the command runs here after all (`_direct`).
 Never a hang, never a command run twice:
 - the first request of a command checks the keeper with a 100 ms budget (connect + hello);
   a dead or wedged keeper is bypassed (the command connects itself, as without warm mode)
-  and a new one is started for the next command (`spawn`), which takes the socket over;
+  and a new one is started when the command ends (`spawn`), which takes the socket over;
 - a run the keeper did not confirm ("started") runs here instead; one it confirmed and then
   lost (the keeper was killed) is that node's `lost` error, exit 4: it may have run;
 - while a command runs the keeper says "tick" every second: 10 s of silence is a lost keeper.
@@ -140,6 +140,7 @@ class KeeperRunner:
         self._start = start  # starts a keeper (spawn) when none answers
         self._lock = threading.Lock()
         self._alive: bool | None = None
+        self._replace = False  # no keeper answered: start one at `close`
         self._wire = ssh_to_wire(ssh)
         self._local: Connector | None = None
 
@@ -152,8 +153,9 @@ class KeeperRunner:
         with self._lock:
             if self._alive is None:
                 self._alive = ping(self.paths) is not None
-                if not self._alive and self._start is not None:
-                    self._start()
+                # Started when this command ends (`close`), not now: a keeper's start-up
+                # (~0.1 s of CPU) would compete with this cold command's handshakes.
+                self._replace = not self._alive
             return self._alive
 
     def _direct(self) -> Connector:
@@ -227,6 +229,7 @@ class KeeperRunner:
     def _lost(self, node: Node, started: float, why: str) -> NodeResult[Any]:
         with self._lock:
             self._alive = False  # the rest of this command runs here
+            self._replace = True
         return failure(node.id, NodeErrorKind.LOST,
                        f"{why} mid-command; the command may have run",
                        time.monotonic() - started)
@@ -249,6 +252,10 @@ class KeeperRunner:
     def close(self) -> None:
         if self._local is not None:
             self._local.close()
+        with self._lock:
+            start, self._replace = self._replace, False
+        if start and self._start is not None:
+            self._start()
 
 
 def keeper_runner(ssh: SSHSettings, *, warn: Callable[[str], None]) -> KeeperRunner | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from skeleton_app.keeper.paths import KeeperPaths
 
@@ -24,12 +25,17 @@ def start(paths: KeeperPaths, persist: float) -> None:
             paths.log.replace(paths.log.with_suffix(".log.1"))
     except OSError:
         pass
+    # The keeper runs in / (it must not hold the command's directory busy): the package is
+    # found from where this one was loaded, installed or not.
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         subprocess.Popen(
             [sys.executable, "-m", "skeleton_app.keeper", "serve", "--dir", str(paths.dir),
              "--persist", repr(persist)],
-            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd="/",
+            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd="/", env=env,
             start_new_session=True, close_fds=True)
     finally:
         os.close(fd)
