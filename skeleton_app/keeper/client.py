@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from skeleton_app.cancel import INTERRUPTED, TOKEN
-from skeleton_app.errors import NodeErrorKind
+from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.keeper import protocol
 from skeleton_app.keeper.paths import KeeperPaths
 from skeleton_app.nodes import Node
@@ -129,8 +129,8 @@ def ssh_to_wire(ssh: SSHSettings) -> dict[str, Any]:
 
 
 class KeeperRunner:
-    """A `Runner` whose `run` goes through the keeper; `session`, `hold` and `warm` (deploy's
-    lock conversation, sync's leases) and any run the keeper cannot take use a Connector of
+    """A `Runner` whose `run` and `session` (deploy's lock conversation) go through the
+    keeper; `hold` (sync's leases) and anything the keeper cannot take use a Connector of
     this process, made on first need."""
 
     def __init__(self, ssh: SSHSettings, paths: KeeperPaths, *,
@@ -237,12 +237,47 @@ class KeeperRunner:
     # -- the rest of the Runner protocol: this process's own connections ------------------
 
     def session(self, node: Node, command: str, *, what: str = "helper") -> Session:
+        """A line conversation (deploy's lock) on the keeper's connection (`lines`)."""
+        if self._keeper():
+            try:
+                return self._session_through_keeper(node, command, what)
+            except _NotStarted:
+                pass
         return self._direct().session(node, command, what=what)
+
+    def _session_through_keeper(self, node: Node, command: str, what: str) -> Session:
+        from skeleton_app.keeper.lines import KeeperSession
+
+        header = {"op": "session", "ssh": self._wire, "node": node_to_wire(node),
+                  "command": command, "what": what}
+        try:
+            sock = connect(self.paths, BUDGET)
+        except OSError:
+            raise _NotStarted from None
+        try:
+            protocol.send(sock, header)
+            # The keeper may have to connect (twice, if a held connection proved dead).
+            sock.settimeout(2 * self.settings.connect_timeout + SILENCE)
+            reply, _ = protocol.receive(sock)
+        except (OSError, protocol.ProtocolError):
+            # Nothing talked to the command yet: if the keeper opened it, its end closed it.
+            sock.close()
+            raise _NotStarted from None
+        if reply["op"] == "opened":
+            return KeeperSession(sock, node, what=what)
+        sock.close()
+        if reply["op"] == "failed":
+            raise NodeError(NodeErrorKind(reply["kind"]), str(reply["message"]), node=node.id)
+        raise _NotStarted
 
     def hold(self, node: Node, command: str, *, cancellable: bool = True) -> Callable[[], None]:
         return self._direct().hold(node, command, cancellable=cancellable)
 
     def warm(self, nodes: Iterable[Node]) -> Callable[[], None]:
+        """Connect ahead: the keeper's connections are warm already (or it connects on the
+        first request); without a keeper, this process's own connector warms up."""
+        if self._keeper():
+            return lambda: None
         return self._direct().warm(nodes)
 
     def discard(self, node: Node) -> None:

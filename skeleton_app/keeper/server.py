@@ -5,10 +5,12 @@
 
 - every accepted connection's peer is checked with SO_PEERCRED: another uid is refused
   (root can open our socket whatever its mode);
-- connections are grouped by what matters for making one (`ConnectionKey`: the resolved
-  ssh settings, the identity file as a file (path, inode, mtime, size), known_hosts and
-  ~/.ssh/config by content digest): a config change never reuses a connection made under
-  the old one, it opens a new one beside it and the old one expires;
+- connections are held by what matters for making one (`held.connection_key`: the
+  resolved ssh settings, the identity file as a file, known_hosts and ~/.ssh/config by
+  content): a config change never reuses a connection made under the old one, it opens a
+  new one beside it and the old one expires;
+- requests: `run` (a command to its end, output streamed back) and `session` (a line
+  conversation, deploy's lock: `lines.relay`), plus `hello`, `status` and `stop`;
 - a connection unused for `ssh.persist` seconds (the persist of the last command that used
   it) is closed, with one log line for every connection opened or closed;
 - each request waits on a cancel token of its own (`cancel.scoped`): a client that sends
@@ -20,9 +22,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
-import hashlib
 import os
 import select
 import socket
@@ -31,98 +31,34 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from skeleton_app import cancel
 from skeleton_app.config import SSHSettings
+from skeleton_app.errors import NodeError
 from skeleton_app.keeper import protocol
 from skeleton_app.keeper.client import encode_result, node_from_wire, ping
+from skeleton_app.keeper.held import HeldConnections
+from skeleton_app.keeper.lines import relay
 from skeleton_app.keeper.paths import KeeperPaths
-from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
-from skeleton_app.ssh.pool import Connector
 from skeleton_app.ssh.runner import RunOptions
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _REAP_EVERY = 0.5  # seconds between idle checks
 
-# The resolved settings plus the files behind them, as facts (see module docstring).
-ConnectionKey = tuple[Any, ...]
-_NodeKey = tuple[str, str, str, int]
-
-
-def _file_fact(path: str | None) -> tuple[Any, ...] | None:
-    """A file as (path, inode, mtime, size): a key replaced or rewritten in place is new."""
-    if not path:
-        return None
-    full = os.path.expanduser(path)
-    try:
-        st = os.stat(full)
-    except OSError:
-        return (full, None)
-    return (full, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-class _Digests:
-    """Content digests of small files (known_hosts, ~/.ssh/config), cached by stat."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[tuple[Any, ...] | None, str]] = {}
-
-    def digest(self, path: str) -> str:
-        full = os.path.expanduser(path)
-        fact = _file_fact(full)
-        with self._lock:
-            cached = self._cache.get(full)
-            if cached is not None and cached[0] == fact and fact is not None and fact[1]:
-                return cached[1]
-        try:
-            value = hashlib.sha256(Path(full).read_bytes()).hexdigest()
-        except OSError:
-            value = "absent"
-        with self._lock:
-            self._cache[full] = (fact, value)
-        return value
-
-
-def connection_key(ssh: SSHSettings, node: Node, digests: _Digests) -> ConnectionKey:
-    """What a connection to `node` under `ssh` depends on. The command's own limits
-    (command_timeout, fanout, persist) are left out: they do not change a connection."""
-    connecting = dataclasses.replace(ssh, command_timeout=None, fanout=1, persist=0.0)
-    return (
-        dataclasses.astuple(connecting),
-        (node.id, node.user, node.host, node.port),
-        _file_fact(node.identity_file or ssh.identity_file),
-        digests.digest(ssh.known_hosts),
-        digests.digest("~/.ssh/config") if ssh.ssh_config else None,
-    )
-
-
-@dataclass(slots=True)
-class _Held:
-    """One node's connection as the keeper tracks it."""
-
-    connector: Connector
-    node: Node
-    persist: float
-    last_used: float
-    busy: int = 0
-    link: object | None = None  # the pooled link we last saw (identity, for the log)
-
 
 class Keeper:
-    """The server: a listening socket, the held connections, the reaper. One per user."""
+    """The server: a listening socket, the held connections, the reaper. One per user.
+    (~270 lines: its life cycle and its four requests share the activity count and the
+    stop flag; split, they would pass them around.)"""
 
     def __init__(self, paths: KeeperPaths, *, persist: float, log: Callable[[str], None]):
         self.paths = paths
         self.persist = persist
         self._log = log
         self._lock = threading.Lock()
-        self._held: dict[ConnectionKey, _Held] = {}
-        self._digests = _Digests()
+        self.held = HeldConnections(log)
         self._active = 0  # requests in progress
         self._last_activity = time.monotonic()
         self._started = time.time()
@@ -192,13 +128,7 @@ class Keeper:
             with contextlib.suppress(OSError):
                 if self.paths.pid.read_text().strip() == str(os.getpid()):
                     self.paths.pid.unlink()
-        with self._lock:
-            held = list(self._held.values())
-            self._held.clear()
-        for h in held:
-            self._closed(h, "keeper exiting")
-        for connector in {id(h.connector): h.connector for h in held}.values():
-            connector.close()
+        self.held.close("keeper exiting")
         self._log("exited")
 
     def _socket_is_ours(self) -> bool:
@@ -215,23 +145,10 @@ class Keeper:
 
     def _reap(self) -> None:
         """Close what is idle past its persist or dead; decide whether to exit."""
-        now = time.monotonic()
-        closing: list[tuple[ConnectionKey, _Held, str]] = []
+        nothing_held = self.held.expire()
         with self._lock:
-            for key, h in list(self._held.items()):
-                if h.busy:
-                    continue
-                link = h.connector.pooled(h.node)
-                if link is None or not getattr(link, "is_connected", False):
-                    closing.append((key, h, "lost"))
-                elif now - h.last_used >= h.persist:
-                    closing.append((key, h, f"idle {now - h.last_used:.0f}s"))
-            for key, _, _ in closing:
-                del self._held[key]
-            empty = not self._held and not self._active
-            idle_for = now - self._last_activity
-        for _, h, why in closing:
-            self._drop(h, why)
+            empty = nothing_held and not self._active
+            idle_for = time.monotonic() - self._last_activity
         if not self._socket_is_ours():
             self._log("another keeper took the socket: exiting")
             self._stop.set()
@@ -241,47 +158,6 @@ class Keeper:
         if self._stop.is_set() and self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
-
-    def _drop(self, h: _Held, why: str) -> None:
-        """Close `h`'s connection and its connector (one per key, and a key names one
-        node: a Connector's pool is keyed by node address only, not by identity file)."""
-        h.connector.discard(h.node)
-        self._closed(h, why)
-        h.connector.close()
-
-    def _closed(self, h: _Held, why: str) -> None:
-        if h.link is not None:
-            self._log(f"closed {self._name(h.node)} ({why})")
-            h.link = None
-
-    @staticmethod
-    def _name(node: Node) -> str:
-        return f"{node.id} ({node.user}@{node.host}:{node.port})"
-
-    def _checkout(self, ssh: SSHSettings, node: Node) -> tuple[ConnectionKey, _Held]:
-        key = connection_key(ssh, node, self._digests)
-        with self._lock:
-            h = self._held.get(key)
-            if h is None:
-                h = self._held[key] = _Held(Connector(ssh), node, ssh.persist,
-                                            time.monotonic())
-            h.busy += 1
-            h.persist = ssh.persist
-            return key, h
-
-    def _checkin(self, h: _Held) -> None:
-        link = h.connector.pooled(h.node)
-        with self._lock:
-            h.busy -= 1
-            h.last_used = time.monotonic()
-            previous, h.link = h.link, link
-        if link is previous:
-            return
-        if previous is not None:
-            self._log(f"closed {self._name(h.node)} (broken; reconnecting)" if link
-                      else f"closed {self._name(h.node)} (broken)")
-        if link is not None:
-            self._log(f"opened {self._name(h.node)}")
 
     # -- requests -------------------------------------------------------------------------
 
@@ -315,6 +191,9 @@ class Keeper:
         if op == "run":
             self._run(conn, header, payload)
             return False
+        if op == "session":
+            self._session(conn, header)
+            return False
         if op == "status":
             protocol.send(conn, self.status())
             return True
@@ -330,12 +209,8 @@ class Keeper:
         return False
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
+        held = self.held.listing()
         with self._lock:
-            held = [{"node": h.node.id, "user": h.node.user, "host": h.node.host,
-                     "port": h.node.port, "idle": round(now - h.last_used, 1),
-                     "busy": h.busy, "persist": h.persist}
-                    for h in self._held.values() if h.link is not None or h.busy]
             active = self._active - 1  # not counting the status request itself
         return {"op": "status", "pid": os.getpid(), "started": self._started,
                 "persist": self.persist, "socket": str(self.paths.socket),
@@ -374,7 +249,7 @@ class Keeper:
                              unbounded=bool(header.get("unbounded", False)))
         token = cancel.CancelToken()
         done = threading.Event()
-        _, held = self._checkout(ssh, node)
+        held = self.held.checkout(ssh, node)
 
         def work() -> None:
             try:
@@ -386,7 +261,7 @@ class Keeper:
 
                 result = failure(node.id, NodeErrorKind.ERROR, f"keeper: {exc!r}")
             finally:
-                self._checkin(held)
+                self.held.checkin(held)
             send({"op": "result", "result": encode_result(result)})
             done.set()
 
@@ -411,6 +286,35 @@ class Keeper:
         finally:
             worker.join()
             token.close()
+
+
+    def _session(self, conn: socket.socket, header: dict[str, Any]) -> None:
+        """A line conversation (deploy's lock) on the held connection: `lines.relay`."""
+        try:
+            ssh = SSHSettings(**header["ssh"])
+            node = node_from_wire(header["node"])
+            command, what = str(header["command"]), str(header["what"])
+        except (KeyError, TypeError, ValueError) as exc:
+            protocol.send(conn, {"op": "error", "message": f"bad session request: {exc}"})
+            return
+        held = self.held.checkout(ssh, node)
+        try:
+            try:
+                session = held.connector.session(node, command, what=what)
+            except NodeError as exc:
+                protocol.send(conn, {"op": "failed", "kind": exc.kind.value,
+                                     "message": exc.message})
+                return
+            sending = threading.Lock()
+
+            def send(head: dict[str, Any], data: bytes = b"") -> None:
+                with sending, contextlib.suppress(OSError):
+                    protocol.send(conn, head, data)
+
+            send({"op": "opened"})
+            relay(conn, session, send)
+        finally:
+            self.held.checkin(held)
 
 
 def _count_fds() -> int:

@@ -383,3 +383,26 @@ def test_the_warm_fast_path_prints_what_the_cli_prints_without_click_rich_or_par
     assert "skeleton_app.keeper.client" in loaded
     heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko"))
     assert heavy == []
+
+
+def test_status_and_deploy_go_through_the_keeper(testbed: Testbed, tmp_path: Path,
+                                                 keeper_env: Keeper) -> None:
+    from tests.support.deploy_support import make_source, variant
+
+    k = keeper_env
+    config = variant(testbed, tmp_path, ssh={"persist": 30})
+    _warm(k, config, "node-0[5-6]")
+    status = k.run("cluster", "status", "-n", "node-0[5-6]", "--json", config=config)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["ok"] == ["node-05", "node-06"]
+    src = make_source(tmp_path / "src", "1.0")
+    for unchanged in (False, True):  # the second: the lock conversation's digest check only
+        proc = k.run("cluster", "deploy", "--source", str(src), "-n", "node-0[5-6]", "--json",
+                     config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        nodes = json.loads(proc.stdout)["nodes"]
+        assert [nodes[n]["data"]["unchanged"] for n in ("node-05", "node-06")] == [
+            unchanged, unchanged], proc.stdout
+    # Status, deploy's runs and its lock conversation: all over the keeper's one connection
+    # per node (rsync, an OpenSSH subprocess, connects on its own).
+    assert k.opened("node-05") == 1 and k.opened("node-06") == 1, k.log
