@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from skeleton_app.app.commands import Session
+    from skeleton_app.keeper.paths import KeeperPaths
     from skeleton_app.nodes import Node
 
 _VALUE_OPTIONS = {"-n": "nodes", "--node": "nodes", "--role": "roles", "--exclude": "exclude",
@@ -130,14 +131,15 @@ def prepare(args: ExecArgs) -> tuple[Session, tuple[Node, ...]] | None:
     try:
         overrides = {"ssh.fanout": args.fanout} if args.fanout else None
         settings = load_config(args.config, overrides=overrides)
-        if settings.registry.dsn or settings.ssh.persist <= 0:
+        persist = settings.ssh.persist
+        if settings.registry.dsn or persist <= 0:
             return None
         if names_failed([*args.nodes, *args.exclude]):
             return None
         paths = keeper_paths(make=False)
         if ping(paths) is None:
             return None
-        runner = KeeperRunner(settings.ssh, paths)
+        runner = KeeperRunner(settings.ssh, paths, start=lambda: _replace(paths, persist))
         check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"
                              if "SKELETON_SSH_IDENTITY_FILE" in os.environ else None)
         cluster = Cluster(settings, settings.nodes, connector=runner)
@@ -146,6 +148,13 @@ def prepare(args: ExecArgs) -> tuple[Session, tuple[Node, ...]] | None:
     except (SkeletonError, KeeperPathError, OSError):
         return None  # the Click path reports it in its words
     return session, nodes
+
+
+def _replace(paths: KeeperPaths, persist: float) -> None:
+    """Start a keeper in place of one lost mid-command (`KeeperRunner.close` calls it)."""
+    from skeleton_app.keeper import spawn
+
+    spawn.start(paths, persist)
 
 
 def run(session: Session, nodes: tuple[Node, ...], args: ExecArgs) -> int:
