@@ -127,7 +127,7 @@ def _warm(k: Keeper, config: Path, nodes: str) -> None:
 def test_keeper_starts_is_reused_and_expires(testbed: Testbed, tmp_path: Path,
                                             keeper_env: Keeper) -> None:
     k = keeper_env
-    config = _config(testbed, tmp_path, persist=3)
+    config = _config(testbed, tmp_path, persist=6)  # > a command's time on a loaded machine
     _warm(k, config, "node-0[1-2]")
     for _ in range(3):
         proc = k.run("cluster", "exec", "-n", "node-0[1-2]", "hostname", config=config)
