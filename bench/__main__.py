@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import skeleton_app
-from bench import cases, jobs_case, jobs_chaos, peers, report
+from bench import cases, jobs_case, jobs_chaos, peers, report, warm
 from bench.cases import MiB, Plan
 from bench.measure import BenchError
 from bench.report import Case
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="which cases (default all, and 1-5 with --quick; 6 or `jobs`: the"
                              " voice jobs queue, about 20 minutes, 5 with --quick; 7 or `chaos`:"
                              " failover and a killed dispatcher, about 5 minutes, 2 with"
-                             " --quick)")
+                             " --quick; 8 or `warm`: warm mode's connection keeper, about 2"
+                             " minutes)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--rsync-1g", action="store_true",
                         help="also time plain parallel rsync with 1 GiB (about 6 minutes)")
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted.add("6")
     if "chaos" in wanted:
         wanted.add("7")
+    if "warm" in wanted:
+        wanted.add("8")
     if os.geteuid() != 0:
         print("python -m bench: needs root (the testbed uses network namespaces)",
               file=sys.stderr)
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         # then every run would compile our modules again. The peers come compiled.)
         compileall.compile_dir(str(Path(skeleton_app.__file__).parent), quiet=1)
         ours_32 = math.nan
-        if wanted & {"1", "2", "3", "5"}:
+        if wanted & {"1", "2", "3", "5", "8"}:
             with running_testbed(32, say) as tb:
                 if wanted & {"1", "5"}:
                     sizes = (32,) if args.quick else (1, 8, 32)
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "2" in wanted:
                     _attempt(results, "2", "Warm latency", say,
                              lambda: results.append(cases.warm_latency(tb, plan)))
+                if "8" in wanted:
+                    _attempt(results, "8", "Warm mode", say,
+                             lambda: results.append(warm.warm_case(tb, plan)))
                 if "3" in wanted:
                     sizes3 = (8,) if args.quick else (8, 32)
                     p3 = dataclasses.replace(plan, runs=args.runs or (3 if args.quick else 5))

@@ -108,7 +108,10 @@ class Hosts:
         return self.workdir / "home"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"PATH": PATH, "HOME": str(self.home), "LANG": "C.UTF-8", **extra}
+        # Every case but 8 measures cold commands, as every peer runs: no connection keeper
+        # (warm mode, which case 8 measures, would make runs 2..N warm and outlive the run).
+        return {"PATH": PATH, "HOME": str(self.home), "LANG": "C.UTF-8",
+                "SKELETON_SSH_PERSIST": "0", **extra}
 
 
 def hosts_subset(testbed_config: Path, ssh_config: Path, identity: Path, known_hosts: Path,

@@ -1,5 +1,5 @@
-"""`python -m skeleton_app ...` is the `skeleton` command."""
+"""`python -m skeleton_app ...` is the `skeleton` command (with warm mode's fast path)."""
 
-from skeleton_app.app.cli import main
+from skeleton_app.app.fast import main
 
 main()

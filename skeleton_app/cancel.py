@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = ["INTERRUPTED", "TOKEN", "CancelToken", "cancel", "cancelled", "die_with_parent",
-           "executor", "reset"]
+           "executor", "reset", "scoped", "token"]
 
 # What a node stopped by a cancel says (its error message starts with this).
 INTERRUPTED = "stopped by Ctrl-C"
@@ -82,6 +82,15 @@ class CancelToken:
         for callback in callbacks:
             with contextlib.suppress(Exception):  # one failing stop must not skip the rest
                 callback()
+
+    def close(self) -> None:
+        """Close the select() pipe (a token made per request, as the keeper does, must not
+        leak two descriptors per command)."""
+        with self._lock:
+            pipe, self._pipe = self._pipe, None
+        for fd in pipe or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def reset(self) -> None:
         """Clear the token (after an interrupted operation has wound down)."""
@@ -142,6 +151,28 @@ class CancelToken:
 
 
 TOKEN = CancelToken()
+
+# The keeper (skeleton_app/keeper/server.py) serves many clients in one process: each request
+# waits on a token of its own, so that one client's Ctrl-C stops only its commands. The SSH
+# code asks `token()` which one applies to the calling thread.
+_scoped = threading.local()
+
+
+def token() -> CancelToken:
+    """The token the calling thread obeys: its `scoped` one, else the process-wide TOKEN."""
+    own: CancelToken | None = getattr(_scoped, "token", None)
+    return TOKEN if own is None else own
+
+
+@contextlib.contextmanager
+def scoped(own: CancelToken) -> Iterator[None]:
+    """Make `own` the calling thread's token while the block runs."""
+    previous = getattr(_scoped, "token", None)
+    _scoped.token = own
+    try:
+        yield
+    finally:
+        _scoped.token = previous
 
 
 def cancel() -> None:

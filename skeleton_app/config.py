@@ -78,6 +78,9 @@ class SSHSettings:
     keepalive: float = 3.0
     jump_host: str | None = None
     ssh_config: bool = True  # honour ~/.ssh/config (Host aliases, ProxyJump, ...)
+    # Warm mode (skeleton_app/keeper): a CLI command hands its connections to a per-user
+    # keeper that holds each one this many seconds after its last use; 0 turns it off.
+    persist: float = 60.0
 
     @property
     def op_timeout(self) -> float:
@@ -226,7 +229,7 @@ _POSITIVE = {
     ("jobs", "poll"), ("deploy", "keep_releases"),
 }
 _NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines"),
-                 ("jobs", "cooldown"), ("jobs", "stderr_tail")}
+                 ("jobs", "cooldown"), ("jobs", "stderr_tail"), ("ssh", "persist")}
 # Every float setting is seconds. NaN passes any `<= 0` check and inf overflows socket and
 # thread timeouts (every node then failed with ValueError/OverflowError): finite, and at
 # most a year, which is "forever" for any of them.

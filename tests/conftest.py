@@ -99,6 +99,9 @@ def _own_cache_dir() -> Iterator[Path]:
         mp.setenv("XDG_CACHE_HOME", tmp)
         mp.setenv("XDG_STATE_HOME", tmp)  # the last-run file of `--node @failed`
         mp.setenv(localdb.TEMPLATE_ENV, str(pg_template))
+        # Warm mode's keeper (skeleton_app/keeper) never lands in the user's runtime dir.
+        (Path(tmp) / "run").mkdir(mode=0o700)
+        mp.setenv("XDG_RUNTIME_DIR", str(Path(tmp) / "run"))
         yield Path(tmp)
         mp.undo()
 
@@ -116,7 +119,13 @@ def _up(count: int | None, **kwargs: Any) -> Testbed:
     try:
         # instance=None: claim a free one; the bridge is created atomically, so two suites
         # starting at the same moment get different instances.
-        return tb_mod.up(count, instance=None, state_dir=state_dir, **kwargs)
+        bed = tb_mod.up(count, instance=None, state_dir=state_dir, **kwargs)
+        # No keeper in the suite (ssh.persist 0): many tests break hosts or count handshakes,
+        # and a keeper living across tests would make one test's result depend on the last.
+        # tests/integration/test_keeper.py turns it on in configs of its own.
+        text = bed.config_path.read_text()
+        bed.config_path.write_text(text.replace("\nssh:\n", "\nssh:\n  persist: 0\n", 1))
+        return bed
     except BaseException:
         # `up` cleans up after itself; only our empty directory may remain.
         if state_dir.is_dir() and not any(state_dir.iterdir()):

@@ -29,7 +29,7 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
-from skeleton_app.cancel import INTERRUPTED, TOKEN
+from skeleton_app.cancel import INTERRUPTED, token
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
@@ -97,14 +97,15 @@ def drive(link: Link, node: Node, channel: paramiko.Channel, command: str,
     ]
     signalled = False
     interrupted = False
-    watch = [TOKEN.fileno()] if options.cancellable else []
-    if watch and TOKEN.cancelled:  # Ctrl-C while this node was connecting: never start
+    tok = token()  # the process's, or the keeper request's own (cancel.scoped)
+    watch = [tok.fileno()] if options.cancellable else []
+    if watch and tok.cancelled:  # Ctrl-C while this node was connecting: never start
         channel.close()
         return failed(node, NodeError(NodeErrorKind.INTERRUPTED,
                                        f"{INTERRUPTED} before it started"), started)
     # Forced to exit (a second Ctrl-C) mid-command: one last SIGKILL for the command.
     final = contextlib.ExitStack()
-    final.enter_context(TOKEN.on_exit(lambda: send_signal(channel, "KILL")))
+    final.enter_context(tok.on_exit(lambda: send_signal(channel, "KILL")))
     try:
         channel.exec_command(command)
         if options.stdin is not None and len(options.stdin) > _STDIN_INLINE:
@@ -123,7 +124,7 @@ def drive(link: Link, node: Node, channel: paramiko.Channel, command: str,
             wait = keepalive
             if deadlines:
                 wait = min(wait, max(0.0, deadlines[0][0] - now))
-            if watch and TOKEN.cancelled:
+            if watch and tok.cancelled:
                 # Ctrl-C: the command's process group gets INT, TERM, KILL in turn.
                 watch = []
                 interrupted = signalled = True

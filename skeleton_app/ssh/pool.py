@@ -27,7 +27,7 @@ from skeleton_app.ssh import paramiko_import  # noqa: F401  (first: Paramiko wit
 # isort: on
 import paramiko
 
-from skeleton_app.cancel import INTERRUPTED, TOKEN
+from skeleton_app.cancel import INTERRUPTED, token
 from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.nodes import Node
@@ -178,7 +178,7 @@ class Connector:
             try:
                 return self._connect(node, route, timeout, cancellable=cancellable)
             except Exception as exc:
-                if cancellable and TOKEN.cancelled:
+                if cancellable and token().cancelled:
                     raise NodeError(NodeErrorKind.INTERRUPTED, f"{INTERRUPTED} while connecting",
                                     node=node.id) from exc
                 elapsed = time.monotonic() - started
@@ -196,7 +196,7 @@ class Connector:
         client = paramiko.SSHClient()
         self.keys.secure(client, host_key_pin(node, route.host))
         sock = first_socket(route, node.port, timeout, cancellable=cancellable)
-        with TOKEN.on_cancel(lambda: shut(sock)) if cancellable else contextlib.nullcontext():
+        with token().on_cancel(lambda: shut(sock)) if cancellable else contextlib.nullcontext():
             end, hops = through(route, sock, node.port, timeout=timeout, secure=self.keys.secure)
             try:
                 # The key is looked up under the node id (HostKeyAlias): with our own socket,
@@ -210,6 +210,12 @@ class Connector:
                         hop.close()
                 raise
         return Link(client, route.host, node.port, hops)
+
+    def pooled(self, node: Node) -> Link | None:
+        """The pooled connection to `node`, None when there is none (the keeper's
+        opened/closed log and idle expiry watch it)."""
+        with self._lock:
+            return self._pool.get(_pool_key(node))
 
     def discard(self, node: Node) -> None:
         with self._lock:
@@ -242,7 +248,7 @@ class Connector:
             timeout = self.settings.op_timeout
         connect_timeout = self.settings.connect_timeout
         for attempt in (1, 2):
-            if options.cancellable and TOKEN.cancelled:
+            if options.cancellable and token().cancelled:
                 return channel.failed(node, NodeError(NodeErrorKind.INTERRUPTED,
                                                       f"{INTERRUPTED} before it started"), started)
             try:

@@ -26,7 +26,7 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, MSG_GLOBAL_REQUEST, cMSG_IGNORE
 from paramiko.message import Message
 
-from skeleton_app.cancel import INTERRUPTED, TOKEN
+from skeleton_app.cancel import INTERRUPTED, token
 from skeleton_app.errors import NodeError, NodeErrorKind
 
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "ABRT": 6, "FPE": 8, "KILL": 9,
@@ -123,8 +123,8 @@ def _connect_or_cancel(host: str, port: int, timeout: float) -> socket.socket:
             err = sock.connect_ex(addr)
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 left = max(0.0, deadline - time.monotonic())
-                writable = select.select([TOKEN.fileno()], [sock], [], left)[1]
-                if TOKEN.cancelled:
+                writable = select.select([token().fileno()], [sock], [], left)[1]
+                if token().cancelled:
                     raise NodeError(NodeErrorKind.INTERRUPTED, f"{INTERRUPTED} while connecting")
                 if not writable:
                     raise TimeoutError("timed out")  # what create_connection raises

@@ -43,7 +43,9 @@ from skeleton_app.app.cli import jack_link_cmds as _jack_link_cmds  # noqa: F401
 from skeleton_app.app.cli import jack_server_cmds as _jack_server  # noqa: F401  (jack status...)
 from skeleton_app.app.cli import retry_cmds as _retry_cmds  # noqa: F401  (runs retry)
 from skeleton_app.app.cli.completion import completion
+from skeleton_app.app.cli.keeper_cmds import keeper
 from skeleton_app.app.cli.options import Ctx
+from skeleton_app.app.interrupt import install_sigint as _install_sigint
 from skeleton_app.errors import ExitCode, SkeletonError
 
 
@@ -64,6 +66,7 @@ for _group in (cluster_cmds.cluster, jobs_cmds.jobs, registry_cmds.db, registry_
                registry_cmds.runs, dev_cmds.node_daemon, dev_cmds.testbed, jack_cmds.jack,
                completion, web_cmds.web):
     cli.add_command(_group)
+cli.add_command(keeper)  # warm mode's connection keeper (skeleton_app/keeper)
 for _command in copy_cmds.COMMANDS:  # cluster copy, cluster fetch
     cluster_cmds.cluster.add_command(_command)
 cluster_cmds.cluster.add_command(top_cmds.top_cmd)  # cluster top
@@ -71,27 +74,6 @@ cluster_cmds.cluster.add_command(top_cmds.top_cmd)  # cluster top
 
 # Set by `main()` when it runs as the `skeleton` command (not inside someone's process).
 _handle_sigint = False
-
-
-def _install_sigint() -> None:
-    """First Ctrl-C: cancel (every node's command is stopped, the command reports and exits
-    130). Second: exit at once. Written with os.write: the handler interrupts the main
-    thread, which may be inside a write to the same stream."""
-    import os
-    import signal
-
-    from skeleton_app import cancel
-
-    def on_sigint(_signum: int, _frame: object) -> None:
-        if cancel.cancelled():
-            os.write(2, b"skeleton: interrupted again: exiting now\n")
-            cancel.TOKEN.last_words()  # a SIGKILL to every command still running on a node
-            os._exit(ExitCode.INTERRUPTED)
-        os.write(2, b"skeleton: interrupted: stopping the work on the nodes"
-                    b" (Ctrl-C again to quit at once)\n")
-        cancel.cancel()
-
-    signal.signal(signal.SIGINT, on_sigint)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

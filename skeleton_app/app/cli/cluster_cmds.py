@@ -14,9 +14,14 @@ from skeleton_app.app.cli.options import Seconds, json_option, select, selection
 
 
 @click.group()
-def cluster() -> None:
+@click.option("--no-persist", is_flag=True,
+              help="Connect from this command only: no connection keeper (= ssh.persist 0).")
+@click.pass_context
+def cluster(ctx: click.Context, no_persist: bool) -> None:
     """Operations on the cluster's nodes (exit codes: 0 ok, 1 failed, 2 usage, 3 registry,
     4 unreachable, 130 interrupted)."""
+    if ctx.obj is not None:
+        ctx.obj.persist = not no_persist
 
 
 class _ExecCommand(click.Command):

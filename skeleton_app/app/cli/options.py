@@ -65,13 +65,22 @@ class Ctx:
         # signature carries them; `select` and the views read them from here).
         self.output_format: str | None = None
         self.list_hosts = False
+        self.persist = False  # set by the `cluster` group unless --no-persist
         from skeleton_app.app.views import common as render
 
         render.set_format(None)  # one command per Ctx: no format left over from the last one
 
     def session(self) -> Session:
         if self._session is None:
-            self._session = Session(self.config, overrides=self.overrides, warn=_warn)
+            settings = connector = None
+            if self.persist:  # a `cluster` command: warm mode (skeleton_app/keeper)
+                from skeleton_app.config import load_config
+                from skeleton_app.keeper.client import keeper_runner
+
+                settings = load_config(self.config, overrides=self.overrides)
+                connector = keeper_runner(settings.ssh, warn=_warn)
+            self._session = Session(self.config, overrides=self.overrides, warn=_warn,
+                                    settings=settings, connector=connector)
         return self._session
 
     def settings(self) -> Settings:

@@ -1,0 +1,72 @@
+"""`skeleton keeper status|stop`: the per-user connection keeper of warm mode
+(skeleton_app/keeper)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+
+from skeleton_app.app.cli.options import output_options
+
+
+@click.group()
+def keeper() -> None:
+    """The connection keeper: holds SSH connections between cluster commands (ssh.persist)."""
+
+
+@keeper.command("status")
+@output_options
+def status_cmd(as_json: bool) -> int:
+    """Is a keeper running, and which connections does it hold (exit 1: none running)."""
+    from skeleton_app.app.views import common as render
+    from skeleton_app.keeper.client import request
+    from skeleton_app.keeper.paths import keeper_paths
+
+    paths = keeper_paths()
+    state = request(paths, "status")
+    if state is None:
+        click.echo(json.dumps({"running": False, "socket": str(paths.socket)}) if as_json
+                   else f"no keeper running ({paths.socket})")
+        return 1
+    if as_json:
+        click.echo(json.dumps({"running": True, **state, "log": str(paths.log)}, indent=2))
+        return 0
+    up = time.time() - float(state["started"])
+    click.echo(f"keeper pid {state['pid']}, up {up:.0f}s, persist {state['persist']:g}s,"
+               f" socket {state['socket']}, log {paths.log}")
+    rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}", f"{c['idle']:.0f}s",
+             f"{c['persist']:g}s", str(c["busy"])] for c in state["connections"]]
+    render.table("connections held", ["node", "login", "idle", "persist", "running"], rows)
+    return 0
+
+
+@keeper.command("stop")
+def stop_cmd() -> int:
+    """Stop the keeper (its connections close; the next cluster command starts a new one)."""
+    from skeleton_app.keeper.client import request
+    from skeleton_app.keeper.paths import keeper_paths
+
+    paths = keeper_paths()
+    reply = request(paths, "stop")
+    if reply is None:
+        click.echo("no keeper running")
+        return 0
+    pid = int(reply["pid"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    click.echo(f"keeper {pid} stopped" if not _alive(pid) else f"keeper {pid} still exiting")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

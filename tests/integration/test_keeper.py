@@ -1,0 +1,408 @@
+"""Warm mode's connection keeper against real sshd hosts (issue #18).
+
+Every test has a keeper directory of its own (`XDG_RUNTIME_DIR` under /tmp) and stops the
+keeper it caused by the PID the keeper recorded (`keeper_env` fixture). The suite's shared
+configs say `ssh.persist: 0` (tests/conftest.py): warm mode is on only here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from skeleton_app.testing import testbed as tbm
+from skeleton_app.testing.testbed import Testbed
+from tests.support.helpers import REPO, config_variant, skeleton
+
+
+class Keeper:
+    """One test's keeper directory and what the test needs to watch it."""
+
+    def __init__(self, runtime: Path):
+        self.runtime = runtime
+        self.dir = runtime / "skeleton"
+        self.env = {"XDG_RUNTIME_DIR": str(runtime)}
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "keeper.log"
+        return path.read_text() if path.exists() else ""
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / "keeper.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return _state(pid) not in ("Z", None)
+
+    def wait_running(self, timeout: float = 20) -> int:
+        _until("the keeper", lambda: self.running() and (self.dir / "keeper.sock").exists(),
+               timeout)
+        pid = self.pid()
+        assert pid is not None
+        return pid
+
+    def opened(self, node: str) -> int:
+        return len(re.findall(rf"opened {node} ", self.log))
+
+    def run(self, *args: str, config: Path | None, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+        return skeleton(*args, config=config, env=self.env, timeout=timeout)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never saw: {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def keeper_env() -> Iterator[Keeper]:
+    runtime = Path(tempfile.mkdtemp(prefix="skeleton-keeper-", dir="/tmp"))
+    runtime.chmod(0o700)
+    k = Keeper(runtime)
+    seen: set[int] = set()
+    try:
+        yield k
+    finally:
+        pid = k.pid()
+        if pid is not None:
+            seen.add(pid)
+        for pid in seen:  # only the keeper this test caused, by the PID it recorded
+            if _state(pid) not in (None, "Z") and _cmdline_is_keeper(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _cmdline_is_keeper(pid: int) -> bool:
+    try:
+        return b"skeleton_app.keeper" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _config(testbed: Testbed, tmp_path: Path, name: str = "c.yaml", **ssh: object) -> Path:
+    return config_variant(testbed, tmp_path / name, ssh={"persist": 30, **ssh})
+
+
+def _warm(k: Keeper, config: Path, nodes: str) -> None:
+    """Two commands: the first starts the keeper (and runs cold), the second connects
+    through it; after them the keeper holds a connection to every node of `nodes`."""
+    first = k.run("cluster", "exec", "-n", nodes, "true", config=config)
+    assert first.returncode == 0, first.stdout + first.stderr
+    k.wait_running()
+    second = k.run("cluster", "exec", "-n", nodes, "true", config=config)
+    assert second.returncode == 0, second.stdout + second.stderr
+
+
+def test_keeper_starts_is_reused_and_expires(testbed: Testbed, tmp_path: Path,
+                                            keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path, persist=6)  # > a command's time on a loaded machine
+    _warm(k, config, "node-0[1-2]")
+    for _ in range(3):
+        proc = k.run("cluster", "exec", "-n", "node-0[1-2]", "hostname", config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "node-01" in proc.stdout and "node-02" in proc.stdout
+    assert k.opened("node-01") == 1 and k.opened("node-02") == 1, k.log  # reused
+    status = k.run("keeper", "status", config=None)
+    assert status.returncode == 0 and "node-01" in status.stdout, status.stdout
+    pid = k.pid()
+    # Expiry: each connection closes `persist` seconds after its last use, then the keeper
+    # holding nothing exits (another `persist` later).
+    _until("the idle connections closed", lambda: "closed node-01" in k.log
+           and "closed node-02" in k.log, timeout=20)
+    _until("the keeper's exit", lambda: not k.running(), timeout=20)
+    assert "nothing held: exiting" in k.log
+    assert pid is not None and not (k.dir / "keeper.sock").exists()
+    none = k.run("keeper", "status", config=None)
+    assert none.returncode == 1 and "no keeper running" in none.stdout
+
+
+def test_no_persist_and_persist_0_start_no_keeper(testbed: Testbed, tmp_path: Path,
+                                                  keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    proc = k.run("cluster", "--no-persist", "exec", "-n", "node-01", "true", config=config)
+    assert proc.returncode == 0, proc.stderr
+    off = _config(testbed, tmp_path, "off.yaml", persist=0)
+    proc = k.run("cluster", "exec", "-n", "node-01", "true", config=off)
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(0.5)
+    assert k.pid() is None and not k.running()
+
+
+def test_a_config_change_never_reuses_a_connection(testbed: Testbed, tmp_path: Path,
+                                                   keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-01")
+    assert k.opened("node-01") == 1
+    # A setting that changes how a connection is made: a new connection beside the old one.
+    changed = _config(testbed, tmp_path, "timeout.yaml", connect_timeout=7)
+    assert k.run("cluster", "exec", "-n", "node-01", "true", config=changed).returncode == 0
+    assert k.opened("node-01") == 2, k.log
+    # The same identity file path, rewritten: a new connection again.
+    key = Path(str(testbed.identity_file))
+    key.write_bytes(key.read_bytes())
+    os.utime(key, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert k.run("cluster", "exec", "-n", "node-01", "true", config=config).returncode == 0
+    assert k.opened("node-01") == 3, k.log
+    # A setting that does not (the command timeout): the warm connection serves it.
+    same = _config(testbed, tmp_path, "cmd.yaml", command_timeout=50)
+    assert k.run("cluster", "exec", "-n", "node-01", "true", config=same).returncode == 0
+    assert k.opened("node-01") == 3, k.log
+
+
+def test_host_key_changed_between_two_commands_is_refused(testbed: Testbed, tmp_path: Path,
+                                                          keeper_env: Keeper) -> None:
+    k = keeper_env
+    kh = tmp_path / "known_hosts"
+    shutil.copy(testbed.known_hosts, kh)
+    config = _config(testbed, tmp_path, known_hosts=str(kh))
+    _warm(k, config, "node-0[1-2]")
+    # known_hosts now says node-02's key is another one (rewritten in place, same path).
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)],
+                   check=True)
+    wrong_key = (tmp_path / "wrong_key.pub").read_text().split()[1]
+    ip2 = testbed.host("node-02").ip
+    lines = [ln for ln in kh.read_text().splitlines()
+             if not ln.startswith((ip2 + " ", "node-02 "))]
+    lines += [f"{ip2} ssh-ed25519 {wrong_key}", f"node-02 ssh-ed25519 {wrong_key}"]
+    kh.write_text("\n".join(lines) + "\n")
+    proc = k.run("cluster", "exec", "-n", "node-0[1-2]", "hostname", config=config)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "node-02: hostkey-changed: HOST KEY CHANGED" in proc.stdout
+    assert "node-01\n" in proc.stdout
+
+
+def test_a_node_restarted_between_two_commands_is_reconnected(testbed: Testbed,
+                                                              tmp_path: Path,
+                                                              keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-03")
+    assert k.opened("node-03") == 1
+    tbm.stop_sshd(testbed, "node-03")
+    try:
+        # Every session of the login user ends with it, the keeper's connection included.
+        tbm.host_exec(testbed, "node-03", ["pkill", "-KILL", "-u", tbm.USER], check=False)
+    finally:
+        tbm.start_sshd(testbed, "node-03")
+    proc = k.run("cluster", "exec", "-n", "node-03", "hostname", config=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert k.opened("node-03") == 2, k.log
+
+
+def test_another_uid_is_refused(testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-01")
+    # Open the way on the file system on purpose: SO_PEERCRED must refuse on its own.
+    k.runtime.chmod(0o711)
+    k.dir.chmod(0o711)
+    (k.dir / "keeper.sock").chmod(0o666)
+    hello = (
+        "import json, socket, struct, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+        "h = json.dumps({'op': 'status'}).encode()\n"
+        "try:\n"
+        "    s.sendall(struct.pack('!II', len(h), 0) + h)\n"
+        "    print(repr(s.recv(100)))\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"  # closed before or after we spoke
+        "    print(repr(b''))\n"
+    )
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/usr/bin/python3", "-c", hello, str(k.dir / "keeper.sock")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "b''"  # closed without a word
+    assert "refused a connection from uid 65534" in k.log
+
+
+def test_keeper_killed_mid_command_fails_cleanly_and_is_replaced(testbed: Testbed,
+                                                                  tmp_path: Path,
+                                                                  keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[4-5]")
+    pid = k.wait_running()
+    argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[4-5]",
+            "--config", str(config), "--", "sleep 5; echo done"]
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _until("the command on the nodes", lambda: all(
+            "sleep 5" in tbm.host_exec(testbed, h, ["pgrep", "-a", "-u", tbm.USER, "-f",
+                                                    "sleep 5"], check=False).stdout
+            for h in ("node-04", "node-05")), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 4, out + err
+    assert "node-[04-05]: lost: the connection keeper went away" in out, out
+    assert took < 5
+    # The next command runs (itself: no keeper answers), and starts a new keeper.
+    again = k.run("cluster", "exec", "-n", "node-0[4-5]", "true", config=config)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert k.wait_running() != pid
+
+
+def test_a_wedged_keeper_is_bypassed_within_its_budget_and_replaced(
+        testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-06")
+    pid = k.wait_running()
+    os.kill(pid, signal.SIGSTOP)  # accepts (the kernel's backlog), never answers
+    try:
+        started = time.monotonic()
+        proc = k.run("cluster", "exec", "-n", "node-06", "hostname", config=config)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "node-06" in proc.stdout
+        assert took < 10  # a cold command, never a hang
+        _until("a new keeper", lambda: k.pid() not in (None, pid), timeout=20)
+        new = k.wait_running()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The old one, woken, sees its socket taken and leaves.
+    _until("the old keeper's exit", lambda: _state(pid) in (None, "Z"), timeout=20)
+    assert k.running() and k.pid() == new
+
+
+def test_ctrl_c_of_a_warm_exec_leaves_nothing_on_the_nodes(testbed: Testbed, tmp_path: Path,
+                                                           keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    hosts = ("node-01", "node-02")
+    _warm(k, config, "node-0[1-2]")
+    argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[1-2]",
+            "--config", str(config), "--", "sleep 47"]
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def procs(host: str) -> str:
+        return tbm.host_exec(testbed, host, ["pgrep", "-a", "-u", tbm.USER, "-f", "sleep 47"],
+                             check=False).stdout
+
+    try:
+        _until("the command on the nodes", lambda: all(procs(h) for h in hosts), timeout=30)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert took < 10
+    deadline = time.monotonic() + 5
+    for host in hosts:
+        while (left := procs(host)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == "", f"{host}: {left}"
+    # The keeper's connections survive a client's Ctrl-C: the next command is warm.
+    assert k.run("cluster", "exec", "-n", "node-0[1-2]", "true", config=config).returncode == 0
+    assert k.opened("node-01") == 1, k.log
+
+
+def test_the_warm_fast_path_prints_what_the_cli_prints_without_click_rich_or_paramiko(
+        testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-3]")
+    command = ["--config", str(config), "--",
+               "echo same; [ $(hostname) = node-02 ] && echo two >&2; exit 3"]
+    for extra in ([], ["--json"], ["--format", "json"], ["--timeout", "20"]):
+        warm = k.run("cluster", "exec", "-n", "node-0[1-3]", *extra, *command, config=None)
+        cold = k.run("cluster", "--no-persist", "exec", "-n", "node-0[1-3]", *extra, *command,
+                     config=None)
+        assert warm.returncode == cold.returncode == 1, warm.stderr + cold.stderr
+        if "json" in " ".join(extra):
+            def shape(text: str) -> object:
+                data = json.loads(text)
+                for node in data["nodes"].values():
+                    node["duration"] = 0
+                data["duration"] = 0
+                return data
+            assert shape(warm.stdout) == shape(cold.stdout)
+        else:
+            assert warm.stdout == cold.stdout
+        assert warm.stderr == cold.stderr == ""
+    slow = k.run("cluster", "exec", "-n", "node-01", "--timeout", "1", "--config", str(config),
+                 "--", "sleep 5", config=None)
+    assert slow.returncode == 4 and "node-01: timeout:" in slow.stdout, slow.stdout
+    # What the warm command loaded: no Click, no Rich, no Paramiko.
+    argv = [sys.executable, "-X", "importtime", "-m", "skeleton_app", "cluster", "exec",
+            "-n", "node-01", "--config", str(config), "true"]
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {line.split("|")[2].strip() for line in proc.stderr.splitlines()
+              if line.startswith("import time:") and "|" in line}
+    assert "skeleton_app.keeper.client" in loaded
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko"))
+    assert heavy == []
+
+
+def test_status_and_deploy_go_through_the_keeper(testbed: Testbed, tmp_path: Path,
+                                                 keeper_env: Keeper) -> None:
+    from tests.support.deploy_support import make_source, variant
+
+    k = keeper_env
+    config = variant(testbed, tmp_path, ssh={"persist": 30})
+    _warm(k, config, "node-0[5-6]")
+    status = k.run("cluster", "status", "-n", "node-0[5-6]", "--json", config=config)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["ok"] == ["node-05", "node-06"]
+    src = make_source(tmp_path / "src", "1.0")
+    for unchanged in (False, True):  # the second: the lock conversation's digest check only
+        proc = k.run("cluster", "deploy", "--source", str(src), "-n", "node-0[5-6]", "--json",
+                     config=config)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        nodes = json.loads(proc.stdout)["nodes"]
+        assert [nodes[n]["data"]["unchanged"] for n in ("node-05", "node-06")] == [
+            unchanged, unchanged], proc.stdout
+    # Status, deploy's runs and its lock conversation: all over the keeper's one connection
+    # per node (rsync, an OpenSSH subprocess, connects on its own).
+    assert k.opened("node-05") == 1 and k.opened("node-06") == 1, k.log
