@@ -104,8 +104,9 @@ def test_a_heartbeat_dict_becomes_a_checked_sample() -> None:
                         "jobs_running": True}, NOW)
     assert (sample.load1, sample.mem_total, sample.jobs_running) == (None, None, None)
     assert sample.gpu_util == (30.0,)
-    # JSON integers have no bound; a float does: the whole sample is unknown, no exception.
-    assert sample_of({"load": [10**400], "mem_total": 1}, NOW) == MetricSample(at=NOW)
+    # JSON integers have no bound; a float does: that value is unknown, no exception.
+    assert sample_of({"load": [10**400], "mem_total": 1}, NOW) == MetricSample(
+        at=NOW, mem_total=1.0)
 
 
 # ------------------------------------------------------------------------- the frame
