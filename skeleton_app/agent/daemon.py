@@ -258,16 +258,17 @@ class Agent:
                     registry.close()
 
     def _prune(self, registry: Registry) -> None:
-        """Prune and down-sample this node's history, at most every PRUNE_EVERY seconds
-        (registry/metrics_retention.py: one short transaction). A failure is logged once
+        """Prune and down-sample this node's history every PRUNE_EVERY seconds, or with every
+        heartbeat while a backlog lasts (registry/metrics_retention.py: one short transaction
+        each). A failure is logged once
         per change and never stops the heartbeats."""
         now = time.monotonic()
         if not isinstance(registry, PostgresRegistry) or now < self._next_prune:
             return
         self._next_prune = now + PRUNE_EVERY
         try:
-            registry.prune_history(self.node.id,
-                                   retention=self.settings.registry.metrics_retention)
+            outcome = registry.prune_history(self.node.id,
+                                             retention=self.settings.registry.metrics_retention)
         except SkeletonError as exc:
             if not self._prune_failing:
                 log.warning("cannot prune the metrics history (retrying every %gs): %s",
@@ -277,6 +278,8 @@ class Agent:
         if self._prune_failing:
             log.info("metrics history pruned again")
         self._prune_failing = False
+        if outcome.more:  # a backlog (bounded chunks): the next one with the next heartbeat
+            self._next_prune = now
 
     def _check_role(self, registry: Registry) -> None:
         """ForeignRoleError unless the DSN logs in as this node's own role. Row-level

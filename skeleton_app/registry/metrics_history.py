@@ -127,20 +127,24 @@ WITH rows AS (
          unnest(r.gpu_util, r.gpu_mem_used, r.gpu_mem_total) WITH ORDINALITY
              AS g(util, used, total, i)
     GROUP BY r.node_id, r.b, g.i
+), gpu_arrays AS (  -- joined: a subquery per bucket scanned every bucket's GPUs each time
+    SELECT node_id, b, array_agg(util ORDER BY i) AS util, array_agg(used ORDER BY i) AS used,
+           array_agg(total ORDER BY i) AS total
+    FROM gpus GROUP BY node_id, b
+), buckets AS (
+    SELECT r.node_id, r.b,
+           {_wavg("r.load1")} AS load1, {_wavg("r.cpu_busy")} AS cpu_busy,
+           {_wavg("r.mem_total")} AS mem_total, {_wavg("r.mem_available")} AS mem_available,
+           {_wavg("r.disk_total")} AS disk_total, {_wavg("r.disk_free")} AS disk_free,
+           max(r.jobs_running) AS jobs_running
+    FROM rows r
+    GROUP BY r.node_id, r.b
 )
-SELECT r.node_id, extract(epoch FROM r.b)::double precision,
-       {_wavg("r.load1")}, {_wavg("r.cpu_busy")},
-       {_wavg("r.mem_total")}, {_wavg("r.mem_available")},
-       {_wavg("r.disk_total")}, {_wavg("r.disk_free")}, max(r.jobs_running),
-       (SELECT array_agg(g.util ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b),
-       (SELECT array_agg(g.used ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b),
-       (SELECT array_agg(g.total ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b)
-FROM rows r
-GROUP BY r.node_id, r.b
-ORDER BY r.node_id, r.b
+SELECT k.node_id, extract(epoch FROM k.b)::double precision, k.load1, k.cpu_busy,
+       k.mem_total, k.mem_available, k.disk_total, k.disk_free, k.jobs_running,
+       a.util, a.used, a.total
+FROM buckets k LEFT JOIN gpu_arrays a ON a.node_id = k.node_id AND a.b = k.b
+ORDER BY k.node_id, k.b
 LIMIT %(limit)s
 """
 

@@ -14,3 +14,13 @@ ALTER TABLE node_metrics ADD COLUMN samples integer NOT NULL DEFAULT 1
 
 CREATE INDEX node_metrics_node_at ON node_metrics (node_id, at);
 DROP INDEX node_metrics_at;
+
+-- The same policy as 0004's, with skeleton_node_of in scalar subqueries: evaluated once per
+-- statement instead of once per row (a daemon's prune of 1680 rows spent 0.1 s of 0.3 s
+-- calling it row by row).
+DROP POLICY node_metrics_own_rows ON node_metrics;
+CREATE POLICY node_metrics_own_rows ON node_metrics
+    USING ((SELECT skeleton_node_of(current_user)) IS NULL
+           OR node_id = (SELECT skeleton_node_of(current_user)))
+    WITH CHECK ((SELECT skeleton_node_of(current_user)) IS NULL
+                OR node_id = (SELECT skeleton_node_of(current_user)));
