@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,6 +31,9 @@ from skeleton_app.agent.metrics import CpuMeter, gpu_report, read_meminfo
 from skeleton_app.agent.running_jobs import jobs_running
 
 MIB = 1 << 20
+# The classic text format, which every Prometheus reads (prometheus_client >= 0.22 announces
+# 1.0.0, for UTF-8 metric names; ours are all classic names, so the text is the same).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LABEL_LIMIT = 128  # characters of a node-supplied label value (a GPU's name or uuid)
 
 
@@ -150,4 +153,4 @@ def exposition(collector: Collector) -> Callable[[], tuple[bytes, str]]:
     registry of its own."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+    return lambda: (generate_latest(registry), CONTENT_TYPE)
