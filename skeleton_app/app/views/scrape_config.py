@@ -43,10 +43,10 @@ def scrape_config(nodes: Sequence[Node], *, token_file: str | None,
 def render(nodes: Sequence[Node], *, token_set: bool, token_file: str = DEFAULT_TOKEN_FILE,
            job_name: str = DEFAULT_JOB) -> str:
     """The YAML to paste into prometheus.yml, with a comment line on top."""
-    head = (f"# skeleton: {len(nodes)} node(s); the bearer token is read from {token_file}"
-            " (daemon.health_token)\n") if token_set else (
-        "# skeleton: daemon.health_token is not set: each daemon has a random token, so"
-        " /metrics answers only on loopback; set it to scrape from elsewhere\n")
+    head = (f"# skeleton: {len(nodes)} node(s); put daemon.health_token in {token_file}\n"
+            if token_set else
+            "# skeleton: daemon.health_token is not set: each daemon has a random token, so\n"
+            "# /metrics answers only on loopback; set it to scrape from elsewhere\n")
     doc = scrape_config(nodes, token_file=token_file if token_set else None, job_name=job_name)
     # Node ids, hosts and roles are validated names: safe_dump quotes anything YAML would read
     # otherwise.
