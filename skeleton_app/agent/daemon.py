@@ -260,8 +260,7 @@ class Agent:
     def _prune(self, registry: Registry) -> None:
         """Prune and down-sample this node's history every PRUNE_EVERY seconds, or with every
         heartbeat while a backlog lasts (registry/metrics_retention.py: one short transaction
-        each). A failure is logged once
-        per change and never stops the heartbeats."""
+        each). A failure is logged once per change and never stops the heartbeats."""
         now = time.monotonic()
         if not isinstance(registry, PostgresRegistry) or now < self._next_prune:
             return
