@@ -3,11 +3,14 @@ against a real PostgreSQL (the `start_daemon` fixture of test_agent.py): the exp
 parsed with prometheus_client's own parser and checked against this machine's real values;
 GPU names from the shared nvidia-smi capture, made hostile, come back as the same text;
 the token rules are /health's; back-dated history rows are pruned and down-sampled by the
-daemon itself."""
+daemon itself; and a daemon on a namespaced test host is scraped by the controller over the
+bridge, with the token."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import urllib.error
@@ -15,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,11 +26,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from skeleton_app.agent import read_meminfo
+from skeleton_app.config import load_config
 from skeleton_app.nodes import Node
 from skeleton_app.registry import NodeSpec, PostgresRegistry
 from tests.registry.test_agent import Daemon, start_daemon, wait_for
 from tests.registry.test_metrics_retention import synthesize
 from tests.support.db_fixtures import TEST_DEFAULTS
+from tests.support.helpers import bootstrap_testbed
 from tests.support.shared_fixtures import nvidia_smi_fixture
 
 __all__ = ["start_daemon"]  # the fixture, used by name
@@ -162,3 +168,52 @@ def test_the_daemon_prunes_its_own_history(db_dsn: str,
     assert done[("other", 0)] > week  # another node's rows: not its own, untouched
     assert ("other", 60) not in done
     assert d.proc.poll() is None
+
+
+def test_a_testbed_hosts_daemon_serves_metrics_to_the_controller(make_testbed: Any) -> None:
+    """A daemon on a namespaced test host, from the host's own .venv (bootstrap installs
+    prometheus_client there), listens on the host's cluster address: the controller scrapes
+    it over the bridge with the token only, and the values are the host's own."""
+    from skeleton_app.testing import testbed as tb_mod
+
+    tb = make_testbed(1)
+    python = bootstrap_testbed(tb)
+    host = tb.hosts[0]
+    tb_mod.host_exec(tb, host.id, ["sh", "-c", "cat > /home/skeleton/app/config.yaml"],
+                     input=tb.config_path.read_text())
+    code = ("import sys, runpy; sys.argv = ['agent']; "
+            "runpy.run_module('skeleton_app.agent', run_name='__main__')")
+    launch = (f"cd /home/skeleton/app && setsid {python} -c {shlex.quote(code)}"
+              " </dev/null >/dev/null 2>&1 &")
+    tb_mod.host_exec(tb, host.id, ["su", "skeleton", "-s", "/bin/sh", "-c", launch])
+    port = load_config(tb.config_path, env={}).daemon.api_port
+    url = f"http://{host.ip}:{port}/metrics"
+
+    def answer(token: str | None) -> tuple[int, str]:
+        request = urllib.request.Request(url)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=15) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    assert wait_for(lambda: answer(None)[0], what="the daemon's port") == 401
+    token = tb_mod.host_exec(tb, host.id, [
+        "cat", "/home/skeleton/app/.skeleton-deploy/health-token"]).stdout.strip()
+    status, text = answer(token)
+    assert status == 200
+    m = {f.name: f for f in text_string_to_metric_families(text)}
+    facts = json.loads(tb_mod.host_exec(tb, host.id, ["su", "skeleton", "-s", "/bin/sh", "-c", (
+        f"{python} -c 'import json, os, shutil; print(json.dumps([os.cpu_count(),"
+        " shutil.disk_usage(\"/home/skeleton/app\").total]))'")]).stdout)
+    assert value(m, "skeleton_node_cpus") == facts[0]
+    assert value(m, "skeleton_node_disk_total_bytes") == facts[1]
+    assert value(m, "skeleton_node_memory_total_bytes") == read_meminfo()["MemTotal"]
+    assert m["skeleton_daemon_info"].samples[0].labels["node"] == host.id
+    pid = int(tb_mod.host_exec(tb, host.id, ["pgrep", "-u", "skeleton", "-f",
+                                             "skeleton_app.agent"]).stdout.split()[0])
+    tb_mod.host_exec(tb, host.id, ["kill", "-TERM", str(pid)])
