@@ -104,6 +104,9 @@ class RegistrySettings:
     # The node daemon's own credentials (`skeleton nodes credentials ID` writes them there):
     # when this file exists on the node, the daemon uses its DSN instead of `dsn`.
     node_dsn_file: str = "~/.config/skeleton/node.dsn"
+    # Heartbeat history kept (seconds, or a duration: 90m, 36h, 7d); each daemon prunes and
+    # down-samples its own rows (registry/metrics_retention.py).
+    metrics_retention: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +229,9 @@ _POSITIVE = {
     ("ssh", "connect_timeout"), ("ssh", "command_timeout"), ("ssh", "fanout"),
     ("ssh", "keepalive"), ("registry", "connect_timeout"), ("registry", "stale_after"),
     ("jobs", "max_attempts"), ("jobs", "lease"), ("jobs", "max_file_bytes"), ("jobs", "slots"),
-    ("jobs", "poll"), ("deploy", "keep_releases"),
+    ("jobs", "poll"), ("deploy", "keep_releases"), ("registry", "metrics_retention"),
 }
+_DURATIONS = {("registry", "metrics_retention")}  # seconds, or a number and s/m/h/d
 _NON_NEGATIVE = {("daemon", "stop_grace"), ("daemon", "start_grace"), ("logs", "lines"),
                  ("jobs", "cooldown"), ("jobs", "stderr_tail"), ("ssh", "persist")}
 # Every float setting is seconds. NaN passes any `<= 0` check and inf overflows socket and
@@ -313,6 +317,14 @@ def _coerce(value: Any, tp: Any, *, from_env: bool) -> Any:
     raise ValueError
 
 
+def _duration(value: Any) -> Any:
+    """`90m`, `36h`, `7d` (or `120s`) as seconds; anything else is left for `_coerce`."""
+    if isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*",
+                                                     value)):
+        return float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    return value
+
+
 def _build_section(
     name: str, raw: Mapping[str, Any], sources: Mapping[str, str], env_keys: set[str]
 ) -> Any:
@@ -327,10 +339,14 @@ def _build_section(
                               key=f"{name}.{clip(str(key))}")
         tp = hints[key]
         try:
+            if (name, key) in _DURATIONS:
+                value = _duration(value)
             coerced = _coerce(value, tp, from_env=key in env_keys)
         except (ValueError, TypeError):
+            expected = ("seconds or a duration (90m, 36h, 7d)" if (name, key) in _DURATIONS
+                        else _type_name(tp))
             raise ConfigError(
-                f"expected {_type_name(tp)}, got {shown(value)}", source=src,
+                f"expected {expected}, got {shown(value)}", source=src,
                 key=f"{name}.{key}"
             ) from None
         if isinstance(coerced, float) and not (math.isfinite(coerced)

@@ -3,7 +3,7 @@ mesh` can compare them with what runs. A value type, the store protocol both sto
 implement, and the one check every stored record is read through (a row or a state file is
 untrusted input: a bad record is skipped with a warning, never a crash).
 
-Stores: `registry.jack_links.PostgresLinkStore` (table `jack_links`, migration 0005) when a
+Stores: `registry.jack_links.PostgresLinkStore` (table `jack_links`, migration 0006) when a
 registry is configured, else `ops.jack.link_file.FileLinkStore` (a 0600 state file on the
 controller). A value module beside jack_settings.py: no psycopg, no I/O.
 """

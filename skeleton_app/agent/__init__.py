@@ -12,12 +12,15 @@ What `skeleton cluster daemon start` starts on every node. It:
    `registry.dsn` / `SKELETON_DATABASE_URL` (the operator's, which may rewrite every row),
    and checks on every connection that its role is this node's own, else it refuses the DSN.
    Without credentials it serves /health only and says once, in its log, what to run;
-3. sends a heartbeat every few seconds (daemon.py): last_seen, load, memory, disk, GPUs
-   (metrics.py) and the code version (version.py);
+3. sends a heartbeat every few seconds (daemon.py): last_seen, load, memory, disk, GPUs,
+   running job attempts (metrics.py, running_jobs.py) and the code version (version.py);
+   once a minute it prunes and down-samples its own rows of the history
+   (registry/metrics_retention.py);
 4. answers `GET /health` on the node's api_port, on the node's own cluster address
    (health.py): without a token just `{"status": "ok"}`, with the token the details (node id,
    pid, started_at, uptime, code version, skeleton_app version, registry state), which
-   rolling restarts use;
+   rolling restarts use; and `GET /metrics` in the Prometheus text format (prometheus.py),
+   open on loopback, token required elsewhere;
 5. on SIGTERM (or SIGINT) marks itself stopped and exits 0 (main.py: `run_daemon`, `main`,
    and the daemon's log file).
 """

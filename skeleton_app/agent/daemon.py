@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
@@ -22,11 +23,13 @@ from skeleton_app import __version__
 from skeleton_app.agent import health
 from skeleton_app.agent.identity import missing_hint
 from skeleton_app.agent.metrics import capabilities, metrics
+from skeleton_app.agent.prometheus import DaemonFacts, NodeCollector, exposition
 from skeleton_app.agent.version import code_version
 from skeleton_app.config import Settings
 from skeleton_app.errors import ConfigError, ForeignRoleError, SkeletonError
 from skeleton_app.nodes import Node
 from skeleton_app.registry import PostgresRegistry, Registry, open_registry
+from skeleton_app.registry.metrics_retention import PRUNE_EVERY
 
 log = logging.getLogger("skeleton_app.agent")
 
@@ -97,6 +100,8 @@ class Agent:
         self._db_lock = threading.Lock()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._next_prune = 0.0  # time.monotonic() of the next prune of the history
+        self._prune_failing = False
 
     # -- state shared with the health endpoint
 
@@ -116,6 +121,10 @@ class Agent:
             "skeleton_app": __version__,
             "db": db,
         }
+
+    def _db_state(self) -> str:
+        with self._db_lock:
+            return self.db.state
 
     def _set_db(self, state: str, error: str | None = None) -> None:
         """Record the registry's state; log only when it changes (not on every retry)."""
@@ -142,9 +151,14 @@ class Agent:
     def start_health_server(self) -> ThreadingHTTPServer:
         """Serve /health in a thread (see skeleton_app.agent.health); an address this
         machine does not have falls back to loopback, and `health_bind` says so."""
+        collector = NodeCollector(
+            DaemonFacts(node_id=self.node.id, app_dir=self.app_dir,
+                        started=self.started.timestamp(), code_version=self.code_version),
+            registry_state=self._db_state)
         server, self.health_bind = health.serve(
             self.health_bind, self.node.api_port, token=self.health_token,
-            report=lambda authorized: self.health(details=authorized))
+            report=lambda authorized: self.health(details=authorized),
+            metrics=exposition(collector))
         self._server = server
         return server
 
@@ -222,6 +236,7 @@ class Agent:
                         self.db.heartbeats += 1
                     self._set_db("up")
                     backoff = self.interval
+                    self._prune(registry)
                 except ForeignRoleError as exc:
                     self._set_db("refused", str(exc))
                     log.error("%s", exc)
@@ -241,6 +256,29 @@ class Agent:
             if registry is not None:
                 with contextlib.suppress(Exception):
                     registry.close()
+
+    def _prune(self, registry: Registry) -> None:
+        """Prune and down-sample this node's history every PRUNE_EVERY seconds, or with every
+        heartbeat while a backlog lasts (registry/metrics_retention.py: one short transaction
+        each). A failure is logged once per change and never stops the heartbeats."""
+        now = time.monotonic()
+        if not isinstance(registry, PostgresRegistry) or now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        try:
+            outcome = registry.prune_history(self.node.id,
+                                             retention=self.settings.registry.metrics_retention)
+        except SkeletonError as exc:
+            if not self._prune_failing:
+                log.warning("cannot prune the metrics history (retrying every %gs): %s",
+                            PRUNE_EVERY, exc)
+            self._prune_failing = True
+            return
+        if self._prune_failing:
+            log.info("metrics history pruned again")
+        self._prune_failing = False
+        if outcome.more:  # a backlog (bounded chunks): the next one with the next heartbeat
+            self._next_prune = now
 
     def _check_role(self, registry: Registry) -> None:
         """ForeignRoleError unless the DSN logs in as this node's own role. Row-level

@@ -6,6 +6,10 @@ restarts use. The token is `daemon.health_token`, else the one in the token file
 across restarts), else a random one; it is written to `<app_dir>/.skeleton-deploy/
 health-token` (0600) for the node's own user (health.sh).
 
+`GET /metrics` (agent/prometheus.py) is served here too, on the same address: open when that
+address is a loopback one (only this machine reaches it), else only with the same token (401
+without).
+
 Dependency-light on purpose: the standard library's http.server in a thread, no framework.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -87,9 +92,22 @@ def write_token(app_dir: str, token: str) -> None:
         log.warning("cannot write the /health token to %s: %s", path, exc.strerror)
 
 
+def is_loopback(address: str) -> bool:
+    """Whether `address` (an IP or `localhost`) is reachable only from this machine."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(bind: str, port: int, *, token: str,
-          report: Callable[[bool], Mapping[str, Any]]) -> tuple[ThreadingHTTPServer, str]:
+          report: Callable[[bool], Mapping[str, Any]],
+          metrics: Callable[[], tuple[bytes, str]] | None = None,
+          ) -> tuple[ThreadingHTTPServer, str]:
     """Serve /health in a thread on `bind`:`port`; `report(authorized)` is the answer.
+    `metrics`: /metrics's body and content type (none: /metrics is 404).
     Returns the server and the address it listens on (see `_bind`)."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -97,10 +115,29 @@ def serve(bind: str, port: int, *, token: str,
         timeout = 5  # a client that never sends its request must not pin a thread
 
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/health":
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics" and metrics is not None:
+                self._metrics(metrics)
+                return
+            if path != "/health":
                 self._send(404, {"error": "not found"})
                 return
             self._send(200, report(self._authorized()))
+
+        def _metrics(self, render: Callable[[], tuple[bytes, str]]) -> None:
+            address = self.server.server_address
+            bound = str(address[0]) if isinstance(address, tuple) else ""
+            if not is_loopback(bound) and not self._authorized():
+                self._send(401, {"error": "a bearer token is required"},
+                           headers={"WWW-Authenticate": 'Bearer realm="skeleton"'})
+                return
+            data, content_type = render()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
 
         def _authorized(self) -> bool:
             given = self.headers.get("Authorization", "")
@@ -109,9 +146,12 @@ def serve(bind: str, port: int, *, token: str,
             return scheme.lower() == "bearer" and hmac.compare_digest(
                 offered.strip().encode(), token.encode())
 
-        def _send(self, code: int, body: Mapping[str, Any]) -> None:
+        def _send(self, code: int, body: Mapping[str, Any],
+                  headers: Mapping[str, str] | None = None) -> None:
             data = (json.dumps(body) + "\n").encode()
             self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from skeleton_app import __version__, gpu
+from skeleton_app.agent.running_jobs import jobs_running
 
 GPU_TIMEOUT = 10.0  # nvidia-smi can hang on a wedged driver
 
@@ -179,4 +180,7 @@ def metrics(app_dir: str) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         usage = shutil.disk_usage(app_dir if os.path.isdir(app_dir) else "/")
         out.update(disk_total=usage.total, disk_free=usage.free)
+    running = jobs_running(app_dir)
+    if running is not None:  # a node without a jobs dir never ran a job: no such field
+        out["jobs_running"] = running
     return out

@@ -1,4 +1,4 @@
-"""The JackTrip link records in PostgreSQL (table `jack_links`, migration 0005): the
+"""The JackTrip link records in PostgreSQL (table `jack_links`, migration 0006): the
 `LinkStore` of `skeleton jack link|unlink|mesh` when a registry is configured. Its own
 connection (PostgresSession: opened on first use, schema-checked, every psycopg error a
 RegistryError); rows are read back through `record_from_mapping`'s checks.

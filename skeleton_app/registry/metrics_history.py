@@ -107,35 +107,48 @@ def insert_sample(conn: psycopg.Connection[Any], node_id: str,
 
 
 # Bucket averages in SQL: per-GPU arrays are averaged element by element (WITH ORDINALITY).
-_HISTORY_SQL = """
+# Each row weighs what it stands for (`samples`: 1 for a heartbeat, more for a down-sampled
+# row, see metrics_retention.py), so a bucket that mixes steps averages over heartbeats.
+# (node_id, at) is indexed (migration 0005): a read scans only its range however big the
+# table, and returns at most points + 1 buckets per node (LIMIT).
+def _wavg(column: str) -> str:
+    return (f"sum({column}::float8 * w)"
+            f" / nullif(sum(w) FILTER (WHERE {column} IS NOT NULL), 0)")
+
+
+_HISTORY_SQL = f"""
 WITH rows AS (
     SELECT node_id, date_bin(make_interval(secs => %(width)s), at, 'epoch'::timestamptz) AS b,
-           load1, cpu_busy, mem_total, mem_available, disk_total, disk_free,
+           samples AS w, load1, cpu_busy, mem_total, mem_available, disk_total, disk_free,
            gpu_util, gpu_mem_used, gpu_mem_total, jobs_running
     FROM node_metrics
     WHERE node_id = ANY(%(ids)s::text[]) AND at >= to_timestamp(%(since)s)
 ), gpus AS (
     SELECT r.node_id, r.b, g.i,
-           avg(g.util) AS util, avg(g.used) AS used, avg(g.total) AS total
+           {_wavg("g.util")} AS util, {_wavg("g.used")} AS used, {_wavg("g.total")} AS total
     FROM rows r,
          unnest(r.gpu_util, r.gpu_mem_used, r.gpu_mem_total) WITH ORDINALITY
              AS g(util, used, total, i)
     GROUP BY r.node_id, r.b, g.i
+), gpu_arrays AS (  -- joined: a subquery per bucket scanned every bucket's GPUs each time
+    SELECT node_id, b, array_agg(util ORDER BY i) AS util, array_agg(used ORDER BY i) AS used,
+           array_agg(total ORDER BY i) AS total
+    FROM gpus GROUP BY node_id, b
+), buckets AS (
+    SELECT r.node_id, r.b,
+           {_wavg("r.load1")} AS load1, {_wavg("r.cpu_busy")} AS cpu_busy,
+           {_wavg("r.mem_total")} AS mem_total, {_wavg("r.mem_available")} AS mem_available,
+           {_wavg("r.disk_total")} AS disk_total, {_wavg("r.disk_free")} AS disk_free,
+           max(r.jobs_running) AS jobs_running
+    FROM rows r
+    GROUP BY r.node_id, r.b
 )
-SELECT r.node_id, extract(epoch FROM r.b)::double precision,
-       avg(r.load1), avg(r.cpu_busy),
-       -- avg of a bigint is numeric (a Decimal in Python): read back as double precision
-       avg(r.mem_total)::float8, avg(r.mem_available)::float8,
-       avg(r.disk_total)::float8, avg(r.disk_free)::float8, max(r.jobs_running),
-       (SELECT array_agg(g.util ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b),
-       (SELECT array_agg(g.used ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b),
-       (SELECT array_agg(g.total ORDER BY g.i) FROM gpus g
-            WHERE g.node_id = r.node_id AND g.b = r.b)
-FROM rows r
-GROUP BY r.node_id, r.b
-ORDER BY r.node_id, r.b
+SELECT k.node_id, extract(epoch FROM k.b)::double precision, k.load1, k.cpu_busy,
+       k.mem_total, k.mem_available, k.disk_total, k.disk_free, k.jobs_running,
+       a.util, a.used, a.total
+FROM buckets k LEFT JOIN gpu_arrays a ON a.node_id = k.node_id AND a.b = k.b
+ORDER BY k.node_id, k.b
+LIMIT %(limit)s
 """
 
 
@@ -163,9 +176,11 @@ class MetricsHistory(PostgresSession):
         if seconds <= 0 or points <= 0:
             raise ValueError("seconds and points must be positive")
         width = max(1.0, seconds / points)
+        ids = list(dict.fromkeys(node_ids))
         with self._session("cannot read the metrics history") as conn:
             rows = conn.execute(_HISTORY_SQL, {
-                "width": width, "ids": list(node_ids), "since": time.time() - seconds,
+                "width": width, "ids": ids, "since": time.time() - seconds,
+                "limit": len(ids) * (int(seconds / width) + 2),
             }).fetchall()
         out: dict[str, list[MetricSample]] = {}
         for row in rows:

@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from skeleton_app.errors import RegistryError, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.registry.metrics_history import MetricsHistory, insert_sample
+from skeleton_app.registry.metrics_retention import MetricsRetention
 from skeleton_app.registry.queries import (
     NODE_COLUMNS,
     REGISTER_SELF_SQL,
@@ -239,7 +240,7 @@ class NodeTable(PostgresSession):
     # -- runs
 
 
-class PostgresRegistry(NodeTable, NodeRoles, RunJournal, MetricsHistory):
+class PostgresRegistry(NodeTable, NodeRoles, RunJournal, MetricsHistory, MetricsRetention):
     """The registry in PostgreSQL. One connection, opened on first use and reopened after
     a failure, so a long-running daemon survives a database restart. Thread-safe.
     """

@@ -1,4 +1,4 @@
-"""The JackTrip link records in PostgreSQL (migration 0005, registry/jack_links.py): put,
+"""The JackTrip link records in PostgreSQL (migration 0006, registry/jack_links.py): put,
 load, delete in either direction, one link per pair of nodes, bad rows skipped with a
 warning, and node roles get no access to the table (operator-owned)."""
 

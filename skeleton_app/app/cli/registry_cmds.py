@@ -200,18 +200,40 @@ def nodes_import(ctx: click.Context, path: str, config: str | None) -> int:
 
 @nodes.command("export")
 @config_option
+@click.option("--prometheus", is_flag=True,
+              help="Print the Prometheus scrape config for the daemons' /metrics instead.")
+@click.option("--token-file", default="/etc/prometheus/skeleton-health-token",
+              show_default=True, metavar="PATH",
+              help="With --prometheus: where Prometheus reads daemon.health_token from.")
 @click.pass_context
-def nodes_export(ctx: click.Context, config: str | None) -> int:
-    """Print the table as a config.yaml `nodes:` list."""
+def nodes_export(ctx: click.Context, config: str | None, prometheus: bool,
+                 token_file: str) -> int:
+    """Print the table as a config.yaml `nodes:` list (--prometheus: as a scrape config)."""
     import yaml
 
     from skeleton_app.registry import export_nodes
 
+    if prometheus:
+        return _export_prometheus(ctx, config, token_file)
     with _registry(ctx, config) as registry:
         items, warnings = export_nodes(registry)
     for warning in warnings:
         click.echo(f"skeleton: warning: {warning}", err=True)
     click.echo(yaml.safe_dump({"nodes": items}, sort_keys=False), nl=False)
+    return 0
+
+
+def _export_prometheus(ctx: click.Context, config: str | None, token_file: str) -> int:
+    from skeleton_app.app.views import scrape_config
+
+    settings = prepare(ctx, config, None).settings()
+    with _registry(ctx, config) as registry:
+        entries, warnings = registry.list_entries(enabled_only=False)
+    for warning in warnings:
+        click.echo(f"skeleton: warning: {warning}", err=True)
+    approved = [e.node for e in entries if e.approved]  # a pending node is nobody's yet
+    click.echo(scrape_config.render(approved, token_set=bool(settings.daemon.health_token),
+                                    token_file=token_file), nl=False)
     return 0
 
 

@@ -1,4 +1,4 @@
--- 0005: the JackTrip links that should exist (`skeleton jack link`; the value and its checks
+-- 0006: the JackTrip links that should exist (`skeleton jack link`; the value and its checks
 -- in skeleton_app/jack_link_records.py, the store in skeleton_app/registry/jack_links.py).
 -- (0004 is #16's metrics history.)
 --
