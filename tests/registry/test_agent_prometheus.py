@@ -119,9 +119,10 @@ def test_metrics_are_the_nodes_real_values(db_dsn: str, start_daemon: Callable[.
             assert value(scrape(d), "skeleton_node_jobs_running") == 0
         finally:
             sleeper.kill()
-    # The heartbeat carries the count too (into the history's jobs_running).
-    entry = wait_for(lambda: (e := d.entry()) and "jobs_running" in e.metrics and e,
-                     what="jobs_running in a heartbeat")
+    # The heartbeat carries the count too (into the history's jobs_running): a heartbeat
+    # sent while the attempt ran says 1, the next ones 0.
+    entry = wait_for(lambda: (e := d.entry()) and e.metrics.get("jobs_running") == 0 and e,
+                     what="jobs_running 0 in a heartbeat after the attempt ended")
     assert entry.metrics["jobs_running"] == 0
 
 
