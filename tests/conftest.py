@@ -26,7 +26,8 @@ so a module fixture is made once. For a new test file that means:
     `pytestmark = pytest.mark.xdist_group("sudo")` (one worker, one after the other);
     `sudo_rules` also holds a machine-wide lock, so it is safe anyway, only slower;
   - a test that times something runs next to other busy workers: poll with a deadline,
-    never assert a tight bound measured on a quiet machine.
+    never assert a tight bound measured on a quiet machine; one that needs the CPUs to
+    itself (burns them on purpose) is `@pytest.mark.solo`: the other workers pause.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from skeleton_app.config import Settings, load_config
 from skeleton_app.testing import localdb
 from skeleton_app.testing import testbed as tb_mod
 from skeleton_app.testing.testbed import Testbed
+from tests.support import solo
 from tests.support.helpers import RUN_DIR_ENV, bootstrap_testbed
 
 pytest_plugins = ["tests.support.db_fixtures"]  # PostgreSQL: postgres, db_dsn, registry, ...
@@ -56,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """In the main process only (the xdist controller, or the one process without xdist):
     the run's directory, shared by its workers (they inherit the environment)."""
     config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker")
+    config.addinivalue_line("markers", "solo: the suite's other workers pause meanwhile")
     if hasattr(config, "workerinput") or RUN_DIR_ENV in os.environ:
         return
     run_dir = Path(tempfile.mkdtemp(prefix="skeleton-test-run-", dir="/tmp"))
@@ -82,6 +85,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from tests.support.xdist_schedule import ModuleScheduling
 
     return ModuleScheduling(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _solo_gate(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`@pytest.mark.solo` tests run alone among the run's workers (tests/support/solo.py)."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if not run_dir or not Path(run_dir).is_dir():
+        yield
+        return
+    with solo.gate(Path(run_dir), request.node.get_closest_marker("solo") is not None):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from skeleton_app.agent.metrics import CpuMeter, CpuSample, busy_between, cpu_sample, metrics
 
 # Burns `s` seconds of CPU (not of wall time: on a loaded machine that may take longer).
@@ -48,6 +50,7 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+@pytest.mark.solo  # other workers' processes ending between the readings would be counted
 def test_cpu_busy_counts_what_a_burning_process_used() -> None:
     """cpu_busy covers at least the CPU a burner got (measured on the burner itself, so a
     machine loaded by others, outside this namespace, cannot fail the test)."""

@@ -113,6 +113,7 @@ def silent_server() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.solo  # compares two timings: the other workers must not stretch one of them
 def test_a_hanging_registry_never_hangs_the_shell(config: Path, silent_server: int) -> None:
     def timed(env: Mapping[str, str]) -> tuple[list[str], float]:
         started = time.monotonic()
