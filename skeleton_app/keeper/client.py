@@ -185,6 +185,8 @@ class KeeperRunner:
         timeout = options.timeout
         if timeout is None and not options.unbounded:
             timeout = self.settings.op_timeout
+        if options.stdin is not None and len(options.stdin) > protocol.MAX_PAYLOAD:
+            raise _NotStarted  # more than the keeper takes in one frame
         header = {"op": "run", "ssh": self._wire, "node": node_to_wire(node),
                   "command": command, "timeout": timeout, "unbounded": options.unbounded,
                   "cancellable": options.cancellable, "stream": options.sink is not None,
