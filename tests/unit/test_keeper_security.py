@@ -5,8 +5,11 @@ trusted by a held connector, and frames sized to exhaust the keeper's memory."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from skeleton_app.config import SSHSettings
 from skeleton_app.keeper import protocol
 from skeleton_app.keeper.client import ping, request
 from skeleton_app.keeper.held import Digests, connection_key
-from skeleton_app.keeper.paths import KeeperPaths
+from skeleton_app.keeper.paths import KeeperPathError, KeeperPaths, base_dir, check_dir
 from skeleton_app.keeper.server import Keeper
 from skeleton_app.nodes import Node
 
@@ -104,3 +107,54 @@ def test_a_command_with_more_stdin_than_a_frame_takes_runs_without_the_keeper(
     big = RunOptions(stdin=b"\0" * (protocol.MAX_PAYLOAD + 1))
     with pytest.raises(_NotStarted):  # KeeperRunner.run then runs it itself
         runner._through_keeper(Node(id="n1", host="10.0.0.1"), "cat", big)
+
+
+def test_a_runtime_dir_that_is_not_private_is_not_used(tmp_path: Path) -> None:
+    # `su` keeps the first user's XDG_RUNTIME_DIR: one that is not ours and private is
+    # passed over for the cache dir.
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    runtime.chmod(0o777)
+    env = {"XDG_RUNTIME_DIR": str(runtime), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert base_dir(env) == tmp_path / "cache" / "skeleton" / "run"
+    runtime.chmod(0o700)
+    assert base_dir(env) == runtime / "skeleton"
+
+
+def test_a_keeper_dir_that_others_may_rename_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename our directory away and put theirs there
+    (shared / "skeleton").mkdir(mode=0o700)
+    with pytest.raises(KeeperPathError, match="writable by group or others"):
+        check_dir(shared / "skeleton")
+    shared.chmod(0o1777)  # sticky, like /tmp: only we may rename what is ours
+    check_dir(shared / "skeleton")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a server as another uid")
+def test_a_socket_served_by_another_uid_is_no_keeper() -> None:
+    # Whoever swapped the directory (see paths) serves the socket as themselves: a client
+    # must not hand them its command, stdin or sudo password.
+    shared = Path(tempfile.mkdtemp(prefix="revsec-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)
+        sock_path = shared / "keeper.sock"
+        fake = ("import json, os, socket, struct, sys\n"
+                "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])\n"
+                "os.chmod(sys.argv[1], 0o666); s.listen(4); print('ready', flush=True)\n"
+                "c, _ = s.accept(); c.recv(4096)\n"
+                "h = json.dumps({'op': 'hello', 'pid': 4242, 'v': 1}).encode()\n"
+                "c.sendall(struct.pack('!II', len(h), 0) + h); c.recv(1)\n")
+        proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "/usr/bin/python3", "-c", fake, str(sock_path)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            assert ping(KeeperPaths(shared), timeout=2) is None
+        finally:
+            proc.kill()
+            proc.wait(10)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
