@@ -15,6 +15,7 @@ Dependency-light on purpose: the standard library's http.server in a thread, no 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
@@ -26,6 +27,7 @@ import secrets
 import socket
 import socketserver
 import stat
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,8 +41,47 @@ from skeleton_app.errors import ConfigError
 log = logging.getLogger("skeleton_app.agent")
 
 
+# A thread and a file descriptor per connection: past this many at once a new one is closed
+# unanswered, so a flood of idle connections (the port may face the network) cannot use up
+# the daemon's fds, which its jobs, registry and log need.
+MAX_CONNECTIONS = 32
+# Seconds one request may take in all: the handler's `timeout` bounds each read, not a client
+# trickling a byte per read (slowloris).
+REQUEST_DEADLINE = 10.0
+
+
 class _HealthServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never delays the daemon's exit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
+        timer.daemon = True
+        timer.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client gone mid-answer (or cut at its deadline) is nothing to report; a bug is,
+        # in the daemon's log (the base class prints to stderr).
+        if not isinstance(sys.exc_info()[1], OSError):
+            log.exception("/health request from %s failed", client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our FQDN: on a node without a reachable resolver
@@ -49,6 +90,11 @@ class _HealthServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+
+def _cut(request: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        request.shutdown(socket.SHUT_RDWR)
 
 
 class _HealthServer6(_HealthServer):

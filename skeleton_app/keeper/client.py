@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -45,11 +46,21 @@ class _NotStarted(Exception):
     """The keeper did not take the request: run it here."""
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
 def connect(paths: KeeperPaths, timeout: float) -> socket.socket:
+    """A connection to the keeper; OSError (no keeper: run cold) when the process listening
+    there is not of our uid: our commands, their stdin and sudo passwords go to it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(str(paths.socket))
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        uid = _PEERCRED.unpack(raw)[1]
+        if uid != os.getuid():
+            raise ConnectionRefusedError(f"the keeper socket {paths.socket} is served by"
+                                         f" uid {uid}, not by us")
     except BaseException:
         sock.close()
         raise
@@ -185,6 +196,8 @@ class KeeperRunner:
         timeout = options.timeout
         if timeout is None and not options.unbounded:
             timeout = self.settings.op_timeout
+        if options.stdin is not None and len(options.stdin) > protocol.MAX_PAYLOAD:
+            raise _NotStarted  # more than the keeper takes in one frame
         header = {"op": "run", "ssh": self._wire, "node": node_to_wire(node),
                   "command": command, "timeout": timeout, "unbounded": options.unbounded,
                   "cancellable": options.cancellable, "stream": options.sink is not None,

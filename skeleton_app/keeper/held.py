@@ -3,7 +3,8 @@ the log line for each one opened or closed.
 
 A key is everything a connection depends on (`connection_key`): the resolved ssh settings,
 the node's address and login, the identity file as a file (path, inode, mtime, size) and the
-contents of known_hosts and ~/.ssh/config. Each key has a `Connector` of its own: a
+contents of known_hosts (ssh.known_hosts and the system's and user's default ones, which a
+connector also trusts) and ~/.ssh/config. Each key has a `Connector` of its own: a
 Connector's pool is keyed by node address only, so two identity files for one node must
 never share one.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 from skeleton_app.config import SSHSettings
 from skeleton_app.nodes import Node
+from skeleton_app.ssh.hostkeys import SYSTEM_KNOWN_HOSTS
 from skeleton_app.ssh.pool import Connector
 
 # The resolved settings plus the files behind them, as facts (see module docstring).
@@ -71,6 +73,8 @@ def connection_key(ssh: SSHSettings, node: Node, digests: Digests) -> Connection
         (node.id, node.user, node.host, node.port),
         _file_fact(node.identity_file or ssh.identity_file),
         digests.digest(ssh.known_hosts),
+        # A connector reads these once too (KeyStores): a key revoked there is a new key.
+        tuple(digests.digest(path) for path in SYSTEM_KNOWN_HOSTS),
         digests.digest("~/.ssh/config") if ssh.ssh_config else None,
     )
 

@@ -27,7 +27,11 @@ VERSION = 1
 TICK = 1.0  # seconds between the keeper's "still running" frames during a command
 _HEAD = struct.Struct("!II")
 MAX_HEADER = 1 << 20
-MAX_PAYLOAD = 1 << 30  # stdin is at most 64 MiB (exec --stdin); a bound against garbage
+# The largest payload is a command's stdin: exec --stdin's 64 MiB plus sudo's lines, a job's
+# 64 MiB input file in base64 (~88 MiB). A frame announcing more is refused before it is
+# read (each one is held whole in the keeper's memory); a client with more stdin than this
+# runs that command itself (client.KeeperRunner).
+MAX_PAYLOAD = 128 << 20
 
 Frame = tuple[dict[str, Any], bytes]
 

@@ -110,7 +110,11 @@ def insert_sample(conn: psycopg.Connection[Any], node_id: str,
 # Each row weighs what it stands for (`samples`: 1 for a heartbeat, more for a down-sampled
 # row, see metrics_retention.py), so a bucket that mixes steps averages over heartbeats.
 # (node_id, at) is indexed (migration 0005): a read scans only its range however big the
-# table, and returns at most points + 1 buckets per node (LIMIT).
+# table, and returns at most points + 2 buckets per node, the newest (`per_node`). A node's
+# role may write any `at` in its own rows (RLS checks only the node): rows dated after now
+# (heartbeats are dated by the server's clock) are not read, and the bound is per node, so
+# one node's rows never crowd the others out of a read; its GPU arrays are cut to MAX_GPUS
+# here, not after they crossed the wire.
 def _wavg(column: str) -> str:
     return (f"sum({column}::float8 * w)"
             f" / nullif(sum(w) FILTER (WHERE {column} IS NOT NULL), 0)")
@@ -120,9 +124,11 @@ _HISTORY_SQL = f"""
 WITH rows AS (
     SELECT node_id, date_bin(make_interval(secs => %(width)s), at, 'epoch'::timestamptz) AS b,
            samples AS w, load1, cpu_busy, mem_total, mem_available, disk_total, disk_free,
-           gpu_util, gpu_mem_used, gpu_mem_total, jobs_running
+           gpu_util[1:%(gpus)s] AS gpu_util, gpu_mem_used[1:%(gpus)s] AS gpu_mem_used,
+           gpu_mem_total[1:%(gpus)s] AS gpu_mem_total, jobs_running
     FROM node_metrics
     WHERE node_id = ANY(%(ids)s::text[]) AND at >= to_timestamp(%(since)s)
+          AND at <= now() + make_interval(secs => %(width)s)
 ), gpus AS (
     SELECT r.node_id, r.b, g.i,
            {_wavg("g.util")} AS util, {_wavg("g.used")} AS used, {_wavg("g.total")} AS total
@@ -142,13 +148,16 @@ WITH rows AS (
            max(r.jobs_running) AS jobs_running
     FROM rows r
     GROUP BY r.node_id, r.b
+), newest AS (
+    SELECT k.*, row_number() OVER (PARTITION BY k.node_id ORDER BY k.b DESC) AS n
+    FROM buckets k
 )
 SELECT k.node_id, extract(epoch FROM k.b)::double precision, k.load1, k.cpu_busy,
        k.mem_total, k.mem_available, k.disk_total, k.disk_free, k.jobs_running,
        a.util, a.used, a.total
-FROM buckets k LEFT JOIN gpu_arrays a ON a.node_id = k.node_id AND a.b = k.b
+FROM newest k LEFT JOIN gpu_arrays a ON a.node_id = k.node_id AND a.b = k.b
+WHERE k.n <= %(per_node)s
 ORDER BY k.node_id, k.b
-LIMIT %(limit)s
 """
 
 
@@ -180,7 +189,7 @@ class MetricsHistory(PostgresSession):
         with self._session("cannot read the metrics history") as conn:
             rows = conn.execute(_HISTORY_SQL, {
                 "width": width, "ids": ids, "since": time.time() - seconds,
-                "limit": len(ids) * (int(seconds / width) + 2),
+                "per_node": int(seconds / width) + 2, "gpus": MAX_GPUS,
             }).fetchall()
         out: dict[str, list[MetricSample]] = {}
         for row in rows:

@@ -121,6 +121,10 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # unt
                 os.close(fd)
 
 
+# Trusted besides ssh.known_hosts, as OpenSSH does (the keeper's connection key covers them).
+SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "~/.ssh/known_hosts")
+
+
 class KeyStores:
     """The system's and the user's known_hosts, parsed once (reading them per host costs at
     fan-out), shared by every client of one connector."""
@@ -130,8 +134,8 @@ class KeyStores:
         self.known_hosts = known_hosts
         self.lock = threading.Lock()  # one writer of known_hosts at a time
         self.system = HostKeys()
-        for path in ("/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")):
-            _load(self.system, path)
+        for path in SYSTEM_KNOWN_HOSTS:
+            _load(self.system, os.path.expanduser(path))
         self.user = HostKeys()
         _load(self.user, known_hosts)
 

@@ -21,6 +21,7 @@ import importlib.resources
 import signal
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -51,10 +52,42 @@ STATIC = {  # the files of static/ the page may load, and their types
     "favicon.svg": "image/svg+xml",
 }
 MAX_NODE_ID = 200
+# A thread and a file descriptor per connection: past this many at once a new one is closed
+# unanswered (a flood of idle connections must not exhaust the fds, which would leave accept
+# failing in a busy loop and the log followers and the registry unable to connect).
+MAX_CONNECTIONS = 64
+# Seconds one request may take from its first byte (or a kept-alive connection's idle wait)
+# to its answer: a client trickling a byte per `timeout` (slowloris) is cut here.
+REQUEST_DEADLINE = 30.0
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never delays Ctrl-C
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client gone mid-answer (or cut at its deadline) is no traceback on the terminal.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for our FQDN (seconds without a resolver).
@@ -167,6 +200,21 @@ class _Handler(BaseHTTPRequestHandler):
     server_state: WebServer
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a connection may sit idle or half-sent: no thread held forever
+
+    def handle_one_request(self) -> None:
+        timer = threading.Timer(REQUEST_DEADLINE, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        """The request's time is up: its reads and writes fail, its thread ends."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def version_string(self) -> str:
         return "skeleton-web"  # no Python version for a scanner to match
