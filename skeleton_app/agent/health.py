@@ -25,17 +25,16 @@ import os
 import re
 import secrets
 import socket
-import socketserver
 import stat
-import sys
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from skeleton_app import layout
 from skeleton_app.errors import ConfigError
+from skeleton_app.http_server import BoundedHTTPServer
 
 # One logger for the whole daemon: main.py gives it its handlers (the daemon's log file).
 log = logging.getLogger("skeleton_app.agent")
@@ -50,22 +49,9 @@ MAX_CONNECTIONS = 32
 REQUEST_DEADLINE = 10.0
 
 
-class _HealthServer(ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never delays the daemon's exit
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+class _HealthServer(BoundedHTTPServer):
+    def connection_cap(self) -> int:
+        return MAX_CONNECTIONS
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         timer = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
@@ -75,21 +61,9 @@ class _HealthServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             timer.cancel()
-            self._slots.release()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client gone mid-answer (or cut at its deadline) is nothing to report; a bug is,
-        # in the daemon's log (the base class prints to stderr).
-        if not isinstance(sys.exc_info()[1], OSError):
-            log.exception("/health request from %s failed", client_address)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for our FQDN: on a node without a reachable resolver
-        # (the testbed's hosts, many LANs) that blocks for 10 s before /health answers.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
+    def report_error(self, request: Any, client_address: Any) -> None:
+        log.exception("/health request from %s failed", client_address)  # the daemon's log
 
 
 def _cut(request: socket.socket) -> None:
@@ -151,7 +125,7 @@ def is_loopback(address: str) -> bool:
 def serve(bind: str, port: int, *, token: str,
           report: Callable[[bool], Mapping[str, Any]],
           metrics: Callable[[], tuple[bytes, str]] | None = None,
-          ) -> tuple[ThreadingHTTPServer, str]:
+          ) -> tuple[BoundedHTTPServer, str]:
     """Serve /health in a thread on `bind`:`port`; `report(authorized)` is the answer.
     `metrics`: /metrics's body and content type (none: /metrics is 404).
     Returns the server and the address it listens on (see `_bind`)."""
@@ -215,7 +189,7 @@ def serve(bind: str, port: int, *, token: str,
 
 
 def _bind(bind: str, port: int, handler: type[BaseHTTPRequestHandler]
-          ) -> tuple[ThreadingHTTPServer, str]:
+          ) -> tuple[BoundedHTTPServer, str]:
     """Listen on `bind`. An address this machine does not have (the node is reached through
     NAT or a port forward) falls back to loopback, with a warning: the controller queries
     /health over SSH on the node anyway."""

@@ -20,17 +20,16 @@ import contextlib
 import importlib.resources
 import signal
 import socket
-import socketserver
-import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from skeleton_app.http_server import BoundedHTTPServer
 from skeleton_app.web.api import WebApi, dumps
 from skeleton_app.web.auth import Access
 from skeleton_app.web.logtail import LEVELS, LogFollower, LogTail
@@ -61,40 +60,11 @@ MAX_CONNECTIONS = 64
 REQUEST_DEADLINE = 30.0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never delays Ctrl-C
+class _Server(BoundedHTTPServer):
+    # The request deadline is the handler's (_Handler).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client gone mid-answer (or cut at its deadline) is no traceback on the terminal.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for our FQDN (seconds without a resolver).
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
+    def connection_cap(self) -> int:
+        return MAX_CONNECTIONS
 
 
 class _Server6(_Server):
