@@ -13,12 +13,8 @@ Arguments that look like secrets are never recorded, here or in the journal.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skeleton_app.errors import UsageError
+from skeleton_app.state_files import read_private, state_dir, write_private
 
 if TYPE_CHECKING:
     from skeleton_app.registry.records import RunRecord
@@ -128,79 +125,23 @@ class PastRun:
                    datetime.fromisoformat(str(data["started_at"])), outcomes)
 
 
-def state_dir() -> Path:
-    """$XDG_STATE_HOME/skeleton, else ~/.local/state/skeleton (the XDG base directory
-    spec: a relative XDG_STATE_HOME is ignored)."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
-    return root / "skeleton"
-
-
 def write_state(run: PastRun, directory: Path | None = None) -> Path:
     """Replace the state file with `run`, atomically, mode 0600. OSError when it cannot."""
-    directory = directory or state_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".last-run-", suffix=".tmp", dir=directory)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(run.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        target = directory / STATE_FILE
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    return write_private((directory or state_dir()) / STATE_FILE, run.to_json())
 
 
 def read_state(directory: Path | None = None) -> PastRun | None:
     """The run in the state file; None when there is none. UsageError when it is unreadable
-    (names the file: delete it to start afresh)."""
+    or another user could have written it (`runs retry last` runs the command recorded
+    here); the message names the file: delete it to start afresh."""
     path = (directory or state_dir()) / STATE_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    text = read_private(path, "the last run")
+    if text is None:
         return None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the last run: {exc.strerror}"
-                         " (a symlink is never followed)") from None
-    try:
-        problem = _not_private(fd, path.parent)
-        if problem is not None:
-            # `runs retry last` runs the command recorded here: a file another user could
-            # have written is refused, as ssh refuses such a ~/.ssh.
-            raise UsageError(f"{path}: {problem}: not used (delete it, or make it yours"
-                             " and not writable by others)")
-        with os.fdopen(fd, encoding="utf-8") as fh:
-            fd = -1
-            text = fh.read()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the last run: {exc.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
     try:
         return PastRun.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: not a readable last-run file ({exc}); delete it") from None
-
-
-def _not_private(fd: int, directory: Path) -> str | None:
-    """Why the open state file (or its directory) may hold another user's words, or None."""
-    uid = os.geteuid()
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != uid:
-        return f"owned by uid {st.st_uid}, not by you"
-    if st.st_mode & 0o022:
-        return "writable by other users"
-    dst = os.stat(directory)
-    if dst.st_uid != uid or dst.st_mode & 0o022:
-        return f"its directory {directory} may be written by another user"
-    return None
 
 
 def now() -> datetime:
