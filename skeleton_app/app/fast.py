@@ -178,10 +178,17 @@ def run(session: Session, nodes: tuple[Node, ...], args: ExecArgs) -> int:
     except KeyboardInterrupt:
         print("skeleton: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    if args.as_json or args.format == "json":
-        print(done.result.to_json())
-    else:
-        exec_text(done.result, sys.stdout)
+    try:
+        if args.as_json or args.format == "json":
+            print(done.result.to_json())
+        else:
+            exec_text(done.result, sys.stdout)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here, whatever the buffer
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): as Click's EPIPE handling on the other path,
+        # no traceback and exit 1; nothing more can reach that pipe.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the final flush must not fail)
+        return 1
     return ExitCode.INTERRUPTED if cancel.cancelled() else done.exit_code
 
 

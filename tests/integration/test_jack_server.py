@@ -86,6 +86,20 @@ def _node_file(testbed: Testbed, settings: Settings, node: str, name: str, text:
     return remote
 
 
+def test_the_testbeds_own_config_starts_jack(testbed: Testbed) -> None:
+    """`skeleton testbed up`'s config.yaml, unchanged, as an operator uses it: its hosts
+    have no sound card, so it names the dummy driver and `jack start` works there."""
+    config = testbed.config_path
+    assert load_config(config, env={}).jack.default.driver == "dummy"
+    try:
+        started = skeleton("jack", "start", "--node", "node-01", config=config)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "started" in started.stdout or "already running" in started.stdout
+    finally:
+        stopped = skeleton("jack", "stop", "--node", "node-01", config=config)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
 def test_start_status_connect_disconnect_stop(testbed: Testbed, tmp_path: Path) -> None:
     config, settings = _config(testbed, tmp_path)
     with _stopped_after(settings) as cluster:

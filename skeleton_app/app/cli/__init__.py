@@ -117,14 +117,18 @@ def _exit_now(code: int) -> NoReturn:
     long as a warm command on all nodes. Everything is done by then: connections closed
     (`Ctx.close`), files written in `with` blocks; the standard streams are flushed here.
     A thread that is not a daemon still running (none of ours) gets the normal exit."""
-    import contextlib
     import os
     import threading
 
     for stream in (sys.stdout, sys.stderr):
-        # A closed pipe (`| head`): nothing left to say.
-        with contextlib.suppress(OSError, ValueError):
+        # A closed pipe (`| head`): nothing left to say; on stdout it ends with 1, as
+        # Click's EPIPE handling does when the pipe closes earlier (so `| head` is not racy).
+        try:
             stream.flush()
+        except BrokenPipeError:
+            code = 1 if stream is sys.stdout else code
+        except (OSError, ValueError):
+            pass
     if any(t.is_alive() and not t.daemon for t in threading.enumerate()
            if t is not threading.main_thread()):
         sys.exit(code)

@@ -163,6 +163,9 @@ def _write_config(tb: Testbed) -> None:
         "command": (".venv/bin/python -m skeleton_app daemon run"
                     f" --config {shlex.quote(str(tb.config_path))}"),
     }
+    # The hosts have no sound card: JACK's dummy driver, as the README's JACK section says
+    # of the test cluster (the default, alsa on hw:0, fails there on every host).
+    config["jack"] = {"driver": "dummy", "driver_options": ["-r", "48000", "-p", "256"]}
     config["deploy"] = _deploy_section(tb)
     project = _project_dir()
     if project is not None and (project / WHEELHOUSE / ".complete").is_file():
