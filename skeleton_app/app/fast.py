@@ -162,6 +162,7 @@ def run(session: Session, nodes: tuple[Node, ...], args: ExecArgs) -> int:
     from skeleton_app import cancel
     from skeleton_app.app import commands
     from skeleton_app.app.interrupt import install_sigint
+    from skeleton_app.app.stdout_pipe import reader_gone
     from skeleton_app.app.views import common as render
     from skeleton_app.app.views.exec import exec_text
     from skeleton_app.errors import ExitCode, SkeletonError
@@ -184,6 +185,8 @@ def run(session: Session, nodes: tuple[Node, ...], args: ExecArgs) -> int:
         else:
             exec_text(done.result, sys.stdout)
         sys.stdout.flush()  # here, so that a closed pipe is seen here, whatever the buffer
+        if reader_gone():
+            raise BrokenPipeError  # CPython lost its EPIPE (app/stdout_pipe.py)
     except BrokenPipeError:
         # The reader went away (`| head -1`): as Click's EPIPE handling on the other path,
         # no traceback and exit 1; nothing more can reach that pipe.

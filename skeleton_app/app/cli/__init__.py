@@ -129,6 +129,10 @@ def _exit_now(code: int) -> NoReturn:
             code = 1 if stream is sys.stdout else code
         except (OSError, ValueError):
             pass
+    from skeleton_app.app.stdout_pipe import reader_gone
+
+    if code == 0 and reader_gone():
+        code = 1  # the same, where CPython lost the EPIPE of a partly taken large write
     if any(t.is_alive() and not t.daemon for t in threading.enumerate()
            if t is not threading.main_thread()):
         sys.exit(code)
