@@ -8,7 +8,7 @@ same reconnect and error translation) and relays bytes, nothing more:
     client -> {"op": "close"}                  keeper -> {"op": "eof"} / {"op": "closed"}
 
 The line logic (timeouts, Ctrl-C, "exited early") stays on the client, in `KeeperSession`,
-with the same messages as `ssh.session.LineSession`. A client that goes away closes the
+with `ssh.session.LineSession`'s line logic (`LineReader`). A client that goes away closes the
 command's stdin, as its own process dying would: deploy.sh then drops its lock.
 """
 
@@ -18,19 +18,18 @@ import contextlib
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from skeleton_app import cancel
 from skeleton_app.errors import NodeError, NodeErrorKind
 from skeleton_app.keeper import protocol
 from skeleton_app.nodes import Node
+from skeleton_app.ssh.session import LineReader
 
 Send = Callable[..., None]  # (header, payload=b"") -> None, thread-safe
 
 
-class KeeperSession:
+class KeeperSession(LineReader):
     """The client's side: a `Session` over a keeper connection (see module docstring)."""
 
     def __init__(self, sock: socket.socket, node: Node, *, what: str):
@@ -47,7 +46,7 @@ class KeeperSession:
         return NodeError(NodeErrorKind.LOST, f"the connection keeper went away ({exc})",
                          node=self.node.id)
 
-    def _pump(self, wait: float) -> None:
+    def _fill(self, wait: float) -> None:
         """Take one frame (waiting up to `wait` seconds)."""
         self.sock.settimeout(wait)
         try:
@@ -64,27 +63,6 @@ class KeeperSession:
         elif op == "eof":
             self._eof = True
 
-    def read_line(self, timeout: float, *, cancellable: bool = True) -> str | None:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            if cancellable and cancel.cancelled():
-                raise NodeError(NodeErrorKind.INTERRUPTED, f"{cancel.INTERRUPTED} before any"
-                                f" change (waiting for the node's {self.what})",
-                                node=self.node.id)
-            if self._eof:
-                if self._buf:
-                    line, self._buf = self._buf, b""
-                    return line.decode("utf-8", "replace")
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NodeError(NodeErrorKind.TIMEOUT,
-                                f"the node's {self.what} did not answer within {timeout:g}s",
-                                node=self.node.id)
-            self._pump(min(left, 0.25))  # a cancel is seen within 0.25 s
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode("utf-8", "replace")
-
     def send(self, lines: Sequence[str]) -> None:
         try:
             protocol.send(self.sock, {"op": "stdin"},
@@ -92,17 +70,9 @@ class KeeperSession:
         except OSError as exc:
             raise self._lost(exc) from None
 
-    def request(self, lines: Sequence[str], timeout: float, *, cancellable: bool = True) -> str:
-        self.send(lines)
-        reply = self.read_line(timeout, cancellable=cancellable)
-        if reply is None:
-            raise NodeError(NodeErrorKind.LOST, f"the node's {self.what} exited early"
-                            + self.stderr_tail(), node=self.node.id)
-        return reply
-
     def stderr_tail(self) -> str:
         with contextlib.suppress(NodeError):
-            self._pump(0.0)
+            self._fill(0.0)
         text = self._err.decode("utf-8", "replace").strip()
         return ": " + text.splitlines()[-1] if text else ""
 
