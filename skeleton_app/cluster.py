@@ -47,13 +47,18 @@ def fan_out(
     started = time.monotonic()
     results: dict[str, NodeResult[Any]] = {}
 
+    # The caller's token, also in the workers: the keeper serves each client's command
+    # under a token of its own (`cancel.scoped`), which pool threads would not inherit.
+    own = cancel.token()
+
     def guarded(node: Node) -> NodeResult[Any]:
         t0 = time.monotonic()
-        if cancel.cancelled():
+        if own.cancelled:
             return failure(node.id, NodeErrorKind.INTERRUPTED,
                            f"{cancel.INTERRUPTED} before it started")
         try:
-            return fn(node)
+            with cancel.scoped(own):
+                return fn(node)
         except NodeError as exc:
             return failure(node.id, exc.kind, exc.message, time.monotonic() - t0)
         except Exception as exc:  # a bug in one node's handling must not lose the others

@@ -1,5 +1,6 @@
-"""Ctrl-C for a `skeleton cluster` command, shared by the Click CLI and the warm fast path
-(`app.fast`): the first one cancels the work on the nodes, the second exits at once."""
+"""Ctrl-C for a `skeleton cluster` command of the Click CLI: the first one cancels the work
+on the nodes, the second exits at once (a command the keeper serves: `keeper.thin`, which
+says the same and passes the cancel on)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from skeleton_app.cancel import INTERRUPTED, TOKEN
 from skeleton_app.errors import NodeError, NodeErrorKind
-from skeleton_app.keeper import protocol
+from skeleton_app.keeper import protocol, thin
 from skeleton_app.keeper.paths import KeeperPaths
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult, failure
@@ -163,7 +163,8 @@ class KeeperRunner:
     def _keeper(self) -> bool:
         with self._lock:
             if self._alive is None:
-                self._alive = ping(self.paths) is not None
+                # The warm client (`thin`) found it wedged already: do not wait twice.
+                self._alive = not thin.bypassed and ping(self.paths) is not None
                 # Started when this command ends (`close`), not now: a keeper's start-up
                 # (~0.1 s of CPU) would compete with this cold command's handshakes.
                 self._replace = not self._alive
@@ -319,4 +320,4 @@ def keeper_runner(ssh: SSHSettings, *, warn: Callable[[str], None]) -> KeeperRun
     except (KeeperPathError, OSError) as exc:
         warn(f"skeleton: warning: warm mode off: {exc}")
         return None
-    return KeeperRunner(ssh, paths, start=lambda: spawn.start(paths, ssh.persist))
+    return KeeperRunner(ssh, paths, start=lambda: spawn.start_at_exit(paths, ssh.persist))

@@ -21,7 +21,10 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: the warm client (`thin`) loads this module
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 TICK = 1.0  # seconds between the keeper's "still running" frames during a command
@@ -33,7 +36,7 @@ MAX_HEADER = 1 << 20
 # runs that command itself (client.KeeperRunner).
 MAX_PAYLOAD = 128 << 20
 
-Frame = tuple[dict[str, Any], bytes]
+Frame = tuple["dict[str, Any]", bytes]
 
 
 class ProtocolError(Exception):

@@ -35,17 +35,19 @@ from typing import Any
 
 from skeleton_app import cancel
 from skeleton_app.config import SSHSettings
-from skeleton_app.errors import NodeError
+from skeleton_app.errors import ExitCode, NodeError
 from skeleton_app.keeper import protocol
 from skeleton_app.keeper.client import encode_result, node_from_wire, ping
 from skeleton_app.keeper.held import HeldConnections
 from skeleton_app.keeper.lines import relay
 from skeleton_app.keeper.paths import KeeperPaths
+from skeleton_app.keeper.served import Answer, Declined, ExecService
 from skeleton_app.results import NodeResult
 from skeleton_app.ssh.runner import RunOptions
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _REAP_EVERY = 0.5  # seconds between idle checks
+_CHUNK = 1 << 20  # bytes of a served command's output per frame
 
 
 class Keeper:
@@ -59,6 +61,7 @@ class Keeper:
         self._log = log
         self._lock = threading.Lock()
         self.held = HeldConnections(log)
+        self.served = ExecService(self.held)
         self._active = 0  # requests in progress
         self._last_activity = time.monotonic()
         self._started = time.time()
@@ -152,6 +155,9 @@ class Keeper:
         if not self._socket_is_ours():
             self._log("another keeper took the socket: exiting")
             self._stop.set()
+        elif self.served.outdated and not self._active:
+            self._log("skeleton_app changed on disk: exiting (the next command starts anew)")
+            self._stop.set()
         elif empty and idle_for >= self.persist:
             self._log("nothing held: exiting")
             self._stop.set()
@@ -191,6 +197,9 @@ class Keeper:
         if op == "run":
             self._run(conn, header, payload)
             return False
+        if op == "exec":
+            self._exec(conn, header)
+            return False
         if op == "session":
             self._session(conn, header)
             return False
@@ -215,7 +224,8 @@ class Keeper:
         return {"op": "status", "pid": os.getpid(), "started": self._started,
                 "persist": self.persist, "socket": str(self.paths.socket),
                 "connections": held, "requests": active, "threads": threading.active_count(),
-                "fds": _count_fds()}
+                "fds": _count_fds(), "served": self.served.served,
+                "declined": self.served.declined, "last_declined": self.served.last_declined}
 
     def _run(self, conn: socket.socket, header: dict[str, Any], payload: bytes) -> None:
         try:
@@ -227,17 +237,7 @@ class Keeper:
             protocol.send(conn, {"op": "error", "message": f"bad run request: {exc}"})
             return
         protocol.send(conn, {"op": "started"})  # from here on the command is ours to run
-        sending = threading.Lock()
-        gone = threading.Event()
-
-        def send(head: dict[str, Any], data: bytes = b"") -> None:
-            if gone.is_set():
-                return
-            with sending:
-                try:
-                    protocol.send(conn, head, data)
-                except OSError:
-                    gone.set()
+        send = _Sender(conn)
 
         def sink(_node: str, stream: str, chunk: bytes) -> None:
             send({"op": "out", "stream": stream}, chunk)
@@ -265,27 +265,38 @@ class Keeper:
             send({"op": "result", "result": encode_result(result)})
             done.set()
 
-        worker = threading.Thread(target=work, daemon=True, name=f"run-{node.id}")
-        worker.start()
+        _watch(conn, threading.Thread(target=work, daemon=True, name=f"run-{node.id}"),
+               token, done, send)
+
+    def _exec(self, conn: socket.socket, header: dict[str, Any]) -> None:
+        """A whole `cluster exec` (`served`): "taking" at once (the client's 100 ms budget
+        covers only that), then "declined" or "started", ticks, the output, "done"."""
+        protocol.send(conn, {"op": "taking"})
         try:
-            while not done.is_set():
-                readable = select.select([conn], [], [], protocol.TICK)[0]
-                if readable and not gone.is_set():
-                    try:
-                        conn.settimeout(protocol.TICK)
-                        head, _ = protocol.receive(conn)
-                        if head["op"] == "cancel":
-                            token.cancel()
-                    except (protocol.ProtocolError, OSError):
-                        gone.set()  # the client went away (killed, Ctrl-C twice): stop
-                        token.cancel()
-                elif gone.is_set():
-                    done.wait(protocol.TICK)
-                if not done.is_set():
-                    send({"op": "tick"})
-        finally:
-            worker.join()
-            token.close()
+            served = self.served.prepare(header)
+        except Declined as exc:
+            protocol.send(conn, {"op": "declined", "why": str(exc)})
+            return
+        protocol.send(conn, {"op": "started", "nodes": [n.id for n in served.nodes],
+                             "persist": served.persist})
+        send = _Sender(conn)
+
+        token = cancel.CancelToken()
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                answer = self.served.run(served, token)
+            except Exception as exc:  # a bug must still answer the client
+                answer = Answer(int(ExitCode.FAILED), "", f"skeleton: error: keeper: {exc!r}\n")
+            out = answer.stdout.encode("utf-8", "surrogateescape")
+            for start in range(0, len(out), _CHUNK):
+                send({"op": "out", "stream": "stdout"}, out[start:start + _CHUNK])
+            send({"op": "done", "code": answer.code, "stderr": answer.stderr})
+            done.set()
+
+        _watch(conn, threading.Thread(target=work, daemon=True, name="exec"),
+               token, done, send)
 
 
     def _session(self, conn: socket.socket, header: dict[str, Any]) -> None:
@@ -315,6 +326,50 @@ class Keeper:
             relay(conn, session, send)
         finally:
             self.held.checkin(held)
+
+
+class _Sender:
+    """Frames to one client from several threads; after a failed send, none (`gone`)."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.gone = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, head: dict[str, Any], data: bytes = b"") -> None:
+        if self.gone.is_set():
+            return
+        with self._lock:
+            try:
+                protocol.send(self.conn, head, data)
+            except OSError:
+                self.gone.set()
+
+
+def _watch(conn: socket.socket, worker: threading.Thread, token: cancel.CancelToken,
+           done: threading.Event, send: _Sender) -> None:
+    """Run `worker` to its end: pass the client's "cancel" (Ctrl-C) to `token`, cancel when
+    the client goes away (killed, Ctrl-C twice), say "tick" every TICK meanwhile."""
+    worker.start()
+    try:
+        while not done.is_set():
+            readable = select.select([conn], [], [], protocol.TICK)[0]
+            if readable and not send.gone.is_set():
+                try:
+                    conn.settimeout(protocol.TICK)
+                    head, _ = protocol.receive(conn)
+                    if head["op"] == "cancel":
+                        token.cancel()
+                except (protocol.ProtocolError, OSError):
+                    send.gone.set()
+                    token.cancel()
+            elif send.gone.is_set():
+                done.wait(protocol.TICK)
+            if not done.is_set():
+                send({"op": "tick"})
+    finally:
+        worker.join()
+        token.close()
 
 
 def _count_fds() -> int:

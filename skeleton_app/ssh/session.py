@@ -39,7 +39,7 @@ class LineReader:
         NodeError(INTERRUPTED) on a cancel (unless `cancellable` is false)."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
-            if cancellable and cancel.cancelled():
+            if cancellable and cancel.token().cancelled:
                 raise NodeError(NodeErrorKind.INTERRUPTED, f"{cancel.INTERRUPTED} before any"
                                 f" change (waiting for the node's {self.what})",
                                 node=self.node.id)

@@ -62,6 +62,13 @@ class Keeper:
         assert pid is not None
         return pid
 
+    def served(self) -> tuple[int, int, str | None]:
+        """The keeper's count of exec commands served whole and declined, the last reason."""
+        proc = self.run("keeper", "status", "--json", config=None)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        state = json.loads(proc.stdout)
+        return state["served"], state["declined"], state["last_declined"]
+
     def opened(self, node: str) -> int:
         return len(re.findall(rf"opened {node} ", self.log))
 
@@ -257,6 +264,7 @@ def test_keeper_killed_mid_command_fails_cleanly_and_is_replaced(testbed: Testbe
     config = _config(testbed, tmp_path)
     _warm(k, config, "node-0[4-5]")
     pid = k.wait_running()
+    assert k.served()[0] == 1  # the second command was served whole; so is the next one
     argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[4-5]",
             "--config", str(config), "--", "sleep 5; echo done"]
     env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
@@ -313,6 +321,7 @@ def test_ctrl_c_of_a_warm_exec_leaves_nothing_on_the_nodes(testbed: Testbed, tmp
     config = _config(testbed, tmp_path)
     hosts = ("node-01", "node-02")
     _warm(k, config, "node-0[1-2]")
+    assert k.served()[0] == 1
     argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[1-2]",
             "--config", str(config), "--", "sleep 47"]
     env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
@@ -343,9 +352,10 @@ def test_ctrl_c_of_a_warm_exec_leaves_nothing_on_the_nodes(testbed: Testbed, tmp
     # The keeper's connections survive a client's Ctrl-C: the next command is warm.
     assert k.run("cluster", "exec", "-n", "node-0[1-2]", "true", config=config).returncode == 0
     assert k.opened("node-01") == 1, k.log
+    assert k.served()[:2] == (3, 0)  # the interrupted command and this one, served whole
 
 
-def test_the_warm_fast_path_prints_what_the_cli_prints_without_click_rich_or_paramiko(
+def test_a_served_warm_exec_prints_what_the_cli_prints_and_loads_only_the_stdlib(
         testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
     k = keeper_env
     config = _config(testbed, tmp_path)
@@ -380,9 +390,20 @@ def test_the_warm_fast_path_prints_what_the_cli_prints_without_click_rich_or_par
     assert proc.returncode == 0, proc.stderr
     loaded = {line.split("|")[2].strip() for line in proc.stderr.splitlines()
               if line.startswith("import time:") and "|" in line}
-    assert "skeleton_app.keeper.client" in loaded
-    heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko"))
+    assert k.served()[:2] == (7, 0)  # the second of _warm, 4 warm forms, the timeout, this
+    assert "skeleton_app.keeper.thin" in loaded
+    # The keeper served it whole: not even the config (YAML) or dataclasses were loaded here.
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko", "yaml",
+                                                            "dataclasses", "typing")
+                   or m in ("skeleton_app.config", "skeleton_app.app.cli"))
     assert heavy == []
+    # Another environment where it matters (the clock of the journal): the keeper declines,
+    # the Click path runs the command (through the keeper's connections) and prints the same.
+    other = skeleton("cluster", "exec", "-n", "node-0[1-3]", *command,
+                     env={**k.env, "TZ": "Pacific/Auckland"})
+    assert other.returncode == 1 and other.stdout == cold.stdout, other.stderr
+    assert k.served() == (7, 1, "an environment other than the keeper's")
+    assert k.opened("node-01") == 1, k.log
 
 
 def test_a_warm_exec_into_a_closed_pipe_exits_as_the_cli_does(testbed: Testbed,
@@ -434,3 +455,26 @@ def test_status_and_deploy_go_through_the_keeper(testbed: Testbed, tmp_path: Pat
     # Status, deploy's runs and its lock conversation: all over the keeper's one connection
     # per node (rsync, an OpenSSH subprocess, connects on its own).
     assert k.opened("node-05") == 1 and k.opened("node-06") == 1, k.log
+
+
+@pytest.mark.postgres  # make_testbed(db=True) starts one
+def test_a_served_exec_is_journaled_and_reads_failed_from_the_registry(
+        make_testbed: Callable[..., Testbed], tmp_path: Path, keeper_env: Keeper) -> None:
+    """With a registry configured the keeper serves exec too: the nodes come from the
+    registry, the run and every node's outcome go to the journal, and `@failed` reads it."""
+    k = keeper_env
+    bed = make_testbed(2, db=True)
+    config = config_variant(bed, tmp_path / "c.yaml", ssh={"persist": 30})
+    imported = k.run("nodes", "import", str(bed.config_path), config=config)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    _warm(k, config, "node-0[1-2]")
+    failing = k.run("cluster", "exec", "--config", str(config), "--",
+                    "[ $(hostname) = node-02 ] && exit 3; true", config=None)
+    assert failing.returncode == 1 and "node-02: exit 3" in failing.stdout, failing.stderr
+    again = k.run("cluster", "exec", "-n", "@failed", "hostname", config=config)
+    assert again.returncode == 0 and again.stdout.split("\n")[1] == "node-02", again.stdout
+    assert k.served()[:2] == (3, 0)  # the second of _warm, these two
+    runs = json.loads(k.run("runs", "list", "--json", config=config).stdout)
+    assert [(r["operation"], r["selection"], r["exit_code"]) for r in runs[:2]] == [
+        ("exec", ["node-02"], 0), ("exec", ["node-01", "node-02"], 1)]
+    assert len(runs) == 4

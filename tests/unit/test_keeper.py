@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from skeleton_app.app.fast import parse
+from skeleton_app.app.exec_argv import parse
 from skeleton_app.config import SSHSettings
 from skeleton_app.errors import NodeErrorKind
 from skeleton_app.keeper import protocol

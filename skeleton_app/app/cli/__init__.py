@@ -133,6 +133,9 @@ def _exit_now(code: int) -> NoReturn:
 
     if code == 0 and reader_gone():
         code = 1  # the same, where CPython lost the EPIPE of a partly taken large write
+    spawn = sys.modules.get("skeleton_app.keeper.spawn")
+    if spawn is not None:
+        spawn.start_pending()  # a keeper asked for by this command: after its output
     if any(t.is_alive() and not t.daemon for t in threading.enumerate()
            if t is not threading.main_thread()):
         sys.exit(code)

@@ -37,6 +37,10 @@ def status_cmd(as_json: bool) -> int:
     up = time.time() - float(state["started"])
     click.echo(f"keeper pid {state['pid']}, up {up:.0f}s, persist {state['persist']:g}s,"
                f" socket {state['socket']}, log {paths.log}")
+    if "served" in state:  # a keeper of this version: exec commands it ran whole
+        declined = int(state["declined"])
+        last = f" (last: {state['last_declined']})" if declined else ""
+        click.echo(f"exec commands served whole: {state['served']}, declined: {declined}{last}")
     rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}", f"{c['idle']:.0f}s",
              f"{c['persist']:g}s", str(c["busy"])] for c in state["connections"]]
     render.table("connections held", ["node", "login", "idle", "persist", "running"], rows)

@@ -1,0 +1,250 @@
+"""The keeper's side of a warm `skeleton cluster exec`: the whole command, served.
+
+The warm client (`thin`) hands the keeper the command line, its working directory and its
+environment. The keeper reads them as the Click command would (`app.exec_argv`), loads the
+config, selects the nodes and runs `app.commands.exec_command` (journal and `@failed` state
+as always) over the connections it holds, renders the same view, and sends back the text
+and the exit code: the client imports nothing but the standard library, and a command on
+32 nodes is one request instead of 32.
+
+It declines (the client then goes the Click way, which runs the same through
+`client.KeeperRunner`) whatever it cannot serve exactly as the CLI would:
+- a command line `exec_argv` does not read, or a config or selection error: Click says it
+  in its words;
+- an environment that differs from the keeper's own where it decides what a command does
+  (`_MUST_MATCH`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
+  login, PATH a ProxyCommand): a process has one environment for all its threads. SKELETON_*
+  settings are the command's own (passed to `load_config`); the rest (PWD, a pyenv shim's
+  variables, ...) changes nothing here;
+- another copy of skeleton_app, or this one changed on disk since the keeper started: after
+  a `git pull` a command runs the new code (`code_fact`);
+- an identity file or known_hosts given relative to the client's directory, which is not
+  the keeper's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import skeleton_app
+from skeleton_app import cancel
+from skeleton_app.app.commands import Selection, Session, exec_command
+from skeleton_app.app.exec_argv import ExecArgs, parse
+from skeleton_app.config import Settings, SSHSettings, check_identity_files, load_config
+from skeleton_app.errors import ExitCode, NodeError, NodeErrorKind, SkeletonError
+from skeleton_app.keeper.held import HeldConnections
+from skeleton_app.nodes import Node
+from skeleton_app.results import NodeResult
+from skeleton_app.ssh.runner import RunOptions
+from skeleton_app.ssh.runner import Session as LineSession
+
+# What the library reads from the process environment (not from `load_config`'s `env`) on
+# exec's path: `~` and the XDG dirs (known_hosts, ~/.ssh/config, the @failed state file),
+# the agent, getpass's default login, the PATH of a ProxyCommand, the journal's clock.
+_MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "PATH", "SSH_AUTH_SOCK",
+               "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "TZ")
+_CACHED_CONFIGS = 8
+
+
+class Declined(Exception):
+    """Not served: the client runs the command the Click way (the message says why)."""
+
+
+def package_dir() -> str:
+    return os.path.realpath(os.path.dirname(skeleton_app.__file__))
+
+
+def code_fact(root: str) -> str:
+    """A digest of every source file's name, size and mtime under `root` (~1 ms for the
+    package): it changes when a file is edited, added or removed."""
+    facts = hashlib.sha256()
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith((".py", ".sh")):
+                st = os.stat(os.path.join(directory, name))
+                facts.update(f"{directory}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return facts.hexdigest()
+
+
+def _comparable(env: Mapping[str, str]) -> tuple[str | None, ...]:
+    return tuple(env.get(name) for name in _MUST_MATCH)
+
+
+@dataclass(slots=True)
+class Served:
+    """A command accepted: what to run, and on what."""
+
+    args: ExecArgs
+    session: Session
+    nodes: tuple[Node, ...]
+    persist: float
+    warnings: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the client prints, and its exit code."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+class HeldRunner:
+    """A `Runner` over the keeper's held connections, for the commands it serves. Exec needs
+    `run` only; the line sessions and holds of other operations are not served here."""
+
+    def __init__(self, held: HeldConnections, ssh: SSHSettings):
+        self.held = held
+        self.ssh = ssh
+
+    def run(self, node: Node, command: str, options: RunOptions | None = None
+            ) -> NodeResult[Any]:
+        entry = self.held.checkout(self.ssh, node)
+        try:
+            return entry.connector.run(node, command, options or RunOptions())
+        finally:
+            self.held.checkin(entry)
+
+    def session(self, node: Node, command: str, *, what: str = "helper") -> LineSession:
+        raise NodeError(NodeErrorKind.ERROR, "not served by the keeper", node=node.id)
+
+    def hold(self, node: Node, command: str, *, cancellable: bool = True
+             ) -> Callable[[], None]:
+        raise NodeError(NodeErrorKind.ERROR, "not served by the keeper", node=node.id)
+
+    def warm(self, nodes: Iterable[Node]) -> Callable[[], None]:
+        return lambda: None  # held connections are warm, or made by the first run
+
+    def discard(self, node: Node) -> None:
+        pass  # the keeper's connections outlive the command
+
+    def close(self) -> None:
+        pass
+
+
+class ExecService:
+    """Serves `exec` requests for a keeper: checks, config cache, the run, the view."""
+
+    def __init__(self, held: HeldConnections, env: Mapping[str, str] | None = None,
+                 package: str | None = None):
+        self.held = held
+        self._env = _comparable(os.environ if env is None else env)
+        self.package = package or package_dir()
+        self._code = code_fact(self.package)
+        self.outdated = False  # the code on disk changed: the keeper should give way
+        self.served = self.declined = 0
+        self.last_declined: str | None = None
+        self._lock = threading.Lock()
+        self._configs: OrderedDict[tuple[Any, ...], Settings] = OrderedDict()
+
+    def prepare(self, header: Mapping[str, Any]) -> Served:
+        """Read and check the request, load the config, select; Declined otherwise. Both
+        are counted for `skeleton keeper status`."""
+        try:
+            served = self._prepare(header)
+        except Declined as exc:
+            with self._lock:
+                self.declined += 1
+                self.last_declined = str(exc)
+            raise
+        with self._lock:
+            self.served += 1
+        return served
+
+    def _prepare(self, header: Mapping[str, Any]) -> Served:
+        argv, cwd, env = header.get("argv"), header.get("cwd"), header.get("env")
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+                and isinstance(cwd, str) and os.path.isabs(cwd) and isinstance(env, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise Declined("malformed request")
+        if header.get("package") != self.package:
+            raise Declined("another copy of skeleton_app")
+        if self.outdated or code_fact(self.package) != self._code:
+            self.outdated = True
+            raise Declined("skeleton_app changed on disk since the keeper started")
+        if _comparable(env) != self._env:
+            raise Declined("an environment other than the keeper's")
+        args = parse(argv)
+        if args is None:
+            raise Declined("not the common form of exec")
+        warnings: list[str] = []
+        session: Session | None = None
+        try:
+            settings = self._settings(args, cwd, env)
+            if settings.ssh.persist <= 0:
+                raise Declined("ssh.persist is 0")
+            check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"
+                                 if "SKELETON_SSH_IDENTITY_FILE" in env else None)
+            session = Session(settings.source, fanout=args.fanout, settings=settings,
+                              connector=HeldRunner(self.held, settings.ssh),
+                              warn=warnings.append)
+            nodes = session.select(Selection(args.nodes, args.roles, args.exclude))
+            paths = [settings.ssh.identity_file, settings.ssh.known_hosts,
+                     *(n.identity_file for n in nodes)]
+            if any(p and not os.path.isabs(os.path.expanduser(p)) for p in paths):
+                raise Declined("a path relative to the command's directory")
+        except (SkeletonError, OSError, Declined) as exc:
+            if session is not None:
+                session.close()
+            raise Declined(str(exc)) from None
+        return Served(args, session, nodes, settings.ssh.persist, warnings)
+
+    def _settings(self, args: ExecArgs, cwd: str, env: Mapping[str, str]) -> Settings:
+        """The config as the command's directory and environment find it, from a cache
+        keyed by the file as a file (a YAML parse costs more than the rest of a command)."""
+        chosen = args.config or env.get("SKELETON_CONFIG")
+        if chosen:
+            path = os.path.join(cwd, chosen)
+        elif os.path.isfile(os.path.join(cwd, "config.yaml")):
+            path = os.path.join(cwd, "config.yaml")
+        else:
+            raise Declined("no config file")
+        st = os.stat(path)
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, args.fanout,
+               tuple(sorted((k, v) for k, v in env.items() if k.startswith("SKELETON_"))))
+        with self._lock:
+            cached = self._configs.get(key)
+            if cached is not None:
+                self._configs.move_to_end(key)
+                return cached
+        overrides = {"ssh.fanout": args.fanout} if args.fanout else None
+        settings = load_config(path, env=env, overrides=overrides)
+        with self._lock:
+            self._configs[key] = settings
+            while len(self._configs) > _CACHED_CONFIGS:
+                self._configs.popitem(last=False)
+        return settings
+
+    def run(self, served: Served, token: cancel.CancelToken) -> Answer:
+        """Run the command under `token` (the client's Ctrl-C), render what the Click
+        command prints; the exit code as it computes it."""
+        from skeleton_app.app.views.exec import exec_text
+
+        args = served.args
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with cancel.scoped(token), served.session:
+                done = exec_command(served.session, served.nodes, " ".join(args.words),
+                                    timeout=args.timeout)
+        except SkeletonError as exc:
+            err.writelines(f"{line}\n" for line in served.warnings)
+            err.write(f"skeleton: error: {exc}\n")
+            return Answer(ExitCode.INTERRUPTED if token.cancelled else exc.exit_code,
+                          out.getvalue(), err.getvalue())
+        err.writelines(f"{line}\n" for line in served.warnings)
+        if args.as_json or args.format == "json":
+            out.write(done.result.to_json() + "\n")
+        else:
+            exec_text(done.result, out)
+        code = ExitCode.INTERRUPTED if token.cancelled else done.exit_code
+        return Answer(int(code), out.getvalue(), err.getvalue())
+

@@ -1,0 +1,172 @@
+"""The keeper's served exec (keeper/served.py) without SSH: what it declines, so that the
+Click path runs the command exactly as the CLI would (another environment where it matters,
+changed code, a relative key, a config or selection error, another form of the command), the
+config cache, and the digest of the code on disk. (Served commands on real sshd hosts:
+tests/integration/test_keeper.py.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skeleton_app.keeper.held import HeldConnections
+from skeleton_app.keeper.served import Declined, ExecService, code_fact, package_dir
+
+CONFIG = """
+ssh: {user: ops, known_hosts: /tmp/known, persist: 30}
+nodes:
+  - {id: n1, host: 10.9.0.1, roles: [stt]}
+  - {id: n2, host: 10.9.0.2}
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "USER": "ops",
+            "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "work" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(CONFIG)
+    return path
+
+
+def service(env: dict[str, str]) -> ExecService:
+    return ExecService(HeldConnections(lambda _line: None), env=env)
+
+
+def request(argv: list[str], cwd: Path, env: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"op": "exec", "argv": argv, "cwd": str(cwd), "env": env,
+            "package": package_dir(), **extra}
+
+
+def declined(svc: ExecService, header: dict[str, Any]) -> str:
+    with pytest.raises(Declined) as caught:
+        svc.prepare(header)
+    return str(caught.value)
+
+
+def test_a_served_command_is_read_as_the_cli_reads_it(env: dict[str, str], config: Path
+                                                       ) -> None:
+    svc = service(env)
+    served = svc.prepare(request(["cluster", "exec", "--role", "stt", "--json", "--", "uname",
+                                  "-r"], config.parent, env))
+    assert [n.id for n in served.nodes] == ["n1"]
+    assert served.args.words == ["uname", "-r"] and served.args.as_json
+    assert served.persist == 30 and served.session.settings.ssh.user == "ops"
+    served.session.close()
+    # -c relative to the command's directory; SKELETON_* are the command's settings.
+    other = {**env, "SKELETON_SSH_USER": "alice"}
+    served = svc.prepare(request(["-c", "work/config.yaml", "cluster", "exec", "-n", "n2",
+                                  "true"], config.parent.parent, other))
+    assert [n.id for n in served.nodes] == ["n2"]
+    assert served.session.settings.ssh.user == "alice"
+    served.session.close()
+    assert (svc.served, svc.declined) == (2, 0)
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["cluster", "exec", "--stdin", "true"], "not the common form"),
+    (["cluster", "--no-persist", "exec", "true"], "not the common form"),
+    (["cluster", "exec", "--help"], "not the common form"),
+    (["cluster", "exec", "-n", "n9", "true"], "unknown node n9"),
+    (["cluster", "exec", "-n", "@failed", "true"], "@failed: no previous run"),
+    (["-c", "nowhere.yaml", "cluster", "exec", "true"], "No such file"),
+])
+def test_what_the_click_path_should_say_is_declined(env: dict[str, str], config: Path,
+                                                    argv: list[str], why: str) -> None:
+    env = {**env, "XDG_STATE_HOME": str(config.parent / "state")}
+    svc = service(env)
+    assert why in declined(svc, request(argv, config.parent, env))
+    assert svc.declined == 1 and svc.last_declined is not None and why in svc.last_declined
+
+
+def test_an_environment_that_matters_is_declined_and_shell_noise_is_not(
+        env: dict[str, str], config: Path) -> None:
+    svc = service(env)
+    for name, value in (("HOME", "/elsewhere"), ("SSH_AUTH_SOCK", "/tmp/agent"),
+                        ("XDG_STATE_HOME", "/tmp/state"), ("PATH", "/opt/bin:/usr/bin"),
+                        ("USER", "root")):
+        why = declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                    {**env, name: value}))
+        assert "environment" in why, name
+    noisy = {**env, "PWD": "/x", "OLDPWD": "/y", "SHLVL": "3", "PYENV_VERSION": "3.11",
+             "TERM": "dumb"}
+    svc.prepare(request(["cluster", "exec", "true"], config.parent, noisy)).session.close()
+
+
+def test_malformed_requests_and_other_code_are_declined(env: dict[str, str], config: Path
+                                                        ) -> None:
+    svc = service(env)
+    good = request(["cluster", "exec", "true"], config.parent, env)
+    for bad in ({"argv": "cluster exec true"}, {"cwd": "relative"}, {"env": {"A": 1}},
+                {"argv": ["cluster", "exec", 3]}):
+        assert declined(svc, {**good, **bad}) == "malformed request"
+    assert "another copy" in declined(svc, {**good, "package": "/opt/other/skeleton_app"})
+
+
+def test_a_relative_identity_file_or_persist_0_is_declined(env: dict[str, str], config: Path
+                                                           ) -> None:
+    key = config.parent / "id_test"
+    key.write_text("not read here")
+    svc = service(env)
+    config.write_text(CONFIG.replace("user: ops,", "user: ops, identity_file: id_test,"))
+    assert "relative" in declined(svc, request(["cluster", "exec", "true"], config.parent, env))
+    config.write_text(CONFIG.replace("persist: 30", "persist: 0"))
+    assert "persist" in declined(svc, request(["cluster", "exec", "true"], config.parent, env))
+
+
+def test_the_config_is_cached_by_the_file_and_reread_when_it_changes(
+        env: dict[str, str], config: Path) -> None:
+    svc = service(env)
+    header = request(["cluster", "exec", "true"], config.parent, env)
+    first = svc.prepare(header)
+    again = svc.prepare(header)
+    assert again.session.settings is first.session.settings
+    config.write_text(CONFIG.replace("user: ops", "user: other"))
+    changed = svc.prepare(header)
+    assert changed.session.settings.ssh.user == "other"
+    for served in (first, again, changed):
+        served.session.close()
+
+
+def test_the_code_digest_sees_an_edit_a_new_file_and_a_removed_one(tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(package_dir()) / "keeper", root)
+    before = code_fact(str(root))
+    assert code_fact(str(root)) == before
+    target = root / "thin.py"
+    stamp = time.time() + 5
+    os.utime(target, (stamp, stamp))
+    edited = code_fact(str(root))
+    assert edited != before
+    (root / "new.py").write_text("")
+    added = code_fact(str(root))
+    assert added != edited
+    (root / "new.py").unlink()
+    assert code_fact(str(root)) == edited
+    (root / "__pycache__").mkdir(exist_ok=True)
+    (root / "__pycache__" / "x.pyc").write_bytes(b"")
+    assert code_fact(str(root)) == edited  # byte code is not the code
+
+
+def test_code_changed_on_disk_is_declined_from_then_on(env: dict[str, str], config: Path,
+                                                       tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(package_dir()) / "keeper", root)
+    svc = ExecService(HeldConnections(lambda _line: None), env=env, package=str(root))
+    header = {**request(["cluster", "exec", "true"], config.parent, env), "package": str(root)}
+    svc.prepare(header).session.close()
+    (root / "new.py").write_text("")
+    assert "changed on disk" in declined(svc, header)
+    (root / "new.py").unlink()
+    assert "changed on disk" in declined(svc, header)  # for good: the keeper gives way
+    assert svc.outdated
