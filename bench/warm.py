@@ -5,8 +5,8 @@
 - warm, 1 host, whole process, against `ssh` through an OpenSSH ControlMaster socket;
 - cold as the first command after none (no keeper: it checks, runs itself, starts one at its
   end) against `ssh.persist: 0` (the path before warm mode);
-- 1,000 warm commands in a row through the keeper: its descriptors, threads and RSS before
-  and after.
+- 1,000 warm commands in a row through the keeper (whole exec commands served, then plain
+  runs): its descriptors, threads and RSS before and after.
 
 The keeper lives in a runtime directory of the bench's own and is stopped at the end (and
 between the cold runs), by its socket and the PID it recorded.
@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import peers
@@ -189,44 +190,80 @@ def _warm_one_host(case: Case, tb: Testbed, h: peers.Hosts, runtime: Path,
 
 
 def _many(case: Case, h: peers.Hosts, runtime: Path, commands: int, plan: Plan) -> None:
-    """`commands` warm commands in a row through the keeper (in-process client): the
+    """`commands` warm commands in a row through the keeper, twice: whole `cluster exec`
+    commands served by the keeper (the request a `skeleton` process sends, from this
+    process), then plain runs (`KeeperRunner`, what the Click path's operations send). The
     keeper's descriptors, threads and RSS after 100 commands and after all of them."""
     from skeleton_app.config import load_config
     from skeleton_app.keeper.client import KeeperRunner
     from skeleton_app.keeper.paths import KeeperPaths
 
-    plan.say(f"case 8: {commands} warm commands through the keeper")
+    plan.say(f"case 8: {commands} warm commands through the keeper, served and run")
+    ours = _ours(h, runtime)
+    served = _served_request(ours, runtime)
     settings = load_config(h.config, env={})
     node = settings.nodes[0]
     runner = KeeperRunner(settings.ssh, KeeperPaths(_keeper_dir(runtime)))
-    times: list[float] = []
-    before = (0, 0, 0.0)
-    for i in range(commands + 100):
-        if i == 100:
-            before = _keeper_facts(runtime)
-        started = time.perf_counter()
+
+    def run_one() -> None:
         result = runner.run(node, "true")
-        times.append(time.perf_counter() - started)
         if not result.ok:
-            raise BenchError(f"warm command {i}: {result.summary()}")
+            raise BenchError(f"warm command: {result.summary()}")
+
+    label = {"served": f"{commands} `cluster exec` served whole in a row, 1 host",
+             "run": f"{commands} commands through KeeperRunner in a row, 1 host"}
+    for kind, one in (("served", served), ("run", run_one)):
+        times: list[float] = []
+        before = (0, 0, 0.0)
+        for i in range(commands + 100):
+            if i == 100:
+                before = _keeper_facts(runtime)
+            started = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - started)
+        after = _keeper_facts(runtime)
+        case.rows.append(Row(label[kind], WARM, tuple(t * 1000 for t in times[100:]), "ms",
+                             True))
+        case.notes.append(f"{kind}: the keeper after 100 warm commands → after {commands}"
+                          f" more: {before[0]} → {after[0]} descriptors, {before[1]} →"
+                          f" {after[1]} threads, RSS {before[2]:.1f} → {after[2]:.1f} MiB;"
+                          f" median {median(times[100:]) * 1000:.1f} ms each.")
+        case.goals.append(_goal(f"keeper descriptors gained over {commands} commands ({kind})",
+                                float(after[0] - before[0]), 0, unit="fds"))
+        case.goals.append(_goal(f"keeper threads gained over {commands} commands ({kind})",
+                                float(after[1] - before[1]), 0, unit="threads"))
+        case.goals.append(_goal(f"keeper RSS gained over {commands} commands ({kind})",
+                                after[2] - before[2], 1.0, unit="MiB"))
     if not runner.warm_mode:
         raise BenchError("the commands did not go through the keeper")
-    after = _keeper_facts(runtime)
     runner.close()
-    case.rows.append(Row(f"{commands} commands in a row, 1 host (Python client)", WARM,
-                         tuple(t * 1000 for t in times[100:]), "ms", True))
-    case.notes.append(f"The keeper after 100 warm commands → after {commands} more:"
-                      f" {before[0]} → {after[0]} descriptors, {before[1]} → {after[1]}"
-                      f" threads, RSS {before[2]:.1f} → {after[2]:.1f} MiB.")
-    case.goals.append(_goal(f"keeper descriptors gained over {commands} commands",
-                            float(after[0] - before[0]), 0, unit="fds"))
-    case.goals.append(_goal(f"keeper threads gained over {commands} commands",
-                            float(after[1] - before[1]), 0, unit="threads"))
-    case.goals.append(_goal(f"keeper RSS gained over {commands} commands",
-                            after[2] - before[2], 1.0, unit="MiB"))
-    case.notes.append(f"{commands} commands: median {median(times[100:]) * 1000:.1f} ms each"
-                      " through the keeper from one Python client (a Unix socket round trip"
-                      " and one channel on the held connection).")
+
+
+def _served_request(command: Command, runtime: Path) -> Callable[[], None]:
+    """One whole `cluster exec` as `skeleton` hands it to the keeper (`keeper.thin`), from
+    this process: the argv, directory and environment of `command`."""
+    from skeleton_app.keeper import protocol
+    from skeleton_app.keeper.served import package_dir
+    from skeleton_app.keeper.thin import _connect
+
+    header = {"op": "exec", "v": protocol.VERSION, "argv": list(command.argv[1:]),
+              "cwd": os.getcwd(), "env": dict(command.env), "package": package_dir()}
+    path = str(_keeper_dir(runtime) / "keeper.sock")
+
+    def one() -> None:
+        with _connect(path) as sock:
+            sock.settimeout(30)
+            protocol.send(sock, header)
+            while True:
+                reply, _ = protocol.receive(sock)
+                if reply["op"] == "declined":
+                    raise BenchError(f"the keeper declined: {reply.get('why')}")
+                if reply["op"] == "done":
+                    if reply["code"] != 0:
+                        raise BenchError(f"served exec: exit {reply['code']}")
+                    return
+
+    return one
 
 
 def _cold(case: Case, h: peers.Hosts, plan: Plan) -> None:

@@ -64,18 +64,28 @@ class Digests:
         return value
 
 
-def connection_key(ssh: SSHSettings, node: Node, digests: Digests) -> ConnectionKey:
-    """What a connection to `node` under `ssh` depends on. The command's own limits
-    (command_timeout, fanout, persist) are left out: they do not change a connection."""
+def settings_facts(ssh: SSHSettings, digests: Digests) -> tuple[Any, ...]:
+    """The part of a connection key that is the same for every node of a command: the
+    settings (without the command's own limits: command_timeout, fanout and persist do not
+    change a connection) and the files every connection reads."""
     connecting = dataclasses.replace(ssh, command_timeout=None, fanout=1, persist=0.0)
     return (
         dataclasses.astuple(connecting),
-        (node.id, node.user, node.host, node.port),
-        _file_fact(node.identity_file or ssh.identity_file),
         digests.digest(ssh.known_hosts),
         # A connector reads these once too (KeyStores): a key revoked there is a new key.
         tuple(digests.digest(path) for path in SYSTEM_KNOWN_HOSTS),
         digests.digest("~/.ssh/config") if ssh.ssh_config else None,
+    )
+
+
+def connection_key(ssh: SSHSettings, node: Node, digests: Digests,
+                   facts: tuple[Any, ...] | None = None) -> ConnectionKey:
+    """What a connection to `node` under `ssh` depends on; `facts`: `settings_facts` of
+    `ssh`, when the caller computed them once for many nodes."""
+    return (
+        facts if facts is not None else settings_facts(ssh, digests),
+        (node.id, node.user, node.host, node.port),
+        _file_fact(node.identity_file or ssh.identity_file),
     )
 
 
@@ -100,9 +110,15 @@ class HeldConnections:
         self._held: dict[ConnectionKey, Held] = {}
         self._digests = Digests()
 
-    def checkout(self, ssh: SSHSettings, node: Node) -> Held:
-        """The entry for `node` under `ssh` (made on first use), marked busy."""
-        key = connection_key(ssh, node, self._digests)
+    def facts(self, ssh: SSHSettings) -> tuple[Any, ...]:
+        """`settings_facts` of `ssh`, for a command that checks out many nodes."""
+        return settings_facts(ssh, self._digests)
+
+    def checkout(self, ssh: SSHSettings, node: Node,
+                 facts: tuple[Any, ...] | None = None) -> Held:
+        """The entry for `node` under `ssh` (made on first use), marked busy; `facts`:
+        `self.facts(ssh)`, computed once for the command."""
+        key = connection_key(ssh, node, self._digests, facts)
         with self._lock:
             h = self._held.get(key)
             if h is None:

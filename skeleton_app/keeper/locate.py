@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # not typing's: the warm client (`thin`) loads this module
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SOCKET = "keeper.sock"
 

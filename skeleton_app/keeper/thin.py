@@ -1,8 +1,9 @@
 """Warm mode's client for `skeleton cluster exec`: the whole command handed to the keeper.
 
 The `skeleton` entry point (`app.fast`) calls `run` before it loads anything else of ours.
-This module imports the standard library's os, sys, socket, struct, json and signal, and
-`locate` and `protocol`: no Click, Rich, Paramiko, YAML or dataclasses. The keeper reads the
+This module imports os, sys, struct and the C modules under socket and signal (`_socket`,
+`_signal`: their Python wrappers import `enum`, ~4 ms), and `locate` and `protocol` (JSON
+through `_json`): no Click, Rich, Paramiko, YAML, dataclasses or `re`. The keeper reads the
 command line, loads the config, runs the command on the connections it holds and sends back
 the text to print and the exit code (`served`).
 
@@ -16,9 +17,9 @@ away or falls silent for SILENCE seconds is each node's `lost`, exit 4, as on th
 
 from __future__ import annotations
 
+import _signal
+import _socket
 import os
-import signal
-import socket
 import struct
 import sys
 
@@ -40,7 +41,6 @@ bypassed = False
 def run(argv: list[str]) -> int | None:
     """Hand `skeleton <argv>` (a `cluster exec`) to the keeper; its exit code, after
     printing what the command prints, or None when the keeper did not take it."""
-    global bypassed
     if (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") != "utf8":
         return None  # the keeper sends UTF-8; Click prints in this locale's encoding
     try:
@@ -49,27 +49,36 @@ def run(argv: list[str]) -> int | None:
         sock = _connect(os.path.join(directory, locate.SOCKET))
     except (locate.UnsafeDir, OSError):
         return None
-    with sock:
-        try:
-            protocol.send(sock, {"op": "exec", "v": protocol.VERSION, "argv": argv,
-                                 "cwd": os.getcwd(), "env": dict(os.environ),
-                                 "package": _package()})
-            reply, _ = protocol.receive(sock)
-        except TimeoutError:
-            bypassed = True
-            return None
-        except (OSError, protocol.ProtocolError):
-            return None
-        if reply.get("op") != "taking":
-            return None
-        try:
-            sock.settimeout(SILENCE)
-            reply, _ = protocol.receive(sock)
-        except (OSError, protocol.ProtocolError):
-            return None  # nothing ran: the keeper went away while it read the config
-        if reply.get("op") != "started":
-            return None
-        return _follow(sock, reply, directory)
+    try:
+        return _hand_over(sock, argv, directory)
+    finally:
+        sock.close()
+
+
+def _hand_over(sock: _socket.socket, argv: list[str], directory: str) -> int | None:
+    """Send the command; None unless the keeper takes it ("taking" within BUDGET) and
+    starts it (its nodes selected)."""
+    global bypassed
+    try:
+        protocol.send(sock, {"op": "exec", "v": protocol.VERSION, "argv": argv,
+                             "cwd": os.getcwd(), "env": dict(os.environ),
+                             "package": _package()})
+        reply, _ = protocol.receive(sock)
+    except TimeoutError:
+        bypassed = True
+        return None
+    except (OSError, protocol.ProtocolError):
+        return None
+    if reply.get("op") != "taking":
+        return None
+    try:
+        sock.settimeout(SILENCE)
+        reply, _ = protocol.receive(sock)
+    except (OSError, protocol.ProtocolError):
+        return None  # nothing ran: the keeper went away while it read the config
+    if reply.get("op") != "started":
+        return None
+    return _follow(sock, reply, directory)
 
 
 def _package() -> str:
@@ -78,14 +87,14 @@ def _package() -> str:
     return os.path.realpath(os.path.dirname(skeleton_app.__file__))
 
 
-def _connect(path: str) -> socket.socket:
+def _connect(path: str) -> _socket.socket:
     """A connection to the keeper at `path`; OSError unless it is served by our uid (our
-    commands go to it)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    commands go to it). The caller closes it."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(BUDGET)
         sock.connect(path)
-        uid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+        uid = _PEERCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
                                                _PEERCRED.size))[1]
         if uid != os.getuid():
             raise ConnectionRefusedError(f"{path} is served by uid {uid}")
@@ -95,7 +104,7 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _follow(sock: socket.socket, started: dict[str, Any], directory: str) -> int:
+def _follow(sock: _socket.socket, started: dict[str, Any], directory: str) -> int:
     """The command's frames to "done": its output written as it comes, its exit code."""
     interrupted = False
 
@@ -112,7 +121,7 @@ def _follow(sock: socket.socket, started: dict[str, Any], directory: str) -> int
         except OSError:
             pass
 
-    signal.signal(signal.SIGINT, on_sigint)
+    _signal.signal(_signal.SIGINT, on_sigint)
     while True:
         try:
             header, payload = protocol.receive(sock)

@@ -165,10 +165,19 @@ def _handle_channel_request(channel: paramiko.Channel, m: Message) -> None:
     paramiko.Channel._handle_request(channel, m)
 
 
+_AEAD = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
 def new_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     """Paramiko's Transport with our handlers, installed before the handshake starts (a
     server sends its first global request right after authentication)."""
     transport = paramiko.Transport(sock, **kwargs)
+    # AES-GCM first (OpenSSH has offered it since 6.2): with Paramiko's default AES-CTR +
+    # HMAC-SHA2, every packet pays a new HMAC object and a MAC comparison written in Python
+    # (`util.constant_time_bytes_eq`, a loop over the bytes): measured a third of the CPU of
+    # a warm command. GCM's tag is checked by `cryptography`. The others stay as fallbacks.
+    transport._preferred_ciphers = (*_AEAD, *(c for c in transport._preferred_ciphers
+                                             if c not in _AEAD))
     # Paramiko dispatches channel messages through a class-level table; an instance copy
     # changes only our transports.
     table = dict(paramiko.Transport._channel_handler_table)

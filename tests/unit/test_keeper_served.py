@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from skeleton_app.keeper.held import HeldConnections
-from skeleton_app.keeper.served import Declined, ExecService, code_fact, package_dir
+from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, package_dir
 
 CONFIG = """
 ssh: {user: ops, known_hosts: /tmp/known, persist: 30}
@@ -138,24 +139,30 @@ def test_the_config_is_cached_by_the_file_and_reread_when_it_changes(
         served.session.close()
 
 
-def test_the_code_digest_sees_an_edit_a_new_file_and_a_removed_one(tmp_path: Path) -> None:
+def test_the_code_watch_sees_an_edit_a_new_file_and_a_removed_one(tmp_path: Path) -> None:
     root = tmp_path / "pkg"
     shutil.copytree(Path(package_dir()) / "keeper", root)
-    before = code_fact(str(root))
-    assert code_fact(str(root)) == before
-    target = root / "thin.py"
+    (root / "sub").mkdir()
+    (root / "sub" / "mod.py").write_text("")
+
+    def changed(act: Callable[[], object]) -> bool:
+        watch = CodeWatch(str(root))
+        assert not watch.changed()
+        act()
+        return watch.changed()
+
     stamp = time.time() + 5
-    os.utime(target, (stamp, stamp))
-    edited = code_fact(str(root))
-    assert edited != before
-    (root / "new.py").write_text("")
-    added = code_fact(str(root))
-    assert added != edited
-    (root / "new.py").unlink()
-    assert code_fact(str(root)) == edited
-    (root / "__pycache__").mkdir(exist_ok=True)
-    (root / "__pycache__" / "x.pyc").write_bytes(b"")
-    assert code_fact(str(root)) == edited  # byte code is not the code
+    assert changed(lambda: os.utime(root / "thin.py", (stamp, stamp)))  # edited in place
+    assert changed(lambda: (root / "sub" / "new.py").write_text(""))  # added below
+    assert changed(lambda: (root / "sub" / "new.py").unlink())
+    assert changed(lambda: (root / "sub" / "mod.py").rename(root / "sub" / "moved.py"))
+    assert changed(lambda: shutil.rmtree(root / "sub"))
+    # Python's byte code is not code: a new __pycache__ (the first import of a package
+    # since the clone) and what goes in it change nothing.
+    shutil.rmtree(root / "__pycache__", ignore_errors=True)
+    assert not changed(lambda: (root / "__pycache__").mkdir())
+    assert not changed(lambda: (root / "__pycache__" / "x.pyc").write_bytes(b""))
+    assert not changed(lambda: (root / "notes.txt").write_text(""))
 
 
 def test_code_changed_on_disk_is_declined_from_then_on(env: dict[str, str], config: Path,
