@@ -251,7 +251,8 @@ def _served_request(command: Command, runtime: Path) -> Callable[[], None]:
     path = str(_keeper_dir(runtime) / "keeper.sock")
 
     def one() -> None:
-        with _connect(path) as sock:
+        sock = _connect(path)
+        try:
             sock.settimeout(30)
             protocol.send(sock, header)
             while True:
@@ -262,6 +263,8 @@ def _served_request(command: Command, runtime: Path) -> Callable[[], None]:
                     if reply["code"] != 0:
                         raise BenchError(f"served exec: exit {reply['code']}")
                     return
+        finally:
+            sock.close()
 
     return one
 
