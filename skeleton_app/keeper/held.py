@@ -53,7 +53,8 @@ class Digests:
         fact = _file_fact(full)
         with self._lock:
             cached = self._cache.get(full)
-            if cached is not None and cached[0] == fact and fact is not None and fact[1]:
+            # An absent file is cached as absent too: when it appears, its fact changes.
+            if cached is not None and cached[0] == fact:
                 return cached[1]
         try:
             value = hashlib.sha256(Path(full).read_bytes()).hexdigest()

@@ -199,12 +199,20 @@ def test_second_ctrl_c_exits_at_once(testbed: Testbed) -> None:
     # A command that ignores SIGINT and SIGTERM: the first Ctrl-C has to escalate to SIGKILL
     # (at +0.6 s) before the node lets go; a second Ctrl-C inside that window ends the
     # process at once, by its own handler's path.
-    proc = _start("cluster", "exec", "trap '' INT TERM; sleep 25", "-n", "node-06",
-                  config=testbed.config_path)
-    _until("sleep on node-06", lambda: bool(_procs(testbed, "node-06", "sleep 25")), proc)
-    _ctrl_c(proc)
-    time.sleep(0.2)
-    assert proc.poll() is None  # the first one is still stopping the node
+    for _attempt in range(3):
+        proc = _start("cluster", "exec", "trap '' INT TERM; sleep 25", "-n", "node-06",
+                      config=testbed.config_path)
+        _until("sleep on node-06", lambda: bool(_procs(testbed, "node-06", "sleep 25")), proc)
+        first = _ctrl_c(proc)
+        time.sleep(0.2)
+        if proc.poll() is None:
+            break  # the first one is still stopping the node
+        # Only a loaded machine's late wake-up may find it done: after the SIGKILL step.
+        late = time.monotonic() - first
+        assert late >= 0.6, f"the first Ctrl-C ended it {late:.2f}s after: {_finish(proc)}"
+        _finish(proc)
+    else:
+        pytest.fail("three times the test woke up too late to send a second Ctrl-C")
     sent = _ctrl_c(proc)
     code, _, err = _finish(proc)
     assert time.monotonic() - sent < QUICK

@@ -83,7 +83,11 @@ def test_a_served_command_is_read_as_the_cli_reads_it(env: dict[str, str], confi
     (["-c", "nowhere.yaml", "cluster", "exec", "true"], "No such file"),
 ])
 def test_what_the_click_path_should_say_is_declined(env: dict[str, str], config: Path,
-                                                    argv: list[str], why: str) -> None:
+                                                    argv: list[str], why: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The state file of @failed is found through this process's environment, as the
+    # keeper's own (which a served command's must equal).
+    monkeypatch.setenv("XDG_STATE_HOME", str(config.parent / "state"))
     env = {**env, "XDG_STATE_HOME": str(config.parent / "state")}
     svc = service(env)
     assert why in declined(svc, request(argv, config.parent, env))
