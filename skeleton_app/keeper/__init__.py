@@ -2,14 +2,21 @@
 
 The first `skeleton cluster ...` command starts a keeper in the background (`spawn`); it
 holds the pooled SSH connections for `ssh.persist` seconds after their last use, and later
-commands hand it their work over a Unix socket (`client.KeeperRunner`, a `Runner`), so a
-second command costs one channel per node instead of a handshake.
+commands hand it their work over a Unix socket (a warm `cluster exec` whole, `thin`; the
+others node by node, `client.KeeperRunner`), so a second command costs one channel per node
+instead of a handshake.
 
-    paths     where the socket, pid, lock and log live (a private 0700 directory)
+    locate    where the socket is and whether its directory is safe (os and stat only)
+    paths     the library's view of it: KeeperPaths, KeeperPathError
     protocol  length-prefixed JSON frames with a bytes payload, over a Unix stream socket
     server    the keeper process (`python -m skeleton_app.keeper`)
-    client    the controller's side; imports only the standard library and values
-    spawn     starting a keeper, detached
+    held      the connections it holds, keyed by what makes a connection
+    served    a whole `cluster exec` run in the keeper, or declined
+    thin      the warm client of `skeleton cluster exec` (the standard library only)
+    client    KeeperRunner, the Runner of the other CLI commands; status and stop requests
+    lines     deploy's line conversation relayed through the keeper
+    spawn     starting a keeper, detached (or as the command exits)
 
-This package imports no Paramiko at import time: only `server` needs it.
+This package imports no Paramiko at import time: only the keeper process does (`server`,
+with `held` and `served`).
 """

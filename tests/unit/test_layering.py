@@ -1,6 +1,6 @@
 """The layering of shared/design/ARCHITECTURE.md, checked on the source: imports point down.
 
-    front ends   app/ (and __main__), web/
+    front ends   app/ (and __main__), web/, keeper/ (warm mode: it serves `cluster exec`)
     operations   ops/, remote.py
     cluster      cluster.py, transfers/, payloads/, agent/, and small shared helpers
     services     ssh/, registry/
@@ -31,7 +31,7 @@ VALUES = ("skeleton_app.config", "skeleton_app.nodes", "skeleton_app.results",
           "skeleton_app.errors")
 SERVICES = ("skeleton_app.ssh", "skeleton_app.registry")
 OPS = ("skeleton_app.ops", "skeleton_app.remote")
-APP = ("skeleton_app.app", "skeleton_app.__main__", "skeleton_app.web")
+APP = ("skeleton_app.app", "skeleton_app.__main__", "skeleton_app.web", "skeleton_app.keeper")
 TESTING = ("skeleton_app.testing",)
 
 # The only runtime imports of testing/: `skeleton testbed up|down|status`, inside the command
