@@ -7,6 +7,9 @@ list/show --json` print the journal's records under the documented keys."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 from skeleton_app.app.views.runs import NODE_KEYS, RUN_KEYS
 from skeleton_app.app.views.status import COLUMNS
 from skeleton_app.testing.testbed import Testbed
-from tests.support.helpers import skeleton
+from tests.support.helpers import REPO, skeleton
 
 BOX = set("┃│━─┏┓┗┛┡┩╇╈┼╭╮╰╯")
 
@@ -123,3 +126,18 @@ def test_runs_list_and_show_json_against_a_real_registry(
         piped = skeleton(*command, config=cfg)
         assert piped.returncode == 0, piped.stderr
         assert not BOX & set(piped.stdout) and piped.stdout.split()[0] in ("job", "node")
+
+
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(testbed: Testbed) -> None:
+    """`> /dev/full` (a full disk): one line naming why, exit 1, no traceback; the nodes'
+    work was done and journaled all the same."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELETON_")}
+    for args in (["exec", "-n", "node-0[1-2]", "hostname"], ["status", "-n", "node-01"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "skeleton_app", "cluster", *args,
+                                   "--config", str(testbed.config_path)],
+                                  stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                  env=env, timeout=120, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == ("skeleton: error: cannot write the output: No space left on"
+                               " device\n"), proc.stderr

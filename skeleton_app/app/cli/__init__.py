@@ -23,6 +23,7 @@ the command reports what was done where; a second Ctrl-C exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -106,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("skeleton: interrupted", err=True)
         exit_(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        # The output cannot be written (`> /dev/full`, a disk full, a closed terminal); Click
+        # turns a closed pipe into exit 1 itself. What ran on the nodes is done and journaled.
+        what = (f"{exc.strerror or exc}: {exc.filename}" if exc.filename
+                else f"cannot write the output: {exc.strerror or exc}")
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"skeleton: error: {what}\n")
+        exit_(ExitCode.FAILED)
     if cancel.cancelled():
         exit_(ExitCode.INTERRUPTED)  # what ran was stopped, and the output said where
     exit_(rv if isinstance(rv, int) else 0)
