@@ -300,3 +300,4 @@ def test_cli_bad_exec_input_exits_2_before_connecting(tmp_path: Path, args: list
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stdout == ""
+    assert proc.stderr.startswith("skeleton: error: ") and proc.stderr.count("\n") == 1

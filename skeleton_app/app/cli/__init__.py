@@ -96,9 +96,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("skeleton: aborted", err=True)
         exit_(ExitCode.INTERRUPTED)
+    except click.UsageError as exc:
+        # One line, as every other error (Click's own is Usage:, Try ..., a blank, Error:).
+        where = exc.ctx.command_path if exc.ctx is not None else "skeleton"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"skeleton: error: {message} (see '{where} --help')", err=True)
+        exit_(ExitCode.USAGE)
     except click.ClickException as exc:
         exc.show()
-        exit_(ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        exit_(exc.exit_code)
     except click.exceptions.Exit as exc:
         exit_(exc.exit_code)
     except SkeletonError as exc:
