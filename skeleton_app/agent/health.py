@@ -144,6 +144,13 @@ def serve(bind: str, port: int, *, token: str,
                 return
             self._send(200, report(self._authorized()))
 
+        def _method_not_allowed(self) -> None:
+            # Read-only: 405 with what is allowed (the base class said 501, "unsupported").
+            self._send(405, {"error": f"{self.command} not allowed"}, headers={"Allow": "GET"})
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = \
+            do_CONNECT = _method_not_allowed
+
         def _metrics(self, render: Callable[[], tuple[bytes, str]]) -> None:
             address = self.server.server_address
             bound = str(address[0]) if isinstance(address, tuple) else ""
@@ -176,7 +183,8 @@ def serve(bind: str, port: int, *, token: str,
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # health checks every few seconds would drown the log

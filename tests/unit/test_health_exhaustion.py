@@ -63,3 +63,20 @@ def test_a_trickled_request_is_cut_and_a_flood_past_the_cap_closed(port: int) ->
             sock.close()
     time.sleep(0.6)
     assert _health(port) == 200
+
+
+def test_other_methods_are_405_with_allow_get(port: int) -> None:
+    """Read-only: POST /metrics or DELETE /health is 405 naming GET (not the base class's
+    501 "unsupported method"); HEAD gets the status line and no body."""
+    for method, path in (("POST", "/metrics"), ("DELETE", "/health"), ("PUT", "/x"),
+                         ("HEAD", "/health")):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request(method, path, body=b"{}" if method != "HEAD" else None)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        assert response.status == 405, (method, path)
+        assert response.getheader("Allow") == "GET"
+        assert (body == b"") == (method == "HEAD"), (method, body)
