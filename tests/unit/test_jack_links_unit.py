@@ -243,3 +243,20 @@ def test_unlink_forgets_a_link_whose_node_left(tmp_path: Path) -> None:
     assert store.load() == ((), ())
     with pytest.raises(SelectionError, match="unknown node 'node-09'"):
         unlink(cluster, store, "node-01", "node-09")  # no record left: an unknown node
+
+
+def test_unlink_without_a_record_names_the_end_it_found(tmp_path: Path) -> None:
+    """No record (a link left by hand, or a state file lost): each node's role is the end
+    that was found running, "-" where none was; never both called "client"."""
+    from skeleton_app.ops.jack.links import unlink
+
+    def node(call: Call) -> Reply:
+        # node-01 runs a hub (its end named after node-02), node-02 nothing.
+        running = call.node == "node-01" and "hub" in call.command
+        return Reply(0, "state=stopped\npid=4242\n" if running else "state=not-running\n")
+
+    result = unlink(_fake_cluster(node), FileLinkStore(tmp_path), "node-01", "node-02")
+    assert result.exit_code() == 0
+    one, two = result["node-01"].outcome, result["node-02"].outcome
+    assert one is not None and two is not None
+    assert (one.role, one.state, two.role, two.state) == ("hub", "stopped", "-", "not-running")

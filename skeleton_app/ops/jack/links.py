@@ -407,16 +407,23 @@ def unlink(cluster: Cluster, store: LinkStore, a_ref: str,
 
     def stop_all(node: Node) -> NodeResult[LinkEndOutcome]:
         said: list[str] = []
+        stopped_roles: list[str] = []
         for plan in sorted(plans[node.id], key=lambda p: p.role != "client"):
             r, reply = _stop(cluster, plan)
             if reply is None:
                 return r
             if reply.state == "stopped":
                 said.append(f"{plan.role} end stopped (pid {reply.pid})")
+                stopped_roles.append(plan.role)
             elif reply.state != "not-running":
                 return replace(r, exit_code=1, outcome=LinkEndOutcome(
                     plan.role, plan.peer, "failed", reply.message or reply.state))
-        role = "hub" if record is not None and record.hub == node.id else "client"
+        # The recorded role; without a record, the role of the end found running ("-":
+        # none was, and nothing says which end this node would have been).
+        if record is not None:
+            role = "hub" if record.hub == node.id else "client"
+        else:
+            role = "+".join(stopped_roles) or "-"
         peer = b.id if node.id == a.id else a.id
         return NodeResult(node=node.id, exit_code=0, outcome=LinkEndOutcome(
             role, peer, "stopped" if said else "not-running",
