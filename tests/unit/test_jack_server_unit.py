@@ -162,3 +162,24 @@ def test_status_of_a_stopped_server_fails_the_command() -> None:
     assert result.exit_code() == 1
     with pytest.raises(UsageError):
         server_control(Cluster(Settings(), [NODE]), [NODE], "restart")
+
+
+def test_a_failed_start_shows_the_log_tail_under_the_table() -> None:
+    """Each cell of the table stays one line; jackd's last log lines follow the table,
+    per node, with control characters made visible."""
+    import io
+
+    from skeleton_app.app.views.jack_server import server_text
+    from skeleton_app.results import ClusterResult, NodeResult
+
+    died = parse_reply("start", "default", "state=died\npid=9\nmessage=jackd exited at start\n"
+                       "--- begin log_tail\nUnknown driver \"nope\"\n\x1b[31mred\n"
+                       "--- end log_tail\n")
+    node = Node(id="node-01", host="10.0.0.1")
+    result = ClusterResult([NodeResult(node="node-01", exit_code=1, outcome=died)])
+    out = io.StringIO()
+    server_text(result, [node], out)
+    text = out.getvalue()
+    table, _, after = text.partition("\nnode-01: the last lines of jackd's log:\n")
+    assert "jackd exited at start" in table and "Unknown driver" not in table
+    assert after == '  | Unknown driver "nope"\n  | \\x1b[31mred\n'

@@ -25,6 +25,7 @@ def server_text(result: ClusterResult[JackServerOutcome], nodes: Sequence[Node],
     ports table after it; a start that failed shows jackd's last log lines."""
     rows: list[list[str]] = []
     port_rows: list[list[str]] = []
+    tails: list[tuple[str, tuple[str, ...]]] = []
     for node in nodes:
         r = result.get(node.id)
         if r is None:
@@ -36,7 +37,7 @@ def server_text(result: ClusterResult[JackServerOutcome], nodes: Sequence[Node],
         # The facts have their own columns: the state and what went wrong.
         summary = state_words(o) + (f": {o.message}" if o.message else "")
         if o.log_tail:
-            summary += "\n" + "\n".join(f"  | {line}" for line in o.log_tail[-10:])
+            tails.append((node.id, o.log_tail[-10:]))  # under the table: a cell stays a line
         ok = "✓" if r.ok else "✗"
         rows.append([node.id, ok, summary, _number(o.pid), _number(o.sample_rate),
                      _number(o.period), _number(o.xruns),
@@ -49,6 +50,9 @@ def server_text(result: ClusterResult[JackServerOutcome], nodes: Sequence[Node],
     if port_rows:
         out.write("\n")
         table(None, ["node", "port", "direction", "connected to"], port_rows, file=out)
+    for node_id, tail in tails:
+        out.write(f"\n{node_id}: the last lines of jackd's log:\n")
+        out.writelines(f"  | {sanitize(line)}\n" for line in tail)
     for warning in result.warnings:
         out.write(f"warning: {sanitize(warning)}\n")
 
