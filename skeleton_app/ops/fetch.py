@@ -145,6 +145,10 @@ def fetch_from_nodes(
         out = replace(out, files=extractor.files, bytes=extractor.bytes,
                       skipped=tuple(extractor.skipped), skipped_total=extractor.skipped_total)
         result = _result(node, out, code, stderr, problem, time.monotonic() - started)
+        if not result.ok and not extractor.files:
+            # Nothing came: no empty <node>/ left behind (only an empty one goes).
+            with contextlib.suppress(OSError):
+                os.rmdir(node.id, dir_fd=root_fd)
         emit(TransferEvent(node.id, "done" if result.ok else "failed", percent=100,
                            bytes=extractor.bytes, files=extractor.files,
                            message=None if result.ok else (result.error or result.stderr)))

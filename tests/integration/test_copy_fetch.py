@@ -351,6 +351,15 @@ def test_fetch_from_a_down_node_exits_4(testbed: Testbed, tmp_path: Path, tag: s
         tb.start_sshd(testbed, "node-02")
     assert proc.returncode == 4, proc.stderr + proc.stdout
     assert (tmp_path / "o" / "node-01" / "logs" / "app.log").exists()
+    assert not (tmp_path / "o" / "node-02").exists()  # nothing came: no empty dir left
+
+
+def test_a_path_no_node_has_leaves_no_empty_node_dirs(cluster: Cluster, tmp_path: Path,
+                                                      tag: str) -> None:
+    result = fetch_from_nodes(cluster, cluster.select(["node-01", "node-02"]),
+                              [f"~/{tag}/nope"], str(tmp_path / "o"))
+    assert result.exit_code() == 1
+    assert list((tmp_path / "o").iterdir()) == []
 
 
 # ------------------------------------------------------------------ lying nodes
