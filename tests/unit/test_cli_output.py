@@ -49,6 +49,15 @@ def test_list_hosts_prints_the_selection_and_connects_to_nothing(
     assert result.output.splitlines() == ["linux-01", "linux-03"]
 
 
+def test_sync_models_lists_the_nodes_it_writes_to_not_its_source(config: str) -> None:
+    for extra, listed in (([], ["linux-02", "linux-03"]),
+                          (["--target-node", "linux-03"], ["linux-03"])):
+        result = CliRunner().invoke(cli, ["-c", config, "cluster", "sync-models", "--list-hosts",
+                                          "--source-node", "linux-01", *extra])
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines() == listed
+
+
 def test_list_hosts_with_a_bad_selection_is_still_a_usage_error(
         config: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:

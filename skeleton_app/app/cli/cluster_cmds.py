@@ -6,11 +6,16 @@ and journals the run), renders the result with its view and returns the exit cod
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from skeleton_app.app.cli import release_cmds
 from skeleton_app.app.cli.options import Seconds, json_option, select, selection_options
+
+if TYPE_CHECKING:
+    from skeleton_app.app.commands import Session
+    from skeleton_app.nodes import Node
 
 
 @click.group()
@@ -326,7 +331,12 @@ def sync_models_cmd(ctx: click.Context, config: str | None, node_specs: tuple[st
     from skeleton_app.app.views import common as render
     from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
 
-    session, nodes = select(ctx, config, fanout, (*node_specs, *target_specs), roles, exclude)
+    def targets(session: Session, nodes: tuple[Node, ...]) -> list[Node]:
+        source = session.cluster().node(source_node)  # what --list-hosts shows: the written
+        return [n for n in nodes if n.id != source.id]
+
+    session, nodes = select(ctx, config, fanout, (*node_specs, *target_specs), roles, exclude,
+                            listed=targets)
     done = commands.sync_models(session, nodes, source_node, models_path=models_path,
                                 model=model, verify=verify, relay=relay,
                                 streams_per_sender=streams_per_sender,

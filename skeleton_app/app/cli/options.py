@@ -175,15 +175,17 @@ def prepare(ctx: click.Context, config: str | None, fanout: int | None) -> Ctx:
 
 
 def select(ctx: click.Context, config: str | None, fanout: int | None,
-           node_specs: Sequence[str], roles: Sequence[str],
-           exclude: Sequence[str]) -> tuple[Session, tuple[Node, ...]]:
-    """The session and the nodes a command's selection options name."""
+           node_specs: Sequence[str], roles: Sequence[str], exclude: Sequence[str], *,
+           listed: Callable[[Session, tuple[Node, ...]], Sequence[Node]] | None = None
+           ) -> tuple[Session, tuple[Node, ...]]:
+    """The session and the nodes a command's selection options name; `listed`: which of
+    them `--list-hosts` prints, when the command writes to fewer than it selects."""
     state = prepare(ctx, config, fanout)
     session = state.session()
     nodes = session.select(Selection(node_specs, roles, exclude))
     if state.list_hosts:
         # `pdsh -q`, `ansible --list-hosts`: the selection as resolved, nothing runs.
-        for node in nodes:
+        for node in listed(session, nodes) if listed is not None else nodes:
             click.echo(node.id)
         raise click.exceptions.Exit(0)
     return session, nodes
