@@ -108,3 +108,26 @@ def test_plain_text_never_replays_a_nodes_escape_sequences() -> None:
     out = io.StringIO()
     render.table(None, ["node"], [["\x1b[2Jevil"]], file=out)
     assert "\x1b" not in out.getvalue() and "\\x1b[2Jevil" in out.getvalue()
+
+
+def test_the_deploy_table_names_each_nodes_release() -> None:
+    """deploy.strategy releases: a column with the release each node switched to (what
+    `cluster rollback --to` takes); none for in-place deploys."""
+    from skeleton_app.app.views.deploy import deploy_text
+    from skeleton_app.ops.deploy.outcome import DeployOutcome
+    from skeleton_app.results import ClusterResult, NodeResult
+
+    def text(release: str | None) -> list[str]:
+        outcome = DeployOutcome(dest="/opt/app", version="abc123", release=release)
+        result = ClusterResult([NodeResult(node="linux-01", exit_code=0, outcome=outcome)],
+                               operation="deploy")
+        out = io.StringIO()
+        render.set_format("plain")
+        deploy_text(result, out)
+        return out.getvalue().splitlines()
+
+    with_release = text("20261207T010000-0123abcd")
+    assert with_release[0].split() == ["node", "result", "files", "changed", "bytes", "sent",
+                                       "time", "version", "release"]
+    assert with_release[1].split()[-1] == "20261207T010000-0123abcd"
+    assert text(None)[0].split()[-1] == "version"

@@ -91,9 +91,13 @@ def deploy_text(result: ClusterResult[DeployOutcome], out: IO[str], *,
         else:
             outcome = "✓ would change" if dry else "✓ deployed"
         rows.append([node, outcome, str(changed), format_bytes(nbytes), f"{r.duration:.2f}s",
-                     (o.version if o is not None else None) or ""])
-    table(None, ["node", "result", "files changed", "bytes sent", "time", "version"], rows,
-          file=out)
+                     (o.version if o is not None else None) or "",
+                     (o.release if o is not None else None) or ""])
+    columns = ["node", "result", "files changed", "bytes sent", "time", "version", "release"]
+    if not any(row[-1] for row in rows):  # deploy.strategy in-place: no releases to name
+        columns.pop()
+        rows = [row[:-1] for row in rows]
+    table(None, columns, rows, file=out)
     elapsed = result.duration if started is None else time.monotonic() - started
     ok = len(result.ok)
     out.write(f"{ok}/{len(result)} node(s) ok; {files} file(s) changed, {format_bytes(sent)} sent,"
