@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from invoke import Context, Exit, task
+from invoke import Context, Exit, Task
+from invoke import task as _invoke_task
 
 from skeleton_app.app import commands
 from skeleton_app.app.commands import Done, Selection, Session
@@ -54,6 +55,22 @@ from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node
 from skeleton_app.ops import logs as logs_op
 
+
+class _Task(Task):  # type: ignore[misc]  (Invoke has no type hints)
+    """Invoke's Task, without a short flag for `--list-hosts`: Invoke gives each option the
+    first free character of its name, which for list-hosts (after -l, -i, -s, -t) was "-"."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name == "list_hosts":
+            opts["names"] = opts["names"][:1]
+        return opts
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    return _invoke_task(*args, klass=_Task, **kwargs)
+
+
 _SELECTION = ["node", "role", "exclude"]
 _HELP = {
     "config": "Config file (default $SKELETON_CONFIG, else ./config.yaml).",
@@ -63,6 +80,7 @@ _HELP = {
     "exclude": "(SPEC, repeatable) Leave these nodes out.",
     "fanout": "(N) At most this many nodes in flight (default ssh.fanout).",
     "json": "Print the whole result as JSON.",
+    "list_hosts": "Print the selected nodes, one per line, and run nothing.",
 }
 
 
@@ -83,9 +101,18 @@ def _session(config: str | None, fanout: str | None) -> Iterator[Session]:
 
 
 def _select(session: Session, node: Sequence[str] | None, role: Sequence[str] | None,
-            exclude: Sequence[str] | None) -> tuple[Node, ...]:
+            exclude: Sequence[str] | None, list_hosts: bool = False, *,
+            listed: Callable[[tuple[Node, ...]], Sequence[Node]] | None = None
+            ) -> tuple[Node, ...]:
+    """The selected nodes; with `list_hosts` (`pdsh -q`, `ansible --list-hosts`) print them
+    (or those `listed` picks: the ones a command writes to) and exit 0, nothing run."""
     # Every value as typed (an empty `--node ''` is an error in select, never dropped).
-    return session.select(Selection(node or (), role or (), exclude or ()))
+    nodes = session.select(Selection(node or (), role or (), exclude or ()))
+    if list_hosts:
+        for n in listed(nodes) if listed is not None else nodes:
+            print(n.id)
+        raise Exit(code=0)
+    return nodes
 
 
 def _required(value: str | None, flag: str) -> str:
@@ -140,7 +167,7 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
          timeout: str | None = None, stream: bool = False, json: bool = False,
          out_dir: str | None = None, fanout: str | None = None,
          config: str | None = None, stdin: bool = False, sudo_user: str | None = None,
-         sudo: bool = False) -> None:
+         sudo: bool = False, list_hosts: bool = False) -> None:
     """Run a shell command on every selected node, in parallel."""
     from skeleton_app.app.exec_input import join_words, read_stdin, sudo_password_source
     from skeleton_app.ops.sudo import SudoRequest
@@ -148,11 +175,11 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
     with _session(config, fanout) as session:
         if command is None and "--" in sys.argv:  # Invoke keeps what follows `--` aside
             command = join_words(sys.argv[sys.argv.index("--") + 1:])
+        nodes = _select(session, node, role, exclude, list_hosts)  # listing needs no command
         command = _required(command, "--command")
         if sudo_user is not None and not sudo:
             raise UsageError("--sudo-user needs --sudo")
         request = SudoRequest(sudo_password_source(), sudo_user) if sudo else None
-        nodes = _select(session, node, role, exclude)
         done = commands.exec_command(
             session, nodes, command, timeout=_seconds(timeout, "--timeout"), out_dir=out_dir,
             on_line=(lambda n, s, line: render.stream_line(sys.stdout, n, s, line))
@@ -171,10 +198,10 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
 @task(iterable=_SELECTION, help=_HELP)
 def status(c: Context, node: list[str] | None = None, role: list[str] | None = None,
            exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
-           config: str | None = None) -> None:
+           config: str | None = None, list_hosts: bool = False) -> None:
     """Daemon, load, memory, GPU and disk of every selected node (one round trip each)."""
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.status(session, nodes)
         result, registry_rows = done.result, done.registry_rows
         if json:
@@ -203,10 +230,11 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
            dest: str | None = None, delete: bool = False, no_delete: bool = False,
            dry_run: bool = False, checksum: bool = False, force: bool = False,
            restart: bool = False, lock_wait: str = "10", json: bool = False,
-           fanout: str | None = None, config: str | None = None, diff: bool = False) -> None:
+           fanout: str | None = None, config: str | None = None, diff: bool = False,
+           list_hosts: bool = False) -> None:
     """Push the code tree to every selected node with rsync, in parallel."""
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         started = time.monotonic()
         done = commands.deploy(
             session, nodes, source=source, dest=dest,
@@ -227,12 +255,13 @@ def deploy(c: Context, node: list[str] | None = None, role: list[str] | None = N
     "restart": "Per node: restart the daemon after the switch."})
 def rollback(c: Context, node: list[str] | None = None, role: list[str] | None = None,
              exclude: list[str] | None = None, to: str | None = None, restart: bool = False,
-             json: bool = False, fanout: str | None = None, config: str | None = None) -> None:
+             json: bool = False, fanout: str | None = None, config: str | None = None,
+             list_hosts: bool = False) -> None:
     """deploy.strategy releases: point `current` back at the previous release (or --to)."""
     from skeleton_app.app.views.releases import rollback_text
 
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.rollback(session, nodes, to=to, restart=restart)
         if json:
             print(done.result.to_json())
@@ -244,12 +273,12 @@ def rollback(c: Context, node: list[str] | None = None, role: list[str] | None =
 @task(iterable=_SELECTION, help=_HELP)
 def releases(c: Context, node: list[str] | None = None, role: list[str] | None = None,
              exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
-             config: str | None = None) -> None:
+             config: str | None = None, list_hosts: bool = False) -> None:
     """deploy.strategy releases: each node's releases, newest first (* marks current)."""
     from skeleton_app.app.views.releases import releases_text
 
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.releases(session, nodes)
         if json:
             print(done.result.to_json())
@@ -266,10 +295,11 @@ def releases(c: Context, node: list[str] | None = None, role: list[str] | None =
 def bootstrap(c: Context, node: list[str] | None = None, role: list[str] | None = None,
               exclude: list[str] | None = None, source: str | None = None,
               wheelhouse: str | None = None, force: bool = False, json: bool = False,
-              fanout: str | None = None, config: str | None = None) -> None:
+              fanout: str | None = None, config: str | None = None,
+              list_hosts: bool = False) -> None:
     """Make each node's app dir .venv (project and dependencies, from wheels built here)."""
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.bootstrap(session, nodes, source=source, wheelhouse=wheelhouse,
                                   force=force)
         result = done.result
@@ -294,11 +324,11 @@ def daemon(c: Context, action: str | None = None, node: list[str] | None = None,
            role: list[str] | None = None, exclude: list[str] | None = None,
            batch: str | None = None, wait_healthy: bool = False,
            health_timeout: str = "30", json: bool = False, fanout: str | None = None,
-           config: str | None = None) -> None:
+           config: str | None = None, list_hosts: bool = False) -> None:
     """Start, stop, restart or check the node daemon (daemon.manager: process or systemd)."""
     with _session(config, fanout) as session:
         action = _required(action, "--action")
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.daemon(
             session, nodes, action, batch=_count(batch, "--batch"), wait_healthy=wait_healthy,
             health_timeout=_seconds(health_timeout, "--health-timeout") or 30.0)
@@ -327,11 +357,13 @@ def sync_models(c: Context, source_node: str | None = None,
                 models_path: str | None = None, model: str | None = None,
                 verify: bool = False, relay: bool = False, streams_per_sender: str = "4",
                 json: bool = False, fanout: str | None = None,
-                config: str | None = None) -> None:
+                config: str | None = None, list_hosts: bool = False) -> None:
     """Copy a model from the node that has it to the others, node to node."""
     with _session(config, fanout) as session:
         source_id = _required(source_node, "--source-node")
-        chosen = _select(session, [*(node or []), *(target_node or [])], role, exclude)
+        source = session.cluster().node(source_id)
+        chosen = _select(session, [*(node or []), *(target_node or [])], role, exclude,
+                         list_hosts, listed=lambda ns: [n for n in ns if n.id != source.id])
         done = commands.sync_models(
             session, chosen, source_id, models_path=models_path, model=model, verify=verify,
             relay=relay, progress=SyncModelsProgress(enabled=not json),
@@ -360,12 +392,13 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
          exclude: list[str] | None = None, lines: str | None = None,
          since: str | None = None, grep: str | None = None, follow: bool = False,
          out: str = logs_op.DEFAULT_OUT_DIR, max_bytes: str = "16M", max_line: str = "64K",
-         json: bool = False, fanout: str | None = None, config: str | None = None) -> None:
+         json: bool = False, fanout: str | None = None, config: str | None = None,
+         list_hosts: bool = False) -> None:
     """Gather the daemon log, the logs.files globs and (systemd) the journal of every node."""
     with _session(config, fanout) as session:
         query = commands.LogsQuery.parse(lines=lines, since=since, grep=grep,
                                          max_bytes=max_bytes, max_line=max_line)
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         printer = render.NodeLines()
         done = commands.logs(session, nodes, query, out_dir=out, follow=follow,
                              on_line=printer.line, on_error=printer.error)
@@ -385,12 +418,12 @@ def logs(c: Context, node: list[str] | None = None, role: list[str] | None = Non
 def copy(c: Context, local: list[str] | None = None, remote_dir: str | None = None,
          mode: str | None = None, preserve: bool = False, node: list[str] | None = None,
          role: list[str] | None = None, exclude: list[str] | None = None, json: bool = False,
-         fanout: str | None = None, config: str | None = None) -> None:
+         fanout: str | None = None, config: str | None = None, list_hosts: bool = False) -> None:
     """Copy local files and directories into a directory on every selected node."""
     with _session(config, fanout) as session:
         request = commands.CopyRequest.parse(local or (), _required(remote_dir, "--remote-dir"),
                                              mode=mode, preserve=preserve)
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.copy(session, nodes, request,
                              progress=TransferProgress(nodes, enabled=not json))
         if json:
@@ -408,13 +441,13 @@ def copy(c: Context, local: list[str] | None = None, remote_dir: str | None = No
 def fetch(c: Context, remote: list[str] | None = None, local_dir: str | None = None,
           node: list[str] | None = None, role: list[str] | None = None,
           exclude: list[str] | None = None, json: bool = False, fanout: str | None = None,
-          max_bytes: str = "4G", config: str | None = None) -> None:
+          max_bytes: str = "4G", config: str | None = None, list_hosts: bool = False) -> None:
     """Fetch files and directories from every selected node into LOCAL_DIR/<node>/."""
     with _session(config, fanout) as session:
         request = commands.FetchRequest.parse(remote or (),
                                               _required(local_dir, "--local-dir"),
                                               max_bytes=max_bytes)
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.fetch(session, nodes, request,
                               progress=TransferProgress(nodes, enabled=not json))
         if json:
@@ -530,9 +563,10 @@ def jobs_dispatch(c: Context, config: str | None = None) -> None:
 
 
 def _jack(config: str | None, fanout: str | None, action: str, node: list[str] | None,
-          role: list[str] | None, exclude: list[str] | None, json: bool) -> None:
+          role: list[str] | None, exclude: list[str] | None, json: bool,
+          list_hosts: bool) -> None:
     with _session(config, fanout) as session:
-        nodes = _select(session, node, role, exclude)
+        nodes = _select(session, node, role, exclude, list_hosts)
         done = commands.jack_server(session, nodes, action)
         if json:
             print(done.result.to_json())
@@ -562,25 +596,28 @@ _PORTS_HELP = {"config": _HELP["config"], "node": "(NODE) The node (required).",
 @task(iterable=_SELECTION, help=_HELP)
 def jack_status(c: Context, node: list[str] | None = None, role: list[str] | None = None,
                 exclude: list[str] | None = None, json: bool = False,
-                fanout: str | None = None, config: str | None = None) -> None:
+                fanout: str | None = None, config: str | None = None,
+                list_hosts: bool = False) -> None:
     """Each node's JACK server: up, sample rate, period, xruns, ports and connections."""
-    _jack(config, fanout, "status", node, role, exclude, json)
+    _jack(config, fanout, "status", node, role, exclude, json, list_hosts)
 
 
 @task(iterable=_SELECTION, help=_HELP)
 def jack_start(c: Context, node: list[str] | None = None, role: list[str] | None = None,
                exclude: list[str] | None = None, json: bool = False,
-               fanout: str | None = None, config: str | None = None) -> None:
+               fanout: str | None = None, config: str | None = None,
+               list_hosts: bool = False) -> None:
     """Start jackd with each node's configured driver (a running server is left alone)."""
-    _jack(config, fanout, "start", node, role, exclude, json)
+    _jack(config, fanout, "start", node, role, exclude, json, list_hosts)
 
 
 @task(iterable=_SELECTION, help=_HELP)
 def jack_stop(c: Context, node: list[str] | None = None, role: list[str] | None = None,
               exclude: list[str] | None = None, json: bool = False,
-              fanout: str | None = None, config: str | None = None) -> None:
+              fanout: str | None = None, config: str | None = None,
+              list_hosts: bool = False) -> None:
     """Stop the jackd that jack-start started (SIGTERM, then SIGKILL)."""
-    _jack(config, fanout, "stop", node, role, exclude, json)
+    _jack(config, fanout, "stop", node, role, exclude, json, list_hosts)
 
 
 @task(help=_PORTS_HELP)
@@ -640,12 +677,13 @@ def jack_unlink(c: Context, hub: str | None = None, client: str | None = None,
 @task(iterable=_SELECTION, help=_HELP)
 def jack_mesh(c: Context, node: list[str] | None = None, role: list[str] | None = None,
               exclude: list[str] | None = None, json: bool = False,
-              fanout: str | None = None, config: str | None = None) -> None:
+              fanout: str | None = None, config: str | None = None,
+              list_hosts: bool = False) -> None:
     """Every JackTrip link: ends, channels, state, queue; exit 1 when one is not up."""
     from skeleton_app.app.views import jack_links as view
 
     with _session(config, fanout) as session:
-        mesh = commands.jack_mesh(session, _select(session, node, role, exclude))
+        mesh = commands.jack_mesh(session, _select(session, node, role, exclude, list_hosts))
         print(view.mesh_json(mesh)) if json else view.mesh_text(mesh)
         code = mesh.result.exit_code()
         raise Exit(code=code or int(any(s.state != "up" for s in mesh.links)))

@@ -97,7 +97,7 @@ def test_help_documents_every_option(tool: str, module: str, task: str) -> None:
         commons = ("config",) if task.startswith("jobs-") else (
             ("config", "node", "json") if task in ("jack-connect", "jack-disconnect") else
             ("config", "json") if task in ("jack-link", "jack-unlink") else
-            ("config", "node", "role", "exclude", "fanout", "json"))
+            ("config", "node", "role", "exclude", "fanout", "json", "list-hosts"))
         for common in commons:
             assert f"--{common}" in options, (task, common)
 
@@ -167,6 +167,24 @@ def test_inv_exec_stream_and_json(testbed: Testbed) -> None:
     as_json = inv("exec", "--command", "hostname", "--node", "node-03", "--json", config=cfg)
     data = json.loads(as_json.stdout)
     assert data["ok"] == ["node-03"] and data["nodes"]["node-03"]["stdout"] == "node-03\n"
+
+
+def test_inv_list_hosts_prints_the_selection_as_the_cli_does(testbed: Testbed) -> None:
+    """`inv TASK --list-hosts`: the nodes (those written to, for sync-models), nothing run:
+    an exec without a command, and a deploy from a source that does not exist, list too."""
+    cfg = testbed.config_path
+    for args, cli_args in (
+            (["exec", "--role", "tts"], ["cluster", "exec", "--role", "tts"]),
+            (["deploy", "--node", "node-0[1-3]", "--exclude", "node-02", "--source",
+              "/nonexistent"], ["cluster", "deploy", "-n", "node-0[1-3]", "--exclude",
+                                "node-02"]),
+            (["sync-models", "--source-node", "node-01", "--node", "node-0[1-3]"],
+             ["cluster", "sync-models", "--source-node", "node-01", "-n", "node-0[1-3]"]),
+            (["jack-status", "--node", "node-04"], ["jack", "status", "-n", "node-04"])):
+        listed = inv(*args, "--list-hosts", config=cfg)
+        cli = skeleton(*cli_args, "--list-hosts", config=cfg)
+        assert listed.returncode == cli.returncode == 0, out(listed) + cli.stderr
+        assert listed.stdout == cli.stdout and listed.stdout.strip(), (args, out(listed))
 
 
 def test_inv_status_table_and_json_match_the_cli(testbed: Testbed) -> None:
