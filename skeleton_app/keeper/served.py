@@ -13,7 +13,8 @@ It declines (the client then goes the Click way, which runs the same through
   in its words;
 - an environment that differs from the keeper's own where it decides what a command does
   (`_MUST_MATCH`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
-  login, PATH a ProxyCommand): a process has one environment for all its threads. SKELETON_*
+  login, PATH a ProxyCommand; libpq's PG* the registry's server, TLS mode and password):
+  a process has one environment for all its threads. SKELETON_*
   settings are the command's own (passed to `load_config`); the rest (PWD, a pyenv shim's
   variables, ...) changes nothing here;
 - another copy of skeleton_app, or this one changed on disk since the keeper started: after
@@ -105,8 +106,16 @@ def _sources(directory: str) -> list[str]:
             e.name.endswith((".py", ".sh")) or e.is_dir(follow_symlinks=False)))
 
 
-def _comparable(env: Mapping[str, str]) -> tuple[str | None, ...]:
-    return tuple(env.get(name) for name in _MUST_MATCH)
+# Read from the process environment by libraries under exec's path: libpq (psycopg, the
+# registry that lists the nodes and journals the run: PGSSLMODE, PGPASSWORD, PGHOST,
+# PGPASSFILE, PGSERVICE...), Kerberos (libpq's GSSAPI) and OpenSSL (libpq's TLS). Every
+# variable of these families must match, present or absent.
+_MUST_MATCH_PREFIXES = ("PG", "KRB5", "OPENSSL_", "SSL_CERT_")
+
+
+def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
+    families = sorted((k, v) for k, v in env.items() if k.startswith(_MUST_MATCH_PREFIXES))
+    return (*(env.get(name) for name in _MUST_MATCH), tuple(families))
 
 
 @dataclass(slots=True)

@@ -181,3 +181,22 @@ def test_code_changed_on_disk_is_declined_from_then_on(env: dict[str, str], conf
     (root / "new.py").unlink()
     assert "changed on disk" in declined(svc, header)  # for good: the keeper gives way
     assert svc.outdated
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PGSSLMODE", "verify-full"), ("PGPASSWORD", "secret"), ("PGHOST", "db.example"),
+    ("PGSERVICEFILE", "/tmp/pg_service.conf"), ("SSL_CERT_FILE", "/tmp/ca.pem")])
+def test_libpq_and_tls_settings_other_than_the_keepers_are_declined(
+        env: dict[str, str], config: Path, name: str, value: str) -> None:
+    # The registry (which lists the nodes and journals the run) is opened in the keeper's
+    # process: libpq reads PG* from there, not from the command's environment. A client
+    # asking for verify-full must not be served over the keeper's `prefer`.
+    svc = service(env)
+    why = declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                {**env, name: value}))
+    assert "environment" in why
+    # and the other way round: a keeper started with it, a command without it
+    svc = service({**env, name: value})
+    assert "environment" in declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                                  env))
+
