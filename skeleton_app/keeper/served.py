@@ -195,11 +195,14 @@ class ExecService:
         are counted for `skeleton keeper status`."""
         try:
             served = self._prepare(header)
-        except Declined as exc:
+        except Exception as exc:
+            # Anything else (a NUL in a path, a bug) declines too: the client would
+            # otherwise wait SILENCE seconds for a "started" that never comes.
+            why = str(exc) if isinstance(exc, Declined) else f"keeper: {exc!r}"
             with self._lock:
                 self.declined += 1
-                self.last_declined = str(exc)
-            raise
+                self.last_declined = why
+            raise Declined(why) from None
         with self._lock:
             self.served += 1
         return served

@@ -200,3 +200,16 @@ def test_libpq_and_tls_settings_other_than_the_keepers_are_declined(
     assert "environment" in declined(svc, request(["cluster", "exec", "true"], config.parent,
                                                   env))
 
+
+@pytest.mark.parametrize("bad", [
+    {"argv": ["cluster", "exec", "--fanout", "\u00b2", "--", "true"]},
+    {"cwd": "/tmp/a\x00b"},
+    {"argv": ["-c", "a\x00b", "cluster", "exec", "true"]},
+])
+def test_a_request_the_keeper_cannot_read_is_declined_not_left_unanswered(
+        env: dict[str, str], config: Path, bad: dict[str, Any]) -> None:
+    # Anything but Declined escaped prepare: the keeper's request thread died after
+    # "taking", and the client waited thin.SILENCE (10 s) before running the command itself.
+    svc = service(env)
+    declined(svc, {**request(["cluster", "exec", "true"], config.parent, env), **bad})
+    assert svc.declined == 1
