@@ -2,9 +2,9 @@
 the log line for each one opened or closed.
 
 A key is everything a connection depends on (`connection_key`): the resolved ssh settings,
-the node's address and login, the identity file as a file (path, inode, mtime, size) and the
-contents of known_hosts (ssh.known_hosts and the system's and user's default ones, which a
-connector also trusts) and ~/.ssh/config. Each key has a `Connector` of its own: a
+the node's address and login, the identity file as a file (path, inode, mtime, ctime,
+size) and the contents of known_hosts (ssh.known_hosts and the system's and user's default
+ones, which a connector also trusts) and ~/.ssh/config. Each key has a `Connector` of its own: a
 Connector's pool is keyed by node address only, so two identity files for one node must
 never share one.
 """
@@ -30,7 +30,8 @@ from skeleton_app.ssh.pool import Connector
 ConnectionKey = tuple[Any, ...]
 
 def _file_fact(path: str | None) -> tuple[Any, ...] | None:
-    """A file as (path, inode, mtime, size): a key replaced or rewritten in place is new."""
+    """A file as (path, inode, mtime, ctime, size): a key replaced or rewritten in place is
+    new, also when its mtime was put back (`touch -r`, `cp -p`, `rsync -t`): ctime cannot be."""
     if not path:
         return None
     full = os.path.expanduser(path)
@@ -38,7 +39,7 @@ def _file_fact(path: str | None) -> tuple[Any, ...] | None:
         st = os.stat(full)
     except OSError:
         return (full, None)
-    return (full, st.st_ino, st.st_mtime_ns, st.st_size)
+    return (full, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 class Digests:

@@ -157,3 +157,19 @@ def test_a_socket_served_by_another_uid_is_no_keeper() -> None:
             proc.wait(10)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_known_hosts_rewritten_with_its_mtime_put_back_is_a_new_digest(
+        tmp_path: Path) -> None:
+    # A host key replaced by one of the same length, the file's mtime restored (`cp -p`,
+    # `rsync -t`, `touch -r`): the digest cache must not keep trusting the old content.
+    known = tmp_path / "known_hosts"
+    known.write_text("n1 ssh-ed25519 AAAAold\n")
+    st = known.stat()
+    digests = Digests()
+    before = digests.digest(str(known))
+    known.write_text("n1 ssh-ed25519 AAAAnew\n")
+    os.utime(known, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert known.stat().st_size == st.st_size and known.stat().st_mtime_ns == st.st_mtime_ns
+    assert digests.digest(str(known)) != before
+
