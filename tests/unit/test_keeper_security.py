@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -173,3 +175,42 @@ def test_a_known_hosts_rewritten_with_its_mtime_put_back_is_a_new_digest(
     assert known.stat().st_size == st.st_size and known.stat().st_mtime_ns == st.st_mtime_ns
     assert digests.digest(str(known)) != before
 
+
+def test_ctrl_c_while_the_keeper_reads_the_config_is_the_click_paths_interrupt(
+        tmp_path: Path) -> None:
+    # The keeper took the command ("taking") and is still loading the config or listing the
+    # nodes from a slow registry when the operator presses Ctrl-C: no Python traceback, the
+    # Click path's words and exit code 130.
+    run = tmp_path / "run"
+    (run / "skeleton").mkdir(parents=True)
+    run.chmod(0o700)
+    (run / "skeleton").chmod(0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(run / "skeleton" / "keeper.sock"))
+    listener.listen(1)
+    taken = threading.Event()
+
+    def keeper() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            protocol.receive(conn)
+            protocol.send(conn, {"op": "taking"})
+            taken.set()
+            time.sleep(5)
+
+    threading.Thread(target=keeper, daemon=True).start()
+    code = ("import sys; from skeleton_app.keeper import thin\n"
+            "sys.exit(thin.run(['cluster', 'exec', 'true']))\n")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert taken.wait(10)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        listener.close()
+    assert "Traceback" not in err and err.strip() == "skeleton: interrupted"
+    assert proc.returncode == 130
