@@ -51,6 +51,9 @@ from skeleton_app.ssh.runner import Session as LineSession
 _MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "PATH", "SSH_AUTH_SOCK",
                "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "TZ")
 _CACHED_CONFIGS = 8
+# What CodeWatch watches: modules, node payloads, the registry's migrations (read from disk
+# at every registry open: an upgrade's new migration with the old code would pass its check).
+_CODE = (".py", ".sh", ".sql")
 
 
 class Declined(Exception):
@@ -62,8 +65,9 @@ def package_dir() -> str:
 
 
 class CodeWatch:
-    """Whether the source under `root` changed since this watch was made: the size and
-    mtime of every source file, and the source names in every directory. A directory's
+    """Whether the source under `root` changed since this watch was made: the inode, size,
+    mtime and ctime of every source file (ctime: a release copied in with its build's
+    mtimes), and the source names in every directory. A directory's
     mtime is the cheap first check; when it moved, its listing decides (Python making a
     `__pycache__` there is no change of code). About 250 stat calls (~0.3 ms) a check."""
 
@@ -75,12 +79,13 @@ class CodeWatch:
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
             self._files += [os.path.join(directory, f) for f in sorted(files)
-                            if f.endswith((".py", ".sh"))]
+                            if f.endswith(_CODE)]
         self._facts = self._file_facts()
 
-    def _file_facts(self) -> list[tuple[int, int]] | None:
+    def _file_facts(self) -> list[tuple[int, int, int, int]] | None:
         try:
-            return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, self._files)]
+            return [(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    for st in map(os.stat, self._files)]
         except OSError:
             return None  # a file went away
 
@@ -100,10 +105,10 @@ class CodeWatch:
 
 
 def _sources(directory: str) -> list[str]:
-    """What in `directory` is code: source files and subdirectories but __pycache__."""
+    """What in `directory` is code (`_CODE` files) and its subdirectories but __pycache__."""
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if e.name != "__pycache__" and (
-            e.name.endswith((".py", ".sh")) or e.is_dir(follow_symlinks=False)))
+            e.name.endswith(_CODE) or e.is_dir(follow_symlinks=False)))
 
 
 # Read from the process environment by libraries under exec's path: libpq (psycopg, the

@@ -213,3 +213,26 @@ def test_a_request_the_keeper_cannot_read_is_declined_not_left_unanswered(
     svc = service(env)
     declined(svc, {**request(["cluster", "exec", "true"], config.parent, env), **bad})
     assert svc.declined == 1
+
+
+def test_the_code_watch_sees_a_same_size_rewrite_with_its_mtime_kept_and_new_sql(
+        tmp_path: Path) -> None:
+    # A release copied in with its build's timestamps (rsync -a, cp -p, a reproducible
+    # build's SOURCE_DATE_EPOCH): a module of the same size and mtime is still new code. And
+    # the registry's migrations are code too (read from disk at every registry open).
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(package_dir()) / "keeper", root)
+    (root / "migrations").mkdir()
+    (root / "migrations" / "0001_init.sql").write_text("SELECT 1;\n")
+    module = root / "thin.py"
+    st = module.stat()
+    watch = CodeWatch(str(root))
+    replacement = tmp_path / "thin.py.new"
+    replacement.write_bytes(module.read_bytes().replace(b"BUDGET = 0.1", b"BUDGET = 0.9"))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    replacement.replace(module)  # as rsync puts a file in place
+    assert (module.stat().st_size, module.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert watch.changed()
+    watch = CodeWatch(str(root))
+    (root / "migrations" / "0002_more.sql").write_text("SELECT 2;\n")
+    assert watch.changed()
