@@ -123,6 +123,25 @@ def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
     return (*(env.get(name) for name in _MUST_MATCH), tuple(families))
 
 
+# The connection parameters libpq opens as files, relative to the process's directory: the
+# keeper's is "/", the Click path's the command's. A relative sslrootcert missing there is no
+# error under sslmode=require: the served command would talk to the registry unverified.
+_DSN_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "passfile")
+
+
+def _relative_dsn_files(dsn: str) -> bool:
+    """Whether `dsn` names a file relative to the current directory (or is unreadable)."""
+    from psycopg.conninfo import conninfo_to_dict  # psycopg only with a registry
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # the Click path reports it in its words
+        return True
+    return any(isinstance(value, str) and value and value != "system"
+               and not os.path.isabs(value) for key, value in params.items()
+               if key in _DSN_FILES)
+
+
 @dataclass(slots=True)
 class Served:
     """A command accepted: what to run, and on what."""
@@ -234,6 +253,8 @@ class ExecService:
             settings = self._settings(args, cwd, env)
             if settings.ssh.persist <= 0:
                 raise Declined("ssh.persist is 0")
+            if settings.registry.dsn and _relative_dsn_files(settings.registry.dsn):
+                raise Declined("a registry.dsn file relative to the command's directory")
             check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"
                                  if "SKELETON_SSH_IDENTITY_FILE" in env else None)
             session = Session(settings.source, fanout=args.fanout, settings=settings,

@@ -236,3 +236,19 @@ def test_the_code_watch_sees_a_same_size_rewrite_with_its_mtime_kept_and_new_sql
     watch = CodeWatch(str(root))
     (root / "migrations" / "0002_more.sql").write_text("SELECT 2;\n")
     assert watch.changed()
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=/nonexistent dbname=x sslmode=require sslrootcert=ca.pem",
+    "postgresql:///x?host=/nonexistent&sslmode=require&sslcert=certs/me.crt",
+    "host=/nonexistent dbname=x passfile=pgpass"])
+def test_a_registry_dsn_naming_a_relative_file_is_declined(
+        env: dict[str, str], config: Path, dsn: str) -> None:
+    # libpq opens these relative to the process's directory: the keeper's is "/", the
+    # command's its own. A missing sslrootcert under sslmode=require is no error: the
+    # served command would list nodes and journal over an unverified connection.
+    (config.parent / "ca.pem").write_text("")
+    svc = service(env)
+    why = declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                {**env, "SKELETON_DATABASE_URL": dsn}))
+    assert "relative" in why
