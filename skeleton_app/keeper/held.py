@@ -4,9 +4,9 @@ the log line for each one opened or closed.
 A key is everything a connection depends on (`connection_key`): the resolved ssh settings,
 the node's address and login, the identity file as a file (path, inode, mtime, ctime,
 size) and the contents of known_hosts (ssh.known_hosts and the system's and user's default
-ones, which a connector also trusts) and ~/.ssh/config. Each key has a `Connector` of its own: a
-Connector's pool is keyed by node address only, so two identity files for one node must
-never share one.
+ones, which a connector also trusts), ~/.ssh/config and /etc/ssh/ssh_config. Each key has
+a `Connector` of its own: a Connector's pool is keyed by node address only, so two identity
+files for one node must never share one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from skeleton_app.ssh.pool import Connector
 
 # The resolved settings plus the files behind them, as facts (see module docstring).
 ConnectionKey = tuple[Any, ...]
+# The OpenSSH client configs `ssh.route` reads when ssh.ssh_config is on.
+SSH_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 def _file_fact(path: str | None) -> tuple[Any, ...] | None:
     """A file as (path, inode, mtime, ctime, size): a key replaced or rewritten in place is
@@ -76,7 +78,8 @@ def settings_facts(ssh: SSHSettings, digests: Digests) -> tuple[Any, ...]:
         digests.digest(ssh.known_hosts),
         # A connector reads these once too (KeyStores): a key revoked there is a new key.
         tuple(digests.digest(path) for path in SYSTEM_KNOWN_HOSTS),
-        digests.digest("~/.ssh/config") if ssh.ssh_config else None,
+        # Both files a connector's router reads (`ssh.route`), and keeps for its life.
+        tuple(digests.digest(path) for path in SSH_CONFIGS) if ssh.ssh_config else None,
     )
 
 

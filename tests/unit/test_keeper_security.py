@@ -214,3 +214,23 @@ def test_ctrl_c_while_the_keeper_reads_the_config_is_the_click_paths_interrupt(
         listener.close()
     assert "Traceback" not in err and err.strip() == "skeleton: interrupted"
     assert proc.returncode == 130
+
+
+def test_a_change_to_the_system_ssh_config_is_a_new_connection_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connector's router parses ~/.ssh/config and /etc/ssh/ssh_config once and keeps them
+    # (ssh.route): an admin's new HostName or ProxyJump there must not be ignored by a
+    # connector the keeper holds (it would reconnect the old way), as the Click path's
+    # fresh connector never ignores it.
+    from skeleton_app.keeper import held
+
+    system = tmp_path / "ssh_config"
+    system.write_text("Host n1\n  HostName 10.0.0.1\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(held, "SSH_CONFIGS", ("~/.ssh/config", str(system)), raising=False)
+    ssh = SSHSettings(known_hosts=str(tmp_path / "known_hosts"), ssh_config=True)
+    node = Node(id="n1", host="n1")
+    digests = Digests()
+    before = connection_key(ssh, node, digests)
+    system.write_text("Host n1\n  HostName 10.0.0.99\n")
+    assert connection_key(ssh, node, digests) != before
