@@ -20,7 +20,7 @@ It declines (the client then goes the Click way, which runs the same through
 - another copy of skeleton_app, or this one changed on disk since the keeper started: after
   a `git pull` a command runs the new code (`CodeWatch`);
 - an identity file or known_hosts given relative to the client's directory, which is not
-  the keeper's.
+  the keeper's; other group ids than the keeper's (the files they may read).
 """
 
 from __future__ import annotations
@@ -118,6 +118,11 @@ def _sources(directory: str) -> list[str]:
 _MUST_MATCH_PREFIXES = ("PG", "KRB5", "OPENSSL_", "SSL_CERT_")
 
 
+def groups() -> list[int]:
+    """This process's group ids, primary included, as the warm client sends them."""
+    return sorted({os.getgid(), *os.getgroups()})
+
+
 def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
     families = sorted((k, v) for k, v in env.items() if k.startswith(_MUST_MATCH_PREFIXES))
     return (*(env.get(name) for name in _MUST_MATCH), tuple(families))
@@ -206,6 +211,7 @@ class ExecService:
                  package: str | None = None):
         self.held = held
         self._env = _comparable(os.environ if env is None else env)
+        self._groups = groups()
         self.package = package or package_dir()
         self._code = CodeWatch(self.package)
         self.outdated = False  # the code on disk changed: the keeper should give way
@@ -242,6 +248,10 @@ class ExecService:
         if self.outdated or self._code.changed():
             self.outdated = True
             raise Declined("skeleton_app changed on disk since the keeper started")
+        if header.get("groups") != self._groups:
+            # A key or known_hosts readable by a group the user has left must not stay
+            # readable through a keeper started before (nor the other way round).
+            raise Declined("groups other than the keeper's")
         if _comparable(env) != self._env:
             raise Declined("an environment other than the keeper's")
         args = parse(argv)

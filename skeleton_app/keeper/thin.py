@@ -67,6 +67,7 @@ def _hand_over(sock: _socket.socket, argv: list[str], directory: str) -> int | N
     try:
         protocol.send(sock, {"op": "exec", "v": protocol.VERSION, "argv": argv,
                              "cwd": os.getcwd(), "env": dict(os.environ),
+                             "groups": sorted({os.getgid(), *os.getgroups()}),
                              "package": _package()})
         reply, _ = protocol.receive(sock)
     except TimeoutError:

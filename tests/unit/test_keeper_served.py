@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from skeleton_app.keeper.held import HeldConnections
-from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, package_dir
+from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, groups, package_dir
 
 CONFIG = """
 ssh: {user: ops, known_hosts: /tmp/known, persist: 30}
@@ -46,7 +46,7 @@ def service(env: dict[str, str]) -> ExecService:
 
 def request(argv: list[str], cwd: Path, env: dict[str, str], **extra: Any) -> dict[str, Any]:
     return {"op": "exec", "argv": argv, "cwd": str(cwd), "env": env,
-            "package": package_dir(), **extra}
+            "package": package_dir(), "groups": groups(), **extra}
 
 
 def declined(svc: ExecService, header: dict[str, Any]) -> str:
@@ -252,3 +252,15 @@ def test_a_registry_dsn_naming_a_relative_file_is_declined(
     why = declined(svc, request(["cluster", "exec", "true"], config.parent,
                                 {**env, "SKELETON_DATABASE_URL": dsn}))
     assert "relative" in why
+
+
+def test_a_client_with_other_groups_than_the_keepers_is_declined(
+        env: dict[str, str], config: Path) -> None:
+    # Removed from the group that may read the cluster's key, a user's new login must not
+    # run commands with it through a keeper started in an older session (Click: "cannot
+    # read"); added to one, the keeper could not read what the command may.
+    svc = service(env)
+    good = request(["cluster", "exec", "true"], config.parent, env)
+    for other in ([*groups(), 4242], groups()[1:] or [4242], None):
+        assert "groups" in declined(svc, {**good, "groups": other})
+    svc.prepare(good).session.close()
