@@ -83,7 +83,8 @@ def _store(out: ExecArgs, key: str, value: str) -> bool:
     elif key == "config":
         out.config = value  # the command's --config wins over the root's, as in Click
     elif key == "fanout":
-        if not value.strip().isdigit() or int(value) < 1:
+        # isdecimal, not isdigit: int() refuses "²", which isdigit lets through
+        if not value.strip().isdecimal() or int(value) < 1:
             return False
         out.fanout = int(value)
     elif key == "timeout":

@@ -2,11 +2,11 @@
 the log line for each one opened or closed.
 
 A key is everything a connection depends on (`connection_key`): the resolved ssh settings,
-the node's address and login, the identity file as a file (path, inode, mtime, size) and the
-contents of known_hosts (ssh.known_hosts and the system's and user's default ones, which a
-connector also trusts) and ~/.ssh/config. Each key has a `Connector` of its own: a
-Connector's pool is keyed by node address only, so two identity files for one node must
-never share one.
+the node's address and login, the identity file as a file (path, inode, mtime, ctime,
+size) and the contents of known_hosts (ssh.known_hosts and the system's and user's default
+ones, which a connector also trusts), ~/.ssh/config and /etc/ssh/ssh_config. Each key has
+a `Connector` of its own: a Connector's pool is keyed by node address only, so two identity
+files for one node must never share one.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from skeleton_app.ssh.pool import Connector
 
 # The resolved settings plus the files behind them, as facts (see module docstring).
 ConnectionKey = tuple[Any, ...]
+# The OpenSSH client configs `ssh.route` reads when ssh.ssh_config is on.
+SSH_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 def _file_fact(path: str | None) -> tuple[Any, ...] | None:
-    """A file as (path, inode, mtime, size): a key replaced or rewritten in place is new."""
+    """A file as (path, inode, mtime, ctime, size): a key replaced or rewritten in place is
+    new, also when its mtime was put back (`touch -r`, `cp -p`, `rsync -t`): ctime cannot be."""
     if not path:
         return None
     full = os.path.expanduser(path)
@@ -38,7 +41,7 @@ def _file_fact(path: str | None) -> tuple[Any, ...] | None:
         st = os.stat(full)
     except OSError:
         return (full, None)
-    return (full, st.st_ino, st.st_mtime_ns, st.st_size)
+    return (full, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 class Digests:
@@ -75,7 +78,8 @@ def settings_facts(ssh: SSHSettings, digests: Digests) -> tuple[Any, ...]:
         digests.digest(ssh.known_hosts),
         # A connector reads these once too (KeyStores): a key revoked there is a new key.
         tuple(digests.digest(path) for path in SYSTEM_KNOWN_HOSTS),
-        digests.digest("~/.ssh/config") if ssh.ssh_config else None,
+        # Both files a connector's router reads (`ssh.route`), and keeps for its life.
+        tuple(digests.digest(path) for path in SSH_CONFIGS) if ssh.ssh_config else None,
     )
 
 

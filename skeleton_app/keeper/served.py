@@ -13,13 +13,14 @@ It declines (the client then goes the Click way, which runs the same through
   in its words;
 - an environment that differs from the keeper's own where it decides what a command does
   (`_MUST_MATCH`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
-  login, PATH a ProxyCommand): a process has one environment for all its threads. SKELETON_*
+  login, PATH a ProxyCommand; libpq's PG* the registry's server, TLS mode and password):
+  a process has one environment for all its threads. SKELETON_*
   settings are the command's own (passed to `load_config`); the rest (PWD, a pyenv shim's
   variables, ...) changes nothing here;
 - another copy of skeleton_app, or this one changed on disk since the keeper started: after
   a `git pull` a command runs the new code (`CodeWatch`);
 - an identity file or known_hosts given relative to the client's directory, which is not
-  the keeper's.
+  the keeper's; other group ids than the keeper's (the files they may read).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ from skeleton_app.ssh.runner import Session as LineSession
 _MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "PATH", "SSH_AUTH_SOCK",
                "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "TZ")
 _CACHED_CONFIGS = 8
+# What CodeWatch watches: modules, node payloads, the registry's migrations (read from disk
+# at every registry open: an upgrade's new migration with the old code would pass its check).
+_CODE = (".py", ".sh", ".sql")
 
 
 class Declined(Exception):
@@ -61,8 +65,9 @@ def package_dir() -> str:
 
 
 class CodeWatch:
-    """Whether the source under `root` changed since this watch was made: the size and
-    mtime of every source file, and the source names in every directory. A directory's
+    """Whether the source under `root` changed since this watch was made: the inode, size,
+    mtime and ctime of every source file (ctime: a release copied in with its build's
+    mtimes), and the source names in every directory. A directory's
     mtime is the cheap first check; when it moved, its listing decides (Python making a
     `__pycache__` there is no change of code). About 250 stat calls (~0.3 ms) a check."""
 
@@ -74,12 +79,13 @@ class CodeWatch:
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
             self._files += [os.path.join(directory, f) for f in sorted(files)
-                            if f.endswith((".py", ".sh"))]
+                            if f.endswith(_CODE)]
         self._facts = self._file_facts()
 
-    def _file_facts(self) -> list[tuple[int, int]] | None:
+    def _file_facts(self) -> list[tuple[int, int, int, int]] | None:
         try:
-            return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, self._files)]
+            return [(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    for st in map(os.stat, self._files)]
         except OSError:
             return None  # a file went away
 
@@ -99,14 +105,46 @@ class CodeWatch:
 
 
 def _sources(directory: str) -> list[str]:
-    """What in `directory` is code: source files and subdirectories but __pycache__."""
+    """What in `directory` is code (`_CODE` files) and its subdirectories but __pycache__."""
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if e.name != "__pycache__" and (
-            e.name.endswith((".py", ".sh")) or e.is_dir(follow_symlinks=False)))
+            e.name.endswith(_CODE) or e.is_dir(follow_symlinks=False)))
 
 
-def _comparable(env: Mapping[str, str]) -> tuple[str | None, ...]:
-    return tuple(env.get(name) for name in _MUST_MATCH)
+# Read from the process environment by libraries under exec's path: libpq (psycopg, the
+# registry that lists the nodes and journals the run: PGSSLMODE, PGPASSWORD, PGHOST,
+# PGPASSFILE, PGSERVICE...), Kerberos (libpq's GSSAPI) and OpenSSL (libpq's TLS). Every
+# variable of these families must match, present or absent.
+_MUST_MATCH_PREFIXES = ("PG", "KRB5", "OPENSSL_", "SSL_CERT_")
+
+
+def groups() -> list[int]:
+    """This process's group ids, primary included, as the warm client sends them."""
+    return sorted({os.getgid(), *os.getgroups()})
+
+
+def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
+    families = sorted((k, v) for k, v in env.items() if k.startswith(_MUST_MATCH_PREFIXES))
+    return (*(env.get(name) for name in _MUST_MATCH), tuple(families))
+
+
+# The connection parameters libpq opens as files, relative to the process's directory: the
+# keeper's is "/", the Click path's the command's. A relative sslrootcert missing there is no
+# error under sslmode=require: the served command would talk to the registry unverified.
+_DSN_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "passfile")
+
+
+def _relative_dsn_files(dsn: str) -> bool:
+    """Whether `dsn` names a file relative to the current directory (or is unreadable)."""
+    from psycopg.conninfo import conninfo_to_dict  # psycopg only with a registry
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # the Click path reports it in its words
+        return True
+    return any(isinstance(value, str) and value and value != "system"
+               and not os.path.isabs(value) for key, value in params.items()
+               if key in _DSN_FILES)
 
 
 @dataclass(slots=True)
@@ -173,6 +211,7 @@ class ExecService:
                  package: str | None = None):
         self.held = held
         self._env = _comparable(os.environ if env is None else env)
+        self._groups = groups()
         self.package = package or package_dir()
         self._code = CodeWatch(self.package)
         self.outdated = False  # the code on disk changed: the keeper should give way
@@ -186,11 +225,14 @@ class ExecService:
         are counted for `skeleton keeper status`."""
         try:
             served = self._prepare(header)
-        except Declined as exc:
+        except Exception as exc:
+            # Anything else (a NUL in a path, a bug) declines too: the client would
+            # otherwise wait SILENCE seconds for a "started" that never comes.
+            why = str(exc) if isinstance(exc, Declined) else f"keeper: {exc!r}"
             with self._lock:
                 self.declined += 1
-                self.last_declined = str(exc)
-            raise
+                self.last_declined = why
+            raise Declined(why) from None
         with self._lock:
             self.served += 1
         return served
@@ -206,6 +248,10 @@ class ExecService:
         if self.outdated or self._code.changed():
             self.outdated = True
             raise Declined("skeleton_app changed on disk since the keeper started")
+        if header.get("groups") != self._groups:
+            # A key or known_hosts readable by a group the user has left must not stay
+            # readable through a keeper started before (nor the other way round).
+            raise Declined("groups other than the keeper's")
         if _comparable(env) != self._env:
             raise Declined("an environment other than the keeper's")
         args = parse(argv)
@@ -217,6 +263,8 @@ class ExecService:
             settings = self._settings(args, cwd, env)
             if settings.ssh.persist <= 0:
                 raise Declined("ssh.persist is 0")
+            if settings.registry.dsn and _relative_dsn_files(settings.registry.dsn):
+                raise Declined("a registry.dsn file relative to the command's directory")
             check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"
                                  if "SKELETON_SSH_IDENTITY_FILE" in env else None)
             session = Session(settings.source, fanout=args.fanout, settings=settings,

@@ -51,6 +51,11 @@ def run(argv: list[str]) -> int | None:
         return None
     try:
         return _hand_over(sock, argv, directory)
+    except KeyboardInterrupt:
+        # Ctrl-C before "started" (the keeper still reading the config, listing the nodes
+        # from the registry): nothing ran, and the keeper sees us go. As the Click CLI says.
+        os.write(2, b"skeleton: interrupted\n")
+        return 130
     finally:
         sock.close()
 
@@ -62,6 +67,7 @@ def _hand_over(sock: _socket.socket, argv: list[str], directory: str) -> int | N
     try:
         protocol.send(sock, {"op": "exec", "v": protocol.VERSION, "argv": argv,
                              "cwd": os.getcwd(), "env": dict(os.environ),
+                             "groups": sorted({os.getgid(), *os.getgroups()}),
                              "package": _package()})
         reply, _ = protocol.receive(sock)
     except TimeoutError:

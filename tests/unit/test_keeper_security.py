@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -157,3 +159,78 @@ def test_a_socket_served_by_another_uid_is_no_keeper() -> None:
             proc.wait(10)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_known_hosts_rewritten_with_its_mtime_put_back_is_a_new_digest(
+        tmp_path: Path) -> None:
+    # A host key replaced by one of the same length, the file's mtime restored (`cp -p`,
+    # `rsync -t`, `touch -r`): the digest cache must not keep trusting the old content.
+    known = tmp_path / "known_hosts"
+    known.write_text("n1 ssh-ed25519 AAAAold\n")
+    st = known.stat()
+    digests = Digests()
+    before = digests.digest(str(known))
+    known.write_text("n1 ssh-ed25519 AAAAnew\n")
+    os.utime(known, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert known.stat().st_size == st.st_size and known.stat().st_mtime_ns == st.st_mtime_ns
+    assert digests.digest(str(known)) != before
+
+
+def test_ctrl_c_while_the_keeper_reads_the_config_is_the_click_paths_interrupt(
+        tmp_path: Path) -> None:
+    # The keeper took the command ("taking") and is still loading the config or listing the
+    # nodes from a slow registry when the operator presses Ctrl-C: no Python traceback, the
+    # Click path's words and exit code 130.
+    run = tmp_path / "run"
+    (run / "skeleton").mkdir(parents=True)
+    run.chmod(0o700)
+    (run / "skeleton").chmod(0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(run / "skeleton" / "keeper.sock"))
+    listener.listen(1)
+    taken = threading.Event()
+
+    def keeper() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            protocol.receive(conn)
+            protocol.send(conn, {"op": "taking"})
+            taken.set()
+            time.sleep(5)
+
+    threading.Thread(target=keeper, daemon=True).start()
+    code = ("import sys; from skeleton_app.keeper import thin\n"
+            "sys.exit(thin.run(['cluster', 'exec', 'true']))\n")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert taken.wait(10)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        listener.close()
+    assert "Traceback" not in err and err.strip() == "skeleton: interrupted"
+    assert proc.returncode == 130
+
+
+def test_a_change_to_the_system_ssh_config_is_a_new_connection_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connector's router parses ~/.ssh/config and /etc/ssh/ssh_config once and keeps them
+    # (ssh.route): an admin's new HostName or ProxyJump there must not be ignored by a
+    # connector the keeper holds (it would reconnect the old way), as the Click path's
+    # fresh connector never ignores it.
+    from skeleton_app.keeper import held
+
+    system = tmp_path / "ssh_config"
+    system.write_text("Host n1\n  HostName 10.0.0.1\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(held, "SSH_CONFIGS", ("~/.ssh/config", str(system)), raising=False)
+    ssh = SSHSettings(known_hosts=str(tmp_path / "known_hosts"), ssh_config=True)
+    node = Node(id="n1", host="n1")
+    digests = Digests()
+    before = connection_key(ssh, node, digests)
+    system.write_text("Host n1\n  HostName 10.0.0.99\n")
+    assert connection_key(ssh, node, digests) != before

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from skeleton_app.keeper.held import HeldConnections
-from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, package_dir
+from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, groups, package_dir
 
 CONFIG = """
 ssh: {user: ops, known_hosts: /tmp/known, persist: 30}
@@ -46,7 +46,7 @@ def service(env: dict[str, str]) -> ExecService:
 
 def request(argv: list[str], cwd: Path, env: dict[str, str], **extra: Any) -> dict[str, Any]:
     return {"op": "exec", "argv": argv, "cwd": str(cwd), "env": env,
-            "package": package_dir(), **extra}
+            "package": package_dir(), "groups": groups(), **extra}
 
 
 def declined(svc: ExecService, header: dict[str, Any]) -> str:
@@ -181,3 +181,86 @@ def test_code_changed_on_disk_is_declined_from_then_on(env: dict[str, str], conf
     (root / "new.py").unlink()
     assert "changed on disk" in declined(svc, header)  # for good: the keeper gives way
     assert svc.outdated
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PGSSLMODE", "verify-full"), ("PGPASSWORD", "secret"), ("PGHOST", "db.example"),
+    ("PGSERVICEFILE", "/tmp/pg_service.conf"), ("SSL_CERT_FILE", "/tmp/ca.pem")])
+def test_libpq_and_tls_settings_other_than_the_keepers_are_declined(
+        env: dict[str, str], config: Path, name: str, value: str) -> None:
+    # The registry (which lists the nodes and journals the run) is opened in the keeper's
+    # process: libpq reads PG* from there, not from the command's environment. A client
+    # asking for verify-full must not be served over the keeper's `prefer`.
+    svc = service(env)
+    why = declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                {**env, name: value}))
+    assert "environment" in why
+    # and the other way round: a keeper started with it, a command without it
+    svc = service({**env, name: value})
+    assert "environment" in declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                                  env))
+
+
+@pytest.mark.parametrize("bad", [
+    {"argv": ["cluster", "exec", "--fanout", "\u00b2", "--", "true"]},
+    {"cwd": "/tmp/a\x00b"},
+    {"argv": ["-c", "a\x00b", "cluster", "exec", "true"]},
+])
+def test_a_request_the_keeper_cannot_read_is_declined_not_left_unanswered(
+        env: dict[str, str], config: Path, bad: dict[str, Any]) -> None:
+    # Anything but Declined escaped prepare: the keeper's request thread died after
+    # "taking", and the client waited thin.SILENCE (10 s) before running the command itself.
+    svc = service(env)
+    declined(svc, {**request(["cluster", "exec", "true"], config.parent, env), **bad})
+    assert svc.declined == 1
+
+
+def test_the_code_watch_sees_a_same_size_rewrite_with_its_mtime_kept_and_new_sql(
+        tmp_path: Path) -> None:
+    # A release copied in with its build's timestamps (rsync -a, cp -p, a reproducible
+    # build's SOURCE_DATE_EPOCH): a module of the same size and mtime is still new code. And
+    # the registry's migrations are code too (read from disk at every registry open).
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(package_dir()) / "keeper", root)
+    (root / "migrations").mkdir()
+    (root / "migrations" / "0001_init.sql").write_text("SELECT 1;\n")
+    module = root / "thin.py"
+    st = module.stat()
+    watch = CodeWatch(str(root))
+    replacement = tmp_path / "thin.py.new"
+    replacement.write_bytes(module.read_bytes().replace(b"BUDGET = 0.1", b"BUDGET = 0.9"))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    replacement.replace(module)  # as rsync puts a file in place
+    assert (module.stat().st_size, module.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert watch.changed()
+    watch = CodeWatch(str(root))
+    (root / "migrations" / "0002_more.sql").write_text("SELECT 2;\n")
+    assert watch.changed()
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=/nonexistent dbname=x sslmode=require sslrootcert=ca.pem",
+    "postgresql:///x?host=/nonexistent&sslmode=require&sslcert=certs/me.crt",
+    "host=/nonexistent dbname=x passfile=pgpass"])
+def test_a_registry_dsn_naming_a_relative_file_is_declined(
+        env: dict[str, str], config: Path, dsn: str) -> None:
+    # libpq opens these relative to the process's directory: the keeper's is "/", the
+    # command's its own. A missing sslrootcert under sslmode=require is no error: the
+    # served command would list nodes and journal over an unverified connection.
+    (config.parent / "ca.pem").write_text("")
+    svc = service(env)
+    why = declined(svc, request(["cluster", "exec", "true"], config.parent,
+                                {**env, "SKELETON_DATABASE_URL": dsn}))
+    assert "relative" in why
+
+
+def test_a_client_with_other_groups_than_the_keepers_is_declined(
+        env: dict[str, str], config: Path) -> None:
+    # Removed from the group that may read the cluster's key, a user's new login must not
+    # run commands with it through a keeper started in an older session (Click: "cannot
+    # read"); added to one, the keeper could not read what the command may.
+    svc = service(env)
+    good = request(["cluster", "exec", "true"], config.parent, env)
+    for other in ([*groups(), 4242], groups()[1:] or [4242], None):
+        assert "groups" in declined(svc, {**good, "groups": other})
+    svc.prepare(good).session.close()
