@@ -25,11 +25,12 @@ It declines (the client then goes the Click way, which runs the same through
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,10 @@ class CodeWatch:
     mtime is the cheap first check; when it moved, its listing decides (Python making a
     `__pycache__` there is no change of code). About 250 stat calls (~0.3 ms) a check."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, libraries: Sequence[str] = ()):
+        """`libraries`: directories whose entries (not their trees) are watched too: the
+        site-packages of the keeper's Paramiko, psycopg, PyYAML..., where `pip install -U`
+        replaces a package's `*.dist-info` directory with one of the new version's name."""
         self.root = root
         self._files: list[str] = []
         self._dirs: dict[str, tuple[int, list[str]]] = {}
@@ -80,6 +84,9 @@ class CodeWatch:
             self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
             self._files += [os.path.join(directory, f) for f in sorted(files)
                             if f.endswith(_CODE)]
+        for directory in libraries:
+            with contextlib.suppress(OSError):
+                self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
         self._facts = self._file_facts()
 
     def _file_facts(self) -> list[tuple[int, int, int, int]] | None:
@@ -102,6 +109,15 @@ class CodeWatch:
             except OSError:
                 return True
         return False
+
+
+def _library_dirs() -> list[str]:
+    """Where the keeper's third-party packages come from (their site-packages)."""
+    import paramiko
+    import yaml
+
+    return sorted({os.path.dirname(os.path.dirname(os.path.realpath(m.__file__ or "")))
+                   for m in (paramiko, yaml)})
 
 
 def _sources(directory: str) -> list[str]:
@@ -213,7 +229,7 @@ class ExecService:
         self._env = _comparable(os.environ if env is None else env)
         self._groups = groups()
         self.package = package or package_dir()
-        self._code = CodeWatch(self.package)
+        self._code = CodeWatch(self.package, _library_dirs())
         self.outdated = False  # the code on disk changed: the keeper should give way
         self.served = self.declined = 0
         self.last_declined: str | None = None

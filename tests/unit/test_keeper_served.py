@@ -264,3 +264,16 @@ def test_a_client_with_other_groups_than_the_keepers_is_declined(
     for other in ([*groups(), 4242], groups()[1:] or [4242], None):
         assert "groups" in declined(svc, {**good, "groups": other})
     svc.prepare(good).session.close()
+
+
+def test_an_upgraded_library_is_a_change_of_code(tmp_path: Path) -> None:
+    """`pip install -U paramiko` in the keeper's virtualenv replaces its dist-info directory:
+    the keeper must not go on serving with the old one loaded."""
+    root = tmp_path / "pkg"
+    shutil.copytree(Path(package_dir()) / "keeper", root)
+    site = tmp_path / "site-packages"
+    (site / "paramiko-5.1.0.dist-info").mkdir(parents=True)
+    watch = CodeWatch(str(root), [str(site)])
+    assert not watch.changed()
+    (site / "paramiko-5.1.0.dist-info").rename(site / "paramiko-5.2.0.dist-info")
+    assert watch.changed()
