@@ -478,3 +478,33 @@ def test_a_served_exec_is_journaled_and_reads_failed_from_the_registry(
     assert [(r["operation"], r["selection"], r["exit_code"]) for r in runs[:2]] == [
         ("exec", ["node-02"], 0), ("exec", ["node-01", "node-02"], 1)]
     assert len(runs) == 4
+
+
+def _run_in(directory: Path, k: Keeper, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as typed in `directory` (a shell's working directory), with `k`'s keeper."""
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    return subprocess.run([sys.executable, "-m", "skeleton_app", *args], cwd=directory,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_relative_identity_file_works_warm_as_it_does_cold(testbed: Testbed,
+                                                             tmp_path: Path,
+                                                             keeper_env: Keeper) -> None:
+    """`identity_file: ./key` in a config.yaml of the directory the operator works in: the
+    keeper (another working directory) gets the key's absolute path on every path, the
+    served one (declined: the Click path's KeeperRunner) and the cold one alike. It was
+    `lost: [Errno 2] No such file or directory: './key'`, exit 4, warm only."""
+    k = keeper_env
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(testbed.identity_file, work / "key")
+    (work / "key").chmod(0o600)
+    config_variant(testbed, work / "config.yaml", ssh={"persist": 30, "identity_file": "./key"})
+    first = _run_in(work, k, "cluster", "exec", "-n", "node-01", "hostname")
+    assert first.returncode == 0, first.stdout + first.stderr
+    k.wait_running()
+    for persist in ([], ["--no-persist"]):
+        proc = _run_in(work, k, "cluster", *persist, "exec", "-n", "node-01", "hostname")
+        assert (proc.returncode, proc.stdout) == (0, "---------------- node-01 ----------------"
+                                                     "\nnode-01\n"), proc.stdout + proc.stderr
+    assert k.opened("node-01") == 1, k.log
