@@ -508,3 +508,23 @@ def test_a_relative_identity_file_works_warm_as_it_does_cold(testbed: Testbed,
         assert (proc.returncode, proc.stdout) == (0, "---------------- node-01 ----------------"
                                                      "\nnode-01\n"), proc.stdout + proc.stderr
     assert k.opened("node-01") == 1, k.log
+
+
+def test_a_warm_exec_into_a_full_disk_says_so_in_one_line(testbed: Testbed, tmp_path: Path,
+                                                          keeper_env: Keeper) -> None:
+    """`skeleton cluster exec ... > /dev/full` (a full disk): one line on stderr and exit 1,
+    as for a closed pipe; it was a traceback of `thin._write` (ENOSPC is not EPIPE)."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-2]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    for fmt in ("json", "plain"):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "skeleton_app", "cluster", "exec",
+                                   "-n", "node-0[1-2]", "--format", fmt, "--config",
+                                   str(config), "--", "seq 3"], cwd=REPO, env=env,
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == ("skeleton: error: writing the output: No space left on"
+                               " device\n"), proc.stderr
+    assert k.served()[0] >= 3  # served by the keeper, not declined to the Click path
