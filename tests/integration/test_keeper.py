@@ -528,3 +528,36 @@ def test_a_warm_exec_into_a_full_disk_says_so_in_one_line(testbed: Testbed, tmp_
         assert proc.stderr == ("skeleton: error: writing the output: No space left on"
                                " device\n"), proc.stderr
     assert k.served()[0] >= 3  # served by the keeper, not declined to the Click path
+
+
+def test_keeper_status_sorts_its_rows_and_tsv_is_the_table_alone(testbed: Testbed,
+                                                                  tmp_path: Path,
+                                                                  keeper_env: Keeper) -> None:
+    """`skeleton keeper status`: one row per connection sorted by node (it was the keeper's
+    order), `-` as the idle time of a connection in use (it said `idle 11s, running 2`);
+    `--format tsv` prints the table alone on stdout (the keeper's lines go to stderr: they
+    came first in the TSV), and `--json` carries no protocol word (`"op": "status"`)."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-3]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    busy = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
+                             "cluster", "exec", "-n", "node-02", "sleep 3"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def running() -> bool:
+            state = json.loads(k.run("keeper", "status", "--json", config=None).stdout)
+            return any(c["busy"] for c in state["connections"])
+
+        _until("node-02 running", running)
+        proc = k.run("keeper", "status", "--format", "tsv", config=None)
+    finally:
+        assert busy.wait(timeout=60) == 0
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert lines[0] == ["node", "login", "idle", "persist", "running"], proc.stdout
+    assert [row[0] for row in lines[1:]] == ["node-01", "node-02", "node-03"], proc.stdout
+    assert [row[2] for row in lines[1:] if row[4] != "0"] == ["-"], proc.stdout
+    assert proc.stderr.startswith("keeper pid "), proc.stderr
+    state = json.loads(k.run("keeper", "status", "--json", config=None).stdout)
+    assert "op" not in state and state["running"] is True
