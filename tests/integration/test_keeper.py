@@ -561,3 +561,39 @@ def test_keeper_status_sorts_its_rows_and_tsv_is_the_table_alone(testbed: Testbe
     assert proc.stderr.startswith("keeper pid "), proc.stderr
     state = json.loads(k.run("keeper", "status", "--json", config=None).stdout)
     assert "op" not in state and state["running"] is True
+
+
+def test_keeper_stop_refuses_while_a_command_runs_unless_forced(testbed: Testbed,
+                                                                 tmp_path: Path,
+                                                                 keeper_env: Keeper) -> None:
+    """`skeleton keeper stop` in one terminal while another terminal's command runs through
+    the keeper: refused (exit 1, saying why and on which nodes) and that command completes;
+    it was cut off, `lost` exit 4. `--force` stops it anyway; with nothing running, stops."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-2]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+
+    def busy() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
+                                 "cluster", "exec", "-n", "node-0[1-2]", "sleep 2; echo A"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        _until("the command running", lambda: any(c["busy"] for c in json.loads(
+            k.run("keeper", "status", "--json", config=None).stdout)["connections"]))
+        return proc
+
+    proc = busy()
+    stop = k.run("keeper", "stop", config=None)
+    out, _ = proc.communicate(timeout=60)
+    assert stop.returncode == 1 and "on node-01, node-02" in stop.stderr, stop.stderr
+    assert (proc.returncode, out.splitlines()[-1]) == (0, "A"), out
+    assert k.running()
+    proc = busy()
+    stop = k.run("keeper", "stop", "--force", config=None)
+    proc.communicate(timeout=60)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    assert proc.returncode == 4
+    k.wait_running()  # the cut-off command started a new keeper (README: "replaced")
+    stop = k.run("keeper", "stop", config=None)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    _until("no keeper", lambda: not k.running())

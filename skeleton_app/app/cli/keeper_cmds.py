@@ -55,12 +55,25 @@ def status_cmd(as_json: bool) -> int:
 
 
 @keeper.command("stop")
-def stop_cmd() -> int:
-    """Stop the keeper (its connections close; the next cluster command starts a new one)."""
+@click.option("--force", is_flag=True,
+              help="Stop it even while commands run through it (their nodes end `lost`).")
+def stop_cmd(force: bool) -> int:
+    """Stop the keeper (its connections close; the next cluster command starts a new one).
+    Refused while commands run through it (exit 1), unless --force."""
     from skeleton_app.keeper.client import request
     from skeleton_app.keeper.paths import keeper_paths
 
     paths = keeper_paths()
+    state = None if force else request(paths, "status")
+    if state is not None and int(state.get("requests", 0)) > 0:
+        # Another terminal's command would be cut off mid-way (`lost`, exit 4, it may have
+        # run): as `ssh -O stop` lets a master's sessions finish, never by surprise.
+        busy = sorted({c["node"] for c in state["connections"] if c["busy"]})
+        on = f" (on {', '.join(busy)})" if busy else ""
+        click.echo(f"skeleton: error: the keeper is running {state['requests']} command(s)"
+                   f" now{on}: stopping it would cut them off (their nodes end `lost`, exit"
+                   " 4). Wait for them, or: skeleton keeper stop --force", err=True)
+        return 1
     reply = request(paths, "stop")
     if reply is None:
         click.echo("no keeper running")
