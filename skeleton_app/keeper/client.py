@@ -98,7 +98,12 @@ def request(paths: KeeperPaths, op: str, timeout: float = 5.0) -> dict[str, Any]
 
 
 def node_to_wire(node: Node) -> dict[str, Any]:
-    return {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    """The node with its identity file made absolute here (`load_config` copies a relative
+    `ssh.identity_file` into every node): the keeper's working directory is not ours."""
+    data = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    if data.get("identity_file"):
+        data["identity_file"] = os.path.abspath(os.path.expanduser(data["identity_file"]))
+    return data
 
 
 def node_from_wire(data: dict[str, Any]) -> Node:

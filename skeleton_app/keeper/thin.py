@@ -150,12 +150,17 @@ def _follow(sock: _socket.socket, started: dict[str, Any], directory: str) -> in
 
 
 def _write(fd: int, data: bytes) -> bool:
-    """All of `data` to `fd`; False when its reader went away."""
+    """All of `data` to `fd`; False when its reader went away or it cannot take more (a
+    full disk, `> /dev/full`: one line says why, never a traceback)."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view):]
         except BrokenPipeError:
+            return False
+        except OSError as exc:
+            if fd != 2:
+                _write(2, f"skeleton: error: writing the output: {exc.strerror}\n".encode())
             return False
     return True
 

@@ -478,3 +478,122 @@ def test_a_served_exec_is_journaled_and_reads_failed_from_the_registry(
     assert [(r["operation"], r["selection"], r["exit_code"]) for r in runs[:2]] == [
         ("exec", ["node-02"], 0), ("exec", ["node-01", "node-02"], 1)]
     assert len(runs) == 4
+
+
+def _run_in(directory: Path, k: Keeper, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as typed in `directory` (a shell's working directory), with `k`'s keeper."""
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    return subprocess.run([sys.executable, "-m", "skeleton_app", *args], cwd=directory,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_relative_identity_file_works_warm_as_it_does_cold(testbed: Testbed,
+                                                             tmp_path: Path,
+                                                             keeper_env: Keeper) -> None:
+    """`identity_file: ./key` in a config.yaml of the directory the operator works in: the
+    keeper (another working directory) gets the key's absolute path on every path, the
+    served one (declined: the Click path's KeeperRunner) and the cold one alike. It was
+    `lost: [Errno 2] No such file or directory: './key'`, exit 4, warm only."""
+    k = keeper_env
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(testbed.identity_file, work / "key")
+    (work / "key").chmod(0o600)
+    config_variant(testbed, work / "config.yaml", ssh={"persist": 30, "identity_file": "./key"})
+    first = _run_in(work, k, "cluster", "exec", "-n", "node-01", "hostname")
+    assert first.returncode == 0, first.stdout + first.stderr
+    k.wait_running()
+    for persist in ([], ["--no-persist"]):
+        proc = _run_in(work, k, "cluster", *persist, "exec", "-n", "node-01", "hostname")
+        assert (proc.returncode, proc.stdout) == (0, "---------------- node-01 ----------------"
+                                                     "\nnode-01\n"), proc.stdout + proc.stderr
+    assert k.opened("node-01") == 1, k.log
+
+
+def test_a_warm_exec_into_a_full_disk_says_so_in_one_line(testbed: Testbed, tmp_path: Path,
+                                                          keeper_env: Keeper) -> None:
+    """`skeleton cluster exec ... > /dev/full` (a full disk): one line on stderr and exit 1,
+    as for a closed pipe; it was a traceback of `thin._write` (ENOSPC is not EPIPE)."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-2]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    for fmt in ("json", "plain"):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "skeleton_app", "cluster", "exec",
+                                   "-n", "node-0[1-2]", "--format", fmt, "--config",
+                                   str(config), "--", "seq 3"], cwd=REPO, env=env,
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == ("skeleton: error: writing the output: No space left on"
+                               " device\n"), proc.stderr
+    assert k.served()[0] >= 3  # served by the keeper, not declined to the Click path
+
+
+def test_keeper_status_sorts_its_rows_and_tsv_is_the_table_alone(testbed: Testbed,
+                                                                  tmp_path: Path,
+                                                                  keeper_env: Keeper) -> None:
+    """`skeleton keeper status`: one row per connection sorted by node (it was the keeper's
+    order), `-` as the idle time of a connection in use (it said `idle 11s, running 2`);
+    `--format tsv` prints the table alone on stdout (the keeper's lines go to stderr: they
+    came first in the TSV), and `--json` carries no protocol word (`"op": "status"`)."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-3]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    busy = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
+                             "cluster", "exec", "-n", "node-02", "sleep 3"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def running() -> bool:
+            state = json.loads(k.run("keeper", "status", "--json", config=None).stdout)
+            return any(c["busy"] for c in state["connections"])
+
+        _until("node-02 running", running)
+        proc = k.run("keeper", "status", "--format", "tsv", config=None)
+    finally:
+        assert busy.wait(timeout=60) == 0
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert lines[0] == ["node", "login", "idle", "persist", "running"], proc.stdout
+    assert [row[0] for row in lines[1:]] == ["node-01", "node-02", "node-03"], proc.stdout
+    assert [row[2] for row in lines[1:] if row[4] != "0"] == ["-"], proc.stdout
+    assert proc.stderr.startswith("keeper pid "), proc.stderr
+    state = json.loads(k.run("keeper", "status", "--json", config=None).stdout)
+    assert "op" not in state and state["running"] is True
+
+
+def test_keeper_stop_refuses_while_a_command_runs_unless_forced(testbed: Testbed,
+                                                                 tmp_path: Path,
+                                                                 keeper_env: Keeper) -> None:
+    """`skeleton keeper stop` in one terminal while another terminal's command runs through
+    the keeper: refused (exit 1, saying why and on which nodes) and that command completes;
+    it was cut off, `lost` exit 4. `--force` stops it anyway; with nothing running, stops."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    _warm(k, config, "node-0[1-2]")
+    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+
+    def busy() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
+                                 "cluster", "exec", "-n", "node-0[1-2]", "sleep 2; echo A"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        _until("the command running", lambda: any(c["busy"] for c in json.loads(
+            k.run("keeper", "status", "--json", config=None).stdout)["connections"]))
+        return proc
+
+    proc = busy()
+    stop = k.run("keeper", "stop", config=None)
+    out, _ = proc.communicate(timeout=60)
+    assert stop.returncode == 1 and "on node-01, node-02" in stop.stderr, stop.stderr
+    assert (proc.returncode, out.splitlines()[-1]) == (0, "A"), out
+    assert k.running()
+    proc = busy()
+    stop = k.run("keeper", "stop", "--force", config=None)
+    proc.communicate(timeout=60)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    assert proc.returncode == 4
+    k.wait_running()  # the cut-off command started a new keeper (README: "replaced")
+    stop = k.run("keeper", "stop", config=None)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    _until("no keeper", lambda: not k.running())

@@ -32,28 +32,48 @@ def status_cmd(as_json: bool) -> int:
                    else f"no keeper running ({paths.socket})")
         return 1
     if as_json:
+        state.pop("op", None)  # the protocol's word, not part of the state
         click.echo(json.dumps({"running": True, **state, "log": str(paths.log)}, indent=2))
         return 0
+    # `--format tsv` is the table alone on stdout (a header line, one line per row): the
+    # keeper's own lines go to stderr there, so `cut`/`awk` read the rows only.
+    prose = render.table_format() == "tsv"
     up = time.time() - float(state["started"])
     click.echo(f"keeper pid {state['pid']}, up {up:.0f}s, persist {state['persist']:g}s,"
-               f" socket {state['socket']}, log {paths.log}")
+               f" socket {state['socket']}, log {paths.log}", err=prose)
     if "served" in state:  # a keeper of this version: exec commands it ran whole
         declined = int(state["declined"])
         last = f" (last: {state['last_declined']})" if declined else ""
-        click.echo(f"exec commands served whole: {state['served']}, declined: {declined}{last}")
-    rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}", f"{c['idle']:.0f}s",
-             f"{c['persist']:g}s", str(c["busy"])] for c in state["connections"]]
+        click.echo(f"exec commands served whole: {state['served']}, declined: {declined}{last}",
+                   err=prose)
+    # Sorted by node, as every other node table; a connection in use is not idle.
+    rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}",
+             "-" if c["busy"] else f"{c['idle']:.0f}s", f"{c['persist']:g}s", str(c["busy"])]
+            for c in sorted(state["connections"], key=lambda c: (c["node"], c["host"]))]
     render.table("connections held", ["node", "login", "idle", "persist", "running"], rows)
     return 0
 
 
 @keeper.command("stop")
-def stop_cmd() -> int:
-    """Stop the keeper (its connections close; the next cluster command starts a new one)."""
+@click.option("--force", is_flag=True,
+              help="Stop it even while commands run through it (their nodes end `lost`).")
+def stop_cmd(force: bool) -> int:
+    """Stop the keeper (its connections close; the next cluster command starts a new one).
+    Refused while commands run through it (exit 1), unless --force."""
     from skeleton_app.keeper.client import request
     from skeleton_app.keeper.paths import keeper_paths
 
     paths = keeper_paths()
+    state = None if force else request(paths, "status")
+    if state is not None and int(state.get("requests", 0)) > 0:
+        # Another terminal's command would be cut off mid-way (`lost`, exit 4, it may have
+        # run): as `ssh -O stop` lets a master's sessions finish, never by surprise.
+        busy = sorted({c["node"] for c in state["connections"] if c["busy"]})
+        on = f" (on {', '.join(busy)})" if busy else ""
+        click.echo(f"skeleton: error: the keeper is running {state['requests']} command(s)"
+                   f" now{on}: stopping it would cut them off (their nodes end `lost`, exit"
+                   " 4). Wait for them, or: skeleton keeper stop --force", err=True)
+        return 1
     reply = request(paths, "stop")
     if reply is None:
         click.echo("no keeper running")
