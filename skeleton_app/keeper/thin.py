@@ -160,7 +160,7 @@ def _write(fd: int, data: bytes) -> bool:
             return False
         except OSError as exc:
             if fd != 2:
-                _write(2, f"skeleton: error: writing the output: {exc.strerror}\n".encode())
+                _write(2, f"skeleton: error: cannot write the output: {exc.strerror}\n".encode())
             return False
     return True
 

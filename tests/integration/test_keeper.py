@@ -161,6 +161,11 @@ def test_no_persist_and_persist_0_start_no_keeper(testbed: Testbed, tmp_path: Pa
     config = _config(testbed, tmp_path)
     proc = k.run("cluster", "--no-persist", "exec", "-n", "node-01", "true", config=config)
     assert proc.returncode == 0, proc.stderr
+    # Typed after the command, as users do, it means the same.
+    for after in (["exec", "--no-persist", "-n", "node-01", "true"],
+                  ["status", "-n", "node-01", "--no-persist"]):
+        proc = k.run("cluster", *after, config=config)
+        assert proc.returncode == 0, proc.stderr
     off = _config(testbed, tmp_path, "off.yaml", persist=0)
     proc = k.run("cluster", "exec", "-n", "node-01", "true", config=off)
     assert proc.returncode == 0, proc.stderr
@@ -525,7 +530,7 @@ def test_a_warm_exec_into_a_full_disk_says_so_in_one_line(testbed: Testbed, tmp_
                                    str(config), "--", "seq 3"], cwd=REPO, env=env,
                                   stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
         assert proc.returncode == 1, proc.stderr
-        assert proc.stderr == ("skeleton: error: writing the output: No space left on"
+        assert proc.stderr == ("skeleton: error: cannot write the output: No space left on"
                                " device\n"), proc.stderr
     assert k.served()[0] >= 3  # served by the keeper, not declined to the Click path
 

@@ -136,7 +136,19 @@ def _json_value(ctx: click.Context, _param: click.Parameter, value: bool) -> boo
     return wants_json(ctx, value)
 
 
+def _no_persist(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().obj.persist = False
+
+
+# `skeleton cluster status --no-persist` as well as `skeleton cluster --no-persist status`:
+# where a user types it after the command, it means the same (hidden: the group documents it).
+no_persist_option = click.option("--no-persist", is_flag=True, expose_value=False, hidden=True,
+                                 callback=_no_persist)
+
+
 def selection_options(fn: F) -> F:
+    fn = no_persist_option(fn)
     fn = format_option(fn)
     fn = list_hosts_option(fn)
     fn = click.option("--fanout", type=click.IntRange(min=1), default=None,
