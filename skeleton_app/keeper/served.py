@@ -13,7 +13,8 @@ It declines (the client then goes the Click way, which runs the same through
   in its words;
 - an environment that differs from the keeper's own where it decides what a command does
   (`_MUST_MATCH`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
-  login, PATH a ProxyCommand; libpq's PG* the registry's server, TLS mode and password):
+  login, PATH a ProxyCommand's (only when an ssh config has one: `_runs_commands`); libpq's
+  PG* the registry's server, TLS mode and password):
   a process has one environment for all its threads. SKELETON_*
   settings are the command's own (passed to `load_config`); the rest (PWD, a pyenv shim's
   variables, ...) changes nothing here;
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +42,7 @@ from skeleton_app.app.commands import Selection, Session, exec_command
 from skeleton_app.app.exec_argv import ExecArgs, parse
 from skeleton_app.config import Settings, SSHSettings, check_identity_files, load_config
 from skeleton_app.errors import ExitCode, NodeError, NodeErrorKind, SkeletonError
-from skeleton_app.keeper.held import HeldConnections
+from skeleton_app.keeper.held import SSH_CONFIGS, HeldConnections
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
 from skeleton_app.ssh.runner import RunOptions
@@ -49,8 +51,15 @@ from skeleton_app.ssh.runner import Session as LineSession
 # What the library reads from the process environment (not from `load_config`'s `env`) on
 # exec's path: `~` and the XDG dirs (known_hosts, ~/.ssh/config, the @failed state file),
 # the agent, getpass's default login, the PATH of a ProxyCommand, the journal's clock.
-_MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "PATH", "SSH_AUTH_SOCK",
+# PATH only where an ssh config runs local commands (`_runs_commands`): an activated
+# virtualenv in one terminal and not in the other changes nothing else here.
+_MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK",
                "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "TZ")
+# Lines of an ssh config that run a local command (found through PATH): Paramiko's
+# ProxyCommand and `Match exec`. (Paramiko reads no `Include`: Debian's default one pulls in
+# nothing it would see.)
+_COMMANDS = re.compile(rb"^[ \t]*(proxycommand|match[ \t].*\bexec\b|localcommand)\b",
+                       re.IGNORECASE | re.MULTILINE)
 _CACHED_CONFIGS = 8
 # What CodeWatch watches: modules, node payloads, the registry's migrations (read from disk
 # at every registry open: an upgrade's new migration with the old code would pass its check).
@@ -137,6 +146,26 @@ _MUST_MATCH_PREFIXES = ("PG", "KRB5", "OPENSSL_", "SSL_CERT_")
 def groups() -> list[int]:
     """This process's group ids, primary included, as the warm client sends them."""
     return sorted({os.getgid(), *os.getgroups()})
+
+
+def _runs_commands(ssh: SSHSettings, home: str | None) -> bool:
+    """Whether the ssh configs a connection reads may run a local command."""
+    if not ssh.ssh_config:
+        return False
+    for path in SSH_CONFIGS:
+        if path.startswith("~/"):
+            if not home:
+                return True
+            path = os.path.join(home, path[2:])
+        try:
+            with open(path, "rb") as file:
+                if _COMMANDS.search(file.read(1 << 20)):
+                    return True
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True  # unreadable here: the Click path finds out what it says
+    return False
 
 
 def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
@@ -226,7 +255,9 @@ class ExecService:
     def __init__(self, held: HeldConnections, env: Mapping[str, str] | None = None,
                  package: str | None = None):
         self.held = held
-        self._env = _comparable(os.environ if env is None else env)
+        own = os.environ if env is None else env
+        self._env = _comparable(own)
+        self._path = own.get("PATH")
         self._groups = groups()
         self.package = package or package_dir()
         self._code = CodeWatch(self.package, _library_dirs())
@@ -279,6 +310,9 @@ class ExecService:
             settings = self._settings(args, cwd, env)
             if settings.ssh.persist <= 0:
                 raise Declined("ssh.persist is 0")
+            if env.get("PATH") != self._path and _runs_commands(settings.ssh, env.get("HOME")):
+                raise Declined("a PATH other than the keeper's, and an ssh config that runs"
+                               " local commands (ProxyCommand, Match exec)")
             if settings.registry.dsn and _relative_dsn_files(settings.registry.dsn):
                 raise Declined("a registry.dsn file relative to the command's directory")
             check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"

@@ -98,8 +98,7 @@ def test_an_environment_that_matters_is_declined_and_shell_noise_is_not(
         env: dict[str, str], config: Path) -> None:
     svc = service(env)
     for name, value in (("HOME", "/elsewhere"), ("SSH_AUTH_SOCK", "/tmp/agent"),
-                        ("XDG_STATE_HOME", "/tmp/state"), ("PATH", "/opt/bin:/usr/bin"),
-                        ("USER", "root")):
+                        ("XDG_STATE_HOME", "/tmp/state"), ("USER", "root")):
         why = declined(svc, request(["cluster", "exec", "true"], config.parent,
                                     {**env, name: value}))
         assert "environment" in why, name
@@ -277,3 +276,27 @@ def test_an_upgraded_library_is_a_change_of_code(tmp_path: Path) -> None:
     assert not watch.changed()
     (site / "paramiko-5.1.0.dist-info").rename(site / "paramiko-5.2.0.dist-info")
     assert watch.changed()
+
+
+@pytest.mark.parametrize(("line", "matters"), [
+    ("Host *\n  ProxyCommand ssh -W %h:%p bastion\n", True),
+    ("Match host x exec \"test -f /tmp/vpn\"\n  User a\n", True),
+    ("Include ~/.ssh/more.conf\n", False),  # Paramiko reads no Include
+    ("Host *\n  ServerAliveInterval 5\n  # ProxyCommand not this one\n", False),
+])
+def test_path_matters_only_where_an_ssh_config_runs_commands(
+        env: dict[str, str], config: Path, line: str, matters: bool) -> None:
+    """An activated virtualenv in one terminal (another PATH) is served, unless the user's
+    ssh config runs a local command found through PATH (ProxyCommand, Match exec)."""
+    svc = service(env)
+    other = request(["cluster", "exec", "true"], config.parent,
+                    {**env, "PATH": "/venv/bin:/usr/bin:/bin"})
+    svc.prepare(other).session.close()  # no ~/.ssh/config: PATH changes nothing
+    ssh_dir = Path(env["HOME"]) / ".ssh"
+    ssh_dir.mkdir(parents=True)
+    (ssh_dir / "config").write_text(line)
+    if matters:
+        assert "PATH" in declined(svc, other)
+    else:
+        svc.prepare(other).session.close()
+    svc.prepare(request(["cluster", "exec", "true"], config.parent, env)).session.close()
