@@ -360,7 +360,7 @@ class ExecService:
     def run(self, served: Served, token: cancel.CancelToken) -> Answer:
         """Run the command under `token` (the client's Ctrl-C), render what the Click
         command prints; the exit code as it computes it."""
-        from skeleton_app.app.views.exec import exec_text
+        from skeleton_app.app.views.exec import exec_text, exec_tsv
 
         args = served.args
         out, err = io.StringIO(), io.StringIO()
@@ -376,6 +376,8 @@ class ExecService:
         err.writelines(f"{line}\n" for line in served.warnings)
         if args.as_json or args.format == "json":
             out.write(done.result.to_json() + "\n")
+        elif args.format == "tsv":
+            exec_tsv(done.result, out)
         else:
             exec_text(done.result, out)
         code = ExitCode.INTERRUPTED if token.cancelled else done.exit_code

@@ -367,7 +367,8 @@ def test_a_served_warm_exec_prints_what_the_cli_prints_and_loads_only_the_stdlib
     _warm(k, config, "node-0[1-3]")
     command = ["--config", str(config), "--",
                "echo same; [ $(hostname) = node-02 ] && echo two >&2; exit 3"]
-    for extra in ([], ["--json"], ["--format", "json"], ["--timeout", "20"]):
+    for extra in ([], ["--json"], ["--format", "json"], ["--format", "tsv"],
+                  ["--timeout", "20"]):  # the last one's cold output is compared below
         warm = k.run("cluster", "exec", "-n", "node-0[1-3]", *extra, *command, config=None)
         cold = k.run("cluster", "--no-persist", "exec", "-n", "node-0[1-3]", *extra, *command,
                      config=None)
@@ -395,7 +396,7 @@ def test_a_served_warm_exec_prints_what_the_cli_prints_and_loads_only_the_stdlib
     assert proc.returncode == 0, proc.stderr
     loaded = {line.split("|")[2].strip() for line in proc.stderr.splitlines()
               if line.startswith("import time:") and "|" in line}
-    assert k.served()[:2] == (7, 0)  # the second of _warm, 4 warm forms, the timeout, this
+    assert k.served()[:2] == (8, 0)  # the second of _warm, 5 warm forms, the timeout, this
     assert "skeleton_app.keeper.thin" in loaded
     # The keeper served it whole: not even the config (YAML) or dataclasses were loaded here.
     heavy = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "paramiko", "yaml",
@@ -407,7 +408,7 @@ def test_a_served_warm_exec_prints_what_the_cli_prints_and_loads_only_the_stdlib
     other = skeleton("cluster", "exec", "-n", "node-0[1-3]", *command,
                      env={**k.env, "TZ": "Pacific/Auckland"})
     assert other.returncode == 1 and other.stdout == cold.stdout, other.stderr
-    assert k.served() == (7, 1, "an environment other than the keeper's")
+    assert k.served() == (8, 1, "an environment other than the keeper's")
     assert k.opened("node-01") == 1, k.log
 
 

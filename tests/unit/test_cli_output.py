@@ -131,3 +131,21 @@ def test_the_deploy_table_names_each_nodes_release() -> None:
                                        "time", "version", "release"]
     assert with_release[1].split()[-1] == "20261207T010000-0123abcd"
     assert text(None)[0].split()[-1] == "version"
+
+
+def test_exec_tsv_is_a_row_per_line_exit_and_error() -> None:
+    """`cluster exec --format tsv`: pdsh's `node: line`, typed and escaped for parsers."""
+    from skeleton_app.app.views.exec import exec_tsv
+    from skeleton_app.errors import NodeErrorKind
+    from skeleton_app.results import ClusterResult, NodeResult, failure
+
+    result = ClusterResult([
+        NodeResult(node="linux-01", exit_code=0, stdout="a\tb\nlast\n"),
+        NodeResult(node="linux-02", exit_code=3, stdout="", stderr="oops\n"),
+        failure("linux-03", NodeErrorKind.UNREACHABLE, "timed out after 10s")])
+    out = io.StringIO()
+    exec_tsv(result, out)
+    assert out.getvalue().splitlines() == [
+        "node\tstream\ttext", "linux-01\tstdout\ta\\tb", "linux-01\tstdout\tlast",
+        "linux-02\tstderr\toops", "linux-02\texit\t3",
+        "linux-03\tunreachable\ttimed out after 10s"]

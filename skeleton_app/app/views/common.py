@@ -111,7 +111,7 @@ def live_display(file: IO[str] | None = None) -> bool:
     return _isatty(sys.stdout) and _isatty(file or sys.stderr)
 
 
-def _tsv_field(text: str) -> str:
+def tsv_field(text: str) -> str:
     # One record per line, one field per tab: tabs and newlines inside a value are escaped.
     return sanitize(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
@@ -133,7 +133,7 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
         return
     if fmt == "tsv":
         for row in [columns, *rows]:
-            out.write("\t".join(_tsv_field(c) for c in row) + "\n")
+            out.write("\t".join(tsv_field(c) for c in row) + "\n")
         return
     if fmt == "plain":
         if title:  # for a reader; `--format tsv` is the one for parsers

@@ -1,12 +1,12 @@
 """`cluster exec` for people: each distinct output once under its folded node set (clush -b
-style), then exit codes and errors. (`--stream` lines go through `common.stream_line`, which
-`logs --follow` shares.)"""
+style), then exit codes and errors; for parsers (`--format tsv`) a row per line. (`--stream`
+lines go through `common.stream_line`, which `logs --follow` shares.)"""
 
 from __future__ import annotations
 
 from typing import IO, Any
 
-from skeleton_app.app.views.common import error_lines, sanitize
+from skeleton_app.app.views.common import error_lines, sanitize, tsv_field
 from skeleton_app.results import ClusterResult, gather_output, group_exit_codes
 
 
@@ -22,3 +22,19 @@ def exec_text(result: ClusterResult[Any], out: IO[str]) -> None:
         for code, nodes in group_exit_codes(result):
             out.write(f"{nodes}: exit {code}\n")
     error_lines(result, out)
+
+
+def exec_tsv(result: ClusterResult[Any], out: IO[str]) -> None:
+    """`--format tsv`, for parsers (pdsh's `node: line`, typed): a header, then a row per
+    line of output (`node, stdout|stderr, line`), per non-zero exit (`node, exit, code`)
+    and per error (`node, kind, message`); tabs, newlines and backslashes escaped."""
+    out.write("node\tstream\ttext\n")
+    for r in result.values():
+        rows = [("stdout", line) for line in r.stdout.splitlines()]
+        rows += [("stderr", line) for line in r.stderr.splitlines()]
+        if r.error_kind is not None:
+            rows.append((r.error_kind.value, r.error or ""))
+        elif r.exit_code:
+            rows.append(("exit", str(r.exit_code)))
+        out.writelines(f"{tsv_field(r.node)}\t{stream}\t{tsv_field(text)}\n"
+                       for stream, text in rows)
