@@ -41,7 +41,7 @@ from skeleton_app.app.views import status as status_view
 from skeleton_app.app.views.copy import copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import deploy_text
-from skeleton_app.app.views.exec import exec_text
+from skeleton_app.app.views.exec import exec_view
 from skeleton_app.errors import SkeletonError, UsageError
 from skeleton_app.nodes import Node, validate_fab_argv
 
@@ -137,7 +137,7 @@ def _command(c: Connection, command: str | None, timeout: str, config: str | Non
         done = commands.exec_command(session, nodes, command,
                                      timeout=_seconds(timeout, "--timeout") or None,
                                      stdin=_stdin_once() if stdin else None, sudo=request)
-        exec_text(done.result, sys.stdout)
+        exec_view(done.result, sys.stdout)
     _finish(done)
 
 

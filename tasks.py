@@ -47,7 +47,7 @@ from skeleton_app.app.views.bootstrap import bootstrap_text, failures
 from skeleton_app.app.views.copy import TransferProgress, copy_text, fetch_text, skipped_lines
 from skeleton_app.app.views.daemon import daemon_text
 from skeleton_app.app.views.deploy import DeployProgress, deploy_text
-from skeleton_app.app.views.exec import exec_text
+from skeleton_app.app.views.exec import exec_view
 from skeleton_app.app.views.jack_server import connect_text, server_text
 from skeleton_app.app.views.logs import logs_text
 from skeleton_app.app.views.sync_models import SyncModelsProgress, summary_rows
@@ -191,7 +191,7 @@ def exec(c: Context, command: str | None = None, node: list[str] | None = None,
         elif stream:
             render.error_lines(result, sys.stdout)
         else:
-            exec_text(result, sys.stdout)
+            exec_view(result, sys.stdout)
         _finish(done)
 
 

@@ -8,7 +8,7 @@ here, picks the view for the `Done` it gets back and exits with `Done.exit_code`
     with Session(config, fanout=fanout) as session:
         nodes = session.select(Selection(node_specs, roles, exclude))
         done = commands.exec_command(session, nodes, "uptime")
-        exec_text(done.result, sys.stdout)
+        exec_view(done.result, sys.stdout)
     return done.exit_code
 
 Every function runs its operation and journals the run (operation, arguments, selection and

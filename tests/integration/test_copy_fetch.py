@@ -419,7 +419,8 @@ def test_a_lying_node_is_stopped_and_nothing_is_written_outside(
     assert "node-02" in proc.stdout and said in proc.stdout.replace("\n", " "), proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "outside"]
     assert list(outside.iterdir()) == []
-    assert sorted(p.name for p in out.iterdir()) == ["node-01", "node-02"]
+    # node-02's own dir stays only if something honest came before the lie.
+    assert {p.name for p in out.iterdir()} in ({"node-01"}, {"node-01", "node-02"})
     assert not list(out.rglob(f"escape-{tag}"))
     assert (out / "node-01" / "logs" / "app.log").exists()  # the honest node is fetched
 

@@ -241,11 +241,16 @@ def test_json_wins_over_another_format_and_either_order_works(fake: Path) -> Non
 
 
 def test_exec_blocks_stay_readable_in_every_format(fake: Path) -> None:
-    for fmt in ("plain", "tsv", "table"):
+    for fmt in ("plain", "table"):
         code, out = run(["cluster", "exec", "uname -r", "--format", fmt])
         assert code == 4
         assert "---------------- linux-01 ----------------\nhello\tthere\n" in out
         assert "linux-02: unreachable: no route\tto" in out
+    # tsv: a row per line, every value one field (tabs, newlines escaped, ESC made visible)
+    code, out = run(["cluster", "exec", "uname -r", "--format", "tsv"])
+    assert code == 4
+    assert out.splitlines() == ["node\tstream\ttext", "linux-01\tstdout\thello\\tthere",
+                                "linux-02\tunreachable\tno route\\tto\\nhost \\\\x1b[31mred"]
 
 
 def test_runs_list_json_has_the_documented_keys(fake: Path) -> None:

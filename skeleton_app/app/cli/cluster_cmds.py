@@ -81,7 +81,7 @@ def exec_cmd(ctx: click.Context, words: tuple[str, ...], config: str | None,
     from skeleton_app.app import commands
     from skeleton_app.app.exec_input import join_words, read_stdin, sudo_password_source
     from skeleton_app.app.views import common as render
-    from skeleton_app.app.views.exec import exec_text, exec_tsv
+    from skeleton_app.app.views.exec import exec_view
     from skeleton_app.ops.sudo import SudoRequest
 
     # `exec -n @failed --list-hosts` needs no command (pdsh -q, ansible --list-hosts);
@@ -105,7 +105,7 @@ def exec_cmd(ctx: click.Context, words: tuple[str, ...], config: str | None,
     elif stream:
         render.error_lines(result, sys.stdout)
     else:
-        (exec_tsv if render.table_format(sys.stdout) == "tsv" else exec_text)(result, sys.stdout)
+        exec_view(result, sys.stdout)
     return done.exit_code
 
 

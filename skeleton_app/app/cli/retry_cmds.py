@@ -63,9 +63,9 @@ def _render(operation: str, done: Done[Any], stale_after: float, started: float,
 
     result, nodes = done.result, done.nodes
     if operation == "exec":
-        from skeleton_app.app.views.exec import exec_text
+        from skeleton_app.app.views.exec import exec_view
 
-        exec_text(result, sys.stdout)
+        exec_view(result, sys.stdout)
     elif operation == "status":
         from skeleton_app.app.views import status as status_view
 

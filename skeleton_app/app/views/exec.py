@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from skeleton_app.app.views.common import error_lines, sanitize, tsv_field
+from skeleton_app.app.views.common import error_lines, sanitize, table_format, tsv_field
 from skeleton_app.results import ClusterResult, gather_output, group_exit_codes
 
 
@@ -38,3 +38,9 @@ def exec_tsv(result: ClusterResult[Any], out: IO[str]) -> None:
             rows.append(("exit", str(r.exit_code)))
         out.writelines(f"{tsv_field(r.node)}\t{stream}\t{tsv_field(text)}\n"
                        for stream, text in rows)
+
+
+def exec_view(result: ClusterResult[Any], out: IO[str]) -> None:
+    """What `cluster exec` prints, for every front end: rows for `--format tsv`, else the
+    blocks of `exec_text`."""
+    (exec_tsv if table_format(out) == "tsv" else exec_text)(result, out)
