@@ -249,7 +249,8 @@ def _served_request(command: Command, runtime: Path) -> Callable[[], None]:
     """One whole `cluster exec` as `skeleton` hands it to the keeper (`keeper.thin`), from
     this process: the argv, directory and environment of `command`."""
     from skeleton_app.keeper import protocol
-    from skeleton_app.keeper.served import groups, package_dir
+    from skeleton_app.keeper.client_env import groups
+    from skeleton_app.keeper.code_watch import package_dir
     from skeleton_app.keeper.thin import _connect
 
     header = {"op": "exec", "v": protocol.VERSION, "argv": list(command.argv[1:]),

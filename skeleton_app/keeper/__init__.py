@@ -12,11 +12,13 @@ instead of a handshake.
     server    the keeper process (`python -m skeleton_app.keeper`)
     held      the connections it holds, keyed by what makes a connection
     served    a whole `cluster exec` run in the keeper, or declined
+    client_env  what of a client's environment must equal the keeper's to be served
+    code_watch  whether the keeper's code changed on disk (then it declines and leaves)
     thin      the warm client of `skeleton cluster exec` (the standard library only)
     client    KeeperRunner, the Runner of the other CLI commands; status and stop requests
     lines     deploy's line conversation relayed through the keeper
     spawn     starting a keeper, detached (or as the command exits)
 
 This package imports no Paramiko at import time: only the keeper process does (`server`,
-with `held` and `served`).
+with `held`, `served` and `client_env`).
 """

@@ -12,184 +12,42 @@ It declines (the client then goes the Click way, which runs the same through
 - a command line `exec_argv` does not read, or a config or selection error: Click says it
   in its words;
 - an environment that differs from the keeper's own where it decides what a command does
-  (`_MUST_MATCH`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
-  login, PATH a ProxyCommand's (only when an ssh config has one: `_runs_commands`); libpq's
-  PG* the registry's server, TLS mode and password):
-  a process has one environment for all its threads. SKELETON_*
-  settings are the command's own (passed to `load_config`); the rest (PWD, a pyenv shim's
-  variables, ...) changes nothing here;
+  (`client_env`: HOME and the XDG dirs find files, SSH_AUTH_SOCK keys, USER the default
+  login, PATH a ProxyCommand's, libpq's PG* the registry's server, TLS mode and password);
 - another copy of skeleton_app, or this one changed on disk since the keeper started: after
-  a `git pull` a command runs the new code (`CodeWatch`);
+  a `git pull` a command runs the new code (`code_watch`);
 - an identity file or known_hosts given relative to the client's directory, which is not
   the keeper's; other group ids than the keeper's (the files they may read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import skeleton_app
 from skeleton_app import cancel
 from skeleton_app.app.commands import Selection, Session, exec_command
 from skeleton_app.app.exec_argv import ExecArgs, parse
 from skeleton_app.config import Settings, SSHSettings, check_identity_files, load_config
 from skeleton_app.errors import ExitCode, NodeError, NodeErrorKind, SkeletonError
-from skeleton_app.keeper.held import SSH_CONFIGS, HeldConnections
+from skeleton_app.keeper import client_env
+from skeleton_app.keeper.code_watch import CodeWatch, library_dirs, package_dir
+from skeleton_app.keeper.held import HeldConnections
 from skeleton_app.nodes import Node
 from skeleton_app.results import NodeResult
 from skeleton_app.ssh.runner import RunOptions
 from skeleton_app.ssh.runner import Session as LineSession
 
-# What the library reads from the process environment (not from `load_config`'s `env`) on
-# exec's path: `~` and the XDG dirs (known_hosts, ~/.ssh/config, the @failed state file),
-# the agent, getpass's default login, the PATH of a ProxyCommand, the journal's clock.
-# PATH only where an ssh config runs local commands (`_runs_commands`): an activated
-# virtualenv in one terminal and not in the other changes nothing else here.
-_MUST_MATCH = ("HOME", "USER", "LOGNAME", "LNAME", "USERNAME", "SSH_AUTH_SOCK",
-               "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "TZ")
-# Lines of an ssh config that run a local command (found through PATH): Paramiko's
-# ProxyCommand and `Match exec`. (Paramiko reads no `Include`: Debian's default one pulls in
-# nothing it would see.)
-_COMMANDS = re.compile(rb"^[ \t]*(proxycommand|match[ \t].*\bexec\b|localcommand)\b",
-                       re.IGNORECASE | re.MULTILINE)
 _CACHED_CONFIGS = 8
-# What CodeWatch watches: modules, node payloads, the registry's migrations (read from disk
-# at every registry open: an upgrade's new migration with the old code would pass its check).
-_CODE = (".py", ".sh", ".sql")
 
 
 class Declined(Exception):
     """Not served: the client runs the command the Click way (the message says why)."""
-
-
-def package_dir() -> str:
-    return os.path.realpath(os.path.dirname(skeleton_app.__file__))
-
-
-class CodeWatch:
-    """Whether the source under `root` changed since this watch was made: the inode, size,
-    mtime and ctime of every source file (ctime: a release copied in with its build's
-    mtimes), and the source names in every directory. A directory's
-    mtime is the cheap first check; when it moved, its listing decides (Python making a
-    `__pycache__` there is no change of code). About 250 stat calls (~0.3 ms) a check."""
-
-    def __init__(self, root: str, libraries: Sequence[str] = ()):
-        """`libraries`: directories whose entries (not their trees) are watched too: the
-        site-packages of the keeper's Paramiko, psycopg, PyYAML..., where `pip install -U`
-        replaces a package's `*.dist-info` directory with one of the new version's name."""
-        self.root = root
-        self._files: list[str] = []
-        self._dirs: dict[str, tuple[int, list[str]]] = {}
-        for directory, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
-            self._files += [os.path.join(directory, f) for f in sorted(files)
-                            if f.endswith(_CODE)]
-        for directory in libraries:
-            with contextlib.suppress(OSError):
-                self._dirs[directory] = (os.stat(directory).st_mtime_ns, _sources(directory))
-        self._facts = self._file_facts()
-
-    def _file_facts(self) -> list[tuple[int, int, int, int]] | None:
-        try:
-            return [(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    for st in map(os.stat, self._files)]
-        except OSError:
-            return None  # a file went away
-
-    def changed(self) -> bool:
-        if self._facts is None or self._file_facts() != self._facts:
-            return True
-        for directory, (mtime, names) in list(self._dirs.items()):
-            try:
-                now = os.stat(directory).st_mtime_ns
-                if now != mtime:
-                    if _sources(directory) != names:
-                        return True
-                    self._dirs[directory] = (now, names)
-            except OSError:
-                return True
-        return False
-
-
-def _library_dirs() -> list[str]:
-    """Where the keeper's third-party packages come from (their site-packages)."""
-    import paramiko
-    import yaml
-
-    return sorted({os.path.dirname(os.path.dirname(os.path.realpath(m.__file__ or "")))
-                   for m in (paramiko, yaml)})
-
-
-def _sources(directory: str) -> list[str]:
-    """What in `directory` is code (`_CODE` files) and its subdirectories but __pycache__."""
-    with os.scandir(directory) as entries:
-        return sorted(e.name for e in entries if e.name != "__pycache__" and (
-            e.name.endswith(_CODE) or e.is_dir(follow_symlinks=False)))
-
-
-# Read from the process environment by libraries under exec's path: libpq (psycopg, the
-# registry that lists the nodes and journals the run: PGSSLMODE, PGPASSWORD, PGHOST,
-# PGPASSFILE, PGSERVICE...), Kerberos (libpq's GSSAPI) and OpenSSL (libpq's TLS). Every
-# variable of these families must match, present or absent.
-_MUST_MATCH_PREFIXES = ("PG", "KRB5", "OPENSSL_", "SSL_CERT_")
-
-
-def groups() -> list[int]:
-    """This process's group ids, primary included, as the warm client sends them."""
-    return sorted({os.getgid(), *os.getgroups()})
-
-
-def _runs_commands(ssh: SSHSettings, home: str | None) -> bool:
-    """Whether the ssh configs a connection reads may run a local command."""
-    if not ssh.ssh_config:
-        return False
-    for path in SSH_CONFIGS:
-        if path.startswith("~/"):
-            if not home:
-                return True
-            path = os.path.join(home, path[2:])
-        try:
-            with open(path, "rb") as file:
-                if _COMMANDS.search(file.read(1 << 20)):
-                    return True
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True  # unreadable here: the Click path finds out what it says
-    return False
-
-
-def _comparable(env: Mapping[str, str]) -> tuple[Any, ...]:
-    families = sorted((k, v) for k, v in env.items() if k.startswith(_MUST_MATCH_PREFIXES))
-    return (*(env.get(name) for name in _MUST_MATCH), tuple(families))
-
-
-# The connection parameters libpq opens as files, relative to the process's directory: the
-# keeper's is "/", the Click path's the command's. A relative sslrootcert missing there is no
-# error under sslmode=require: the served command would talk to the registry unverified.
-_DSN_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "passfile")
-
-
-def _relative_dsn_files(dsn: str) -> bool:
-    """Whether `dsn` names a file relative to the current directory (or is unreadable)."""
-    from psycopg.conninfo import conninfo_to_dict  # psycopg only with a registry
-
-    try:
-        params = conninfo_to_dict(dsn)
-    except Exception:  # the Click path reports it in its words
-        return True
-    return any(isinstance(value, str) and value and value != "system"
-               and not os.path.isabs(value) for key, value in params.items()
-               if key in _DSN_FILES)
 
 
 @dataclass(slots=True)
@@ -256,11 +114,11 @@ class ExecService:
                  package: str | None = None):
         self.held = held
         own = os.environ if env is None else env
-        self._env = _comparable(own)
+        self._env = client_env.comparable(own)
         self._path = own.get("PATH")
-        self._groups = groups()
+        self._groups = client_env.groups()
         self.package = package or package_dir()
-        self._code = CodeWatch(self.package, _library_dirs())
+        self._code = CodeWatch(self.package, library_dirs())
         self.outdated = False  # the code on disk changed: the keeper should give way
         self.served = self.declined = 0
         self.last_declined: str | None = None
@@ -299,7 +157,7 @@ class ExecService:
             # A key or known_hosts readable by a group the user has left must not stay
             # readable through a keeper started before (nor the other way round).
             raise Declined("groups other than the keeper's")
-        if _comparable(env) != self._env:
+        if client_env.comparable(env) != self._env:
             raise Declined("an environment other than the keeper's")
         args = parse(argv)
         if args is None:
@@ -310,10 +168,11 @@ class ExecService:
             settings = self._settings(args, cwd, env)
             if settings.ssh.persist <= 0:
                 raise Declined("ssh.persist is 0")
-            if env.get("PATH") != self._path and _runs_commands(settings.ssh, env.get("HOME")):
+            if env.get("PATH") != self._path and client_env.runs_commands(
+                    settings.ssh, env.get("HOME")):
                 raise Declined("a PATH other than the keeper's, and an ssh config that runs"
                                " local commands (ProxyCommand, Match exec)")
-            if settings.registry.dsn and _relative_dsn_files(settings.registry.dsn):
+            if settings.registry.dsn and client_env.relative_dsn_files(settings.registry.dsn):
                 raise Declined("a registry.dsn file relative to the command's directory")
             check_identity_files(settings, settings.nodes, source="SKELETON_SSH_IDENTITY_FILE"
                                  if "SKELETON_SSH_IDENTITY_FILE" in env else None)

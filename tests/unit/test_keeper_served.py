@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from skeleton_app.keeper.client_env import groups
+from skeleton_app.keeper.code_watch import CodeWatch, package_dir
 from skeleton_app.keeper.held import HeldConnections
-from skeleton_app.keeper.served import CodeWatch, Declined, ExecService, groups, package_dir
+from skeleton_app.keeper.served import Declined, ExecService
 
 CONFIG = """
 ssh: {user: ops, known_hosts: /tmp/known, persist: 30}
