@@ -603,3 +603,46 @@ def test_keeper_stop_refuses_while_a_command_runs_unless_forced(testbed: Testbed
     stop = k.run("keeper", "stop", config=None)
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
     _until("no keeper", lambda: not k.running())
+
+
+def test_copy_and_fetch_keep_an_openssh_master_per_node_in_warm_mode(
+        testbed: Testbed, tmp_path: Path, keeper_env: Keeper) -> None:
+    """rsync's and fetch's ssh share one ControlMaster per node in the keeper's directory:
+    with the node's sshd refusing new connections, a warm copy and fetch still work (no
+    handshake), a `--no-persist` one cannot; `keeper stop` closes the masters; a config
+    change never reuses one made under the old settings."""
+    k = keeper_env
+    config = _config(testbed, tmp_path)
+    src = tmp_path / "f.txt"
+    src.write_text("warm\n")
+    dest = f"/tmp/skeleton-cm-{tmp_path.name}"
+    first = k.run("cluster", "copy", "-n", "node-02", str(src), dest, config=config)
+    assert first.returncode == 0, first.stdout + first.stderr
+    made = sorted(p.name for p in k.dir.iterdir() if p.name.startswith("cm-"))
+    assert len(made) == 1 and (k.dir / made[0]).is_socket()
+    assert oct((k.dir / made[0]).stat().st_mode & 0o777) == "0o600"
+    tbm.stop_sshd(testbed, "node-02")
+    try:
+        again = k.run("cluster", "copy", "-n", "node-02", str(src), dest, config=config)
+        assert again.returncode == 0, again.stdout + again.stderr
+        got = k.run("cluster", "fetch", "-n", "node-02", f"{dest}/f.txt",
+                    str(tmp_path / "got"), config=config)
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert (tmp_path / "got" / "node-02" / "f.txt").read_text() == "warm\n"
+        cold = k.run("cluster", "--no-persist", "copy", "-n", "node-02", str(src), dest,
+                     config=config)
+        assert cold.returncode == 4, cold.stdout + cold.stderr
+        # Another known_hosts file (same keys): another key, never the old master.
+        other_hosts = tmp_path / "known_hosts"
+        shutil.copy(testbed.known_hosts, other_hosts)
+        changed = _config(testbed, tmp_path, "other.yaml", known_hosts=str(other_hosts))
+        other = k.run("cluster", "copy", "-n", "node-02", str(src), dest, config=changed)
+        assert other.returncode == 4, other.stdout + other.stderr
+        stopped = k.run("keeper", "stop", config=None)
+        assert "closed 1 OpenSSH connection(s)" in stopped.stdout, stopped.stdout
+        assert not [p for p in k.dir.iterdir() if p.name.startswith("cm-")]
+        after = k.run("cluster", "copy", "-n", "node-02", str(src), dest, config=config)
+        assert after.returncode == 4, after.stdout + after.stderr
+    finally:
+        tbm.start_sshd(testbed, "node-02")
+        tbm.host_exec(testbed, "node-02", ["rm", "-rf", dest], check=False)

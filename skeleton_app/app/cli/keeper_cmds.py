@@ -24,16 +24,22 @@ def status_cmd(as_json: bool) -> int:
     from skeleton_app.app.views import common as render
     from skeleton_app.keeper.client import request
     from skeleton_app.keeper.paths import keeper_paths
+    from skeleton_app.ssh.openssh import masters
 
     paths = keeper_paths()
     state = request(paths, "status")
+    shared = len(masters(str(paths.dir)))  # rsync's and fetch's OpenSSH masters
     if state is None:
-        click.echo(json.dumps({"running": False, "socket": str(paths.socket)}) if as_json
+        click.echo(json.dumps({"running": False, "socket": str(paths.socket),
+                               "openssh_masters": shared}) if as_json
                    else f"no keeper running ({paths.socket})")
+        if shared and not as_json:
+            click.echo(f"OpenSSH connections kept for rsync and fetch: {shared}")
         return 1
     if as_json:
         state.pop("op", None)  # the protocol's word, not part of the state
-        click.echo(json.dumps({"running": True, **state, "log": str(paths.log)}, indent=2))
+        click.echo(json.dumps({"running": True, **state, "log": str(paths.log),
+                               "openssh_masters": shared}, indent=2))
         return 0
     # `--format tsv` is the table alone on stdout (a header line, one line per row): the
     # keeper's own lines go to stderr there, so `cut`/`awk` read the rows only.
@@ -46,6 +52,8 @@ def status_cmd(as_json: bool) -> int:
         last = f" (last: {state['last_declined']})" if declined else ""
         click.echo(f"exec commands served whole: {state['served']}, declined: {declined}{last}",
                    err=prose)
+    if shared:
+        click.echo(f"OpenSSH connections kept for rsync and fetch: {shared}", err=prose)
     # Sorted by node, as every other node table; a connection in use is not idle.
     rows = [[c["node"], f"{c['user']}@{c['host']}:{c['port']}",
              "-" if c["busy"] else f"{c['idle']:.0f}s", f"{c['persist']:g}s", str(c["busy"])]
@@ -77,13 +85,24 @@ def stop_cmd(force: bool) -> int:
     reply = request(paths, "stop")
     if reply is None:
         click.echo("no keeper running")
-        return 0
-    pid = int(reply["pid"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    click.echo(f"keeper {pid} stopped" if not _alive(pid) else f"keeper {pid} still exiting")
+    else:
+        pid = int(reply["pid"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        click.echo(f"keeper {pid} stopped" if not _alive(pid)
+                   else f"keeper {pid} still exiting")
+    _close_masters(str(paths.dir))
     return 0
+
+
+def _close_masters(directory: str) -> None:
+    """rsync's and fetch's OpenSSH masters (`ssh.openssh.share_connections`) go too."""
+    from skeleton_app.ssh.openssh import close_masters
+
+    closed = close_masters(directory)
+    if closed:
+        click.echo(f"closed {closed} OpenSSH connection(s) of rsync and fetch")
 
 
 def _alive(pid: int) -> bool:

@@ -79,6 +79,10 @@ class Ctx:
 
                 settings = load_config(self.config, overrides=self.overrides)
                 connector = keeper_runner(settings.ssh, warn=_warn)
+                if connector is not None:  # rsync's and fetch's ssh keep masters too
+                    from skeleton_app.ssh.openssh import share_connections
+
+                    share_connections(str(connector.paths.dir), settings.ssh.persist)
             self._session = Session(self.config, overrides=self.overrides, warn=_warn,
                                     settings=settings, connector=connector)
         return self._session
@@ -92,6 +96,10 @@ class Ctx:
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
+        if self.persist:  # the command's, not the next one's (tests run many in a process)
+            from skeleton_app.ssh.openssh import share_connections
+
+            share_connections(None)
 
 
 FORMATS = ("table", "plain", "tsv", "json")
