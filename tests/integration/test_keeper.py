@@ -107,6 +107,11 @@ def keeper_env() -> Iterator[Keeper]:
             if _state(pid) not in (None, "Z") and _cmdline_is_keeper(pid):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
+        # The OpenSSH masters this test's transfers left (they would idle out after
+        # ssh.persist): asked to exit through their own sockets, in this test's directory.
+        from skeleton_app.ssh.openssh import close_masters
+
+        close_masters(str(k.dir))
         shutil.rmtree(runtime, ignore_errors=True)
 
 
