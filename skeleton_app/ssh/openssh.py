@@ -140,6 +140,9 @@ def masters(directory: str) -> list[str]:
         return []
 
 
+EXIT_TIMEOUT = 10.0  # seconds for a master to answer `ssh -O exit`
+
+
 def close_masters(directory: str) -> int:
     """Ask every ControlMaster in `directory` to exit (`ssh -O exit`); how many did."""
     import subprocess
@@ -147,10 +150,12 @@ def close_masters(directory: str) -> int:
     closed = 0
     for path in masters(directory):
         # -F /dev/null: nothing in a user's ssh config (a Host * ControlPath) overrides ours.
-        done = subprocess.run(["ssh", "-F", "/dev/null", "-o", control_path(path), "-O", "exit",
-                               "master"],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
-                              check=False)
+        try:
+            done = subprocess.run(["ssh", "-F", "/dev/null", "-o", control_path(path), "-O",
+                                   "exit", "master"], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=EXIT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:  # a wedged master: `keeper stop` goes on, no trace
+            continue
         closed += done.returncode == 0
         if done.returncode != 0:  # a dead master's socket: nothing answers there any more
             with contextlib.suppress(OSError):

@@ -147,3 +147,20 @@ def test_close_masters_reaches_a_socket_in_a_directory_with_a_space_or_percent(
     finally:
         server.close()
     assert reached, "ssh -O exit never connected to the master's socket"
+
+
+def test_close_masters_skips_a_master_that_never_answers(
+        short: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wedged master (its socket accepts, nothing answers): `keeper stop` said nothing
+    but a TimeoutExpired traceback; now that master is skipped and the others closed."""
+    import socket
+
+    monkeypatch.setattr(openssh, "EXIT_TIMEOUT", 1.0, raising=False)
+    path = short / (openssh.MASTER_PREFIX + "1" * 32)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)  # accepted by the kernel, never read
+    try:
+        assert openssh.close_masters(str(short)) == 0
+    finally:
+        server.close()
