@@ -14,6 +14,7 @@ Imports no Paramiko: rsync and logs need only this.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 from collections.abc import Iterable
@@ -69,25 +70,65 @@ def share_connections(directory: str | None, persist: float = 0.0) -> None:
     _masters = (directory, persist) if directory and persist > 0 else None
 
 
+# A Unix socket's path must fit sun_path (108 bytes on Linux, 104 on the BSDs and macOS), and
+# the master first binds `<ControlPath>.<16 random chars>` and renames it: a longer path makes
+# every ssh fail ("ControlPath too long"), so such a directory shares no connection.
+SUN_PATH_MAX = 104
+_BIND_SUFFIX = 17
+
+
+def _facts(path: str) -> str:
+    try:
+        st = os.stat(os.path.expanduser(path))
+    except OSError:
+        return f"{path}:absent"
+    return f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _config_files(path: str, base: str, depth: int = 0) -> list[str]:
+    """`path` and the files its `Include` lines name (as ssh reads them: relative to `base`,
+    globs expanded, nested a few levels), so an edit in ~/.ssh/config.d/ is another master."""
+    found = [path]
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        words = line.replace("=", " ", 1).split()
+        if depth >= 8 or len(words) < 2 or words[0].lower() != "include":
+            continue
+        for pattern in words[1:]:
+            pattern = os.path.expanduser(pattern.strip('"'))
+            for name in sorted(glob.glob(os.path.join(base, pattern))):
+                found += _config_files(name, base, depth + 1)
+    return found
+
+
 def _master_options(argv: list[str], node: Node, settings: SSHSettings, directory: str,
                     persist: float) -> list[str]:
+    socket = os.path.join(directory, MASTER_PREFIX + "0" * 32)
+    if len(os.fsencode(socket)) + _BIND_SUFFIX >= SUN_PATH_MAX:
+        return []  # see SUN_PATH_MAX: each ssh connects on its own, as in cold mode
+    configs = (_config_files("~/.ssh/config", os.path.expanduser("~/.ssh"))
+               + _config_files("/etc/ssh/ssh_config", "/etc/ssh"))
     facts = [*argv, node.host]
-    for path in (settings.known_hosts, node.identity_file or settings.identity_file,
-                 "~/.ssh/config", "/etc/ssh/ssh_config"):
+    for path in (settings.known_hosts, node.identity_file or settings.identity_file, *configs):
         if path:
-            try:
-                st = os.stat(os.path.expanduser(path))
-                facts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
-            except OSError:
-                facts.append(f"{path}:absent")
+            facts.append(_facts(path))
     key = hashlib.sha256("\0".join(facts).encode()).hexdigest()[:32]
-    # `%` would be read as one of ssh's tokens, whitespace would split the value: both
-    # escaped as OpenSSH wants them (the directory is ours, but may be anywhere).
-    path = os.path.join(directory, MASTER_PREFIX + key).replace("%", "%%")
+    return ["-o", "ControlMaster=auto", "-o", control_path(socket[:-32] + key),
+            "-o", f"ControlPersist={max(1, int(persist))}"]
+
+
+def control_path(path: str) -> str:
+    """`ControlPath=<path>` for ssh's `-o`: `%` would be read as one of ssh's tokens and
+    whitespace would split the value, both escaped as OpenSSH wants them (the directory is
+    ours, but may be anywhere)."""
+    path = path.replace("%", "%%")
     if any(c.isspace() for c in path):
         path = f'"{path}"'
-    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={path}",
-            "-o", f"ControlPersist={max(1, int(persist))}"]
+    return f"ControlPath={path}"
 
 
 def masters(directory: str) -> list[str]:
@@ -99,15 +140,22 @@ def masters(directory: str) -> list[str]:
         return []
 
 
+EXIT_TIMEOUT = 10.0  # seconds for a master to answer `ssh -O exit`
+
+
 def close_masters(directory: str) -> int:
     """Ask every ControlMaster in `directory` to exit (`ssh -O exit`); how many did."""
     import subprocess
 
     closed = 0
     for path in masters(directory):
-        done = subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit", "master"],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
-                              check=False)
+        # -F /dev/null: nothing in a user's ssh config (a Host * ControlPath) overrides ours.
+        try:
+            done = subprocess.run(["ssh", "-F", "/dev/null", "-o", control_path(path), "-O",
+                                   "exit", "master"], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=EXIT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:  # a wedged master: `keeper stop` goes on, no trace
+            continue
         closed += done.returncode == 0
         if done.returncode != 0:  # a dead master's socket: nothing answers there any more
             with contextlib.suppress(OSError):

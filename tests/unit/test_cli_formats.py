@@ -340,3 +340,20 @@ def test_every_command_that_prints_a_result_takes_format() -> None:
         # `--json` is `options.json_option` (an inline one would not see `--format json`).
         (flag,) = [p for p in command.params if "--json" in p.opts]
         assert flag.callback is json_option_callback, path
+
+
+def test_exec_tsv_cuts_rows_at_newlines_only() -> None:
+    """A lone CR (a progress bar) or another Unicode line break in a node's output stays in
+    its row, made visible, as `exec_text` shows it; CRLF ends a row as LF does."""
+    import io
+
+    from skeleton_app.app.views.exec import exec_tsv
+    from skeleton_app.results import ClusterResult, NodeResult
+
+    out = io.StringIO()
+    exec_tsv(ClusterResult([NodeResult(node="n1", exit_code=0,
+                                       stdout="10%\r50%\rdone\r\nnext\x1cfs\u2028ls\n\nend",
+                                       stderr="")], operation="exec"), out)
+    assert out.getvalue().split("\n") == [
+        "node\tstream\ttext", "n1\tstdout\t10%\\\\x0d50%\\\\x0ddone",
+        "n1\tstdout\tnext\\\\x1cfs\u2028ls", "n1\tstdout\t", "n1\tstdout\tend", ""]

@@ -30,14 +30,26 @@ def exec_tsv(result: ClusterResult[Any], out: IO[str]) -> None:
     and per error (`node, kind, message`); tabs, newlines and backslashes escaped."""
     out.write("node\tstream\ttext\n")
     for r in result.values():
-        rows = [("stdout", line) for line in r.stdout.splitlines()]
-        rows += [("stderr", line) for line in r.stderr.splitlines()]
+        rows = [("stdout", line) for line in _lines(r.stdout)]
+        rows += [("stderr", line) for line in _lines(r.stderr)]
         if r.error_kind is not None:
             rows.append((r.error_kind.value, r.error or ""))
         elif r.exit_code:
             rows.append(("exit", str(r.exit_code)))
         out.writelines(f"{tsv_field(r.node)}\t{stream}\t{tsv_field(text)}\n"
                        for stream, text in rows)
+
+
+def _lines(text: str) -> list[str]:
+    """A node's text cut at "\n" (a trailing "\r" of CRLF dropped): not `str.splitlines`,
+    which cuts at a lone CR (a progress bar), \x0b, \x0c, \x1c-\x1e, \x85, U+2028/9 too,
+    each then a row of its own where `exec_text` shows one line with the control visible."""
+    if not text:
+        return []
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def exec_view(result: ClusterResult[Any], out: IO[str]) -> None:
