@@ -62,6 +62,13 @@ class Keeper:
         assert pid is not None
         return pid
 
+    @property
+    def full_env(self) -> dict[str, str]:
+        """This environment without SKELETON_* settings, with this test's keeper directory:
+        what `skeleton()` gives a command, for the tests that start one themselves."""
+        return {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")},
+                **self.env}
+
     def served(self) -> tuple[int, int, str | None]:
         """The keeper's count of exec commands served whole and declined, the last reason."""
         proc = self.run("keeper", "status", "--json", config=None)
@@ -277,7 +284,7 @@ def test_keeper_killed_mid_command_fails_cleanly_and_is_replaced(testbed: Testbe
     assert k.served()[0] == 1  # the second command was served whole; so is the next one
     argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[4-5]",
             "--config", str(config), "--", "sleep 5; echo done"]
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -334,7 +341,7 @@ def test_ctrl_c_of_a_warm_exec_leaves_nothing_on_the_nodes(testbed: Testbed, tmp
     assert k.served()[0] == 1
     argv = [sys.executable, "-m", "skeleton_app", "cluster", "exec", "-n", "node-0[1-2]",
             "--config", str(config), "--", "sleep 47"]
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -395,7 +402,7 @@ def test_a_served_warm_exec_prints_what_the_cli_prints_and_loads_only_the_stdlib
     # What the warm command loaded: no Click, no Rich, no Paramiko.
     argv = [sys.executable, "-X", "importtime", "-m", "skeleton_app", "cluster", "exec",
             "-n", "node-01", "--config", str(config), "true"]
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr
@@ -425,7 +432,7 @@ def test_a_warm_exec_into_a_closed_pipe_exits_as_the_cli_does(testbed: Testbed,
     k = keeper_env
     config = _config(testbed, tmp_path)
     _warm(k, config, "node-0[1-2]")
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     for fmt in ("json", "plain"):
         codes = []
         for persist in ([], ["--no-persist"]):
@@ -493,7 +500,7 @@ def test_a_served_exec_is_journaled_and_reads_failed_from_the_registry(
 
 def _run_in(directory: Path, k: Keeper, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as typed in `directory` (a shell's working directory), with `k`'s keeper."""
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     return subprocess.run([sys.executable, "-m", "skeleton_app", *args], cwd=directory,
                           env=env, capture_output=True, text=True, timeout=60)
 
@@ -528,7 +535,7 @@ def test_a_warm_exec_into_a_full_disk_says_so_in_one_line(testbed: Testbed, tmp_
     k = keeper_env
     config = _config(testbed, tmp_path)
     _warm(k, config, "node-0[1-2]")
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     for fmt in ("json", "plain"):
         with open("/dev/full", "wb") as full:
             proc = subprocess.run([sys.executable, "-m", "skeleton_app", "cluster", "exec",
@@ -551,7 +558,7 @@ def test_keeper_status_sorts_its_rows_and_tsv_is_the_table_alone(testbed: Testbe
     k = keeper_env
     config = _config(testbed, tmp_path)
     _warm(k, config, "node-0[1-3]")
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
     busy = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
                              "cluster", "exec", "-n", "node-02", "sleep 3"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -583,7 +590,7 @@ def test_keeper_stop_refuses_while_a_command_runs_unless_forced(testbed: Testbed
     k = keeper_env
     config = _config(testbed, tmp_path)
     _warm(k, config, "node-0[1-2]")
-    env = {**{n: v for n, v in os.environ.items() if not n.startswith("SKELETON_")}, **k.env}
+    env = k.full_env
 
     def busy() -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "skeleton_app", "--config", str(config),
